@@ -1,0 +1,25 @@
+"""Search methods. Each module registers itself in ``METHODS``; see ``base.Method`` for the interface."""
+
+from .base import METHODS, Candidate, Method, Seed, Target
+from . import random_search as _random_search  # noqa: F401  (registers "random")
+from . import uniform as _uniform  # noqa: F401  (registers "uniform")
+
+__all__ = ["METHODS", "Candidate", "Method", "Seed", "Target", "create_method"]
+
+
+def create_method(name: str, options: dict | None = None):
+    """Instantiate a registered method with its options; unknown options give a clear error."""
+    import dataclasses
+
+    from ..errors import NetfitError
+
+    cls = METHODS.get(name)
+    options = options or {}
+    known = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise NetfitError(
+            f"unknown option(s) {', '.join(unknown)} for method {name!r}; its options are: "
+            f"{', '.join(sorted(known)) or 'none'}"
+        )
+    return cls(**options)

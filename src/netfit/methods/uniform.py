@@ -1,0 +1,68 @@
+"""Baseline ``uniform``: scale every width (or every stage's depth) of the seed by one factor to fit the budget."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from ..budget import check_feasible
+from ..errors import NetfitError, UnsupportedLayerError
+from ..space.subnet import SubnetSpace
+from .base import METHODS, Candidate, Seed, Target
+from .common import cost_fn, finetune, require_reachable
+
+
+@METHODS.register("uniform")
+@dataclass
+class Uniform:
+    """The largest uniformly scaled sub-network within each budget, L1-inherited from the seed, then fine-tuned.
+
+    Options:
+        variant: "width" (one width multiplier for every channel group) or "depth" (one fraction of blocks kept
+            in every stage; built-in staged models only).
+        kd: distil from the seed while fine-tuning.
+        kd_weight: weight of the distillation loss.
+    """
+
+    name: ClassVar[str] = "uniform"
+    description: ClassVar[str] = "uniform width (or depth) scaling of the seed + L1 channel inheritance + fine-tune"
+    variant: str = "width"
+    kd: bool = False
+    kd_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.variant not in ("width", "depth"):
+            raise NetfitError(f"unknown uniform variant {self.variant!r}; use 'width' or 'depth'")
+
+    def search(self, seed: Seed, data, targets: list[Target], run) -> list[Candidate]:
+        space = SubnetSpace(seed.model, seed.input_shape)
+        candidates = []
+        for target in targets:
+            cid = f"{self.variant}-{_slug(target.budget.spec)}"
+            model, info = self._fit_depth(space, run, target, seed) if self.variant == "depth" else \
+                self._fit_width(space, run, target, seed)
+            run.log.write("subnet", id=cid, **info)
+            model = finetune(model, data, run, cid, seed, self.kd, self.kd_weight)
+            candidates.append(Candidate(cid, model, target, info))
+        return candidates
+
+    def _fit_width(self, space: SubnetSpace, run, target: Target, seed: Seed):
+        require_reachable(space, run, target, seed)
+        scale, model, _ = space.fit_width(cost_fn(run, target), target.limit)
+        return model, {"width_mult": round(scale, 4)}
+
+    def _fit_depth(self, space: SubnetSpace, run, target: Target, seed: Seed):
+        if space.depths is None:
+            raise UnsupportedLayerError("the depth variant needs a built-in staged model (netfit list models)")
+        cost = cost_fn(run, target)
+        options = sorted({tuple(max(1, round(q / 20 * n)) for n in space.depths) for q in range(21)})
+        costs = {d: cost(space.materialize(depths=d)) for d in options}
+        fitting = [d for d in options if costs[d] <= target.limit]
+        if not fitting:  # explains the reachable range of the depth variant
+            check_feasible(target.budget, target.limit, min(costs.values()), seed.metric_value)
+        depths = max(fitting, key=costs.__getitem__)
+        return space.materialize(depths=depths), {"depths": list(depths)}
+
+
+def _slug(spec: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in spec.replace("%", "pct")).strip("_")

@@ -1,0 +1,112 @@
+"""Sub-networks of a seed: a width per traced channel group and, for built-in staged nets, blocks per stage.
+
+Both baselines (uniform, random) and the materialisation of searched architectures use this one space, so
+the only difference between methods is which point of it they pick. Channels are inherited from the seed by
+L1 importance; blocks are kept from the front of each stage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import BudgetInfeasibleError
+from ..models import StagedNet, arch_of, build_model
+from .channels import ChannelGroup, trace_channel_groups
+from .importance import keep_top, l1_importance
+from .inherit import inherit_weights
+
+CostFn = Callable[[nn.Module], float]
+
+
+class SubnetSpace:
+    """Widths of the prunable channel groups of ``model`` (and its depth per stage when it is a StagedNet).
+
+    Example:
+        >>> space = SubnetSpace(seed_model, (1, 8, 8))
+        >>> half = space.materialize(space.scaled_widths(0.5))
+    """
+
+    def __init__(self, model: nn.Module, input_shape: Sequence[int]) -> None:
+        self.model = model.eval()
+        example = torch.zeros(1, *input_shape, device=next(model.parameters()).device)
+        self.groups: list[ChannelGroup] = trace_channel_groups(model, example)
+        self.prunable = [g for g in self.groups if g.prunable]
+        self.importance = {g.id: l1_importance(model, g) for g in self.prunable}
+        self.depths: list[int] | None = [len(s) for s in model.stages] if isinstance(model, StagedNet) else None
+
+    def full_widths(self) -> dict[int, int]:
+        return {g.id: g.size for g in self.prunable}
+
+    def scaled_widths(self, ratio: float | dict[int, float]) -> dict[int, int]:
+        """Width of every prunable group at ``ratio`` of its full size (one ratio, or one per group id)."""
+        return {
+            g.id: max(1, min(g.size, round((ratio if isinstance(ratio, float) else ratio[g.id]) * g.size)))
+            for g in self.prunable
+        }
+
+    def materialize(self, widths: dict[int, int] | None = None, depths: Sequence[int] | None = None) -> nn.Module:
+        """A plain dense sub-network with inherited weights: most important channels, leading blocks."""
+        from .prune import slice_channels
+
+        keep = {
+            gid: keep_top(self.importance[gid], n)
+            for gid, n in (widths or {}).items()
+            if n < self.groups_by_id[gid].size
+        }
+        model = slice_channels(self.model, self.groups, keep) if keep else self.model
+        if depths is not None and list(depths) != self.depths:
+            model = truncate_depth(model, depths)
+        return model
+
+    @property
+    def groups_by_id(self) -> dict[int, ChannelGroup]:
+        return {g.id: g for g in self.groups}
+
+    def fit_width(self, cost: CostFn, limit: float, ratios: dict[int, float] | None = None,
+                  depths: Sequence[int] | None = None, steps: int = 16) -> tuple[float, nn.Module, float]:
+        """Largest common scale s of the widths (``s * ratios`` per group, default 1) whose network costs <= limit.
+
+        Returns (s, sub-network, its cost). Raises ``BudgetInfeasibleError`` with the reachable range when even
+        one channel per group is too expensive.
+        """
+        ratios = ratios or {g.id: 1.0 for g in self.prunable}
+        top = 1.0 / min(ratios.values()) if ratios else 1.0  # past this every group is at full width
+
+        def build(s: float) -> tuple[nn.Module, float]:
+            model = self.materialize(self.scaled_widths({g: min(1.0, s * r) for g, r in ratios.items()}), depths)
+            return model, cost(model)
+
+        best_model, best_cost = build(top)
+        if best_cost <= limit:
+            return top, best_model, best_cost
+        low_model, low_cost = build(0.0)
+        if low_cost > limit:
+            raise BudgetInfeasibleError(
+                f"even one channel per group costs {low_cost:.4g} > limit {limit:.4g}; the reachable range of "
+                f"this space is {low_cost:.4g} .. {best_cost:.4g}"
+            )
+        lo, hi, best = 0.0, top, (0.0, low_model, low_cost)
+        for _ in range(steps):
+            mid = (lo + hi) / 2
+            model, value = build(mid)
+            if value <= limit:
+                lo, best = mid, (mid, model, value)
+            else:
+                hi = mid
+        return best
+
+
+def truncate_depth(model: nn.Module, depths: Sequence[int]) -> nn.Module:
+    """Keep the first ``depths[i]`` blocks of stage i of a built-in StagedNet; weights inherited by name."""
+    arch = arch_of(model)
+    if len(depths) != len(arch["stages"]) or any(not 1 <= d <= len(s["blocks"]) for d, s in
+                                                 zip(depths, arch["stages"])):
+        raise ValueError(f"depths {list(depths)} do not fit stages of {[len(s['blocks']) for s in arch['stages']]}")
+    for stage, d in zip(arch["stages"], depths):
+        stage["blocks"] = stage["blocks"][:d]
+    sub = build_model(arch).to(next(model.parameters()).device)
+    inherit_weights(sub, model)
+    return sub.eval()
