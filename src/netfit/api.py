@@ -115,8 +115,16 @@ def adapt(
     }
     _prepare_run_dir(out, settings, resume)
     seed_everything(seed)
-    run = Run(out, config, seed, torch.device(device) if device else default_device(), bundle.input_shape,
-              resume, progress, RunLog(out / "log.jsonl"))
+    run = Run(
+        out,
+        config,
+        seed,
+        torch.device(device) if device else default_device(),
+        bundle.input_shape,
+        resume,
+        progress,
+        RunLog(out / "log.jsonl"),
+    )
     run.log.write("start", **settings)
     started = time.perf_counter()
     seed_net = _prepare_seed(model, bundle, run, seed_epochs, seed_weights, train_seed, targets_budgets[0])
@@ -162,8 +170,9 @@ def _prepare_run_dir(out: Path, settings: dict, resume: bool) -> None:
             raise NetfitError(f"cannot write the run directory {out}: {e.strerror or e}") from e
 
 
-def _prepare_seed(model, data: DataBundle, run: Run, seed_epochs: int, seed_weights, train_seed: bool | None,
-                  budget: Budget) -> Seed:
+def _prepare_seed(
+    model, data: DataBundle, run: Run, seed_epochs: int, seed_weights, train_seed: bool | None, budget: Budget
+) -> Seed:
     """Build, load or take the seed; train it when asked (a resumable phase named "seed"); measure it."""
     if seed_weights is not None:
         net, name = load_model(seed_weights), str(seed_weights)
@@ -207,8 +216,9 @@ def check_compatible(model: nn.Module, name: str, data: DataBundle) -> None:
         )
 
 
-def _summarise(settings: dict, seed: Seed, targets: list[Target], candidates: list[Candidate], data: DataBundle,
-               run: Run) -> dict:
+def _summarise(
+    settings: dict, seed: Seed, targets: list[Target], candidates: list[Candidate], data: DataBundle, run: Run
+) -> dict:
     """Measure every candidate with the one cost model, evaluate it, save it, and build result.json."""
     primary = targets[0]
     if len({c.id for c in candidates}) != len(candidates):
@@ -231,8 +241,13 @@ def _summarise(settings: dict, seed: Seed, targets: list[Target], candidates: li
             "arch": arch_of(model),
         }
         if is_main():
-            save_model(model, run.out / cand.id, arch=row["arch"], input_shape=data.input_shape,
-                       meta={"method": settings["method"], "id": cand.id, "accuracy": row["accuracy"]})
+            save_model(
+                model,
+                run.out / cand.id,
+                arch=row["arch"],
+                input_shape=data.input_shape,
+                meta={"method": settings["method"], "id": cand.id, "accuracy": row["accuracy"]},
+            )
         rows.append(row)
     front = pareto_front([r[primary.metric] for r in rows], [r["accuracy"] for r in rows])
     fitting = [r for r in rows if r[primary.metric] <= primary.limit]
@@ -244,13 +259,17 @@ def _summarise(settings: dict, seed: Seed, targets: list[Target], candidates: li
         "data": data.name,
         "budget": primary.budget.describe(primary.limit),
         "budgets": [t.budget.describe(t.limit) for t in targets],
-        "seed": {"macs": seed.macs, "flops": 2 * seed.macs, "params": seed.params, "accuracy": seed.accuracy,
-                 primary.metric: seed.metric_value},
+        "seed": {
+            "macs": seed.macs,
+            "flops": 2 * seed.macs,
+            "params": seed.params,
+            "accuracy": seed.accuracy,
+            primary.metric: seed.metric_value,
+        },
         "candidates": rows,
         "pareto": [rows[i]["id"] for i in front],
         "selected": selected,
-        "settings": {**settings, "data_source": data.describe(), "device": str(run.device),
-                     "torch": torch.__version__},
+        "settings": {**settings, "data_source": data.describe(), "device": str(run.device), "torch": torch.__version__},
     }
 
 
@@ -265,9 +284,18 @@ def load_result(run_dir: str | Path) -> dict:
         raise CheckpointError(f"{path} is unreadable ({e})") from e
 
 
-def train_model(model: str, data: str | DataBundle, *, out: str | Path, epochs: int = 15, seed: int = 0,
-                train: dict[str, Any] | None = None, resume: bool = False, device: str | None = None,
-                progress: bool = True) -> dict:
+def train_model(
+    model: str,
+    data: str | DataBundle,
+    *,
+    out: str | Path,
+    epochs: int = 15,
+    seed: int = 0,
+    train: dict[str, Any] | None = None,
+    resume: bool = False,
+    device: str | None = None,
+    progress: bool = True,
+) -> dict:
     """Train a built-in model on a data set and save it (model.safetensors + arch.json) in ``out``."""
     bundle = data if isinstance(data, DataBundle) else load_data(data)
     out = Path(out)
@@ -276,12 +304,24 @@ def train_model(model: str, data: str | DataBundle, *, out: str | Path, epochs: 
     seed_everything(seed)
     net = create_model(model, num_classes=bundle.num_classes, in_chans=bundle.input_shape[0])
     check_compatible(net, model, bundle)
-    run = Run(out, config, seed, torch.device(device) if device else default_device(), bundle.input_shape, resume,
-              progress, RunLog(out / "log.jsonl"))
+    run = Run(
+        out,
+        config,
+        seed,
+        torch.device(device) if device else default_device(),
+        bundle.input_shape,
+        resume,
+        progress,
+        RunLog(out / "log.jsonl"),
+    )
     result = run.train(net, bundle, "train")
     accuracy = evaluate(result.model, bundle, "test", device=run.device)["accuracy"]
     cost = count_cost(result.model, bundle.input_shape)
     if is_main():
-        save_model(result.model, out, input_shape=bundle.input_shape,
-                   meta={"model": model, "data": bundle.name, "accuracy": accuracy, "epochs": epochs})
+        save_model(
+            result.model,
+            out,
+            input_shape=bundle.input_shape,
+            meta={"model": model, "data": bundle.name, "accuracy": accuracy, "epochs": epochs},
+        )
     return {"model": model, "data": bundle.name, "accuracy": accuracy, **cost.as_dict(), "out": str(out)}

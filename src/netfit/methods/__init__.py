@@ -1,8 +1,8 @@
 """Search methods. Each module registers itself in ``METHODS``; see ``base.Method`` for the interface."""
 
-from .base import METHODS, Candidate, Method, Seed, Target
 from . import random_search as _random_search  # noqa: F401  (registers "random")
 from . import uniform as _uniform  # noqa: F401  (registers "uniform")
+from .base import METHODS, Candidate, Method, Seed, Target
 
 __all__ = ["METHODS", "Candidate", "Method", "Seed", "Target", "create_method"]
 

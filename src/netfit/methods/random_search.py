@@ -55,8 +55,10 @@ class RandomSearch:
                     if cost_fn(run, target)(space.materialize(space.scaled_widths(0.0), depths)) > target.limit:
                         depths = None  # this depth cannot meet the budget at any width: sample widths only
                 scale, model, _ = space.fit_width(cost_fn(run, target), target.limit, ratios, depths)
-                info = {"width_ratios": {str(g): round(min(1.0, scale * r), 4) for g, r in ratios.items()},
-                        "depths": depths or space.depths}
+                info = {
+                    "width_ratios": {str(g): round(min(1.0, scale * r), 4) for g, r in ratios.items()},
+                    "depths": depths or space.depths,
+                }
                 run.log.write("subnet", id=cid, **info)
                 model = finetune(model, data, run, cid, seed, self.kd, self.kd_weight)
                 candidates.append(Candidate(cid, model, target, info))

@@ -39,8 +39,11 @@ class Uniform:
         candidates = []
         for target in targets:
             cid = f"{self.variant}-{_slug(target.budget.spec)}"
-            model, info = self._fit_depth(space, run, target, seed) if self.variant == "depth" else \
-                self._fit_width(space, run, target, seed)
+            model, info = (
+                self._fit_depth(space, run, target, seed)
+                if self.variant == "depth"
+                else self._fit_width(space, run, target, seed)
+            )
             run.log.write("subnet", id=cid, **info)
             model = finetune(model, data, run, cid, seed, self.kd, self.kd_weight)
             candidates.append(Candidate(cid, model, target, info))

@@ -65,8 +65,14 @@ class SubnetSpace:
     def groups_by_id(self) -> dict[int, ChannelGroup]:
         return {g.id: g for g in self.groups}
 
-    def fit_width(self, cost: CostFn, limit: float, ratios: dict[int, float] | None = None,
-                  depths: Sequence[int] | None = None, steps: int = 16) -> tuple[float, nn.Module, float]:
+    def fit_width(
+        self,
+        cost: CostFn,
+        limit: float,
+        ratios: dict[int, float] | None = None,
+        depths: Sequence[int] | None = None,
+        steps: int = 16,
+    ) -> tuple[float, nn.Module, float]:
         """Largest common scale s of the widths (``s * ratios`` per group, default 1) whose network costs <= limit.
 
         Returns (s, sub-network, its cost). Raises ``BudgetInfeasibleError`` with the reachable range when even
@@ -102,8 +108,9 @@ class SubnetSpace:
 def truncate_depth(model: nn.Module, depths: Sequence[int]) -> nn.Module:
     """Keep the first ``depths[i]`` blocks of stage i of a built-in StagedNet; weights inherited by name."""
     arch = arch_of(model)
-    if len(depths) != len(arch["stages"]) or any(not 1 <= d <= len(s["blocks"]) for d, s in
-                                                 zip(depths, arch["stages"])):
+    if len(depths) != len(arch["stages"]) or any(
+        not 1 <= d <= len(s["blocks"]) for d, s in zip(depths, arch["stages"])
+    ):
         raise ValueError(f"depths {list(depths)} do not fit stages of {[len(s['blocks']) for s in arch['stages']]}")
     for stage, d in zip(arch["stages"], depths):
         stage["blocks"] = stage["blocks"][:d]

@@ -1,0 +1,137 @@
+"""Slice a model's weights to keep a subset of the channels of some channel groups."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import UnsupportedLayerError
+from .channels import _BATCH_NORMS, _CONVS, _INSTANCE_NORMS, ChannelGroup, ChannelGroupError, _dim_size
+
+
+def _check_keep(group: ChannelGroup, idx: torch.Tensor | Sequence[int]) -> torch.Tensor:
+    idx = torch.as_tensor(idx)
+    if idx.dim() != 1 or idx.dtype.is_floating_point or idx.dtype == torch.bool or idx.numel() == 0:
+        raise ChannelGroupError(
+            f"keep[{group.id}] must be a non-empty 1-D integer tensor of channel indices, "
+            f"got dtype {idx.dtype} and shape {tuple(idx.shape)}"
+        )
+    idx = idx.long().cpu()
+    if idx[0] < 0 or idx[-1] >= group.size or (idx.numel() > 1 and not bool((idx[1:] > idx[:-1]).all())):
+        raise ChannelGroupError(
+            f"keep[{group.id}] must hold sorted, distinct channel indices in [0, {group.size}); "
+            "use keep_top(...) to build it"
+        )
+    return idx
+
+
+def _set(module: nn.Module, name: str, dim: int, idx: torch.Tensor) -> None:
+    """Replace parameter/buffer ``name`` by its slice along ``dim`` (no-op when it is None)."""
+    old = getattr(module, name, None)
+    if old is None:
+        return
+    new = old.detach().index_select(dim, idx.to(old.device)).clone()
+    if name in module._parameters:
+        module._parameters[name] = nn.Parameter(new, requires_grad=old.requires_grad)
+    else:
+        module._buffers[name] = new
+
+
+def _slice_conv(module: nn.Conv2d, role: str, idx: torch.Tensor) -> None:
+    if role == "in":
+        _set(module, "weight", 1, idx)
+        module.in_channels = len(idx)
+        return
+    _set(module, "weight", 0, idx)
+    _set(module, "bias", 0, idx)
+    module.out_channels = len(idx)
+    if role == "dw":
+        module.in_channels = module.groups = len(idx)
+
+
+def _slice_linear(module: nn.Linear, role: str, idx: torch.Tensor) -> None:
+    if role == "in":
+        _set(module, "weight", 1, idx)
+        module.in_features = len(idx)
+    else:
+        _set(module, "weight", 0, idx)
+        _set(module, "bias", 0, idx)
+        module.out_features = len(idx)
+
+
+def _slice_norm(name: str, module: nn.Module, idx: torch.Tensor) -> None:
+    for attr in ("weight", "bias", "running_mean", "running_var"):
+        _set(module, attr, 0, idx)
+    if isinstance(module, nn.LayerNorm):
+        module.normalized_shape = (len(idx),)
+    elif isinstance(module, nn.GroupNorm):
+        if len(idx) % module.num_groups:
+            raise UnsupportedLayerError(
+                f"GroupNorm '{name}' has num_groups={module.num_groups}, which does not divide {len(idx)} "
+                f"kept channels; keep a multiple of {module.num_groups} channels"
+            )
+        module.num_channels = len(idx)
+    else:
+        module.num_features = len(idx)
+
+
+def _slice_module(name: str, module: nn.Module, role: str, idx: torch.Tensor) -> None:
+    if isinstance(module, _CONVS) and (role == "out" or (role == "in" and module.groups == 1) or role == "dw"):
+        _slice_conv(module, role, idx)
+    elif isinstance(module, nn.Linear) and role in ("in", "out"):
+        _slice_linear(module, role, idx)
+    elif role == "norm" and isinstance(module, (*_BATCH_NORMS, *_INSTANCE_NORMS, nn.LayerNorm, nn.GroupNorm)):
+        _slice_norm(name, module, idx)
+    else:
+        raise UnsupportedLayerError(
+            f"cannot slice '{name}' ({type(module).__name__}) as {role!r}; the channel groups do not match "
+            "this model (trace it again with trace_channel_groups)"
+        )
+
+
+def slice_channels(
+    model: nn.Module, groups: Sequence[ChannelGroup], keep: Mapping[int, torch.Tensor | Sequence[int]]
+) -> nn.Module:
+    """Return a copy of ``model`` keeping only the given channels of some groups.
+
+    Every member of a group in ``keep`` is sliced (weights, biases, norm statistics) and its module attributes
+    (in/out channels, features, groups, num_features, normalized_shape) updated, so the result is a plain
+    model. Groups not in ``keep`` stay whole; ``model`` itself is not changed.
+
+    Args:
+        model: the model the groups were traced from.
+        groups: output of ``trace_channel_groups(model, ...)``.
+        keep: group id -> sorted 1-D LongTensor of kept channel indices (at least one).
+
+    Raises:
+        ChannelGroupError: an unknown group id or malformed indices.
+        UnsupportedLayerError: shrinking a non-prunable group, or a GroupNorm that cannot take the new width.
+    """
+    by_id = {g.id: g for g in groups}
+    dropped: dict[tuple[str, str], set[int]] = {}
+    for gid, idx in keep.items():
+        if gid not in by_id:
+            raise ChannelGroupError(f"unknown channel group {gid}; known ids: 0..{len(groups) - 1}")
+        group = by_id[gid]
+        idx = _check_keep(group, idx)
+        if len(idx) == group.size:
+            continue
+        if not group.prunable:
+            raise UnsupportedLayerError(f"channel group {gid} cannot be pruned: {group.reason}")
+        gone = torch.ones(group.size, dtype=torch.bool)
+        gone[idx] = False
+        gone_idx = gone.nonzero().flatten()
+        for m in group.members:
+            dropped.setdefault((m.module, m.role), set()).update(m.indices(gone_idx).tolist())
+    new = copy.deepcopy(model)
+    for (name, role), gone_set in dropped.items():
+        module = new.get_submodule(name)
+        size = _dim_size(module, role)
+        if size is None:
+            raise UnsupportedLayerError(f"cannot slice '{name}' ({type(module).__name__}): unknown channel dim")
+        kept = torch.tensor([i for i in range(size) if i not in gone_set], dtype=torch.long)
+        _slice_module(name, module, role, kept)
+    return new

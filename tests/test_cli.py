@@ -1,0 +1,103 @@
+"""The CLI: every command once, and user mistakes end with one line and exit code 2."""
+
+import json
+
+import pytest
+
+from netfit.cli import main
+
+
+def run(capsys, *args):
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_list(capsys):
+    code, out, _ = run(capsys, "list", "models")
+    assert code == 0 and "resnet18_cifar" in out and "mobilenetv2" in out
+    code, out, _ = run(capsys, "list", "methods")
+    assert code == 0 and "uniform" in out and "random" in out
+    code, out, _ = run(capsys, "list", "data")
+    assert code == 0 and "digits" in out
+
+
+def test_cost_json(capsys):
+    code, out, _ = run(capsys, "cost", "cnn_small", "--input-shape", "1,8,8", "--json")
+    assert code == 0
+    stats = json.loads(out)
+    assert stats["flops"] == 2 * stats["macs"] > 0 and stats["params"] > 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["cost", "resnet19"], "unknown model 'resnet19'"),
+        (["cost", "cnn_small", "--input-shape", "1,x"], "--input-shape"),
+        (["adapt", "--model", "cnn_small", "--budget", "5 bananas"], "unknown budget metric"),
+        (["adapt", "--model", "cnn_small", "--method", "dnaa"], "unknown method 'dnaa'"),
+        (["adapt", "--model", "cnn_small", "--data", "/no/such/dir"], "/no/such/dir"),
+        (["adapt", "--model", "cnn_small", "-x", "novalue"], "KEY=VALUE"),
+        (["eval", "/no/such/run"], "/no/such/run"),
+        (["list", "things"], "cannot list 'things'"),
+    ],
+)
+def test_user_errors_exit_2_with_one_line(capsys, tmp_path, args, message):
+    code, _, err = run(capsys, *args, *(["--out", str(tmp_path / "o")] if args[0] == "adapt" else []))
+    assert code == 2
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_usage_error_exit_2(capsys):
+    code, _, err = run(capsys, "adapt", "--epochs", "many")
+    assert code == 2 and "many" in err
+
+
+@pytest.mark.slow
+def test_adapt_eval_export_report(capsys, tmp_path):
+    out = tmp_path / "run"
+    code, stdout, err = run(
+        capsys,
+        "adapt",
+        "--model",
+        "cnn_small",
+        "--data",
+        "digits",
+        "--budget",
+        "50%",
+        "--epochs",
+        "1",
+        "--seed-epochs",
+        "1",
+        "--out",
+        str(out),
+        "--quiet",
+    )
+    assert code == 0, err
+    assert "seed" in stdout and "within budget" in stdout
+    code, stdout, _ = run(capsys, "eval", str(out), "--data", "digits")
+    assert code == 0 and "accuracy" in stdout
+    code, stdout, err = run(capsys, "export", str(out), "--onnx", "--out", str(tmp_path / "plain"))
+    assert code == 0, err
+    assert (tmp_path / "plain" / "model.onnx").exists() and (tmp_path / "plain" / "arch.json").exists()
+    code, _, _ = run(capsys, "report", str(out), str(out), "--out", str(tmp_path / "both.png"))
+    assert code == 0 and (tmp_path / "both.png").exists()
+    code, stdout, _ = run(capsys, "train", "--model", "cnn_small", "--epochs", "1", "--out", str(tmp_path / "t"), "-q")
+    assert code == 0 and "test accuracy" in stdout
+    code, stdout, err = run(
+        capsys,
+        "adapt",
+        "--model",
+        "cnn_small",
+        "--seed-weights",
+        str(tmp_path / "t"),
+        "--budget",
+        "60%",
+        "--epochs",
+        "1",
+        "--out",
+        str(tmp_path / "r2"),
+        "-q",
+    )
+    assert code == 0, err

@@ -1,0 +1,163 @@
+"""End-to-end runs of the pipeline on the offline digits data with tiny settings."""
+
+import json
+
+import pytest
+import torch
+from netfit.export import load_model
+from torch import nn
+
+from netfit.api import adapt
+from netfit.data import load_data
+from netfit.errors import BudgetInfeasibleError, CheckpointError, NetfitError
+from netfit.methods.uniform import Uniform
+
+FAST = {"epochs": 1, "seed_epochs": 2, "progress": False, "train": {"batch_size": 64}}
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_data("digits")
+
+
+@pytest.fixture(scope="module")
+def uniform_run(tmp_path_factory, digits):
+    out = tmp_path_factory.mktemp("uniform")
+    return adapt("cnn_small", digits, "50%,25%", "uniform", out=out, **FAST)
+
+
+def test_result_contract(uniform_run):
+    summary = json.loads((uniform_run.out / "result.json").read_text())
+    assert set(summary) >= {
+        "netfit_version",
+        "method",
+        "model",
+        "data",
+        "budget",
+        "seed",
+        "candidates",
+        "pareto",
+        "selected",
+    }
+    assert summary["budget"]["metric"] == "macs" and summary["budget"]["spec"] == "50%"
+    assert summary["seed"]["flops"] == 2 * summary["seed"]["macs"]
+    assert len(summary["candidates"]) == 2
+    for row in summary["candidates"]:
+        assert set(row) >= {"id", "arch", "macs", "flops", "params", "accuracy", "within_budget", "weights"}
+        assert row["flops"] == 2 * row["macs"] and 0.0 <= row["accuracy"] <= 1.0
+        assert (uniform_run.out / row["weights"] / "model.safetensors").exists()
+    assert set(summary["pareto"]) <= {r["id"] for r in summary["candidates"]}
+    for name in ("report.md", "front.png", "log.jsonl", "run.json"):
+        assert (uniform_run.out / name).stat().st_size > 0
+
+
+def test_budgets_met(uniform_run):
+    summary = uniform_run.summary
+    seed_macs = summary["seed"]["macs"]
+    for row, fraction in zip(summary["candidates"], (0.5, 0.25)):
+        assert row["within_budget"]
+        assert row["macs"] <= fraction * seed_macs
+        assert row["macs"] >= 0.8 * fraction * seed_macs  # uniform takes the largest width that fits
+
+
+def test_saved_models_reload_identically(uniform_run, digits):
+    x = digits.prepare(digits.test.tensors[0][:16], train=False)
+    for cid, model in uniform_run.models.items():
+        loaded = load_model(uniform_run.out / cid)
+        with torch.no_grad():
+            assert torch.equal(loaded(x), model.eval()(x))
+
+
+def test_selected_is_best_within_budget(uniform_run):
+    summary = uniform_run.summary
+    fitting = [r for r in summary["candidates"] if r["macs"] <= summary["budget"]["limit"]]
+    assert summary["selected"] == max(fitting, key=lambda r: r["accuracy"])["id"]
+    assert uniform_run.selected_model is uniform_run.models[summary["selected"]]
+
+
+def test_finished_run_refuses_overwrite_and_resumes(uniform_run, digits):
+    with pytest.raises(NetfitError, match="already holds a run"):
+        adapt("cnn_small", digits, "50%,25%", "uniform", out=uniform_run.out, **FAST)
+    with pytest.raises(CheckpointError, match="settings differ"):
+        adapt("cnn_small", digits, "50%", "uniform", out=uniform_run.out, resume=True, **FAST)
+    again = adapt("cnn_small", digits, "50%,25%", "uniform", out=uniform_run.out, resume=True, **FAST)
+    assert [r["accuracy"] for r in again.summary["candidates"]] == [
+        r["accuracy"] for r in uniform_run.summary["candidates"]
+    ]
+
+
+def test_interrupted_run_resumes_to_same_result(tmp_path, digits, monkeypatch, uniform_run):
+    real_search = Uniform.search
+
+    def crash(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Uniform, "search", crash)
+    with pytest.raises(KeyboardInterrupt):
+        adapt("cnn_small", digits, "50%,25%", "uniform", out=tmp_path, **FAST)
+    assert (tmp_path / "ckpt" / "seed.pt").exists() and not (tmp_path / "result.json").exists()
+    monkeypatch.setattr(Uniform, "search", real_search)
+    resumed = adapt("cnn_small", digits, "50%,25%", "uniform", out=tmp_path, resume=True, **FAST)
+    straight = uniform_run.summary
+    assert resumed.summary["seed"] == straight["seed"]
+    assert [(r["macs"], r["accuracy"]) for r in resumed.summary["candidates"]] == [
+        (r["macs"], r["accuracy"]) for r in straight["candidates"]
+    ]
+
+
+def test_random_method(tmp_path, digits):
+    result = adapt("cnn_small", digits, "40%", "random", out=tmp_path, method_options={"samples": 2}, **FAST)
+    rows = result.summary["candidates"]
+    assert len(rows) == 2 and all(r["within_budget"] for r in rows)
+    assert rows[0]["arch"] != rows[1]["arch"]
+
+
+def test_depth_variant(tmp_path, digits):
+    result = adapt("cnn_small", digits, "80%", "uniform", out=tmp_path, method_options={"variant": "depth"}, **FAST)
+    (row,) = result.summary["candidates"]
+    assert row["within_budget"]
+    assert sum(len(s["blocks"]) for s in row["arch"]["stages"]) < 4  # cnn_small has 2 stages x 2 blocks
+
+
+def test_infeasible_budget_says_range(tmp_path, digits):
+    with pytest.raises(BudgetInfeasibleError, match="reachable range"):
+        adapt("cnn_small", digits, "10 macs", "uniform", out=tmp_path, **FAST)
+
+
+def test_unknown_method_option(tmp_path, digits):
+    with pytest.raises(NetfitError, match=r"unknown option.*variant"):
+        adapt("cnn_small", digits, "50%", "random", out=tmp_path, method_options={"variant": "x"}, **FAST)
+
+
+class UserNet(nn.Module):
+    """A model that is not in the zoo: residual CNN with flatten -> linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.conv2 = nn.Conv2d(16, 16, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(16)
+        self.conv3 = nn.Conv2d(16, 24, 3, stride=2, padding=1)
+        self.fc = nn.Linear(24 * 4 * 4, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(x + self.bn2(self.conv2(x)))
+        x = torch.relu(self.conv3(x))
+        return self.fc(torch.flatten(x, 1))
+
+
+def test_user_model(tmp_path, digits):
+    result = adapt(UserNet(), digits, "50%", "uniform", out=tmp_path, train_seed=True, **FAST)
+    (row,) = result.summary["candidates"]
+    assert row["within_budget"] and row["arch"]["family"] == "graph"
+    loaded = load_model(tmp_path / row["weights"])
+    x = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), result.models[row["id"]].eval()(x))
+
+
+def test_incompatible_model_is_one_clear_error(tmp_path, digits):
+    with pytest.raises(NetfitError, match="cannot process samples of shape"):
+        adapt("resnet18_1d", digits, "50%", "uniform", out=tmp_path, **FAST)
