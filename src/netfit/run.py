@@ -43,9 +43,24 @@ class Run:
     progress: bool
     log: RunLog
 
-    def train(self, model: nn.Module, data: Any, phase: str, *, epochs: int | None = None, **hooks: Any) -> TrainResult:
-        """Train ``model`` through the engine as a named, resumable phase; ``hooks`` go to ``engine.train``."""
-        config = self.config.replace(epochs=self.config.epochs if epochs is None else epochs, seed=self.seed)
+    def train(
+        self,
+        model: nn.Module,
+        data: Any,
+        phase: str,
+        *,
+        epochs: int | None = None,
+        overrides: dict[str, Any] | None = None,
+        **hooks: Any,
+    ) -> TrainResult:
+        """Train ``model`` through the engine as a named, resumable phase.
+
+        ``overrides`` change TrainConfig fields for this phase (e.g. lr, schedule); ``hooks`` (step_fn,
+        extra_losses, callbacks, extra_optimizers, param_filter) go to ``engine.train``.
+        """
+        config = self.config.replace(
+            **{"epochs": self.config.epochs if epochs is None else epochs, "seed": self.seed, **(overrides or {})}
+        )
         return train(
             model,
             data,

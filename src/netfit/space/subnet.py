@@ -17,6 +17,7 @@ from ..models import StagedNet, arch_of, build_model
 from .channels import ChannelGroup, trace_channel_groups
 from .importance import keep_top, l1_importance
 from .inherit import inherit_weights
+from .prune import slice_channels
 
 CostFn = Callable[[nn.Module], float]
 
@@ -49,8 +50,6 @@ class SubnetSpace:
 
     def materialize(self, widths: dict[int, int] | None = None, depths: Sequence[int] | None = None) -> nn.Module:
         """A plain dense sub-network with inherited weights: most important channels, leading blocks."""
-        from .prune import slice_channels
-
         keep = {
             gid: keep_top(self.importance[gid], n)
             for gid, n in (widths or {}).items()

@@ -1,0 +1,1 @@
+"""Benchmarks: side-by-side runs whose results are committed under benchmarks/results/."""

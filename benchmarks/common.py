@@ -1,0 +1,34 @@
+"""Helpers shared by benchmark scripts: environment facts and writing JSON + markdown results."""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def environment() -> dict:
+    """Hardware and software facts that every committed figure carries."""
+    return {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu_threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({platform.processor()})",
+        "cost_convention": "MACs of one forward pass at batch 1 (conv/linear/matmul); FLOPs = 2 x MACs",
+    }
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def write_results(name: str, payload: dict, markdown: str) -> None:
+    """benchmarks/results/<name>.json and <name>.md."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2))
+    (RESULTS / f"{name}.md").write_text(markdown)

@@ -1,0 +1,169 @@
+"""ODN, Optimally Deep Networks: find the shallowest prefix of a deep network that reaches a target accuracy.
+
+Every block of the seed gets an exit head (global average pool + linear). All exits are warmed up jointly;
+then depth d = 1, 2, ... is trained (lr halved per extra depth, x0.6 on a plateau, stop after ``patience``
+epochs without improvement) until its best validation accuracy reaches the target. The chosen depth is
+fine-tuned and only blocks 1..d plus head d are deployed, as a plain built-in network. Every trained depth is a
+candidate, so the run also yields the accuracy-vs-cost front over depths. With a budget, depths whose prefix
+exceeds it are never trained ("the deepest prefix within the budget").
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..budget import check_feasible
+from ..engine import StepOutput, evaluate
+from ..errors import NetfitError, UnsupportedLayerError
+from ..models import StagedNet, arch_of, build_model
+from .base import METHODS, Candidate, Seed, Target
+from .common import cost_fn
+
+
+class ExitNet(nn.Module):
+    """A staged network with an exit head after every block; ``depth`` selects how many blocks run."""
+
+    def __init__(self, model: StagedNet, input_shape: tuple[int, ...], num_classes: int) -> None:
+        super().__init__()
+        if not isinstance(model, StagedNet):
+            raise UnsupportedLayerError("odn needs a staged model (stem + stages of blocks), e.g. a built-in resnet")
+        self.stem = model.stem
+        self.blocks = nn.ModuleList(block for stage in model.stages for block in stage)
+        self.positions = [(i, j) for i, stage in enumerate(model.stages) for j in range(len(stage))]
+        widths = self._block_widths(input_shape)
+        self.exits = nn.ModuleList(nn.Linear(w, num_classes) for w in widths)
+        self.depth = len(self.blocks)
+
+    @torch.no_grad()
+    def _block_widths(self, input_shape: tuple[int, ...]) -> list[int]:
+        was_training = self.training
+        self.eval()
+        x = self.stem(torch.zeros(1, *input_shape, device=next(self.parameters()).device))
+        widths = []
+        for block in self.blocks:
+            x = block(x)
+            widths.append(x.shape[1])
+        self.train(was_training)
+        return widths
+
+    @staticmethod
+    def _pool(x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=tuple(range(2, x.ndim)))
+
+    def forward(self, x: torch.Tensor, depth: int | None = None, all_exits: bool = False):
+        """Logits of exit ``depth`` (default: ``self.depth``), or of every exit in one pass when ``all_exits``."""
+        depth = len(self.blocks) if all_exits else depth or self.depth
+        x = self.stem(x)
+        outputs = []
+        for block, head in zip(self.blocks[:depth], self.exits):
+            x = block(x)
+            if all_exits:
+                outputs.append(head(self._pool(x)))
+        return outputs if all_exits else self.exits[depth - 1](self._pool(x))
+
+
+def deploy_prefix(exit_net: ExitNet, seed_model: StagedNet, depth: int) -> StagedNet:
+    """Blocks 1..depth and exit head ``depth`` as a plain built-in network (same outputs as depth=``depth``)."""
+    arch = arch_of(seed_model)
+    if arch.get("head", {}).get("neck"):
+        raise UnsupportedLayerError("odn deploys pool + linear heads; models with a head neck (mobilenetv2) are not "
+                                    "supported yet")
+    stage_idx, block_idx = exit_net.positions[depth - 1]
+    arch["stages"] = arch["stages"][: stage_idx + 1]
+    arch["stages"][-1]["blocks"] = arch["stages"][-1]["blocks"][: block_idx + 1]
+    deployed = build_model(arch).to(next(exit_net.parameters()).device)
+    source = {f"stem.{k}": v for k, v in exit_net.stem.state_dict().items()}
+    for (i, j), block in zip(exit_net.positions[:depth], exit_net.blocks):
+        source.update({f"stages.{i}.{j}.{k}": v for k, v in block.state_dict().items()})
+    head = exit_net.exits[depth - 1]
+    source.update({"head.fc.weight": head.weight, "head.fc.bias": head.bias})
+    missing = set(deployed.state_dict()) - set(source)
+    if missing:
+        raise UnsupportedLayerError(f"cannot map exit head onto the deployed head: {sorted(missing)[:3]}")
+    deployed.load_state_dict({k: source[k] for k in deployed.state_dict()})
+    return deployed.eval()
+
+
+@METHODS.register("odn")
+@dataclass
+class ODN:
+    """Progressive depth expansion (ODN) with the paper's plateau rules as defaults.
+
+    Options:
+        target_acc: validation accuracy to reach (fraction); default: the seed's validation accuracy - 0.005.
+        warmup_epochs: joint training of all exits before the depth search.
+        patience: epochs without validation improvement that end a depth (the plateau).
+        lr_patience, lr_factor: multiply the lr by ``lr_factor`` after ``lr_patience`` epochs without improvement.
+        finetune_epochs: fine-tuning of the chosen depth (default: the run's epochs).
+    """
+
+    name: ClassVar[str] = "odn"
+    description: ClassVar[str] = "progressive depth expansion to the shallowest prefix reaching a target accuracy"
+    target_acc: float | None = None
+    warmup_epochs: int = 3
+    patience: int = 8
+    lr_patience: int = 5
+    lr_factor: float = 0.6
+    finetune_epochs: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.target_acc is not None and not 0 < self.target_acc <= 1:
+            raise NetfitError(f"odn target_acc must be a fraction in (0, 1], got {self.target_acc}")
+
+    def search(self, seed: Seed, data, targets: list[Target], run) -> list[Candidate]:
+        target = targets[0]
+        net = ExitNet(copy.deepcopy(seed.model), seed.input_shape, data.num_classes).to(run.device)
+        goal = self.target_acc
+        if goal is None:
+            goal = evaluate(seed.model, data, "val", device=run.device)["accuracy"] - 0.005
+        run.log.write("odn", target_acc=goal, depths=len(net.blocks))
+        warm = run.train(net, data, "odn-warmup", epochs=self.warmup_epochs, step_fn=_joint_step).model
+        warm_state = copy.deepcopy(warm.state_dict())
+        measure = cost_fn(run, target)
+        costs = [measure(deploy_prefix(warm, seed.model, d)) for d in range(1, len(net.blocks) + 1)]
+        check_feasible(target.budget, target.limit, costs[0], costs[-1])
+        deepest = max(d for d, c in enumerate(costs, start=1) if c <= target.limit)
+        candidates = []
+        for depth in range(1, deepest + 1):
+            lr = run.config.lr * 0.5 ** (depth - 1)  # the paper halves the lr for every extra depth
+            model, best = self._train_depth(warm, warm_state, depth, data, run, f"odn-depth{depth}", lr)
+            info = {"depth": depth, "val_acc": best, "target_acc": goal, "reached": best >= goal}
+            chosen = best >= goal or depth == deepest
+            if chosen:
+                model, tuned = self._train_depth(model, model.state_dict(), depth, data, run, f"odn-finetune{depth}",
+                                                 lr * 0.1, self.finetune_epochs)
+                info.update(chosen=True, finetuned_val_acc=tuned)
+            run.log.write("odn-depth", **info)
+            candidates.append(Candidate(f"depth{depth}", deploy_prefix(model, seed.model, depth), target, info))
+            if chosen:
+                break
+        return candidates
+
+    def _train_depth(self, template: ExitNet, state: dict, depth: int, data, run, phase: str, lr: float,
+                     epochs: int | None = None) -> tuple[ExitNet, float]:
+        model = copy.deepcopy(template)
+        model.load_state_dict(state)
+        model.depth = depth
+        overrides = {
+            "lr": lr,
+            "schedule": "plateau",
+            "plateau_factor": self.lr_factor,
+            "plateau_patience": self.lr_patience,
+            "early_stop_patience": self.patience,
+            "keep_best": True,
+        }
+        result = run.train(model, data, phase, epochs=epochs, overrides=overrides)
+        return result.model, result.best_val_acc
+
+
+def _joint_step(ctx) -> StepOutput:
+    """Warm-up: the mean cross-entropy of all exits (called through the possibly DDP-wrapped model)."""
+    outputs = ctx.model(ctx.x, all_exits=True)
+    loss = torch.stack([F.cross_entropy(o, ctx.y) for o in outputs]).mean()
+    return StepOutput(loss=loss, logits=outputs[-1])
