@@ -1,0 +1,34 @@
+"""The training engine: one loop for every method, checkpoints, distributed runs and the run log."""
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .log import RunLog
+from .seeding import seed_everything
+from .trainer import (
+    Callback,
+    ExtraLoss,
+    StepContext,
+    StepFn,
+    StepOutput,
+    TrainResult,
+    TrainState,
+    evaluate,
+    train,
+)
+
+__all__ = [
+    "Callback",
+    "ExtraLoss",
+    "RunLog",
+    "StepContext",
+    "StepFn",
+    "StepOutput",
+    "TrainConfig",
+    "TrainResult",
+    "TrainState",
+    "evaluate",
+    "load_checkpoint",
+    "save_checkpoint",
+    "seed_everything",
+    "train",
+]

@@ -1,0 +1,197 @@
+"""The "graph" family: a JSON arch spec for any fx-traceable model built from standard layers.
+
+A user's model is rebuilt as a ``torch.fx.GraphModule`` without the user's Python class, without pickle and
+without eval: module types, functions and methods are looked up in explicit whitelists by name. Parameter names
+match the original model's, so its safetensors load into the rebuilt one.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import CheckpointError, UnsupportedLayerError
+from .registry import FAMILIES
+
+_CONV = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "bias",
+         "padding_mode")
+_BN = ("num_features", "eps", "momentum", "affine", "track_running_stats")
+_POOL = ("kernel_size", "stride", "padding", "ceil_mode")
+MODULES: dict[str, tuple[type[nn.Module], tuple[str, ...]]] = {
+    "Conv1d": (nn.Conv1d, _CONV),
+    "Conv2d": (nn.Conv2d, _CONV),
+    "Conv3d": (nn.Conv3d, _CONV),
+    "Linear": (nn.Linear, ("in_features", "out_features", "bias")),
+    "BatchNorm1d": (nn.BatchNorm1d, _BN),
+    "BatchNorm2d": (nn.BatchNorm2d, _BN),
+    "LayerNorm": (nn.LayerNorm, ("normalized_shape", "eps", "elementwise_affine", "bias")),
+    "GroupNorm": (nn.GroupNorm, ("num_groups", "num_channels", "eps", "affine")),
+    "ReLU": (nn.ReLU, ("inplace",)),
+    "ReLU6": (nn.ReLU6, ("inplace",)),
+    "SiLU": (nn.SiLU, ("inplace",)),
+    "GELU": (nn.GELU, ("approximate",)),
+    "Sigmoid": (nn.Sigmoid, ()),
+    "Tanh": (nn.Tanh, ()),
+    "Hardswish": (nn.Hardswish, ("inplace",)),
+    "Hardsigmoid": (nn.Hardsigmoid, ("inplace",)),
+    "LeakyReLU": (nn.LeakyReLU, ("negative_slope", "inplace")),
+    "Dropout": (nn.Dropout, ("p", "inplace")),
+    "Identity": (nn.Identity, ()),
+    "Flatten": (nn.Flatten, ("start_dim", "end_dim")),
+    "Softmax": (nn.Softmax, ("dim",)),
+    "MaxPool1d": (nn.MaxPool1d, (*_POOL, "dilation")),
+    "MaxPool2d": (nn.MaxPool2d, (*_POOL, "dilation")),
+    "AvgPool1d": (nn.AvgPool1d, (*_POOL, "count_include_pad")),
+    "AvgPool2d": (nn.AvgPool2d, (*_POOL, "count_include_pad")),
+    "AdaptiveAvgPool1d": (nn.AdaptiveAvgPool1d, ("output_size",)),
+    "AdaptiveAvgPool2d": (nn.AdaptiveAvgPool2d, ("output_size",)),
+}
+FUNCTIONS: dict[str, Any] = {
+    "operator.add": operator.add, "operator.sub": operator.sub, "operator.mul": operator.mul,
+    "operator.truediv": operator.truediv, "operator.getitem": operator.getitem, "operator.iadd": operator.iadd,
+    "torch.add": torch.add, "torch.mul": torch.mul, "torch.cat": torch.cat, "torch.flatten": torch.flatten,
+    "torch.relu": torch.relu, "torch.sigmoid": torch.sigmoid, "torch.tanh": torch.tanh, "torch.mean": torch.mean,
+    "torch.sum": torch.sum, "F.relu": F.relu, "F.relu6": F.relu6, "F.gelu": F.gelu, "F.silu": F.silu,
+    "F.adaptive_avg_pool1d": F.adaptive_avg_pool1d, "F.adaptive_avg_pool2d": F.adaptive_avg_pool2d,
+    "F.avg_pool2d": F.avg_pool2d, "F.max_pool2d": F.max_pool2d, "F.dropout": F.dropout, "F.softmax": F.softmax,
+}
+_FUNCTION_NAMES = {id(fn): name for name, fn in FUNCTIONS.items()}
+METHODS = {"view", "reshape", "flatten", "mean", "sum", "size", "relu", "sigmoid", "permute", "transpose",
+           "contiguous", "chunk", "split", "squeeze", "unsqueeze", "add", "mul", "softmax", "flip"}
+_UNSUPPORTED = "; only models of standard layers can be saved as a plain netfit model"
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, fx.Node):
+        return {"node": value.name}
+    if isinstance(value, tuple):
+        return {"tuple": [_encode(v) for v in value]}
+    if isinstance(value, list):
+        return [_encode(v) for v in value]
+    if isinstance(value, dict):
+        return {"dict": {k: _encode(v) for k, v in value.items()}}
+    if isinstance(value, slice):
+        return {"slice": [_encode(value.start), _encode(value.stop), _encode(value.step)]}
+    if isinstance(value, torch.dtype):
+        return {"dtype": str(value).removeprefix("torch.")}
+    if value is Ellipsis:
+        return {"ellipsis": True}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise UnsupportedLayerError(f"cannot describe argument {value!r} of type {type(value).__name__}{_UNSUPPORTED}")
+
+
+def _decode(value: Any, env: dict[str, fx.Node]) -> Any:
+    if isinstance(value, list):
+        return [_decode(v, env) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if "node" in value:
+        return env[value["node"]]
+    if "tuple" in value:
+        return tuple(_decode(v, env) for v in value["tuple"])
+    if "dict" in value:
+        return {k: _decode(v, env) for k, v in value["dict"].items()}
+    if "slice" in value:
+        return slice(*(_decode(v, env) for v in value["slice"]))
+    if "dtype" in value:
+        dtype = getattr(torch, value["dtype"], None)
+        if not isinstance(dtype, torch.dtype):
+            raise CheckpointError(f"unknown dtype {value['dtype']!r} in arch spec")
+        return dtype
+    if value.get("ellipsis"):
+        return Ellipsis
+    raise CheckpointError(f"unreadable argument {value!r} in arch spec")
+
+
+def _module_spec(name: str, module: nn.Module) -> dict:
+    kind = type(module).__name__
+    if kind not in MODULES or type(module) is not MODULES[kind][0]:
+        raise UnsupportedLayerError(f"layer {name} ({type(module).__name__}) is not a standard layer{_UNSUPPORTED}")
+    args = {}
+    for attr in MODULES[kind][1]:
+        value = getattr(module, attr)
+        args[attr] = (value is not None) if attr == "bias" else list(value) if isinstance(value, tuple) else value
+    return {"type": kind, "args": args}
+
+
+@FAMILIES.register("graph")
+class GraphFamily:
+    name = "graph"
+
+    @staticmethod
+    def describe(model: nn.Module) -> dict:
+        try:
+            traced = fx.symbolic_trace(model)
+        except Exception as e:  # fx raises many exception types for untraceable code
+            raise UnsupportedLayerError(f"cannot trace {type(model).__name__}: {str(e).splitlines()[0]}{_UNSUPPORTED}"
+                                        ) from e
+        modules, params, nodes = {}, {}, []
+        for node in traced.graph.nodes:
+            entry = {"op": node.op, "name": node.name, "target": node.target,
+                     "args": _encode(node.args), "kwargs": _encode(dict(node.kwargs))}
+            if node.op == "call_module":
+                modules[node.target] = _module_spec(node.target, traced.get_submodule(node.target))
+            elif node.op == "call_function":
+                if id(node.target) not in _FUNCTION_NAMES:
+                    raise UnsupportedLayerError(f"operation {getattr(node.target, '__name__', node.target)} is not "
+                                                f"supported{_UNSUPPORTED}")
+                entry["target"] = _FUNCTION_NAMES[id(node.target)]
+            elif node.op == "call_method" and node.target not in METHODS:
+                raise UnsupportedLayerError(f"tensor method .{node.target}() is not supported{_UNSUPPORTED}")
+            elif node.op == "get_attr":
+                params[node.target] = list(traced.get_parameter(node.target).shape) if node.target in dict(
+                    traced.named_parameters()) else list(traced.get_buffer(node.target).shape)
+            nodes.append(entry)
+        return {"family": "graph", "modules": modules, "params": params, "nodes": nodes}
+
+    @staticmethod
+    def build(arch: dict) -> fx.GraphModule:
+        root = nn.Module()
+        for name, spec in arch["modules"].items():
+            if spec["type"] not in MODULES:
+                raise ValueError(f"module type {spec['type']!r} is not allowed")
+            cls = MODULES[spec["type"]][0]
+            _set_submodule(root, name, cls(**spec["args"]))
+        for name, shape in arch.get("params", {}).items():
+            owner, _, leaf = name.rpartition(".")
+            parent = root.get_submodule(owner) if owner else root
+            parent.register_parameter(leaf, nn.Parameter(torch.zeros(shape)))
+        graph, env = fx.Graph(), {}
+        for node in arch["nodes"]:
+            op, target = node["op"], node["target"]
+            args, kwargs = _decode(node["args"], env), _decode(node["kwargs"], env)
+            if op == "placeholder":
+                env[node["name"]] = graph.placeholder(target)
+            elif op == "call_module":
+                env[node["name"]] = graph.call_module(target, args, kwargs)
+            elif op == "call_function":
+                if target not in FUNCTIONS:
+                    raise ValueError(f"function {target!r} is not allowed")
+                env[node["name"]] = graph.call_function(FUNCTIONS[target], args, kwargs)
+            elif op == "call_method":
+                if target not in METHODS:
+                    raise ValueError(f"method {target!r} is not allowed")
+                env[node["name"]] = graph.call_method(target, args, kwargs)
+            elif op == "get_attr":
+                env[node["name"]] = graph.get_attr(target)
+            elif op == "output":
+                graph.output(args[0])
+            else:
+                raise ValueError(f"unknown node op {op!r}")
+        return fx.GraphModule(root, graph, class_name="NetfitGraph")
+
+
+def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+    *path, leaf = name.split(".")
+    parent = root
+    for part in path:
+        if not hasattr(parent, part):
+            parent.add_module(part, nn.Module())
+        parent = getattr(parent, part)
+    parent.add_module(leaf, module)
