@@ -49,9 +49,10 @@ def test_user_errors_exit_2_with_one_line(capsys, tmp_path, args, message):
     assert "Traceback" not in err
 
 
-def test_usage_error_exit_2(capsys):
+def test_usage_error_exit_2(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # typer draws the error in a box as wide as the terminal
     code, _, err = run(capsys, "adapt", "--epochs", "many")
-    assert code == 2 and "many" in err
+    assert code == 2 and "Invalid value for '--epochs'" in err
 
 
 @pytest.mark.slow

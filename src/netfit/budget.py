@@ -80,10 +80,11 @@ class Budget:
             raise BudgetError(f"cannot read budget {spec!r}; {_HELP}")
         value = float(match["num"])
         unit, word = match["unit"], match["word"]
+        known_units = {"%", *_COUNT_SCALE, *_BYTE_SCALE, *_TIME_SCALE}
+        if not word and unit not in known_units:  # "300flops" or "5 bananas": the letters name the metric
+            unit, word = "", unit
         if word and word not in _METRIC_WORDS:
             raise BudgetError(f"unknown budget metric {word!r} in {spec!r}; use macs, flops, params, latency or memory")
-        if not word and unit in _METRIC_WORDS:  # "300flops" written without a space
-            unit, word = "", unit
         metric = _METRIC_WORDS.get(word, "")
         if value <= 0:
             raise BudgetError(f"budget {spec!r} must be positive")

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -370,20 +369,14 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI; user errors print one line and exit 2."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        app(args=argv, standalone_mode=False)
-    except click.exceptions.Exit as e:
-        return e.exit_code
-    except click.ClickException as e:
-        e.show()
-        return 2
-    except click.exceptions.Abort:
-        err_console.print("aborted")
-        return 130
+        app(args=argv, prog_name="netfit")  # typer reports usage errors itself and exits with code 2
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 0 if e.code is None else 1
     except KeyboardInterrupt:
         err_console.print("interrupted; continue with the same command and --resume")
         return 130
     except NetfitError as e:
-        err_console.print(f"error: {e}", highlight=False, markup=False)
+        err_console.print(f"error: {e}", highlight=False, markup=False, soft_wrap=True)
         return 2
     return 0
 
