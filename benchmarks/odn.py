@@ -29,20 +29,37 @@ PAPER = {  # Optimally Deep Networks, MNIST row (trained on the full 60k MNIST t
 
 def run_seed(args: argparse.Namespace, seed: int, root: Path) -> dict:
     data = load_data(args.data)
-    model = create_model(args.model, num_classes=data.num_classes, in_chans=data.input_shape[0],
-                         width_mult=args.width)
+    model = create_model(args.model, num_classes=data.num_classes, in_chans=data.input_shape[0], width_mult=args.width)
     common = {"seed": seed, "progress": False, "train": {"batch_size": args.batch_size, "lr": args.lr}}
     t0 = time.perf_counter()
-    odn = adapt(model, data, "100%", "odn", out=root / f"odn-{seed}", epochs=args.epochs, seed_epochs=args.seed_epochs,
-                train_seed=True, method_options={"warmup_epochs": args.warmup}, **common)
+    odn = adapt(
+        model,
+        data,
+        "100%",
+        "odn",
+        out=root / f"odn-{seed}",
+        epochs=args.epochs,
+        seed_epochs=args.seed_epochs,
+        train_seed=True,
+        method_options={"warmup_epochs": args.warmup},
+        **common,
+    )
     odn_seconds = time.perf_counter() - t0
     summary = odn.summary
     chosen = next(r for r in summary["candidates"] if r["info"].get("chosen"))
     seed_dir = root / f"odn-{seed}" / "seed"
     trained_epochs = args.warmup + sum(1 for _ in summary["candidates"]) * args.epochs + args.epochs
     t0 = time.perf_counter()
-    uni = adapt(args.model, data, f"{chosen['macs']}", "uniform", out=root / f"uniform-{seed}",
-                epochs=trained_epochs, seed_weights=seed_dir, **common)
+    uni = adapt(
+        args.model,
+        data,
+        f"{chosen['macs']}",
+        "uniform",
+        out=root / f"uniform-{seed}",
+        epochs=trained_epochs,
+        seed_weights=seed_dir,
+        **common,
+    )
     uniform_seconds = time.perf_counter() - t0
     (urow,) = uni.summary["candidates"]
     full = load_model(seed_dir)
@@ -50,14 +67,28 @@ def run_seed(args: argparse.Namespace, seed: int, root: Path) -> dict:
     shape = data.input_shape
     return {
         "seed": seed,
-        "full": {**{k: summary["seed"][k] for k in ("macs", "params", "accuracy")},
-                 "peak_memory_bytes": peak_memory(full, shape).peak_bytes},
-        "odn": {"depth": chosen["info"]["depth"], "of_depths": sum(len(s) for s in full.stages),
-                "accuracy": chosen["accuracy"], "macs": chosen["macs"], "params": chosen["params"],
-                "peak_memory_bytes": peak_memory(prefix, shape).peak_bytes, "target_acc": chosen["info"]["target_acc"],
-                "depths_tried": [r["info"]["depth"] for r in summary["candidates"]], "seconds": round(odn_seconds, 1)},
-        "uniform_same_macs": {"accuracy": urow["accuracy"], "macs": urow["macs"], "params": urow["params"],
-                              "epochs": trained_epochs, "seconds": round(uniform_seconds, 1)},
+        "full": {
+            **{k: summary["seed"][k] for k in ("macs", "params", "accuracy")},
+            "peak_memory_bytes": peak_memory(full, shape).peak_bytes,
+        },
+        "odn": {
+            "depth": chosen["info"]["depth"],
+            "of_depths": sum(len(s) for s in full.stages),
+            "accuracy": chosen["accuracy"],
+            "macs": chosen["macs"],
+            "params": chosen["params"],
+            "peak_memory_bytes": peak_memory(prefix, shape).peak_bytes,
+            "target_acc": chosen["info"]["target_acc"],
+            "depths_tried": [r["info"]["depth"] for r in summary["candidates"]],
+            "seconds": round(odn_seconds, 1),
+        },
+        "uniform_same_macs": {
+            "accuracy": urow["accuracy"],
+            "macs": urow["macs"],
+            "params": urow["params"],
+            "epochs": trained_epochs,
+            "seconds": round(uniform_seconds, 1),
+        },
     }
 
 
@@ -93,10 +124,16 @@ def to_markdown(args: argparse.Namespace, runs: list[dict]) -> str:
     ]
     paper = PAPER.get(args.data)
     if paper:
-        lines.append(f"| paper ({paper['model']}, full 60k MNIST train set) | {paper['depth']} | "
-                     f"{100 * paper['accuracy']:.2f}% | | | {100 * paper['params_reduction']:.2f}% | |")
-    lines += ["", "MACs of one forward pass at batch 1 (conv/linear); FLOPs = 2 x MACs. Peak memory: netfit's "
-              "CPU tensor tracking (parameters + live activations, batch 1).", ""]
+        lines.append(
+            f"| paper ({paper['model']}, full 60k MNIST train set) | {paper['depth']} | "
+            f"{100 * paper['accuracy']:.2f}% | | | {100 * paper['params_reduction']:.2f}% | |"
+        )
+    lines += [
+        "",
+        "MACs of one forward pass at batch 1 (conv/linear); FLOPs = 2 x MACs. Peak memory: netfit's "
+        "CPU tensor tracking (parameters + live activations, batch 1).",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -115,8 +152,13 @@ def main() -> None:
     args = parser.parse_args()
     root = args.root or Path(tempfile.mkdtemp(prefix="netfit-odn-"))
     runs = [run_seed(args, s, root) for s in args.seeds]
-    payload = {"benchmark": "odn", "settings": vars(args) | {"root": str(root)}, "environment": environment(),
-               "paper": PAPER.get(args.data), "runs": runs}
+    payload = {
+        "benchmark": "odn",
+        "settings": vars(args) | {"root": str(root)},
+        "environment": environment(),
+        "paper": PAPER.get(args.data),
+        "runs": runs,
+    }
     write_results(f"odn_{args.data}", payload, to_markdown(args, runs))
     print(to_markdown(args, runs))
 

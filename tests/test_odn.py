@@ -18,8 +18,9 @@ def digits():
     return load_data("digits")
 
 
-@pytest.mark.parametrize(("name", "shape"), [("resnet18_cifar", (1, 8, 8)), ("resnet18_1d", (1, 40)),
-                                             ("cnn_small", (1, 8, 8))])
+@pytest.mark.parametrize(
+    ("name", "shape"), [("resnet18_cifar", (1, 8, 8)), ("resnet18_1d", (1, 40)), ("cnn_small", (1, 8, 8))]
+)
 def test_exits_and_deployment_parity(name, shape):
     torch.manual_seed(0)
     seed = create_model(name, num_classes=10, in_chans=1).eval()
@@ -37,12 +38,26 @@ def test_exits_and_deployment_parity(name, shape):
 
 def test_stops_at_first_depth_reaching_target(tmp_path, digits):
     """Target 0.05 (below chance) is reached at depth 1; target 1.0 is never reached -> deepest within budget."""
-    easy = adapt("cnn_small", digits, "100%", "odn", out=tmp_path / "easy", method_options={"target_acc": 0.05,
-                 "warmup_epochs": 1}, **FAST)
+    easy = adapt(
+        "cnn_small",
+        digits,
+        "100%",
+        "odn",
+        out=tmp_path / "easy",
+        method_options={"target_acc": 0.05, "warmup_epochs": 1},
+        **FAST,
+    )
     assert [r["info"]["depth"] for r in easy.summary["candidates"]] == [1]
     assert easy.summary["candidates"][0]["info"]["chosen"]
-    hard = adapt("cnn_small", digits, "100%", "odn", out=tmp_path / "hard", method_options={"target_acc": 1.0,
-                 "warmup_epochs": 1}, **FAST)
+    hard = adapt(
+        "cnn_small",
+        digits,
+        "100%",
+        "odn",
+        out=tmp_path / "hard",
+        method_options={"target_acc": 1.0, "warmup_epochs": 1},
+        **FAST,
+    )
     rows = hard.summary["candidates"]
     assert [r["info"]["depth"] for r in rows] == [1, 2, 3, 4]
     assert [r["macs"] for r in rows] == sorted(r["macs"] for r in rows)
@@ -50,8 +65,9 @@ def test_stops_at_first_depth_reaching_target(tmp_path, digits):
 
 
 def test_budget_caps_depth(tmp_path, digits):
-    result = adapt("cnn_small", digits, "60%", "odn", out=tmp_path, method_options={"target_acc": 1.0,
-                   "warmup_epochs": 1}, **FAST)
+    result = adapt(
+        "cnn_small", digits, "60%", "odn", out=tmp_path, method_options={"target_acc": 1.0, "warmup_epochs": 1}, **FAST
+    )
     rows = result.summary["candidates"]
     assert all(r["within_budget"] for r in rows)
     assert len(rows) < 4

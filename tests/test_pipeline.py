@@ -4,12 +4,12 @@ import json
 
 import pytest
 import torch
-from netfit.export import load_model
 from torch import nn
 
 from netfit.api import adapt
 from netfit.data import load_data
 from netfit.errors import BudgetInfeasibleError, CheckpointError, NetfitError
+from netfit.export import load_model
 from netfit.methods.uniform import Uniform
 
 FAST = {"epochs": 1, "seed_epochs": 2, "progress": False, "train": {"batch_size": 64}}

@@ -47,9 +47,7 @@ class Registry(Generic[T]):
         except KeyError:
             close = difflib.get_close_matches(name, self._items, n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise UnknownNameError(
-                f"unknown {self.kind} {name!r}{hint} (known: {', '.join(self.list())})"
-            ) from None
+            raise UnknownNameError(f"unknown {self.kind} {name!r}{hint} (known: {', '.join(self.list())})") from None
 
     def create(self, name: str, **kwargs: Any) -> Any:
         factory = self.get(name)

@@ -21,8 +21,14 @@ WEIGHTS_FILE = "model.safetensors"
 FORMAT = "netfit.arch/1"
 
 
-def save_model(model: nn.Module, out_dir: str | Path, *, arch: dict | None = None,
-               input_shape: Sequence[int] | None = None, meta: dict[str, Any] | None = None) -> Path:
+def save_model(
+    model: nn.Module,
+    out_dir: str | Path,
+    *,
+    arch: dict | None = None,
+    input_shape: Sequence[int] | None = None,
+    meta: dict[str, Any] | None = None,
+) -> Path:
     """Write ``out_dir/model.safetensors`` and ``out_dir/arch.json`` atomically; returns ``out_dir``.
 
     Example:
@@ -34,8 +40,13 @@ def save_model(model: nn.Module, out_dir: str | Path, *, arch: dict | None = Non
     out_dir = Path(out_dir)
     arch = arch if arch is not None else arch_of(model)
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    document = {"format": FORMAT, "netfit_version": __version__, "arch": arch,
-                "input_shape": list(input_shape) if input_shape is not None else None, "meta": meta or {}}
+    document = {
+        "format": FORMAT,
+        "netfit_version": __version__,
+        "arch": arch,
+        "input_shape": list(input_shape) if input_shape is not None else None,
+        "meta": meta or {},
+    }
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(out_dir / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp)))
@@ -74,8 +85,11 @@ def load_model(path: str | Path) -> nn.Module:
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{file} is corrupt ({e})") from e
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    problems = [f"{k} expects {s}, file has {tuple(tensors[k].shape)}" for k, s in expected.items()
-                if k in tensors and tuple(tensors[k].shape) != s]
+    problems = [
+        f"{k} expects {s}, file has {tuple(tensors[k].shape)}"
+        for k, s in expected.items()
+        if k in tensors and tuple(tensors[k].shape) != s
+    ]
     problems += [f"{k} is missing from the file" for k in expected if k not in tensors]
     problems += [f"{k} in the file is not in the architecture" for k in tensors if k not in expected]
     if problems:
@@ -87,8 +101,15 @@ def load_model(path: str | Path) -> nn.Module:
     return model.eval()
 
 
-def export_onnx(model: nn.Module, path: str | Path, input_shape: Sequence[int], *, opset: int = 17,
-                check: bool = True, atol: float = 1e-4) -> dict[str, Any]:
+def export_onnx(
+    model: nn.Module,
+    path: str | Path,
+    input_shape: Sequence[int],
+    *,
+    opset: int = 17,
+    check: bool = True,
+    atol: float = 1e-4,
+) -> dict[str, Any]:
     """Export to ONNX (dynamic batch) and, when ``check``, compare ONNX Runtime's outputs with torch's."""
     require("onnx", "onnx")
     path = Path(path)
@@ -99,13 +120,27 @@ def export_onnx(model: nn.Module, path: str | Path, input_shape: Sequence[int], 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
-                torch.onnx.export(model, (example,), str(tmp), opset_version=opset, dynamo=False,
-                                  input_names=["input"], output_names=["logits"],
-                                  dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+                torch.onnx.export(
+                    model,
+                    (example,),
+                    str(tmp),
+                    opset_version=opset,
+                    dynamo=False,
+                    input_names=["input"],
+                    output_names=["logits"],
+                    dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                )
             except Exception:  # the legacy exporter can fail on new ops: try the dynamo exporter
-                torch.onnx.export(model, (example,), str(tmp), opset_version=opset, dynamo=True,
-                                  input_names=["input"], output_names=["logits"],
-                                  dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
+                torch.onnx.export(
+                    model,
+                    (example,),
+                    str(tmp),
+                    opset_version=opset,
+                    dynamo=True,
+                    input_names=["input"],
+                    output_names=["logits"],
+                    dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
+                )
 
     atomic_write(path, write)
     report: dict[str, Any] = {"path": str(path), "opset": opset, "max_abs_diff": None}
@@ -117,6 +152,8 @@ def export_onnx(model: nn.Module, path: str | Path, input_shape: Sequence[int], 
         got = session.run(None, {session.get_inputs()[0].name: example.numpy()})[0]
         report["max_abs_diff"] = float(abs(got - expected).max())
         if report["max_abs_diff"] > atol:
-            raise NetfitError(f"ONNX outputs differ from torch by {report['max_abs_diff']:.2e} > {atol}; the export "
-                              f"of {type(model).__name__} is not faithful")
+            raise NetfitError(
+                f"ONNX outputs differ from torch by {report['max_abs_diff']:.2e} > {atol}; the export "
+                f"of {type(model).__name__} is not faithful"
+            )
     return report

@@ -24,20 +24,22 @@ def render_markdown(result: dict) -> str:
         f"Budget {budget['spec']!r} = {format_metric(budget['limit'], budget['metric'])}. "
         f"Selected: **{result.get('selected') or 'none within budget'}**.",
         "",
-        "| | id | MACs | FLOPs | params | accuracy | within budget |",
+        "| id | MACs | FLOPs | params | accuracy | within budget | Pareto front |",
         "|---|---|---|---|---|---|---|",
     ]
     seed = result["seed"]
-    lines.append(f"| | seed | {format_count(seed['macs'])} | {format_count(seed['flops'])} | "
-                 f"{format_count(seed['params'])} | {100 * seed['accuracy']:.2f}% | |")
+    lines.append(
+        f"| seed | {format_count(seed['macs'])} | {format_count(seed['flops'])} | "
+        f"{format_count(seed['params'])} | {100 * seed['accuracy']:.2f}% | | |"
+    )
     for row in result["candidates"]:
-        mark = ("**>**" if row["id"] == result.get("selected") else "") + (
-            "*" if row["id"] in result.get("pareto", []) else "")
-        lines.append(f"| {mark} | {row['id']} | {format_count(row['macs'])} | {format_count(row['flops'])} | "
-                     f"{format_count(row['params'])} | {100 * row['accuracy']:.2f}% | "
-                     f"{'yes' if row['within_budget'] else 'no'} |")
-    lines += ["", "\\* on the Pareto front, **>** selected. Accuracy: top-1 on the held-out test split.", "",
-              CONVENTION, ""]
+        name = f"**{row['id']}** (selected)" if row["id"] == result.get("selected") else row["id"]
+        lines.append(
+            f"| {name} | {format_count(row['macs'])} | {format_count(row['flops'])} | "
+            f"{format_count(row['params'])} | {100 * row['accuracy']:.2f}% | "
+            f"{'yes' if row['within_budget'] else 'no'} | {'yes' if row['id'] in result['pareto'] else ''} |"
+        )
+    lines += ["", "Accuracy: top-1 on the held-out test split.", "", CONVENTION, ""]
     settings = result.get("settings", {})
     if settings:
         lines += ["## Settings", ""]
@@ -64,14 +66,22 @@ def plot_fronts(results: list[dict], path: str | Path, *, title: str | None = No
         rows = result["candidates"]
         macs = [r["macs"] for r in rows]
         accs = [100 * r["accuracy"] for r in rows]
-        all_macs += macs + [result["seed"]["macs"]]
+        all_macs += [*macs, result["seed"]["macs"]]
         color = f"C{k % 10}"
         ax.scatter(macs, accs, marker=MARKERS[k % len(MARKERS)], color=color, label=result["method"], zorder=3)
         front = sorted((r["macs"], 100 * r["accuracy"]) for r in rows if r["id"] in result.get("pareto", []))
         if front:
             ax.step(*zip(*front), where="post", color=color, alpha=0.6)
-        ax.scatter([result["seed"]["macs"]], [100 * result["seed"]["accuracy"]], marker="*", s=180, color=color,
-                   edgecolor="black", zorder=4, label=f"seed ({result['model']})" if k == 0 else None)
+        ax.scatter(
+            [result["seed"]["macs"]],
+            [100 * result["seed"]["accuracy"]],
+            marker="*",
+            s=180,
+            color=color,
+            edgecolor="black",
+            zorder=4,
+            label=f"seed ({result['model']})" if k == 0 else None,
+        )
         if result["budget"]["metric"] == "macs":
             ax.axvline(result["budget"]["limit"], color=color, linestyle="--", alpha=0.5)
     if all_macs and max(all_macs) > 10 * max(1, min(all_macs)):

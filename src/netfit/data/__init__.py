@@ -30,8 +30,12 @@ DATASETS: Registry = Registry("data set")
 def _digits() -> Arrays:
     datasets = require("sklearn.datasets", "data")
     bunch = datasets.load_digits()
-    return Arrays((bunch.images / 16.0).astype(np.float32)[:, None], bunch.target.astype(np.int64), augment="crop",
-                  kind="scikit-learn load_digits (8x8)")
+    return Arrays(
+        (bunch.images / 16.0).astype(np.float32)[:, None],
+        bunch.target.astype(np.int64),
+        augment="crop",
+        kind="scikit-learn load_digits (8x8)",
+    )
 
 
 @DATASETS.register("mnist1d")
@@ -40,8 +44,14 @@ def _mnist1d() -> Arrays:
     from mnist1d.data import get_dataset_args, make_dataset
 
     d = make_dataset(get_dataset_args())  # generated locally; get_dataset would download
-    return Arrays(d["x"].astype(np.float32)[:, None], d["y"].astype(np.int64), d["x_test"].astype(np.float32)[:, None],
-                  d["y_test"].astype(np.int64), augment=None, kind="mnist1d make_dataset (default args)")
+    return Arrays(
+        d["x"].astype(np.float32)[:, None],
+        d["y"].astype(np.int64),
+        d["x_test"].astype(np.float32)[:, None],
+        d["y_test"].astype(np.int64),
+        augment=None,
+        kind="mnist1d make_dataset (default args)",
+    )
 
 
 def mnist10k_dir() -> Path | None:
@@ -54,8 +64,10 @@ def mnist10k_dir() -> Path | None:
 def _mnist10k() -> Arrays:
     directory = mnist10k_dir()
     if directory is None:
-        raise DataError("MNIST-10k not found; set NETFIT_MNIST_DIR to a folder with t10k-images-idx3-ubyte.gz and "
-                        "t10k-labels-idx1-ubyte.gz")
+        raise DataError(
+            "MNIST-10k not found; set NETFIT_MNIST_DIR to a folder with t10k-images-idx3-ubyte.gz and "
+            "t10k-labels-idx1-ubyte.gz"
+        )
     arrays = read_idx_dir(directory)
     assert arrays is not None  # the folder exists and read_idx_dir raises on bad files
     arrays.kind = f"MNIST test set (10,000 images) from {directory}"
@@ -95,8 +107,17 @@ def _bundle(a: Arrays, name: str, seed: int, val_fraction: float, test_fraction:
     mean, std = channel_stats(parts[0][0])
     sizes = ", ".join(f"{k} {len(y)}" for k, (_, y) in zip(("train", "val", "test"), parts))
     datasets = [TensorDataset(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y)) for x, y in parts]
-    return DataBundle(name, *datasets, num_classes=num_classes, input_shape=tuple(a.x.shape[1:]), augment=a.augment,
-                      mean=mean, std=std, source=f"{a.kind}; stratified split seed {seed}: {sizes}", split_seed=seed)
+    return DataBundle(
+        name,
+        *datasets,
+        num_classes=num_classes,
+        input_shape=tuple(a.x.shape[1:]),
+        augment=a.augment,
+        mean=mean,
+        std=std,
+        source=f"{a.kind}; stratified split seed {seed}: {sizes}",
+        split_seed=seed,
+    )
 
 
 def _check_labels(y: np.ndarray, name: str) -> None:

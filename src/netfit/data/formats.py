@@ -29,7 +29,7 @@ class Arrays:
 
 def _read_bytes(path: Path) -> bytes:
     try:
-        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+        with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
             return f.read()
     except (OSError, EOFError) as e:
         raise DataError(f"cannot read {path}: {e}") from e
@@ -42,8 +42,10 @@ def read_idx(path: Path, expected_magic: int) -> np.ndarray:
         raise DataError(f"{path} is too short to be an IDX file")
     magic = int.from_bytes(raw[:4], "big")
     if magic != expected_magic:
-        raise DataError(f"{path} has magic number {magic}, expected {expected_magic} (not an IDX "
-                        f"{'image' if expected_magic == 2051 else 'label'} file)")
+        raise DataError(
+            f"{path} has magic number {magic}, expected {expected_magic} (not an IDX "
+            f"{'image' if expected_magic == 2051 else 'label'} file)"
+        )
     ndim = raw[3]
     dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     body = raw[4 + 4 * ndim :]
@@ -97,22 +99,31 @@ def read_cifar_dir(directory: Path) -> Arrays | None:
         raw = np.frombuffer(_read_bytes(path), dtype=np.uint8)
         record = label_bytes + 3072
         if raw.size == 0 or raw.size % record:
-            raise DataError(f"{path} has {raw.size} bytes, not a multiple of the {record}-byte CIFAR record "
-                            "(truncated or not the binary version)")
+            raise DataError(
+                f"{path} has {raw.size} bytes, not a multiple of the {record}-byte CIFAR record "
+                "(truncated or not the binary version)"
+            )
         rows = raw.reshape(-1, record)
         return rows[:, label_bytes:].reshape(-1, 3, 32, 32), rows[:, label_bytes - 1].astype(np.int64)
 
     parts = [read(f) for f in files]
     xt, yt = read(test)
-    return Arrays(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), xt, yt,
-                  augment="crop_flip", kind=f"CIFAR-{10 if label_bytes == 1 else 100} binary")
+    return Arrays(
+        np.concatenate([p[0] for p in parts]),
+        np.concatenate([p[1] for p in parts]),
+        xt,
+        yt,
+        augment="crop_flip",
+        kind=f"CIFAR-{10 if label_bytes == 1 else 100} binary",
+    )
 
 
 def read_image_folder(directory: Path) -> Arrays | None:
     """root/<class>/<image>: classes are the sorted folder names; all images must share one size."""
     class_dirs = sorted(d for d in directory.iterdir() if d.is_dir())
-    files = [(f, i) for i, d in enumerate(class_dirs) for f in sorted(d.iterdir()) if f.suffix.lower() in
-             IMAGE_SUFFIXES]
+    files = [
+        (f, i) for i, d in enumerate(class_dirs) for f in sorted(d.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES
+    ]
     if not files:
         return None
     import matplotlib.image as mpimg
@@ -129,8 +140,10 @@ def read_image_folder(directory: Path) -> Arrays | None:
         if first_shape is None:
             first_shape = img.shape
         if img.shape != first_shape:
-            raise DataError(f"image {path} has shape {img.shape} but {files[0][0]} has {first_shape}; "
-                            "all images of a folder must share one size and channel count")
+            raise DataError(
+                f"image {path} has shape {img.shape} but {files[0][0]} has {first_shape}; "
+                "all images of a folder must share one size and channel count"
+            )
         images.append(img.transpose(2, 0, 1))
         labels.append(label)
     return Arrays(np.stack(images), np.array(labels, dtype=np.int64), augment="crop", kind="image folder")
@@ -164,24 +177,35 @@ def read_npz(path: Path) -> Arrays:
             raise DataError(f"{path}: {name} have different lengths or labels are missing")
     x = x if x.dtype == np.uint8 else x.astype(np.float32)
     xt = None if xt is None else xt if xt.dtype == np.uint8 else xt.astype(np.float32)
-    return Arrays(x, arrays["y"].astype(np.int64), xt, arrays.get("y_test", np.empty(0)).astype(np.int64)
-                  if xt is not None else None, augment="crop" if x.ndim == 4 else None, kind=".npz")
+    return Arrays(
+        x,
+        arrays["y"].astype(np.int64),
+        xt,
+        arrays.get("y_test", np.empty(0)).astype(np.int64) if xt is not None else None,
+        augment="crop" if x.ndim == 4 else None,
+        kind=".npz",
+    )
 
 
 def read_path(path: Path) -> Arrays:
     """Detect the format of ``path`` and read it."""
     if not path.exists():
-        raise DataError(f"data path {path} does not exist; give a built-in name (digits, mnist1d, mnist10k) or a "
-                        "path to IDX files, CIFAR binary files, an image folder or an .npz file")
+        raise DataError(
+            f"data path {path} does not exist; give a built-in name (digits, mnist1d, mnist10k) or a "
+            "path to IDX files, CIFAR binary files, an image folder or an .npz file"
+        )
     if path.is_file():
         if path.suffix == ".npz":
             return read_npz(path)
-        raise DataError(f"{path} is a file netfit cannot read; files must be .npz (a directory for IDX, CIFAR or "
-                        "image folders)")
+        raise DataError(
+            f"{path} is a file netfit cannot read; files must be .npz (a directory for IDX, CIFAR or image folders)"
+        )
     for reader in (read_idx_dir, read_cifar_dir, read_image_folder):
         arrays = reader(path)
         if arrays is not None:
             return arrays
-    raise DataError(f"no data found in {path}; tried IDX (*images-idx3-ubyte[.gz] + *labels-idx1-ubyte[.gz]), "
-                    "CIFAR binary (data_batch_*.bin + test_batch.bin, or train.bin + test.bin) and an image folder "
-                    "(one subfolder of images per class)")
+    raise DataError(
+        f"no data found in {path}; tried IDX (*images-idx3-ubyte[.gz] + *labels-idx1-ubyte[.gz]), "
+        "CIFAR binary (data_batch_*.bin + test_batch.bin, or train.bin + test.bin) and an image folder "
+        "(one subfolder of images per class)"
+    )

@@ -29,9 +29,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"checkpoint {path} is corrupt or not a netfit checkpoint ({reason[:200]}); delete it "
-                              "or start without --resume") from e
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or not a netfit checkpoint ({reason[:200]}); delete it "
+            "or start without --resume"
+        ) from e
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(f"checkpoint {path} is not a netfit checkpoint (format {FORMAT}); delete it or start "
-                              "without --resume")
+        raise CheckpointError(
+            f"checkpoint {path} is not a netfit checkpoint (format {FORMAT}); delete it or start without --resume"
+        )
     return state

@@ -142,8 +142,9 @@ class _LrControl:
 
 
 def _make_optimizer(model: nn.Module, config: TrainConfig, param_filter) -> torch.optim.Optimizer:
-    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad and (param_filter is None or
-                                                                                  param_filter(n, p))]
+    params = [
+        (n, p) for n, p in model.named_parameters() if p.requires_grad and (param_filter is None or param_filter(n, p))
+    ]
     decay = [p for _, p in params if p.ndim > 1]
     no_decay = [p for _, p in params if p.ndim <= 1]  # biases and norms: no weight decay
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -257,22 +258,25 @@ def train(
         if ckpt_path is None:
             return
         if is_main():
-            save_checkpoint(ckpt_path, {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "extra_optimizers": [o.state_dict() for o in extra_optimizers],
-                "scaler": scaler.state_dict() if scaler is not None else {},
-                "callbacks": [cb.state_dict() for cb in callbacks],
-                "lr_control": lr_control.state_dict(),
-                "epoch": state.epoch,
-                "step": state.step,
-                "history": state.history,
-                "best_model": best_state,
-                "rng": rng_state(),
-                "config": config.to_dict(),
-                "finished": finished,
-                "early_stopped": early_stopped,
-            })
+            save_checkpoint(
+                ckpt_path,
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "extra_optimizers": [o.state_dict() for o in extra_optimizers],
+                    "scaler": scaler.state_dict() if scaler is not None else {},
+                    "callbacks": [cb.state_dict() for cb in callbacks],
+                    "lr_control": lr_control.state_dict(),
+                    "epoch": state.epoch,
+                    "step": state.step,
+                    "history": state.history,
+                    "best_model": best_state,
+                    "rng": rng_state(),
+                    "config": config.to_dict(),
+                    "finished": finished,
+                    "early_stopped": early_stopped,
+                },
+            )
         barrier()
 
     early_stopped = False
@@ -352,8 +356,10 @@ def train(
         if log is not None:
             log.write("epoch", phase=desc, **row)
         if is_main():
-            logger.info(f"{desc} epoch {row['epoch']}/{config.epochs}: loss {row['train_loss']:.4f} "
-                        f"{eval_split} acc {row[f'{eval_split}_acc']:.4f} ({row['seconds']:.1f}s)")
+            logger.info(
+                f"{desc} epoch {row['epoch']}/{config.epochs}: loss {row['train_loss']:.4f} "
+                f"{eval_split} acc {row[f'{eval_split}_acc']:.4f} ({row['seconds']:.1f}s)"
+            )
         done = early_stopped or state.epoch >= config.epochs
         if done and config.keep_best and best_state is not None:
             model.load_state_dict(best_state)
@@ -421,8 +427,14 @@ class _progress:
             return lambda **_: None
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=True)
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeRemainingColumn(),
+            transient=True,
+        )
         self.progress.__enter__()
         task = self.progress.add_task(self.description, total=self.total, info="")
 

@@ -72,8 +72,9 @@ def deploy_prefix(exit_net: ExitNet, seed_model: StagedNet, depth: int) -> Stage
     """Blocks 1..depth and exit head ``depth`` as a plain built-in network (same outputs as depth=``depth``)."""
     arch = arch_of(seed_model)
     if arch.get("head", {}).get("neck"):
-        raise UnsupportedLayerError("odn deploys pool + linear heads; models with a head neck (mobilenetv2) are not "
-                                    "supported yet")
+        raise UnsupportedLayerError(
+            "odn deploys pool + linear heads; models with a head neck (mobilenetv2) are not supported yet"
+        )
     stage_idx, block_idx = exit_net.positions[depth - 1]
     arch["stages"] = arch["stages"][: stage_idx + 1]
     arch["stages"][-1]["blocks"] = arch["stages"][-1]["blocks"][: block_idx + 1]
@@ -136,8 +137,9 @@ class ODN:
             info = {"depth": depth, "val_acc": best, "target_acc": goal, "reached": best >= goal}
             chosen = best >= goal or depth == deepest
             if chosen:
-                model, tuned = self._train_depth(model, model.state_dict(), depth, data, run, f"odn-finetune{depth}",
-                                                 lr * 0.1, self.finetune_epochs)
+                model, tuned = self._train_depth(
+                    model, model.state_dict(), depth, data, run, f"odn-finetune{depth}", lr * 0.1, self.finetune_epochs
+                )
                 info.update(chosen=True, finetuned_val_acc=tuned)
             run.log.write("odn-depth", **info)
             candidates.append(Candidate(f"depth{depth}", deploy_prefix(model, seed.model, depth), target, info))
@@ -145,8 +147,9 @@ class ODN:
                 break
         return candidates
 
-    def _train_depth(self, template: ExitNet, state: dict, depth: int, data, run, phase: str, lr: float,
-                     epochs: int | None = None) -> tuple[ExitNet, float]:
+    def _train_depth(
+        self, template: ExitNet, state: dict, depth: int, data, run, phase: str, lr: float, epochs: int | None = None
+    ) -> tuple[ExitNet, float]:
         model = copy.deepcopy(template)
         model.load_state_dict(state)
         model.depth = depth

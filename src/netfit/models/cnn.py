@@ -47,8 +47,9 @@ class CNNFamily:
             if not stage["blocks"]:
                 raise ValueError("every stage needs at least one block")
             blocks = [ConvBlock(ndim, cin, stage["width"], kernel, stage["stride"], residual=False)]
-            blocks += [ConvBlock(ndim, stage["width"], stage["width"], kernel, 1, residual=True)
-                       for _ in stage["blocks"][1:]]
+            blocks += [
+                ConvBlock(ndim, stage["width"], stage["width"], kernel, 1, residual=True) for _ in stage["blocks"][1:]
+            ]
             stages.append(nn.Sequential(*blocks))
             cin = stage["width"]
         return SmallCNN(stem, stages, Head(ndim, cin, arch["num_classes"], **arch.get("head", {})), ndim)
@@ -63,21 +64,33 @@ class CNNFamily:
             "ndim": ndim_of(conv),
             "kernel": conv.kernel_size[0],
             "stem": {"width": conv.out_channels},
-            "stages": [{"stride": s[0].conv[0].stride[0], "width": s[0].conv[0].out_channels,
-                        "blocks": [{} for _ in s]} for s in model.stages],
+            "stages": [
+                {"stride": s[0].conv[0].stride[0], "width": s[0].conv[0].out_channels, "blocks": [{} for _ in s]}
+                for s in model.stages
+            ],
             "head": model.head.describe(),
         }
 
 
 def _cnn_arch(widths: tuple[int, ...], strides: tuple[int, ...], kernel: int, ndim: int, blocks: int = 2):
-    def factory(num_classes: int = 10, in_chans: int = 3, width_mult: float = 1.0,
-                depths: list[int] | None = None) -> dict:
+    def factory(
+        num_classes: int = 10, in_chans: int = 3, width_mult: float = 1.0, depths: list[int] | None = None
+    ) -> dict:
         depths = depths or [blocks] * len(widths)
-        stages = [{"stride": s, "width": scale_width(w, width_mult), "blocks": [{} for _ in range(n)]}
-                  for w, s, n in zip(widths, strides, depths)]
-        return {"family": "cnn", "num_classes": num_classes, "in_chans": in_chans, "ndim": ndim, "kernel": kernel,
-                "stem": {"width": scale_width(widths[0], width_mult)}, "stages": stages,
-                "head": {"neck": 0, "dropout": 0.0}}
+        stages = [
+            {"stride": s, "width": scale_width(w, width_mult), "blocks": [{} for _ in range(n)]}
+            for w, s, n in zip(widths, strides, depths)
+        ]
+        return {
+            "family": "cnn",
+            "num_classes": num_classes,
+            "in_chans": in_chans,
+            "ndim": ndim,
+            "kernel": kernel,
+            "stem": {"width": scale_width(widths[0], width_mult)},
+            "stages": stages,
+            "head": {"neck": 0, "dropout": 0.0},
+        }
 
     return factory
 

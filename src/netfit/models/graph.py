@@ -18,8 +18,17 @@ from torch import nn
 from ..errors import CheckpointError, UnsupportedLayerError
 from .registry import FAMILIES
 
-_CONV = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "bias",
-         "padding_mode")
+_CONV = (
+    "in_channels",
+    "out_channels",
+    "kernel_size",
+    "stride",
+    "padding",
+    "dilation",
+    "groups",
+    "bias",
+    "padding_mode",
+)
 _BN = ("num_features", "eps", "momentum", "affine", "track_running_stats")
 _POOL = ("kernel_size", "stride", "padding", "ceil_mode")
 MODULES: dict[str, tuple[type[nn.Module], tuple[str, ...]]] = {
@@ -52,17 +61,54 @@ MODULES: dict[str, tuple[type[nn.Module], tuple[str, ...]]] = {
     "AdaptiveAvgPool2d": (nn.AdaptiveAvgPool2d, ("output_size",)),
 }
 FUNCTIONS: dict[str, Any] = {
-    "operator.add": operator.add, "operator.sub": operator.sub, "operator.mul": operator.mul,
-    "operator.truediv": operator.truediv, "operator.getitem": operator.getitem, "operator.iadd": operator.iadd,
-    "torch.add": torch.add, "torch.mul": torch.mul, "torch.cat": torch.cat, "torch.flatten": torch.flatten,
-    "torch.relu": torch.relu, "torch.sigmoid": torch.sigmoid, "torch.tanh": torch.tanh, "torch.mean": torch.mean,
-    "torch.sum": torch.sum, "F.relu": F.relu, "F.relu6": F.relu6, "F.gelu": F.gelu, "F.silu": F.silu,
-    "F.adaptive_avg_pool1d": F.adaptive_avg_pool1d, "F.adaptive_avg_pool2d": F.adaptive_avg_pool2d,
-    "F.avg_pool2d": F.avg_pool2d, "F.max_pool2d": F.max_pool2d, "F.dropout": F.dropout, "F.softmax": F.softmax,
+    "operator.add": operator.add,
+    "operator.sub": operator.sub,
+    "operator.mul": operator.mul,
+    "operator.truediv": operator.truediv,
+    "operator.getitem": operator.getitem,
+    "operator.iadd": operator.iadd,
+    "torch.add": torch.add,
+    "torch.mul": torch.mul,
+    "torch.cat": torch.cat,
+    "torch.flatten": torch.flatten,
+    "torch.relu": torch.relu,
+    "torch.sigmoid": torch.sigmoid,
+    "torch.tanh": torch.tanh,
+    "torch.mean": torch.mean,
+    "torch.sum": torch.sum,
+    "F.relu": F.relu,
+    "F.relu6": F.relu6,
+    "F.gelu": F.gelu,
+    "F.silu": F.silu,
+    "F.adaptive_avg_pool1d": F.adaptive_avg_pool1d,
+    "F.adaptive_avg_pool2d": F.adaptive_avg_pool2d,
+    "F.avg_pool2d": F.avg_pool2d,
+    "F.max_pool2d": F.max_pool2d,
+    "F.dropout": F.dropout,
+    "F.softmax": F.softmax,
 }
 _FUNCTION_NAMES = {id(fn): name for name, fn in FUNCTIONS.items()}
-METHODS = {"view", "reshape", "flatten", "mean", "sum", "size", "relu", "sigmoid", "permute", "transpose",
-           "contiguous", "chunk", "split", "squeeze", "unsqueeze", "add", "mul", "softmax", "flip"}
+METHODS = {
+    "view",
+    "reshape",
+    "flatten",
+    "mean",
+    "sum",
+    "size",
+    "relu",
+    "sigmoid",
+    "permute",
+    "transpose",
+    "contiguous",
+    "chunk",
+    "split",
+    "squeeze",
+    "unsqueeze",
+    "add",
+    "mul",
+    "softmax",
+    "flip",
+}
 _UNSUPPORTED = "; only models of standard layers can be saved as a plain netfit model"
 
 
@@ -129,24 +175,34 @@ class GraphFamily:
         try:
             traced = fx.symbolic_trace(model)
         except Exception as e:  # fx raises many exception types for untraceable code
-            raise UnsupportedLayerError(f"cannot trace {type(model).__name__}: {str(e).splitlines()[0]}{_UNSUPPORTED}"
-                                        ) from e
+            raise UnsupportedLayerError(
+                f"cannot trace {type(model).__name__}: {str(e).splitlines()[0]}{_UNSUPPORTED}"
+            ) from e
         modules, params, nodes = {}, {}, []
         for node in traced.graph.nodes:
-            entry = {"op": node.op, "name": node.name, "target": node.target,
-                     "args": _encode(node.args), "kwargs": _encode(dict(node.kwargs))}
+            entry = {
+                "op": node.op,
+                "name": node.name,
+                "target": node.target,
+                "args": _encode(node.args),
+                "kwargs": _encode(dict(node.kwargs)),
+            }
             if node.op == "call_module":
                 modules[node.target] = _module_spec(node.target, traced.get_submodule(node.target))
             elif node.op == "call_function":
                 if id(node.target) not in _FUNCTION_NAMES:
-                    raise UnsupportedLayerError(f"operation {getattr(node.target, '__name__', node.target)} is not "
-                                                f"supported{_UNSUPPORTED}")
+                    raise UnsupportedLayerError(
+                        f"operation {getattr(node.target, '__name__', node.target)} is not supported{_UNSUPPORTED}"
+                    )
                 entry["target"] = _FUNCTION_NAMES[id(node.target)]
             elif node.op == "call_method" and node.target not in METHODS:
                 raise UnsupportedLayerError(f"tensor method .{node.target}() is not supported{_UNSUPPORTED}")
             elif node.op == "get_attr":
-                params[node.target] = list(traced.get_parameter(node.target).shape) if node.target in dict(
-                    traced.named_parameters()) else list(traced.get_buffer(node.target).shape)
+                params[node.target] = (
+                    list(traced.get_parameter(node.target).shape)
+                    if node.target in dict(traced.named_parameters())
+                    else list(traced.get_buffer(node.target).shape)
+                )
             nodes.append(entry)
         return {"family": "graph", "modules": modules, "params": params, "nodes": nodes}
 

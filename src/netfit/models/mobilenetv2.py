@@ -25,8 +25,9 @@ class InvertedResidual(nn.Module):
         if not expand and hidden != cin:
             raise ValueError(f"a block without expansion needs hidden == input width ({hidden} != {cin})")
         self.expand = nn.Sequential(*conv_bn(2, cin, hidden, 1), nn.ReLU6(inplace=True)) if expand else nn.Identity()
-        self.depthwise = nn.Sequential(*conv_bn(2, hidden, hidden, kernel, stride, groups=hidden),
-                                       nn.ReLU6(inplace=True))
+        self.depthwise = nn.Sequential(
+            *conv_bn(2, hidden, hidden, kernel, stride, groups=hidden), nn.ReLU6(inplace=True)
+        )
         self.project = conv_bn(2, hidden, cout, 1)
         self.use_residual = stride == 1 and cin == cout
 
@@ -46,8 +47,9 @@ class MobileNetV2Family:
     @staticmethod
     def build(arch: dict) -> MobileNetV2:
         require_positive(arch, "num_classes", "in_chans", "stem.width", "stem.stride")
-        stem = nn.Sequential(*conv_bn(2, arch["in_chans"], arch["stem"]["width"], 3, arch["stem"]["stride"]),
-                             nn.ReLU6(inplace=True))
+        stem = nn.Sequential(
+            *conv_bn(2, arch["in_chans"], arch["stem"]["width"], 3, arch["stem"]["stride"]), nn.ReLU6(inplace=True)
+        )
         cin, stages = arch["stem"]["width"], []
         for stage in arch["stages"]:
             if not stage["blocks"]:
@@ -55,8 +57,11 @@ class MobileNetV2Family:
             blocks = []
             for j, block in enumerate(stage["blocks"]):
                 hidden = block["hidden"] if stage["expand"] else cin
-                blocks.append(InvertedResidual(cin, hidden, stage["width"], stage["stride"] if j == 0 else 1,
-                                               stage["kernel"], stage["expand"]))
+                blocks.append(
+                    InvertedResidual(
+                        cin, hidden, stage["width"], stage["stride"] if j == 0 else 1, stage["kernel"], stage["expand"]
+                    )
+                )
                 cin = stage["width"]
             stages.append(nn.Sequential(*blocks))
         return MobileNetV2(stem, stages, Head(2, cin, arch["num_classes"], **arch.get("head", {})), 2)
@@ -67,13 +72,15 @@ class MobileNetV2Family:
         for stage in model.stages:
             b0 = stage[0]
             dw = b0.depthwise[0]
-            stages.append({
-                "stride": dw.stride[0],
-                "width": b0.project[0].out_channels,
-                "expand": not isinstance(b0.expand, nn.Identity),
-                "kernel": dw.kernel_size[0],
-                "blocks": [{"hidden": b.depthwise[0].out_channels} for b in stage],
-            })
+            stages.append(
+                {
+                    "stride": dw.stride[0],
+                    "width": b0.project[0].out_channels,
+                    "expand": not isinstance(b0.expand, nn.Identity),
+                    "kernel": dw.kernel_size[0],
+                    "blocks": [{"hidden": b.depthwise[0].out_channels} for b in stage],
+                }
+            )
         conv = model.stem[0]
         return {
             "family": "mobilenetv2",
@@ -87,8 +94,13 @@ class MobileNetV2Family:
 
 
 def _mobilenetv2_arch(cifar: bool):
-    def factory(num_classes: int = 10, in_chans: int = 3, width_mult: float = 1.0,
-                depths: list[int] | None = None, dropout: float = 0.2) -> dict:
+    def factory(
+        num_classes: int = 10,
+        in_chans: int = 3,
+        width_mult: float = 1.0,
+        depths: list[int] | None = None,
+        dropout: float = 0.2,
+    ) -> dict:
         depths = depths or [n for _, _, n, _ in _CONFIG]
         stages, cin = [], make_divisible(32 * width_mult)
         for i, ((t, c, _, s), n) in enumerate(zip(_CONFIG, depths)):
@@ -100,9 +112,15 @@ def _mobilenetv2_arch(cifar: bool):
                 blocks.append({"hidden": block_in * t})
             stages.append({"stride": stride, "width": width, "expand": t != 1, "kernel": 3, "blocks": blocks})
             cin = width
-        return {"family": "mobilenetv2", "num_classes": num_classes, "in_chans": in_chans, "ndim": 2,
-                "stem": {"width": make_divisible(32 * width_mult), "stride": 1 if cifar else 2}, "stages": stages,
-                "head": {"neck": make_divisible(1280 * max(1.0, width_mult)), "dropout": dropout}}
+        return {
+            "family": "mobilenetv2",
+            "num_classes": num_classes,
+            "in_chans": in_chans,
+            "ndim": 2,
+            "stem": {"width": make_divisible(32 * width_mult), "stride": 1 if cifar else 2},
+            "stages": stages,
+            "head": {"neck": make_divisible(1280 * max(1.0, width_mult)), "dropout": dropout},
+        }
 
     return factory
 

@@ -58,8 +58,9 @@ class Stem(nn.Module):
     def __init__(self, ndim: int, cin: int, width: int, kind: str) -> None:
         super().__init__()
         big = kind == "imagenet"
-        self.conv = conv_nd(ndim, cin, width, 7 if big else 3, stride=2 if big else 1, padding=3 if big else 1,
-                            bias=False)
+        self.conv = conv_nd(
+            ndim, cin, width, 7 if big else 3, stride=2 if big else 1, padding=3 if big else 1, bias=False
+        )
         self.bn = bn_nd(ndim, width)
         self.relu = nn.ReLU(inplace=True)
         pool = nn.MaxPool1d if ndim == 1 else nn.MaxPool2d
@@ -109,8 +110,10 @@ class ResNetFamily:
             "in_chans": model.stem.conv.in_channels,
             "ndim": ndim_of(model.stem.conv),
             "block": "bottleneck" if bottleneck else "basic",
-            "stem": {"type": "cifar" if isinstance(model.stem.pool, nn.Identity) else "imagenet",
-                     "width": model.stem.conv.out_channels},
+            "stem": {
+                "type": "cifar" if isinstance(model.stem.pool, nn.Identity) else "imagenet",
+                "width": model.stem.conv.out_channels,
+            },
             "stages": stages,
             "head": model.head.describe(),
         }
@@ -119,23 +122,35 @@ class ResNetFamily:
 def resnet_arch(depths: list[int], block: str, stem: str, ndim: int = 2):
     """A registry factory for a standard ResNet configuration."""
 
-    def factory(num_classes: int = 10, in_chans: int = 3, width_mult: float = 1.0, depths: list[int] = depths,
-                stem: str = stem) -> dict:
+    def factory(
+        num_classes: int = 10, in_chans: int = 3, width_mult: float = 1.0, depths: list[int] = depths, stem: str = stem
+    ) -> dict:
         expansion = 4 if block == "bottleneck" else 1
         stages = []
         for i, (base, n) in enumerate(zip((64, 128, 256, 512), depths)):
             mid = scale_width(base, width_mult)
-            stages.append({"stride": 1 if i == 0 else 2, "width": mid * expansion,
-                           "blocks": [{"mid": mid} for _ in range(n)]})
-        return {"family": "resnet", "num_classes": num_classes, "in_chans": in_chans, "ndim": ndim, "block": block,
-                "stem": {"type": stem, "width": scale_width(64, width_mult)}, "stages": stages,
-                "head": {"neck": 0, "dropout": 0.0}}
+            stages.append(
+                {"stride": 1 if i == 0 else 2, "width": mid * expansion, "blocks": [{"mid": mid} for _ in range(n)]}
+            )
+        return {
+            "family": "resnet",
+            "num_classes": num_classes,
+            "in_chans": in_chans,
+            "ndim": ndim,
+            "block": block,
+            "stem": {"type": stem, "width": scale_width(64, width_mult)},
+            "stages": stages,
+            "head": {"neck": 0, "dropout": 0.0},
+        }
 
     return factory
 
 
-for _name, _depths, _block in (("resnet18", [2, 2, 2, 2], "basic"), ("resnet34", [3, 4, 6, 3], "basic"),
-                               ("resnet50", [3, 4, 6, 3], "bottleneck")):
+for _name, _depths, _block in (
+    ("resnet18", [2, 2, 2, 2], "basic"),
+    ("resnet34", [3, 4, 6, 3], "basic"),
+    ("resnet50", [3, 4, 6, 3], "bottleneck"),
+):
     MODELS.register(_name)(resnet_arch(_depths, _block, "imagenet"))
     MODELS.register(f"{_name}_cifar")(resnet_arch(_depths, _block, "cifar"))
 MODELS.register("resnet18_1d")(resnet_arch([2, 2, 2, 2], "basic", "cifar", ndim=1))
