@@ -505,8 +505,9 @@ def _input_shape(name: str) -> tuple[int, ...]:
 def test_builtin_models_halve_and_run(name: str) -> None:
     from netfit.models import create_model
 
-    model = create_model(name).eval()
-    x = torch.randn(2, *_input_shape(name))
+    shape = _input_shape(name)
+    model = create_model(name, in_chans=shape[0]).eval()
+    x = torch.randn(2, *shape)
     groups = trace_channel_groups(model, x)
     keep = {g.id: keep_top(l1_importance(model, g), max(1, g.size // 2)) for g in groups if g.prunable}
     assert keep, f"{name}: nothing prunable: {[g.reason for g in groups]}"
