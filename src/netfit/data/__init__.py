@@ -106,7 +106,7 @@ def _bundle(a: Arrays, name: str, seed: int, val_fraction: float, test_fraction:
     num_classes = int(max(y.max() for _, y in parts)) + 1
     mean, std = channel_stats(parts[0][0])
     sizes = ", ".join(f"{k} {len(y)}" for k, (_, y) in zip(("train", "val", "test"), parts))
-    datasets = [TensorDataset(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y)) for x, y in parts]
+    datasets = [TensorDataset(torch.from_numpy(np.array(x)), torch.from_numpy(np.array(y))) for x, y in parts]
     return DataBundle(
         name,
         *datasets,

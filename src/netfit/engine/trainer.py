@@ -216,6 +216,7 @@ def train(
     if config.channels_last and len(data.input_shape) == 3:
         model = model.to(memory_format=torch.channels_last)
     optimizer = _make_optimizer(model, config, param_filter)
+    base_lrs = [g["lr"] for g in optimizer.param_groups]  # before a resume overwrites them with scheduled values
     x_all, y_all = data.train.tensors
     lr_control = _LrControl(config, max(1, len(_batches(len(y_all), config.batch_size, epoch_generator(0, 0)))))
     use_amp = config.amp and device.type == "cuda"
@@ -250,7 +251,6 @@ def train(
             model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
         )
     step_fn = step_fn or _default_step(extra_losses)
-    base_lrs = [g["lr"] for g in optimizer.param_groups]
     for cb in callbacks:
         cb.on_train_start(state)
 
