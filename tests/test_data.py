@@ -111,14 +111,34 @@ def test_npz(tmp_path):
     ("make", "message"),
     [
         (lambda p: p / "missing", "does not exist"),
-        (lambda p: (write_idx(p / "t10k-images-idx3-ubyte", np.zeros((5, 2, 2)), 2049, False),
-                    write_idx(p / "t10k-labels-idx1-ubyte", np.zeros(5), 2049, False), p)[-1], "magic number 2049"),
-        (lambda p: (write_idx(p / "t10k-images-idx3-ubyte", np.zeros((5, 2, 2)), 2051, False),
-                    write_idx(p / "t10k-labels-idx1-ubyte", np.zeros(6), 2049, False), p)[-1], "5 images but"),
-        (lambda p: ((p / "data_batch_1.bin").write_bytes(b"\0" * 3000), (p / "test_batch.bin").write_bytes(b"\0"),
-                    p)[-1], "not a multiple"),
-        (lambda p: (np.savez(p / "o.npz", x=np.array([{"a": 1}] * 3, dtype=object), y=np.zeros(3)), p / "o.npz")[-1],
-         "pickled objects"),
+        (
+            lambda p: (
+                write_idx(p / "t10k-images-idx3-ubyte", np.zeros((5, 2, 2)), 2049, False),
+                write_idx(p / "t10k-labels-idx1-ubyte", np.zeros(5), 2049, False),
+                p,
+            )[-1],
+            "magic number 2049",
+        ),
+        (
+            lambda p: (
+                write_idx(p / "t10k-images-idx3-ubyte", np.zeros((5, 2, 2)), 2051, False),
+                write_idx(p / "t10k-labels-idx1-ubyte", np.zeros(6), 2049, False),
+                p,
+            )[-1],
+            "5 images but",
+        ),
+        (
+            lambda p: (
+                (p / "data_batch_1.bin").write_bytes(b"\0" * 3000),
+                (p / "test_batch.bin").write_bytes(b"\0"),
+                p,
+            )[-1],
+            "not a multiple",
+        ),
+        (
+            lambda p: (np.savez(p / "o.npz", x=np.array([{"a": 1}] * 3, dtype=object), y=np.zeros(3)), p / "o.npz")[-1],
+            "pickled objects",
+        ),
         (lambda p: (np.savez(p / "m.npz", x=np.zeros((4, 3)), y=np.zeros(5)), p / "m.npz")[-1], "different lengths"),
         (lambda p: (p / "empty").mkdir() or p / "empty", "no data found"),
     ],

@@ -83,8 +83,9 @@ def test_finished_checkpoint_returns_at_once(tmp_path):
     data = toy_data()
     first = train(mlp(), data, CFG, checkpoint=tmp_path / "c.pt", progress=False)
     calls = []
-    again = train(mlp(), data, CFG, checkpoint=tmp_path / "c.pt", resume=True, progress=False,
-                  step_fn=lambda ctx: calls.append(1))
+    again = train(
+        mlp(), data, CFG, checkpoint=tmp_path / "c.pt", resume=True, progress=False, step_fn=lambda ctx: calls.append(1)
+    )
     assert not calls and again.history == first.history
     for a, b in zip(first.model.state_dict().values(), again.model.state_dict().values()):
         assert torch.equal(a, b)
@@ -159,24 +160,53 @@ def test_hooks_step_fn_extra_losses_callbacks_extra_optimizers(tmp_path):
             self.epochs = state["epochs"]
 
     rec = Recorder()
-    result = train(mlp(), data, CFG.replace(epochs=2), step_fn=two_backward_step, callbacks=[rec],
-                   extra_optimizers=[extra_opt], checkpoint=tmp_path / "c.pt", progress=False)
+    result = train(
+        mlp(),
+        data,
+        CFG.replace(epochs=2),
+        step_fn=two_backward_step,
+        callbacks=[rec],
+        extra_optimizers=[extra_opt],
+        checkpoint=tmp_path / "c.pt",
+        progress=False,
+    )
     assert float(scale) != 1.0 and "a" in result.history[0]
     rec2 = Recorder()
-    train(mlp(), data, CFG.replace(epochs=3), step_fn=two_backward_step, callbacks=[rec2],
-          extra_optimizers=[extra_opt], checkpoint=tmp_path / "c.pt", resume=True, progress=False)
+    train(
+        mlp(),
+        data,
+        CFG.replace(epochs=3),
+        step_fn=two_backward_step,
+        callbacks=[rec2],
+        extra_optimizers=[extra_opt],
+        checkpoint=tmp_path / "c.pt",
+        resume=True,
+        progress=False,
+    )
     assert rec2.epochs == 3  # restored 2, then one more
 
     calls = []
-    train(mlp(), data, CFG.replace(epochs=1), extra_losses=[lambda ctx, logits: calls.append(1) or logits.sum() * 0],
-          progress=False)
+    train(
+        mlp(),
+        data,
+        CFG.replace(epochs=1),
+        extra_losses=[lambda ctx, logits: calls.append(1) or logits.sum() * 0],
+        progress=False,
+    )
     assert calls
 
 
 def test_plateau_early_stop_keep_best(tmp_path):
     data = toy_data()
-    cfg = CFG.replace(epochs=40, schedule="plateau", plateau_patience=1, plateau_factor=0.5, early_stop_patience=2,
-                      keep_best=True, lr=0.5)
+    cfg = CFG.replace(
+        epochs=40,
+        schedule="plateau",
+        plateau_patience=1,
+        plateau_factor=0.5,
+        early_stop_patience=2,
+        keep_best=True,
+        lr=0.5,
+    )
     result = train(mlp(), data, cfg, checkpoint=tmp_path / "c.pt", progress=False)
     assert len(result.history) < 40  # stopped on the plateau
     lrs = [r["lr"] for r in result.history]
@@ -193,9 +223,16 @@ def test_log_has_one_event_per_epoch(tmp_path):
     assert len(lines) == 3 and all('"event": "epoch"' in line and '"phase": "phase"' in line for line in lines)
 
 
-@pytest.mark.parametrize(("change", "message"), [({"epochs": -1}, "epochs"), ({"lr": 0}, "lr"),
-                                                 ({"optimizer": "adam9"}, "optimizer"), ({"schedule": "x"}, "schedule"),
-                                                 ({"bogus": 1}, "bogus")])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"epochs": -1}, "epochs"),
+        ({"lr": 0}, "lr"),
+        ({"optimizer": "adam9"}, "optimizer"),
+        ({"schedule": "x"}, "schedule"),
+        ({"bogus": 1}, "bogus"),
+    ],
+)
 def test_config_validation(change, message):
     with pytest.raises(NetfitError, match=message):
         TrainConfig().replace(**change)
@@ -204,18 +241,24 @@ def test_config_validation(change, message):
 @pytest.mark.slow
 def test_ddp_two_processes_gloo(tmp_path):
     script = tmp_path / "ddp.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import sys, torch
         sys.path.insert(0, {os.path.dirname(__file__)!r})
         from test_engine import toy_data, mlp, CFG
         from netfit.engine import train, evaluate
-        result = train(mlp(), toy_data(), CFG.replace(epochs=2), checkpoint={str(tmp_path / 'c.pt')!r},
+        result = train(mlp(), toy_data(), CFG.replace(epochs=2), checkpoint={str(tmp_path / "c.pt")!r},
                        progress=False, device="cpu")
         acc = evaluate(result.model, toy_data(), "test", device="cpu")["accuracy"]
         print("RANK_ACC", acc, flush=True)
-    """))
-    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", str(script)],
-                         capture_output=True, text=True, timeout=240)
+    """)
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     accs = {line.split()[1] for line in out.stdout.splitlines() if line.startswith("RANK_ACC")}
     assert len(accs) == 1  # both ranks hold the same synchronised model and global metrics

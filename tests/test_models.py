@@ -28,8 +28,19 @@ def make(name: str):
 
 
 def test_registry_names():
-    assert set(MODELS) >= {"resnet18", "resnet34", "resnet50", "resnet18_cifar", "resnet34_cifar", "resnet50_cifar",
-                           "mobilenetv2", "mobilenetv2_cifar", "cnn_small", "cnn1d", "resnet18_1d"}
+    assert set(MODELS) >= {
+        "resnet18",
+        "resnet34",
+        "resnet50",
+        "resnet18_cifar",
+        "resnet34_cifar",
+        "resnet50_cifar",
+        "mobilenetv2",
+        "mobilenetv2_cifar",
+        "cnn_small",
+        "cnn1d",
+        "resnet18_1d",
+    }
 
 
 @pytest.mark.parametrize("name", MODELS)
