@@ -154,7 +154,7 @@ def test_image_folder_mixed_sizes(tmp_path):
     (tmp_path / "a").mkdir()
     plt.imsave(tmp_path / "a" / "1.png", np.zeros((4, 4)), cmap="gray")
     plt.imsave(tmp_path / "a" / "2.png", np.zeros((5, 5)), cmap="gray")
-    with pytest.raises(DataError, match="2.png"):
+    with pytest.raises(DataError, match=r"2\.png"):
         load_data(str(tmp_path))
 
 
