@@ -147,6 +147,8 @@ def adapt(
 
 
 def _prepare_run_dir(out: Path, settings: dict, resume: bool) -> None:
+    if not is_main():  # rank 0 owns the run directory; other ranks would race with its writes
+        return
     settings_path = out / SETTINGS_FILE
     if settings_path.exists():
         if not resume:
@@ -162,12 +164,11 @@ def _prepare_run_dir(out: Path, settings: dict, resume: bool) -> None:
                 "resume with the same settings or choose another --out"
             )
         return
-    if is_main():
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(settings_path, json.dumps(settings, indent=2))
-        except OSError as e:
-            raise NetfitError(f"cannot write the run directory {out}: {e.strerror or e}") from e
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(settings_path, json.dumps(settings, indent=2))
+    except OSError as e:
+        raise NetfitError(f"cannot write the run directory {out}: {e.strerror or e}") from e
 
 
 def _prepare_seed(
