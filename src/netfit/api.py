@@ -98,8 +98,7 @@ def adapt(
     targets_budgets = parse_budgets(budget)
     bundle = data if isinstance(data, DataBundle) else load_data(data)
     method_impl = create_method(method, method_options)
-    config = TrainConfig(**{"epochs": epochs, "seed": seed, **(train or {})})
-    config.validate()
+    config = _train_config(epochs, seed, train)
     settings = {
         "netfit_version": __version__,
         "method": method,
@@ -115,16 +114,7 @@ def adapt(
     }
     _prepare_run_dir(out, settings, resume)
     seed_everything(seed)
-    run = Run(
-        out,
-        config,
-        seed,
-        torch.device(device) if device else default_device(),
-        bundle.input_shape,
-        resume,
-        progress,
-        RunLog(out / "log.jsonl"),
-    )
+    run = _new_run(out, config, device, bundle, resume, progress)
     run.log.write("start", **settings)
     started = time.perf_counter()
     seed_net = _prepare_seed(model, bundle, run, seed_epochs, seed_weights, train_seed, targets_budgets[0])
@@ -144,6 +134,15 @@ def adapt(
         write_report(summary, out)
     run.log.write("done", selected=summary["selected"], seconds=round(time.perf_counter() - started, 2))
     return Result(out, summary, {c.id: c.model for c in candidates})
+
+
+def _train_config(epochs: int, seed: int, overrides: dict[str, Any] | None) -> TrainConfig:
+    return TrainConfig(**{"epochs": epochs, "seed": seed, **(overrides or {})}).validate()
+
+
+def _new_run(out: Path, config: TrainConfig, device, data: DataBundle, resume: bool, progress: bool) -> Run:
+    device = torch.device(device) if device else default_device()
+    return Run(out, config, config.seed, device, data.input_shape, resume, progress, RunLog(out / "log.jsonl"))
 
 
 def _prepare_run_dir(out: Path, settings: dict, resume: bool) -> None:
@@ -300,21 +299,11 @@ def train_model(
     """Train a built-in model on a data set and save it (model.safetensors + arch.json) in ``out``."""
     bundle = data if isinstance(data, DataBundle) else load_data(data)
     out = Path(out)
-    config = TrainConfig(**{"epochs": epochs, "seed": seed, **(train or {})})
-    config.validate()
+    config = _train_config(epochs, seed, train)
     seed_everything(seed)
     net = create_model(model, num_classes=bundle.num_classes, in_chans=bundle.input_shape[0])
     check_compatible(net, model, bundle)
-    run = Run(
-        out,
-        config,
-        seed,
-        torch.device(device) if device else default_device(),
-        bundle.input_shape,
-        resume,
-        progress,
-        RunLog(out / "log.jsonl"),
-    )
+    run = _new_run(out, config, device, bundle, resume, progress)
     result = run.train(net, bundle, "train")
     accuracy = evaluate(result.model, bundle, "test", device=run.device)["accuracy"]
     cost = count_cost(result.model, bundle.input_shape)

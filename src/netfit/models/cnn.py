@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .registry import FAMILIES, MODELS, require_positive, scale_width
-from .staged import Head, StagedNet, conv_bn, ndim_of
+from .staged import Head, StagedNet, build_stages, conv_bn, ndim_of
 
 
 class ConvBlock(nn.Module):
@@ -42,16 +42,11 @@ class CNNFamily:
         require_positive(arch, "num_classes", "in_chans", "kernel", "stem.width")
         ndim, kernel = arch.get("ndim", 2), arch["kernel"]
         stem = nn.Sequential(*conv_bn(ndim, arch["in_chans"], arch["stem"]["width"], kernel), nn.ReLU(inplace=True))
-        cin, stages = arch["stem"]["width"], []
-        for stage in arch["stages"]:
-            if not stage["blocks"]:
-                raise ValueError("every stage needs at least one block")
-            blocks = [ConvBlock(ndim, cin, stage["width"], kernel, stage["stride"], residual=False)]
-            blocks += [
-                ConvBlock(ndim, stage["width"], stage["width"], kernel, 1, residual=True) for _ in stage["blocks"][1:]
-            ]
-            stages.append(nn.Sequential(*blocks))
-            cin = stage["width"]
+        stages, cin = build_stages(
+            arch,
+            arch["stem"]["width"],
+            lambda cin, stage, _, stride, j: ConvBlock(ndim, cin, stage["width"], kernel, stride, residual=j > 0),
+        )
         return SmallCNN(stem, stages, Head(ndim, cin, arch["num_classes"], **arch.get("head", {})), ndim)
 
     @staticmethod

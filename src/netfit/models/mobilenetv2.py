@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .registry import FAMILIES, MODELS, make_divisible, require_positive
-from .staged import Head, StagedNet, conv_bn
+from .staged import Head, StagedNet, build_stages, conv_bn
 
 # (expansion t, width c, blocks n, stride s) of the standard network
 _CONFIG = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
@@ -50,20 +50,18 @@ class MobileNetV2Family:
         stem = nn.Sequential(
             *conv_bn(2, arch["in_chans"], arch["stem"]["width"], 3, arch["stem"]["stride"]), nn.ReLU6(inplace=True)
         )
-        cin, stages = arch["stem"]["width"], []
-        for stage in arch["stages"]:
-            if not stage["blocks"]:
-                raise ValueError("every stage needs at least one block")
-            blocks = []
-            for j, block in enumerate(stage["blocks"]):
-                hidden = block["hidden"] if stage["expand"] else cin
-                blocks.append(
-                    InvertedResidual(
-                        cin, hidden, stage["width"], stage["stride"] if j == 0 else 1, stage["kernel"], stage["expand"]
-                    )
-                )
-                cin = stage["width"]
-            stages.append(nn.Sequential(*blocks))
+        stages, cin = build_stages(
+            arch,
+            arch["stem"]["width"],
+            lambda cin, stage, block, stride, _: InvertedResidual(
+                cin,
+                block["hidden"] if stage["expand"] else cin,
+                stage["width"],
+                stride,
+                stage["kernel"],
+                stage["expand"],
+            ),
+        )
         return MobileNetV2(stem, stages, Head(2, cin, arch["num_classes"], **arch.get("head", {})), 2)
 
     @staticmethod

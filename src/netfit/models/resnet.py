@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .registry import FAMILIES, MODELS, require_positive, scale_width
-from .staged import Head, StagedNet, bn_nd, conv_bn, conv_nd, ndim_of
+from .staged import Head, StagedNet, bn_nd, build_stages, conv_bn, conv_nd, ndim_of
 
 
 class BasicBlock(nn.Module):
@@ -82,15 +82,11 @@ class ResNetFamily:
             raise ValueError("ndim must be 1 or 2, stem.type cifar|imagenet, block basic|bottleneck")
         block_cls = BasicBlock if arch["block"] == "basic" else Bottleneck
         stem = Stem(ndim, arch["in_chans"], arch["stem"]["width"], kind)
-        cin, stages = arch["stem"]["width"], []
-        for stage in arch["stages"]:
-            if not stage["blocks"]:
-                raise ValueError("every stage needs at least one block")
-            blocks = []
-            for j, block in enumerate(stage["blocks"]):
-                blocks.append(block_cls(ndim, cin, block["mid"], stage["width"], stage["stride"] if j == 0 else 1))
-                cin = stage["width"]
-            stages.append(nn.Sequential(*blocks))
+        stages, cin = build_stages(
+            arch,
+            arch["stem"]["width"],
+            lambda cin, stage, block, stride, _: block_cls(ndim, cin, block["mid"], stage["width"], stride),
+        )
         head = Head(ndim, cin, arch["num_classes"], **arch.get("head", {}))
         return ResNet(stem, stages, head, ndim)
 

@@ -29,6 +29,21 @@ def conv_bn(ndim: int, cin: int, cout: int, kernel: int, stride: int = 1, groups
     )
 
 
+def build_stages(arch: dict, cin: int, make_block) -> tuple[list[nn.Sequential], int]:
+    """The stages of a spec: ``make_block(cin, stage, block, stride, index)`` builds each block; only a stage's
+    first block strides. Returns the stages and the output width."""
+    stages = []
+    for stage in arch["stages"]:
+        if not stage["blocks"]:
+            raise ValueError("every stage needs at least one block")
+        blocks = []
+        for j, block in enumerate(stage["blocks"]):
+            blocks.append(make_block(cin, stage, block, stage["stride"] if j == 0 else 1, j))
+            cin = stage["width"]
+        stages.append(nn.Sequential(*blocks))
+    return stages, cin
+
+
 def ndim_of(conv: nn.Module) -> int:
     return 1 if isinstance(conv, nn.Conv1d) else 2
 
