@@ -102,3 +102,17 @@ def test_adapt_eval_export_report(capsys, tmp_path):
         "-q",
     )
     assert code == 0, err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("model", "data"), [("cnn1d", "mnist1d"), ("cnn_small", "mnist10k")])
+def test_adapt_on_offline_data_sets(capsys, tmp_path, model, data):
+    from netfit.data import mnist10k_dir
+
+    if data == "mnist10k" and mnist10k_dir() is None:
+        pytest.skip("MNIST-10k (../shared/data/mnist-10k) not present")
+    code, stdout, err = run(capsys, "adapt", "--model", model, "--data", data, "--budget", "40%", "--epochs", "1",
+                            "--seed-epochs", "1", "--batch-size", "256", "--out", str(tmp_path / "r"), "-q")
+    assert code == 0, err
+    summary = json.loads((tmp_path / "r" / "result.json").read_text())
+    assert summary["data"] == data and all(r["within_budget"] for r in summary["candidates"])
