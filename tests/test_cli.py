@@ -111,8 +111,25 @@ def test_adapt_on_offline_data_sets(capsys, tmp_path, model, data):
 
     if data == "mnist10k" and mnist10k_dir() is None:
         pytest.skip("MNIST-10k (../shared/data/mnist-10k) not present")
-    code, stdout, err = run(capsys, "adapt", "--model", model, "--data", data, "--budget", "40%", "--epochs", "1",
-                            "--seed-epochs", "1", "--batch-size", "256", "--out", str(tmp_path / "r"), "-q")
+    code, _, err = run(
+        capsys,
+        "adapt",
+        "--model",
+        model,
+        "--data",
+        data,
+        "--budget",
+        "40%",
+        "--epochs",
+        "1",
+        "--seed-epochs",
+        "1",
+        "--batch-size",
+        "256",
+        "--out",
+        str(tmp_path / "r"),
+        "-q",
+    )
     assert code == 0, err
     summary = json.loads((tmp_path / "r" / "result.json").read_text())
     assert summary["data"] == data and all(r["within_budget"] for r in summary["candidates"])
