@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from netfit.errors import CheckpointError, UnsupportedLayerError
+from netfit.errors import CheckpointError, NetfitError, UnsupportedLayerError
 from netfit.export import export_onnx, load_model, save_model
 from netfit.models import create_model
 
@@ -39,6 +39,22 @@ class CatNet(nn.Module):
         return self.fc(self.pool(y).flatten(1))
 
 
+class AttrNet(nn.Module):
+    """get_attr parameters and buffers, slicing, chunk and a transposed conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.up = nn.ConvTranspose2d(2, 4, 2, stride=2)
+        self.scale = nn.Parameter(torch.randn(1, 2, 1, 1))
+        self.register_buffer("shift", torch.randn(1, 2, 1, 1))
+        self.fc = nn.Linear(2 * 8 * 8, 3)
+
+    def forward(self, x):
+        a, b = self.up(x).chunk(2, dim=1)
+        y = (a + b)[:, :2] * self.scale + self.shift
+        return self.fc(y.reshape(y.size(0), -1))
+
+
 class FFTNet(nn.Module):
     def forward(self, x):
         return torch.fft.fft(x).real
@@ -57,6 +73,7 @@ def outputs_equal(a, b, shape):
         (lambda: create_model("resnet18_1d", in_chans=1), (1, 40)),
         (ResidualNet, (1, 4, 4)),
         (CatNet, (1, 5, 5)),
+        (AttrNet, (2, 4, 4)),
     ],
 )
 def test_round_trip(tmp_path, model, shape):
@@ -122,3 +139,40 @@ def test_loading_never_unpickles(tmp_path, monkeypatch):
 def test_onnx_parity(tmp_path):
     report = export_onnx(create_model("cnn_small", in_chans=1).eval(), tmp_path / "m.onnx", (1, 8, 8))
     assert report["max_abs_diff"] < 1e-4 and (tmp_path / "m.onnx").stat().st_size > 0
+
+
+def test_graph_spec_keeps_buffers_as_buffers(tmp_path):
+    save_model(AttrNet(), tmp_path)
+    loaded = load_model(tmp_path)
+    assert [n for n, _ in loaded.named_buffers()] == ["shift"]
+    assert sum(p.numel() for p in loaded.parameters()) == sum(p.numel() for p in AttrNet().parameters())
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda a: a["modules"]["conv"].update(type="Bilinear"), "'Bilinear' of conv is not a standard layer"),
+        (lambda a: next(n for n in a["nodes"] if n["op"] == "call_function").update(target="os.system"), "os.system"),
+        (lambda a: next(n for n in a["nodes"] if n["op"] == "call_method").update(target="__reduce__"), "__reduce__"),
+    ],
+)
+def test_tampered_graph_spec_is_refused(tmp_path, edit, message):
+    save_model(CatNet(), tmp_path)
+    doc = json.loads((tmp_path / "arch.json").read_text())
+    doc["arch"]["modules"]["conv"] = doc["arch"]["modules"].pop("a")  # so the layer edit has a stable name
+    for node in doc["arch"]["nodes"]:
+        node["target"] = "conv" if node["target"] == "a" else node["target"]
+    edit(doc["arch"])
+    (tmp_path / "arch.json").write_text(json.dumps(doc))
+    with pytest.raises(CheckpointError, match=message):
+        load_model(tmp_path)
+
+
+def test_unwritable_folder_leaves_nothing(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(NetfitError, match="cannot write the model"):
+        save_model(CatNet(), blocker / "out")
+    with pytest.raises(NetfitError, match="JSON-serialisable"):
+        save_model(CatNet(), tmp_path / "m", meta={"bad": object()})
+    assert not (tmp_path / "m").exists()

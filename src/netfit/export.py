@@ -31,6 +31,10 @@ def save_model(
 ) -> Path:
     """Write ``out_dir/model.safetensors`` and ``out_dir/arch.json`` atomically; returns ``out_dir``.
 
+    Raises:
+        UnsupportedLayerError: ``arch`` is not given and the model is neither built-in nor made of standard layers.
+        NetfitError: ``out_dir`` cannot be written, or ``meta`` is not JSON-serialisable (nothing is left behind).
+
     Example:
         >>> save_model(model, "deploy/", input_shape=(1, 28, 28))
         >>> same = load_model("deploy/")
@@ -47,12 +51,20 @@ def save_model(
         "input_shape": list(input_shape) if input_shape is not None else None,
         "meta": meta or {},
     }
+    try:  # checked before any file is touched
+        text = json.dumps(document, indent=2)
+    except (TypeError, ValueError) as e:
+        raise NetfitError(f"arch and meta must be JSON-serialisable (plain dicts, lists, numbers, strings): {e}") from e
+    written: list[Path] = []
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(out_dir / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp)))
-        atomic_write_text(out_dir / ARCH_FILE, json.dumps(document, indent=2))
+        written.append(out_dir / WEIGHTS_FILE)
+        atomic_write_text(out_dir / ARCH_FILE, text)
     except OSError as e:
-        raise NetfitError(f"cannot write the model to {out_dir}: {e.strerror or e}") from e
+        for file in written:  # weights without their arch.json would be an unloadable half model
+            file.unlink(missing_ok=True)
+        raise NetfitError(f"cannot write the model to {out_dir}: {e.strerror or e}; choose a writable folder") from e
     return out_dir
 
 
@@ -71,7 +83,14 @@ def read_arch(path: str | Path) -> dict:
 
 
 def load_model(path: str | Path) -> nn.Module:
-    """Rebuild a saved model from arch.json and load model.safetensors, checking every tensor's name and shape."""
+    """Rebuild a saved model from arch.json and load model.safetensors, checking every tensor's name and shape.
+
+    Returns:
+        The model in eval mode; ``netfit_input_shape`` is set when arch.json records an input shape.
+
+    Raises:
+        CheckpointError: a file is missing, malformed or corrupt, or the weights do not fit the architecture.
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -139,7 +158,7 @@ def export_onnx(
                     dynamo=True,
                     input_names=["input"],
                     output_names=["logits"],
-                    dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
+                    dynamic_shapes=({0: torch.export.Dim("batch")},),  # positional: any forward arg name
                 )
 
     atomic_write(path, write)

@@ -37,7 +37,7 @@ def render_markdown(result: dict) -> str:
         lines.append(
             f"| {name} | {format_count(row['macs'])} | {format_count(row['flops'])} | "
             f"{format_count(row['params'])} | {100 * row['accuracy']:.2f}% | "
-            f"{'yes' if row['within_budget'] else 'no'} | {'yes' if row['id'] in result['pareto'] else ''} |"
+            f"{'yes' if row['within_budget'] else 'no'} | {'yes' if row['id'] in result.get('pareto', []) else ''} |"
         )
     lines += ["", "Accuracy: top-1 on the held-out test split.", "", CONVENTION, ""]
     settings = result.get("settings", {})

@@ -35,6 +35,7 @@ MODULES: dict[str, tuple[type[nn.Module], tuple[str, ...]]] = {
     "Conv1d": (nn.Conv1d, _CONV),
     "Conv2d": (nn.Conv2d, _CONV),
     "Conv3d": (nn.Conv3d, _CONV),
+    "ConvTranspose2d": (nn.ConvTranspose2d, (*_CONV, "output_padding")),
     "Linear": (nn.Linear, ("in_features", "out_features", "bias")),
     "BatchNorm1d": (nn.BatchNorm1d, _BN),
     "BatchNorm2d": (nn.BatchNorm2d, _BN),
@@ -138,6 +139,8 @@ def _decode(value: Any, env: dict[str, fx.Node]) -> Any:
     if not isinstance(value, dict):
         return value
     if "node" in value:
+        if value["node"] not in env:
+            raise CheckpointError(f"arch spec: node {value['node']!r} is used before it is defined")
         return env[value["node"]]
     if "tuple" in value:
         return tuple(_decode(v, env) for v in value["tuple"])
@@ -172,13 +175,19 @@ class GraphFamily:
 
     @staticmethod
     def describe(model: nn.Module) -> dict:
+        """Trace ``model`` with torch.fx and describe its layers and graph as JSON-serialisable data.
+
+        Raises:
+            UnsupportedLayerError: the model cannot be traced or uses a layer, function or method outside the
+                whitelists.
+        """
         try:
             traced = fx.symbolic_trace(model)
         except Exception as e:  # fx raises many exception types for untraceable code
             raise UnsupportedLayerError(
                 f"cannot trace {type(model).__name__}: {str(e).splitlines()[0]}{_UNSUPPORTED}"
             ) from e
-        modules, params, nodes = {}, {}, []
+        modules, params, buffers, nodes = {}, {}, {}, []
         for node in traced.graph.nodes:
             entry = {
                 "op": node.op,
@@ -198,56 +207,81 @@ class GraphFamily:
             elif node.op == "call_method" and node.target not in METHODS:
                 raise UnsupportedLayerError(f"tensor method .{node.target}() is not supported{_UNSUPPORTED}")
             elif node.op == "get_attr":
-                params[node.target] = (
-                    list(traced.get_parameter(node.target).shape)
-                    if node.target in dict(traced.named_parameters())
-                    else list(traced.get_buffer(node.target).shape)
-                )
+                _describe_attr(traced, node.target, params, buffers)
             nodes.append(entry)
-        return {"family": "graph", "modules": modules, "params": params, "nodes": nodes}
+        return {"family": "graph", "modules": modules, "params": params, "buffers": buffers, "nodes": nodes}
 
     @staticmethod
     def build(arch: dict) -> fx.GraphModule:
+        """Rebuild the model described by :meth:`describe` (weights uninitialised: load them afterwards).
+
+        Raises:
+            CheckpointError: the spec names a layer, function, method or node kind outside the whitelists.
+        """
         root = nn.Module()
         for name, spec in arch["modules"].items():
             if spec["type"] not in MODULES:
-                raise ValueError(f"module type {spec['type']!r} is not allowed")
-            cls = MODULES[spec["type"]][0]
-            _set_submodule(root, name, cls(**spec["args"]))
+                raise CheckpointError(f"arch spec: layer type {spec['type']!r} of {name} is not a standard layer")
+            _set_submodule(root, name, MODULES[spec["type"]][0](**spec["args"]))
         for name, shape in arch.get("params", {}).items():
-            owner, _, leaf = name.rpartition(".")
-            parent = root.get_submodule(owner) if owner else root
-            parent.register_parameter(leaf, nn.Parameter(torch.zeros(shape)))
+            owner, leaf = _owner(root, name)
+            owner.register_parameter(leaf, nn.Parameter(torch.zeros(shape)))
+        for name, shape in arch.get("buffers", {}).items():
+            owner, leaf = _owner(root, name)
+            owner.register_buffer(leaf, torch.zeros(shape))
         graph, env = fx.Graph(), {}
         for node in arch["nodes"]:
-            op, target = node["op"], node["target"]
-            args, kwargs = _decode(node["args"], env), _decode(node["kwargs"], env)
-            if op == "placeholder":
-                env[node["name"]] = graph.placeholder(target)
-            elif op == "call_module":
-                env[node["name"]] = graph.call_module(target, args, kwargs)
-            elif op == "call_function":
-                if target not in FUNCTIONS:
-                    raise ValueError(f"function {target!r} is not allowed")
-                env[node["name"]] = graph.call_function(FUNCTIONS[target], args, kwargs)
-            elif op == "call_method":
-                if target not in METHODS:
-                    raise ValueError(f"method {target!r} is not allowed")
-                env[node["name"]] = graph.call_method(target, args, kwargs)
-            elif op == "get_attr":
-                env[node["name"]] = graph.get_attr(target)
-            elif op == "output":
-                graph.output(args[0])
-            else:
-                raise ValueError(f"unknown node op {op!r}")
+            result = _add_node(graph, node, env)
+            if result is not None:
+                env[node["name"]] = result
         return fx.GraphModule(root, graph, class_name="NetfitGraph")
 
 
-def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+def _add_node(graph: fx.Graph, node: dict, env: dict[str, fx.Node]) -> fx.Node | None:
+    """Append one described node to ``graph``; only whitelisted functions and methods are resolved."""
+    op, target = node["op"], node["target"]
+    args, kwargs = _decode(node["args"], env), _decode(node["kwargs"], env)
+    if op == "placeholder":
+        return graph.placeholder(target)
+    if op == "call_module":
+        return graph.call_module(target, args, kwargs)
+    if op == "call_function":
+        if target not in FUNCTIONS:
+            raise CheckpointError(f"arch spec: function {target!r} is not allowed")
+        return graph.call_function(FUNCTIONS[target], args, kwargs)
+    if op == "call_method":
+        if target not in METHODS:
+            raise CheckpointError(f"arch spec: tensor method {target!r} is not allowed")
+        return graph.call_method(target, args, kwargs)
+    if op == "get_attr":
+        return graph.get_attr(target)
+    if op == "output":
+        graph.output(args[0])
+        return None
+    raise CheckpointError(f"arch spec: unknown node op {op!r}")
+
+
+def _describe_attr(traced: fx.GraphModule, target: str, params: dict, buffers: dict) -> None:
+    """Record the shape of a parameter or buffer the graph reads directly (``self.scale * x``)."""
+    if target in dict(traced.named_parameters()):
+        params[target] = list(traced.get_parameter(target).shape)
+    elif target in dict(traced.named_buffers()):
+        buffers[target] = list(traced.get_buffer(target).shape)
+    else:
+        raise UnsupportedLayerError(f"attribute {target} is neither a parameter nor a buffer{_UNSUPPORTED}")
+
+
+def _owner(root: nn.Module, name: str) -> tuple[nn.Module, str]:
+    """The module that holds the dotted attribute ``name`` (created empty if absent) and the attribute's name."""
     *path, leaf = name.split(".")
     parent = root
     for part in path:
         if not hasattr(parent, part):
             parent.add_module(part, nn.Module())
         parent = getattr(parent, part)
+    return parent, leaf
+
+
+def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent, leaf = _owner(root, name)
     parent.add_module(leaf, module)
