@@ -41,10 +41,12 @@ def test_result_contract(uniform_run):
     }
     assert summary["budget"]["metric"] == "macs" and summary["budget"]["spec"] == "50%"
     assert summary["seed"]["flops"] == 2 * summary["seed"]["macs"]
+    assert all(isinstance(summary["seed"][k], int) for k in ("macs", "flops", "params"))
     assert len(summary["candidates"]) == 2
     for row in summary["candidates"]:
         assert set(row) >= {"id", "arch", "macs", "flops", "params", "accuracy", "within_budget", "weights"}
         assert row["flops"] == 2 * row["macs"] and 0.0 <= row["accuracy"] <= 1.0
+        assert all(isinstance(row[k], int) for k in ("macs", "flops", "params"))
         assert (uniform_run.out / row["weights"] / "model.safetensors").exists()
     assert set(summary["pareto"]) <= {r["id"] for r in summary["candidates"]}
     for name in ("report.md", "front.png", "log.jsonl", "run.json"):

@@ -231,9 +231,9 @@ def _summarise(
         limit = (cand.target or primary).limit
         row = {
             "id": cand.id,
+            primary.metric: value,  # first, so the exact integer counts below win for macs/params budgets
             **cost.as_dict(),
             "accuracy": evaluate(model, data, "test", device=run.device)["accuracy"],
-            primary.metric: value,
             "target": cand.target.budget.spec if cand.target else None,
             "within_budget": bool(value <= limit),
             "weights": cand.id,
@@ -260,11 +260,11 @@ def _summarise(
         "budget": primary.budget.describe(primary.limit),
         "budgets": [t.budget.describe(t.limit) for t in targets],
         "seed": {
+            primary.metric: seed.metric_value,
             "macs": seed.macs,
             "flops": 2 * seed.macs,
             "params": seed.params,
             "accuracy": seed.accuracy,
-            primary.metric: seed.metric_value,
         },
         "candidates": rows,
         "pareto": [rows[i]["id"] for i in front],
