@@ -120,6 +120,32 @@ def load_model(path: str | Path) -> nn.Module:
     return model.eval()
 
 
+def write_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, *, opset: int = 17) -> None:
+    """Write ``model`` as ONNX with a dynamic batch axis: the legacy exporter first (it needs only onnx), the
+    dynamo exporter when that fails; raises ``NetfitError`` when neither can export the model."""
+    names = {"input_names": ["input"], "output_names": ["logits"], "opset_version": opset}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporters' deprecation notices are not the user's concern
+        try:
+            torch.onnx.export(
+                model,
+                (example,),
+                str(path),
+                dynamo=False,
+                **names,
+                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            )
+        except Exception as legacy_error:  # the legacy exporter can fail on new ops
+            try:
+                torch.onnx.export(
+                    model, (example,), str(path), dynamo=True, **names, dynamic_shapes=({0: torch.export.Dim("batch")},)
+                )  # positional: any arg name
+            except Exception as e:
+                raise NetfitError(f"cannot export {type(model).__name__} to ONNX: {str(e).splitlines()[0]}") from (
+                    legacy_error
+                )
+
+
 def export_onnx(
     model: nn.Module,
     path: str | Path,
@@ -135,33 +161,7 @@ def export_onnx(
     model = model.eval().cpu()
     example = torch.randn(2, *input_shape)
 
-    def write(tmp: Path) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                torch.onnx.export(
-                    model,
-                    (example,),
-                    str(tmp),
-                    opset_version=opset,
-                    dynamo=False,
-                    input_names=["input"],
-                    output_names=["logits"],
-                    dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-                )
-            except Exception:  # the legacy exporter can fail on new ops: try the dynamo exporter
-                torch.onnx.export(
-                    model,
-                    (example,),
-                    str(tmp),
-                    opset_version=opset,
-                    dynamo=True,
-                    input_names=["input"],
-                    output_names=["logits"],
-                    dynamic_shapes=({0: torch.export.Dim("batch")},),  # positional: any forward arg name
-                )
-
-    atomic_write(path, write)
+    atomic_write(path, lambda tmp: write_onnx(model, example, tmp, opset=opset))
     report: dict[str, Any] = {"path": str(path), "opset": opset, "max_abs_diff": None}
     if check:
         ort = require("onnxruntime", "onnx")

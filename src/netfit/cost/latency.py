@@ -12,7 +12,6 @@ import contextlib
 import os
 import tempfile
 import time
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -96,23 +95,6 @@ def _time_torch(
         return _time_calls(lambda: model(x), warmup, repeats, lambda: None)
 
 
-def _export_onnx_tmp(model: nn.Module, x: torch.Tensor, path: str) -> None:
-    """Export ``model`` for input ``x`` to ``path``: legacy TorchScript exporter first, dynamo as fallback."""
-    kwargs = {"input_names": ["input"], "output_names": ["output"]}
-    with eval_no_grad(model), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the legacy exporter's deprecation notices are not the user's concern
-        try:
-            torch.onnx.export(model, (x,), path, dynamo=False, **kwargs)
-        except Exception as legacy_error:
-            try:
-                torch.onnx.export(model, (x,), path, dynamo=True, **kwargs)
-            except Exception as e:
-                raise NetfitError(
-                    f"cannot export the model to ONNX for onnxruntime timing ({str(e).splitlines()[0]}); "
-                    "use backend='torch'"
-                ) from legacy_error
-
-
 @BACKENDS.register("onnxruntime")
 def _time_onnxruntime(
     model: nn.Module, x: torch.Tensor, device: torch.device, warmup: int, repeats: int, threads: int | None
@@ -122,7 +104,10 @@ def _time_onnxruntime(
         raise NetfitError(f"the onnxruntime backend measures on CPU only, not {device}; use device='cpu'")
     with tempfile.TemporaryDirectory(prefix="netfit-latency-") as tmp:
         path = os.path.join(tmp, "model.onnx")
-        _export_onnx_tmp(model, x, path)
+        from ..export import write_onnx
+
+        with eval_no_grad(model):
+            write_onnx(model, x, path)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or 0  # 0 = onnxruntime's own default
         options.inter_op_num_threads = 1
