@@ -1,5 +1,6 @@
 """The training engine: learning, resume equivalence, NaN detection, hooks, safe checkpoints, DDP."""
 
+import math
 import os
 import subprocess
 import sys
@@ -11,8 +12,19 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from netfit.engine import Callback, RunLog, StepOutput, TrainConfig, evaluate, load_checkpoint, train
-from netfit.errors import CheckpointError, NetfitError, TrainingError
+from netfit.engine import (
+    Callback,
+    RunLog,
+    StepOutput,
+    TrainConfig,
+    TrainConfigError,
+    evaluate,
+    load_checkpoint,
+    save_checkpoint,
+    train,
+)
+from netfit.engine.config import LrSchedule
+from netfit.errors import CheckpointError, DataError, NetfitError, TrainingError
 
 
 @dataclass
@@ -68,7 +80,8 @@ def test_learns():
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
 def test_resume_equals_uninterrupted(tmp_path, optimizer):
-    data, cfg = toy_data(), CFG.replace(optimizer=optimizer, lr=0.1 if optimizer == "sgd" else 0.01)
+    lr, warmup = (0.1, 1.0) if optimizer == "sgd" else (0.01, 0.0)
+    data, cfg = toy_data(), CFG.replace(optimizer=optimizer, lr=lr, warmup_epochs=warmup)
     straight = train(mlp(), data, cfg, progress=False).model
     with pytest.raises(KeyboardInterrupt):  # killed at the start of epoch 3
         train(mlp(), data, cfg, checkpoint=tmp_path / "c.pt", progress=False, callbacks=[KillAt(2)])
@@ -108,13 +121,14 @@ def test_corrupt_and_malicious_checkpoints(tmp_path):
             return (open, (str(marker), "w"))
 
     torch.save({"x": Evil()}, tmp_path / "evil.pt")
-    with pytest.raises(CheckpointError):
+    with pytest.raises(CheckpointError, match="delete it or start without --resume") as info:
         load_checkpoint(tmp_path / "evil.pt")
     assert not marker.exists()
+    assert "weights_only" not in str(info.value)  # never advise unpickling an untrusted file
     train(mlp(), toy_data(), CFG.replace(epochs=1), checkpoint=tmp_path / "ok.pt", progress=False)
     data = (tmp_path / "ok.pt").read_bytes()
     (tmp_path / "ok.pt").write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError):
+    with pytest.raises(CheckpointError, match=r"ok.pt is corrupt or not a netfit checkpoint \("):
         train(mlp(), toy_data(), CFG, checkpoint=tmp_path / "ok.pt", resume=True, progress=False)
 
 
@@ -170,7 +184,7 @@ def test_hooks_step_fn_extra_losses_callbacks_extra_optimizers(tmp_path):
         checkpoint=tmp_path / "c.pt",
         progress=False,
     )
-    assert float(scale) != 1.0 and "a" in result.history[0]
+    assert float(scale.detach()) != 1.0 and "a" in result.history[0]
     rec2 = Recorder()
     train(
         mlp(),
@@ -196,24 +210,141 @@ def test_hooks_step_fn_extra_losses_callbacks_extra_optimizers(tmp_path):
     assert calls
 
 
-def test_plateau_early_stop_keep_best(tmp_path):
+def scaled_step(scale):
+    def step(ctx):
+        logits = ctx.model(ctx.x) * scale
+        return StepOutput(nn.functional.cross_entropy(logits, ctx.y), logits)
+
+    return step
+
+
+def test_extra_optimizer_parameter_outside_model_resumes_exactly(tmp_path):
+    """Architecture-style parameters live outside the model: their values must come back from the checkpoint."""
     data = toy_data()
-    cfg = CFG.replace(
-        epochs=40,
-        schedule="plateau",
-        plateau_patience=1,
-        plateau_factor=0.5,
-        early_stop_patience=2,
-        keep_best=True,
-        lr=0.5,
-    )
-    result = train(mlp(), data, cfg, checkpoint=tmp_path / "c.pt", progress=False)
-    assert len(result.history) < 40  # stopped on the plateau
-    lrs = [r["lr"] for r in result.history]
-    assert min(lrs) < 0.5  # reduced at least once
-    assert evaluate(result.model, data, "val")["accuracy"] == pytest.approx(result.best_val_acc)
-    again = train(mlp(), data, cfg, checkpoint=tmp_path / "c.pt", resume=True, progress=False)
-    assert len(again.history) == len(result.history)
+
+    def run(**kw):
+        scale = nn.Parameter(torch.ones(()))
+        opt = torch.optim.SGD([scale], lr=0.05, momentum=0.9)
+        result = train(mlp(), data, CFG, step_fn=scaled_step(scale), extra_optimizers=[opt], progress=False, **kw)
+        return result, scale
+
+    straight, s1 = run()
+    assert float(s1.detach()) != 1.0
+    with pytest.raises(KeyboardInterrupt):
+        run(checkpoint=tmp_path / "c.pt", callbacks=[KillAt(2)])
+    resumed, s2 = run(checkpoint=tmp_path / "c.pt", resume=True)  # a fresh parameter, restored from disk
+    assert torch.equal(s1.detach(), s2.detach())
+    for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b)
+    _, s3 = run(checkpoint=tmp_path / "c.pt", resume=True)  # finished phase: restored too
+    assert torch.equal(s1.detach(), s3.detach())
+
+
+class Recorder(Callback):
+    """Records hook calls and counts epochs in its (checkpointed) state and in state.extra."""
+
+    def __init__(self, calls):
+        self.calls, self.epochs = calls, 0
+
+    def on_train_start(self, state):
+        self.calls.append("start")
+
+    def on_epoch_start(self, state):
+        self.calls.append(f"epoch_start {state.epoch}")
+
+    def on_step_end(self, state, out):
+        self.calls.append("step")
+
+    def on_epoch_end(self, state, metrics):
+        self.epochs += 1
+        state.extra["seen"] = [*state.extra.get("seen", []), metrics["epoch"]]
+        self.calls.append(f"epoch_end {metrics['epoch']}")
+
+    def state_dict(self):
+        return {"epochs": self.epochs}
+
+    def load_state_dict(self, state):
+        self.epochs = state["epochs"]
+
+
+def test_callbacks_order_and_state_restored(tmp_path):
+    data, cfg = toy_data(n=64), CFG.replace(epochs=2)  # 64 samples / 32 = 2 steps per epoch
+    calls = []
+    train(mlp(), data, cfg, callbacks=[Recorder(calls)], checkpoint=tmp_path / "c.pt", progress=False)
+    expected_epoch = ["step", "step"]
+    assert calls == ["start", "epoch_start 0", *expected_epoch, "epoch_end 1", "epoch_start 1", *expected_epoch,
+                     "epoch_end 2"]  # fmt: skip
+    assert load_checkpoint(tmp_path / "c.pt")["extra"] == {"seen": [1, 2]}
+
+    finished = Recorder([])  # a finished phase still restores callback state (e.g. a NAS controller's decision)
+    train(mlp(), data, cfg, callbacks=[finished], checkpoint=tmp_path / "c.pt", resume=True, progress=False)
+    assert finished.epochs == 2 and finished.calls == []
+
+    grown, seen = Recorder([]), []
+    spy = Callback()
+    spy.on_epoch_end = lambda state, metrics: seen.append(list(state.extra["seen"]))
+    train(mlp(), data, CFG, callbacks=[grown, spy], checkpoint=tmp_path / "c.pt", resume=True, progress=False)
+    assert grown.epochs == 3 and seen == [[1, 2, 3]]
+
+    with pytest.raises(CheckpointError, match=r"callback.*Recorder#0"):  # a stateful callback went missing
+        train(mlp(), data, CFG.replace(epochs=5), checkpoint=tmp_path / "c.pt", resume=True, progress=False)
+
+
+def test_extra_losses_are_added():
+    data = toy_data()
+    calls = []
+
+    def constant(ctx, logits):
+        calls.append(logits.shape)
+        return logits.sum() * 0 + 5.0
+
+    result = train(mlp(), data, CFG.replace(epochs=1), extra_losses=[constant], progress=False)
+    row = result.history[0]
+    assert calls and calls[0] == (32, 4)
+    assert row["extra0"] == pytest.approx(5.0) and row["train_loss"] == pytest.approx(row["ce"] + 5.0)
+
+
+class FixedLogits(nn.Module):
+    """Logits = the first 3 input features (for a hand-computed evaluation)."""
+
+    def __init__(self):
+        super().__init__()
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        return x[:, :3] + self.dummy
+
+
+def test_evaluate_hand_computed():
+    x = torch.tensor([[2.0, 0, 0], [0, 2.0, 0], [0, 0, 2.0], [2.0, 0, 0]])
+    y = torch.tensor([0, 1, 0, 1])  # first two right, last two wrong
+    split = TensorDataset(x, y)
+    data = ToyData(split, split, split, num_classes=3, input_shape=(3,))
+    out = evaluate(FixedLogits(), data, "test", batch_size=3)
+    z = math.log(math.exp(2) + 2)  # log-sum-exp of (2, 0, 0)
+    assert out["accuracy"] == 0.5 and out["n"] == 4
+    assert out["loss"] == pytest.approx((2 * (z - 2) + 2 * z) / 4)
+    swapped = evaluate(FixedLogits(), data, "test", forward=lambda m, x: m(x)[:, [1, 0, 2]])
+    assert swapped["accuracy"] == 0.25  # classes 0 and 1 swapped: predictions 1, 0, 2, 1 -> only the last is right
+    with pytest.raises(DataError, match="no split 'tset'"):
+        evaluate(FixedLogits(), data, "tset")
+
+
+def test_nan_from_huge_lr():
+    with pytest.raises(TrainingError, match=r"loss became (nan|inf) at epoch 1 step \d+ \(terms: ce="):
+        train(mlp(), toy_data(), CFG.replace(lr=1e6), progress=False)
+
+
+def test_resume_refuses_other_model_and_missing_file(tmp_path):
+    train(mlp(), toy_data(), CFG.replace(epochs=1), checkpoint=tmp_path / "c.pt", progress=False)
+    other = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    with pytest.raises(CheckpointError, match="another model's weights"):
+        train(other, toy_data(), CFG, checkpoint=tmp_path / "c.pt", resume=True, progress=False)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
+    save_checkpoint(tmp_path / "partial.pt", {"model": {}})  # a valid file that is not a training checkpoint
+    with pytest.raises(CheckpointError, match="missing optimizer"):
+        train(mlp(), toy_data(), CFG, checkpoint=tmp_path / "partial.pt", resume=True, progress=False)
 
 
 def test_log_has_one_event_per_epoch(tmp_path):
@@ -226,16 +357,135 @@ def test_log_has_one_event_per_epoch(tmp_path):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"epochs": -1}, "epochs"),
-        ({"lr": 0}, "lr"),
-        ({"optimizer": "adam9"}, "optimizer"),
-        ({"schedule": "x"}, "schedule"),
-        ({"bogus": 1}, "bogus"),
+        ({"epochs": -1}, "epochs must be >= 0"),
+        ({"lr": 0}, "lr must be > 0"),
+        ({"optimizer": "adam9"}, "unknown optimizer 'adam9' .use sgd, adamw"),
+        ({"schedule": "x"}, "unknown schedule 'x'"),
+        ({"bogus": 1}, "unknown training setting.*bogus"),
+        ({"epochs": "3"}, "epochs must be an integer"),
+        ({"step_epochs": 0}, "step_epochs must be >= 1"),
+        ({"plateau_factor": 1.5}, "plateau_factor must be in"),
+        ({"early_stop_patience": 0}, "early_stop_patience must be >= 1"),
+        ({"momentum": 0.0}, "nesterov needs momentum"),
+        ({"keep_best": 1}, "keep_best must be a bool"),
     ],
 )
 def test_config_validation(change, message):
-    with pytest.raises(NetfitError, match=message):
+    with pytest.raises(TrainConfigError, match=message) as info:
         TrainConfig().replace(**change)
+    assert isinstance(info.value, NetfitError) and isinstance(info.value, ValueError)
+
+
+def test_config_round_trip_and_bad_config_in_train():
+    cfg = TrainConfig(epochs=4, schedule="plateau", early_stop_patience=3, keep_best=True, grad_clip=1)
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    assert isinstance(cfg.grad_clip, float)  # coerced, so checkpoints and JSON hold plain floats
+    assert cfg.replace(lr=0.2).lr == 0.2 and cfg.lr == 0.05
+    with pytest.raises(TrainConfigError, match="lr must be > 0"):
+        train(mlp(), toy_data(), TrainConfig(lr=-1.0), progress=False)
+
+
+def test_plateau_schedule_factors():
+    cfg = TrainConfig(epochs=10, schedule="plateau", plateau_patience=2, plateau_factor=0.5)
+    lr = LrSchedule(cfg, steps_per_epoch=4)
+    scales = []
+    for acc in [0.5, 0.4, 0.4, 0.6, 0.6, 0.6, 0.6, 0.6]:
+        lr.end_epoch(acc)
+        scales.append(lr.factor(step=7))
+    # not improved for 2 epochs -> x0.5; the counter keeps running, so every 2 more stale epochs -> x0.5 again
+    assert scales == [1, 1, 0.5, 0.5, 0.5, 0.25, 0.25, 0.125]
+    warm = LrSchedule(cfg.replace(warmup_epochs=1.0), steps_per_epoch=4)
+    assert [warm.factor(s) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+
+
+def frozen_step(ctx):
+    """A step that changes nothing (zero gradients): the evaluation accuracy stays the same every epoch."""
+    logits = ctx.model(ctx.x)
+    return StepOutput((logits * 0).sum(), logits)
+
+
+STALE = CFG.replace(lr=0.1, weight_decay=0.0, momentum=0.0, nesterov=False, schedule="plateau")
+
+
+def test_plateau_in_training_survives_resume(tmp_path):
+    cfg = STALE.replace(epochs=7, plateau_patience=2, plateau_factor=0.5)
+    straight = train(mlp(), toy_data(), cfg, step_fn=frozen_step, progress=False)
+    # epoch 1 sets the best; 2 stale epochs (2, 3) -> halve from epoch 4; 2 more (4, 5) -> halve from epoch 6
+    assert [r["lr"] for r in straight.history] == [0.1, 0.1, 0.1, 0.05, 0.05, 0.025, 0.025]
+    with pytest.raises(KeyboardInterrupt):
+        train(mlp(), toy_data(), cfg, step_fn=frozen_step, checkpoint=tmp_path / "c.pt", callbacks=[KillAt(4)])
+    resumed = train(
+        mlp(), toy_data(), cfg, step_fn=frozen_step, checkpoint=tmp_path / "c.pt", resume=True, progress=False
+    )
+    assert [r["lr"] for r in resumed.history] == [r["lr"] for r in straight.history]
+
+
+def test_early_stop_marks_checkpoint_finished(tmp_path):
+    cfg = STALE.replace(epochs=20, schedule="constant", early_stop_patience=3)
+    result = train(mlp(), toy_data(), cfg, step_fn=frozen_step, checkpoint=tmp_path / "c.pt", progress=False)
+    assert [r["epoch"] for r in result.history] == [1, 2, 3, 4]  # best at 1, then 3 epochs without improving
+    saved = load_checkpoint(tmp_path / "c.pt")
+    assert saved["finished"] and saved["early_stopped"] and saved["epoch"] == 4
+    calls = []
+
+    def counting_step(ctx):
+        calls.append(1)
+        return frozen_step(ctx)
+
+    again = train(mlp(), toy_data(), cfg.replace(epochs=30), step_fn=counting_step, checkpoint=tmp_path / "c.pt",
+                  resume=True, progress=False)  # fmt: skip
+    assert not calls and again.history == result.history
+
+
+def quadrant_weights(kind):
+    """Weights of nn.Linear(8, 4) for the toy task: 'good' is exact, 'half' ignores x1, 'bad' is inverted."""
+    w = torch.zeros(4, 8)
+    w[:, 0] = torch.tensor([-1.0, -1.0, 1.0, 1.0])
+    w[:, 1] = torch.tensor([-1.0, 1.0, -1.0, 1.0]) * (kind != "half")
+    return w * (-1 if kind == "bad" else 1)
+
+
+class SetWeights(Callback):
+    """Sets the weights at each epoch start, so the evaluation accuracy per epoch is known in advance."""
+
+    def __init__(self, kinds):
+        self.kinds = kinds
+
+    def on_epoch_start(self, state):
+        with torch.no_grad():
+            state.model.weight.copy_(quadrant_weights(self.kinds[state.epoch]))
+            state.model.bias.zero_()
+
+
+def linear():
+    return nn.Linear(8, 4)
+
+
+@pytest.mark.parametrize("keep_best", [True, False])
+def test_keep_best_returns_and_stores_best_epoch(tmp_path, keep_best):
+    data, cfg = toy_data(), STALE.replace(epochs=3, schedule="constant", keep_best=keep_best)
+    kinds = ["half", "good", "bad"]
+    hooks = {"step_fn": frozen_step, "callbacks": [SetWeights(kinds)], "progress": False}
+    result = train(linear(), data, cfg, checkpoint=tmp_path / "c.pt", **hooks)
+    accs = [r["val_acc"] for r in result.history]
+    assert accs[1] == 1.0 and accs[2] == 0.0 and 0 < accs[0] < 1
+    assert result.best_val_acc == 1.0
+    expected = "good" if keep_best else "bad"
+    assert torch.equal(result.model.weight.detach(), quadrant_weights(expected))
+    assert result.final["epoch"] == (2 if keep_best else 3)
+    saved = load_checkpoint(tmp_path / "c.pt")
+    assert torch.equal(saved["model"]["weight"], quadrant_weights(expected))
+    again = train(linear(), data, cfg, checkpoint=tmp_path / "c.pt", resume=True, **hooks)
+    assert torch.equal(again.model.weight.detach(), quadrant_weights(expected)) and again.history == result.history
+    if keep_best:  # growing the epochs continues from the last weights, not the best
+        assert torch.equal(saved["last_model"]["weight"], quadrant_weights("bad"))
+        seen = []
+        spy = Callback()
+        spy.on_train_start = lambda state: seen.append(state.model.weight.detach().clone())
+        more = {**hooks, "callbacks": [SetWeights([*kinds, "half"]), spy]}
+        grown = train(linear(), data, cfg.replace(epochs=4), checkpoint=tmp_path / "c.pt", resume=True, **more)
+        assert torch.equal(seen[0], quadrant_weights("bad")) and len(grown.history) == 4
+        assert torch.equal(grown.model.weight.detach(), quadrant_weights("good"))
 
 
 @pytest.mark.slow
@@ -246,9 +496,19 @@ def test_ddp_two_processes_gloo(tmp_path):
         import sys, torch
         sys.path.insert(0, {os.path.dirname(__file__)!r})
         from test_engine import toy_data, mlp, CFG
-        from netfit.engine import train, evaluate
+        import torch.nn.functional as F
+        from netfit.engine import train, evaluate, StepOutput
+        from netfit.engine.distributed import dist_env
+
+        def step(ctx):  # metric keys differ between ranks: the engine must all-reduce their union
+            logits = ctx.model(ctx.x)
+            rank = dist_env()[0]
+            return StepOutput(F.cross_entropy(logits, ctx.y), logits, {{f"only{{rank}}": 1.0, "rank": float(rank)}})
+
         result = train(mlp(), toy_data(), CFG.replace(epochs=2), checkpoint={str(tmp_path / "c.pt")!r},
-                       progress=False, device="cpu")
+                       progress=False, device="cpu", step_fn=step)
+        row = result.history[-1]
+        assert row["only0"] == 1.0 and row["only1"] == 1.0 and row["rank"] == 0.5, row
         acc = evaluate(result.model, toy_data(), "test", device="cpu")["accuracy"]
         print("RANK_ACC", acc, flush=True)
     """)

@@ -1,7 +1,7 @@
 """The training engine: one loop for every method, checkpoints, distributed runs and the run log."""
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import TrainConfig
+from .config import TrainConfig, TrainConfigError
 from .log import RunLog
 from .seeding import seed_everything
 from .trainer import (
@@ -24,6 +24,7 @@ __all__ = [
     "StepFn",
     "StepOutput",
     "TrainConfig",
+    "TrainConfigError",
     "TrainResult",
     "TrainState",
     "evaluate",

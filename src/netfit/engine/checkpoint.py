@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 import zipfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,30 +13,119 @@ import torch
 
 from ..errors import CheckpointError
 from ..fileio import atomic_write
+from .config import TrainConfig
 
 FORMAT = 1
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """torch.save to a temp file beside ``path``, fsync, rename: a crash leaves the previous checkpoint intact."""
+    """Write ``state`` (tensors, numbers, strings, lists, dicts) to ``path`` atomically.
+
+    torch.save goes to a temp file beside ``path``, which is fsynced and renamed over ``path``, so a crash
+    mid-write leaves the previous checkpoint intact.
+
+    Example:
+        >>> save_checkpoint("runs/x/ckpt/seed.pt", {"model": model.state_dict(), "epoch": 3})
+    """
     atomic_write(path, lambda tmp: torch.save({**state, "format": FORMAT}, tmp))
 
 
+def _corrupt(path: Path, reason: str) -> CheckpointError:
+    return CheckpointError(
+        f"checkpoint {path} is corrupt or not a netfit checkpoint ({reason}); delete it or start without --resume"
+    )
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint written by ``save_checkpoint``; anything else raises ``CheckpointError``."""
+    """Load a checkpoint written by ``save_checkpoint`` onto the CPU.
+
+    Raises:
+        CheckpointError: the file is missing, truncated, corrupt, not written by netfit, or holds objects that
+            would need arbitrary unpickling (which is never done).
+    """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"checkpoint {path} does not exist; check the path or start without --resume")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+    except pickle.UnpicklingError as e:
+        # torch's own message suggests loading with weights_only=False: exactly what must not be done here
+        raise _corrupt(path, "it holds objects other than tensors and plain data") from e
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError, AttributeError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(
-            f"checkpoint {path} is corrupt or not a netfit checkpoint ({reason[:200]}); delete it "
-            "or start without --resume"
-        ) from e
+        raise _corrupt(path, reason[:200]) from e
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(
-            f"checkpoint {path} is not a netfit checkpoint (format {FORMAT}); delete it or start without --resume"
-        )
+        raise _corrupt(path, f"no netfit format {FORMAT} marker")
     return state
+
+
+_REQUIRED = (
+    "model",
+    "optimizer",
+    "extra_optimizers",
+    "extra_params",
+    "scaler",
+    "callbacks",
+    "lr_control",
+    "epoch",
+    "step",
+    "history",
+    "extra",
+    "best_model",
+    "rng",
+    "config",
+    "finished",
+    "early_stopped",
+)
+
+
+def callback_keys(callbacks: Sequence[object]) -> list[str]:
+    """Checkpoint keys of callbacks: class name and its index among callbacks of that class ("Ctl#0")."""
+    seen: dict[str, int] = {}
+    keys = []
+    for cb in callbacks:
+        name = type(cb).__qualname__
+        keys.append(f"{name}#{seen.get(name, 0)}")
+        seen[name] = seen.get(name, 0) + 1
+    return keys
+
+
+def check_compatible(saved: dict, config: TrainConfig, callbacks: list[str], n_extra_opts: int, path: Path) -> None:
+    """Refuse a checkpoint of another netfit version, other settings (epochs may grow) or other hooks.
+
+    Stateless callbacks (progress, logging) may come and go; a saved callback state needs its callback back.
+    """
+    missing = [k for k in _REQUIRED if k not in saved]
+    if missing:
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or not a netfit checkpoint (missing {', '.join(missing)}); delete it "
+            "or start without --resume"
+        )
+    current = config.to_dict()
+    differ = sorted(k for k in current if k != "epochs" and saved["config"].get(k) != current[k])
+    if differ:
+        was = ", ".join(f"{k}={saved['config'].get(k)!r} now {current[k]!r}" for k in differ)
+        raise CheckpointError(
+            f"cannot resume from {path}: training settings differ ({was}); use the settings of the interrupted "
+            "run or start without --resume"
+        )
+    lost = sorted(k for k, v in saved["callbacks"].items() if v and k not in callbacks)
+    if lost or len(saved["extra_optimizers"]) != n_extra_opts:
+        what = f"callback(s) {', '.join(lost)}" if lost else f"{len(saved['extra_optimizers'])} extra optimizer(s)"
+        raise CheckpointError(
+            f"cannot resume from {path}: it was written with {what}, which this run does not have; resume with "
+            "the same method and options or start without --resume"
+        )
+
+
+@contextlib.contextmanager
+def as_checkpoint_error(path: Path, what: str) -> Iterator[None]:
+    """Turn a state-dict mismatch (another model, optimizer or parameters) into a CheckpointError."""
+    try:
+        yield
+    except (RuntimeError, ValueError, KeyError) as error:
+        first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        raise CheckpointError(
+            f"cannot resume from {path}: it {what} ({first}); resume with the same model and method or start "
+            "without --resume"
+        ) from error

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,6 +12,10 @@ from ..errors import NetfitError
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "constant", "plateau")
+
+
+class TrainConfigError(NetfitError, ValueError):
+    """A training setting has a bad value or an unknown name."""
 
 
 @dataclass(frozen=True)
@@ -23,10 +29,15 @@ class TrainConfig:
             (no weight decay on 1-D parameters: biases and norms).
         schedule: "cosine" (per step, to 0), "step" (x step_gamma every step_epochs), "constant", or "plateau"
             (x plateau_factor after plateau_patience epochs without a better validation accuracy).
-        warmup_epochs: linear warm-up of the lr, per step.
-        early_stop_patience: stop after this many epochs without a better validation accuracy.
-        keep_best: return the weights of the best validation epoch instead of the last.
+        warmup_epochs: linear warm-up of the lr, per step (may be fractional).
+        early_stop_patience: stop after this many epochs without a better validation accuracy (None: never).
+        keep_best: return (and store in the finished checkpoint) the weights of the best validation epoch
+            instead of the last.
         label_smoothing, grad_clip (max global norm), amp (CUDA only), channels_last, seed.
+
+    Example:
+        >>> TrainConfig(epochs=5).replace(lr=0.1, schedule="plateau").to_dict()["lr"]
+        0.1
     """
 
     epochs: int = 10
@@ -51,39 +62,135 @@ class TrainConfig:
     channels_last: bool = False
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        # numpy scalars (e.g. from a method's arithmetic) become builtins: checkpoints and JSON hold plain values
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                continue
+            if f.name in _INT_FIELDS or f.name == "early_stop_patience":
+                if isinstance(value, numbers.Integral):
+                    object.__setattr__(self, f.name, int(value))
+            elif f.name not in _BOOL_FIELDS:
+                object.__setattr__(self, f.name, float(value))
+
     def validate(self) -> TrainConfig:
-        problems = []
-        if self.epochs < 0:
-            problems.append(f"epochs must be >= 0 (got {self.epochs})")
-        if self.batch_size < 1 or self.eval_batch_size < 1:
-            problems.append("batch sizes must be >= 1")
-        if not self.lr > 0:
-            problems.append(f"lr must be > 0 (got {self.lr})")
-        if self.optimizer not in OPTIMIZERS:
-            problems.append(f"unknown optimizer {self.optimizer!r} (use {', '.join(OPTIMIZERS)})")
-        if self.schedule not in SCHEDULES:
-            problems.append(f"unknown schedule {self.schedule!r} (use {', '.join(SCHEDULES)})")
-        if self.weight_decay < 0 or not 0 <= self.label_smoothing < 1 or self.warmup_epochs < 0:
-            problems.append("weight_decay and warmup_epochs must be >= 0 and label_smoothing in [0, 1)")
-        if self.grad_clip is not None and self.grad_clip <= 0:
-            problems.append("grad_clip must be > 0")
-        if not 0 < self.plateau_factor <= 1 or self.plateau_patience < 1:
-            problems.append("plateau_factor must be in (0, 1] and plateau_patience >= 1")
-        if self.early_stop_patience is not None and self.early_stop_patience < 1:
-            problems.append("early_stop_patience must be >= 1")
+        """Return self, or raise ``TrainConfigError`` listing every bad value and what is allowed."""
+        problems = _type_problems(self) or _value_problems(self)
         if problems:
-            raise NetfitError("invalid training settings: " + "; ".join(problems))
+            raise TrainConfigError("invalid training settings: " + "; ".join(problems))
         return self
 
     def replace(self, **changes: Any) -> TrainConfig:
+        """A validated copy with ``changes``; unknown names raise ``TrainConfigError``."""
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
         if unknown:
-            raise NetfitError(f"unknown training setting(s): {', '.join(sorted(unknown))}")
+            known = ", ".join(f.name for f in dataclasses.fields(self))
+            raise TrainConfigError(f"unknown training setting(s): {', '.join(sorted(unknown))} (known: {known})")
         return dataclasses.replace(self, **changes).validate()
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable dict (the form stored in checkpoints and run.json)."""
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Inverse of ``to_dict``; missing fields keep their defaults, unknown ones are refused."""
         return cls().replace(**values)
+
+
+_INT_FIELDS = ("epochs", "batch_size", "eval_batch_size", "step_epochs", "plateau_patience", "seed")
+_BOOL_FIELDS = ("nesterov", "keep_best", "amp", "channels_last")
+_STR_FIELDS = ("optimizer", "schedule")
+_OPTIONAL = ("early_stop_patience", "grad_clip")
+
+
+def _type_problems(c: TrainConfig) -> list[str]:
+    """Wrong types (e.g. a string from a config file) would otherwise fail deep inside torch."""
+    problems = []
+    for f in dataclasses.fields(c):
+        value = getattr(c, f.name)
+        if value is None and f.name in _OPTIONAL:
+            continue
+        if f.name in _BOOL_FIELDS:
+            ok, kind = isinstance(value, bool), "a bool"
+        elif f.name in _STR_FIELDS:
+            ok, kind = isinstance(value, str), "a string"
+        elif f.name in _INT_FIELDS or f.name == "early_stop_patience":
+            ok, kind = isinstance(value, numbers.Integral) and not isinstance(value, bool), "an integer"
+        else:
+            ok, kind = isinstance(value, numbers.Real) and not isinstance(value, bool), "a number"
+        if not ok:
+            problems.append(f"{f.name} must be {kind} (got {type(value).__name__} {value!r})")
+    return problems
+
+
+def _value_problems(c: TrainConfig) -> list[str]:
+    checks = [
+        (c.epochs >= 0, f"epochs must be >= 0 (got {c.epochs})"),
+        (c.batch_size >= 1 and c.eval_batch_size >= 1, "batch_size and eval_batch_size must be >= 1"),
+        (c.lr > 0, f"lr must be > 0 (got {c.lr})"),
+        (c.optimizer in OPTIMIZERS, f"unknown optimizer {c.optimizer!r} (use {', '.join(OPTIMIZERS)})"),
+        (c.schedule in SCHEDULES, f"unknown schedule {c.schedule!r} (use {', '.join(SCHEDULES)})"),
+        (0 <= c.momentum < 1, f"momentum must be in [0, 1) (got {c.momentum})"),
+        (
+            not (c.optimizer == "sgd" and c.nesterov and c.momentum == 0),
+            "nesterov needs momentum > 0 (set nesterov=False)",
+        ),
+        (c.weight_decay >= 0, f"weight_decay must be >= 0 (got {c.weight_decay})"),
+        (c.warmup_epochs >= 0, f"warmup_epochs must be >= 0 (got {c.warmup_epochs})"),
+        (c.step_epochs >= 1, f"step_epochs must be >= 1 (got {c.step_epochs})"),
+        (0 < c.step_gamma <= 1, f"step_gamma must be in (0, 1] (got {c.step_gamma})"),
+        (0 < c.plateau_factor <= 1, f"plateau_factor must be in (0, 1] (got {c.plateau_factor})"),
+        (c.plateau_patience >= 1, f"plateau_patience must be >= 1 (got {c.plateau_patience})"),
+        (
+            c.early_stop_patience is None or c.early_stop_patience >= 1,
+            f"early_stop_patience must be >= 1 or None (got {c.early_stop_patience})",
+        ),
+        (0 <= c.label_smoothing < 1, f"label_smoothing must be in [0, 1) (got {c.label_smoothing})"),
+        (c.grad_clip is None or c.grad_clip > 0, f"grad_clip must be > 0 or None (got {c.grad_clip})"),
+    ]
+    return [message for ok, message in checks if not ok]
+
+
+class LrSchedule:
+    """Per-step learning rate factor: warm-up x (cosine | step | constant) x the plateau factor.
+
+    The engine sets every group's lr to base lr x factor before each step (no LambdaLR, so nothing overwrites
+    the plateau reductions).
+    """
+
+    def __init__(self, config: TrainConfig, steps_per_epoch: int) -> None:
+        self.config = config
+        self.steps_per_epoch = steps_per_epoch
+        self.scale = 1.0  # product of the plateau reductions so far
+        self.best = -math.inf  # best evaluation accuracy so far
+        self.since_best = 0  # epochs since it improved
+
+    def factor(self, step: int) -> float:
+        c = self.config
+        total = max(1, c.epochs * self.steps_per_epoch)
+        warm = c.warmup_epochs * self.steps_per_epoch
+        f = min(1.0, (step + 1) / warm) if warm > 0 and step < warm else 1.0
+        if c.schedule == "cosine":
+            progress = min(1.0, max(0.0, (step - warm) / max(1.0, total - warm)))
+            f *= 0.5 * (1 + math.cos(math.pi * progress))
+        elif c.schedule == "step":
+            f *= c.step_gamma ** (step // (c.step_epochs * self.steps_per_epoch))
+        return f * self.scale
+
+    def end_epoch(self, accuracy: float) -> bool:
+        """Record an epoch's evaluation accuracy; True when it is a new best."""
+        if accuracy > self.best:
+            self.best, self.since_best = accuracy, 0
+            return True
+        self.since_best += 1
+        if self.config.schedule == "plateau" and self.since_best % self.config.plateau_patience == 0:
+            self.scale *= self.config.plateau_factor
+        return False
+
+    def state_dict(self) -> dict:
+        return {"scale": self.scale, "best": self.best, "since_best": self.since_best}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.scale, self.best, self.since_best = state["scale"], state["best"], state["since_best"]

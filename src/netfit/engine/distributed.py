@@ -1,4 +1,4 @@
-"""torch.distributed plumbing: single process unless launched by torchrun (WORLD_SIZE > 1)."""
+"""torch.distributed plumbing: a single process unless launched by torchrun (WORLD_SIZE > 1)."""
 
 from __future__ import annotations
 
@@ -9,25 +9,34 @@ import torch.distributed as dist
 
 
 def dist_env() -> tuple[int, int, int]:
-    """(rank, world_size, local_rank) from torchrun's environment variables."""
+    """(rank, world_size, local_rank) from torchrun's environment variables; (0, 1, 0) without them."""
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
 
 
 def is_distributed() -> bool:
+    """True when launched by torchrun with more than one process."""
     return dist_env()[1] > 1
 
 
-def init_distributed(device: torch.device) -> None:
-    """Join the process group once (nccl on CUDA, gloo on CPU)."""
-    if is_distributed() and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+def init_distributed(device: torch.device | str | None = None) -> None:
+    """Join the process group once (idempotent): nccl on CUDA, gloo on CPU; a no-op in a single process."""
+    if not is_distributed() or dist.is_initialized():
+        return
+    device = torch.device(device) if device is not None else None
+    on_cuda = device.type == "cuda" if device is not None else torch.cuda.is_available()
+    if on_cuda:
+        # nccl needs each rank bound to its own GPU before the group forms
+        torch.cuda.set_device(device if device is not None and device.index is not None else dist_env()[2])
+    dist.init_process_group("nccl" if on_cuda else "gloo")
 
 
 def is_main() -> bool:
+    """True on rank 0 (the process that writes checkpoints, logs and results)."""
     return dist_env()[0] == 0
 
 
 def barrier() -> None:
+    """Wait for every rank (a no-op in a single process)."""
     if dist.is_initialized():
         dist.barrier()
 
@@ -39,3 +48,12 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
     return tensor.tolist()
+
+
+def union_keys(keys: list[str]) -> list[str]:
+    """Sorted union of every rank's keys, so all ranks all-reduce the same list in the same order."""
+    if not dist.is_initialized():
+        return sorted(keys)
+    gathered: list[list[str] | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, keys)
+    return sorted({k for rank_keys in gathered for k in rank_keys or []})

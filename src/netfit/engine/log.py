@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ class RunLog:
         self.path = Path(path)
 
     def write(self, event: str, **fields: Any) -> None:
+        """Append one ``{"time", "event", **fields}`` line and flush it (rank 0 only)."""
         if not is_main():
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -28,3 +30,40 @@ class RunLog:
         with open(self.path, "a") as f:
             f.write(line + "\n")
             f.flush()
+
+
+class ProgressBar:
+    """A transient rich progress bar over an epoch's steps; a no-op when disabled (progress=False, rank > 0).
+
+    Example:
+        >>> with ProgressBar(True, "seed epoch 1/5", total=40) as advance:
+        ...     advance(loss=0.93, acc=0.61)
+    """
+
+    def __init__(self, enabled: bool, description: str, total: int) -> None:
+        self.enabled, self.description, self.total = enabled, description, total
+
+    def __enter__(self) -> Callable[..., None]:
+        if not self.enabled:
+            return lambda **_: None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeRemainingColumn(),
+            transient=True,
+        )
+        self.progress.__enter__()
+        task = self.progress.add_task(self.description, total=self.total, info="")
+
+        def advance(**fields: float) -> None:
+            self.progress.update(task, advance=1, info=" ".join(f"{k} {v:.4f}" for k, v in fields.items()))
+
+        return advance
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            self.progress.__exit__(*exc)

@@ -3,8 +3,8 @@ optimizers; they never write their own loop, so every method gets checkpoints, r
 progress bars.
 
 Determinism: the data order and augmentation of epoch e come from a generator seeded by (seed, e), and the
-checkpoint after every epoch holds all state (weights, optimizers, lr controller, callbacks, RNG), so a run
-resumed at an epoch boundary produces the same weights as an uninterrupted one.
+checkpoint after every epoch holds all state (weights, optimizers, lr controller, callbacks, extra parameters,
+RNG), so a run resumed at an epoch boundary produces the same weights as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import CheckpointError, TrainingError
-from .checkpoint import load_checkpoint, save_checkpoint
-from .config import TrainConfig
-from .distributed import all_reduce_sum, barrier, dist_env, init_distributed, is_distributed, is_main
-from .log import RunLog
+from ..errors import DataError, TrainingError
+from .checkpoint import as_checkpoint_error, callback_keys, check_compatible, load_checkpoint, save_checkpoint
+from .config import LrSchedule, TrainConfig
+from .distributed import all_reduce_sum, barrier, dist_env, init_distributed, is_distributed, is_main, union_keys
+from .log import ProgressBar, RunLog
 from .seeding import epoch_generator, rng_state, set_rng_state
 
 logger = logging.getLogger("netfit")
@@ -58,7 +58,10 @@ class StepContext:
 
     def backward(self, loss: torch.Tensor) -> None:
         """Backpropagate (AMP-scaled when active); a step function may call it several times per step."""
-        _check_finite(loss, self)
+        _check_finite(_scalar(loss), self)
+        self._backward(loss)
+
+    def _backward(self, loss: torch.Tensor) -> None:
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
         self.did_backward = True
 
@@ -69,11 +72,14 @@ ExtraLoss = Callable[[StepContext, torch.Tensor], torch.Tensor]
 
 @dataclass
 class TrainState:
+    """What callbacks see. ``extra`` is saved in checkpoints (tensors, numbers, strings, lists, dicts only)."""
+
     model: nn.Module
     optimizer: torch.optim.Optimizer
     config: TrainConfig
-    epoch: int = 0
-    step: int = 0
+    scheduler: Any = None  # the per-step lr controller (warm-up x schedule x plateau factor)
+    epoch: int = 0  # completed epochs
+    step: int = 0  # completed optimizer steps
     history: list[dict] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
     stop: bool = False  # a callback sets this to end training after the current epoch
@@ -98,53 +104,21 @@ class Callback:
 
 @dataclass
 class TrainResult:
+    """A finished training: the model (unwrapped, on its device), the per-epoch history, the best evaluation
+    accuracy, and ``final``, the history row of the returned weights (the best epoch's with keep_best)."""
+
     model: nn.Module
     history: list[dict]
     best_val_acc: float
     final: dict
 
 
-class _LrControl:
-    """Per-step learning rate: warm-up x (cosine | step | constant) x the plateau factor."""
-
-    def __init__(self, config: TrainConfig, steps_per_epoch: int) -> None:
-        self.config = config
-        self.steps_per_epoch = steps_per_epoch
-        self.scale = 1.0  # plateau reductions so far
-        self.best = -math.inf
-        self.since_best = 0
-
-    def factor(self, step: int) -> float:
-        c = self.config
-        total = max(1, c.epochs * self.steps_per_epoch)
-        warm = c.warmup_epochs * self.steps_per_epoch
-        f = min(1.0, (step + 1) / warm) if warm > 0 and step < warm else 1.0
-        if c.schedule == "cosine":
-            progress = min(1.0, max(0.0, (step - warm) / max(1.0, total - warm)))
-            f *= 0.5 * (1 + math.cos(math.pi * progress))
-        elif c.schedule == "step":
-            f *= c.step_gamma ** (step // (c.step_epochs * self.steps_per_epoch))
-        return f * self.scale
-
-    def end_epoch(self, val_acc: float) -> None:
-        if val_acc > self.best:
-            self.best, self.since_best = val_acc, 0
-            return
-        self.since_best += 1
-        if self.config.schedule == "plateau" and self.since_best % self.config.plateau_patience == 0:
-            self.scale *= self.config.plateau_factor
-
-    def state_dict(self) -> dict:
-        return {"scale": self.scale, "best": self.best, "since_best": self.since_best}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.scale, self.best, self.since_best = state["scale"], state["best"], state["since_best"]
-
-
 def _make_optimizer(model: nn.Module, config: TrainConfig, param_filter) -> torch.optim.Optimizer:
     params = [
         (n, p) for n, p in model.named_parameters() if p.requires_grad and (param_filter is None or param_filter(n, p))
     ]
+    if not params:
+        raise TrainingError("no trainable parameters to optimise (all frozen or excluded by param_filter)")
     decay = [p for _, p in params if p.ndim > 1]
     no_decay = [p for _, p in params if p.ndim <= 1]  # biases and norms: no weight decay
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -168,10 +142,14 @@ def _default_step(extra_losses: Sequence[ExtraLoss]) -> StepFn:
     return step
 
 
-def _check_finite(loss: torch.Tensor, ctx: StepContext, metrics: dict | None = None) -> None:
-    if not torch.isfinite(loss.detach()).all():
-        kind = "nan" if torch.isnan(loss.detach()).any() else "inf"
-        terms = ", ".join(f"{k}={v:.4g}" for k, v in (metrics or {}).items()) or "n/a"
+def _scalar(value: torch.Tensor | float) -> float:
+    return float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
+
+
+def _check_finite(value: float, ctx: StepContext, metrics: dict | None = None) -> None:
+    if not math.isfinite(value):
+        kind = "nan" if math.isnan(value) else "inf"
+        terms = ", ".join(f"{k}={_scalar(v):.4g}" for k, v in (metrics or {}).items()) or "n/a"
         raise TrainingError(
             f"loss became {kind} at epoch {ctx.epoch + 1} step {ctx.step} (terms: {terms}); lower the learning rate "
             "(--lr) or enable --grad-clip; the last checkpoint is intact"
@@ -179,11 +157,262 @@ def _check_finite(loss: torch.Tensor, ctx: StepContext, metrics: dict | None = N
 
 
 def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
-    """This rank's shuffled batches of indices (sharded like DistributedSampler); size-1 batches skipped (BN)."""
+    """This rank's shuffled batches of indices, sharded like DistributedSampler (every rank gets the same
+    number of samples, so the same number of steps); size-1 batches are skipped (BatchNorm cannot train on them)."""
     rank, world, _ = dist_env()
     order = torch.randperm(n, generator=generator)
     order = order[: n - n % world][rank::world] if world > 1 else order
     return [b for b in order.split(batch_size) if len(b) > 1]
+
+
+def _opt_params(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
+    return [p for group in opt.param_groups for p in group["params"]]
+
+
+class _Trainer:
+    """One call of ``train``: the state, the checkpoint round trip and the epoch loop."""
+
+    def __init__(self, model, data, config, hooks: dict, checkpoint, log, desc, progress, device, eval_split):
+        self.data, self.config, self.log, self.desc, self.eval_split = data, config, log, desc, eval_split
+        self.progress, self.device = progress and is_main(), device
+        self.callbacks: Sequence[Callback] = hooks["callbacks"]
+        self.extra_optimizers: Sequence[torch.optim.Optimizer] = hooks["extra_optimizers"]
+        self.step_fn = hooks["step_fn"] or _default_step(hooks["extra_losses"])
+        self.ckpt_path = Path(checkpoint) if checkpoint is not None else None
+        self.model = model.to(device)
+        if config.channels_last and len(data.input_shape) == 3:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = _make_optimizer(self.model, config, hooks["param_filter"])
+        self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]  # a resume overwrites the groups' lr
+        self.x_all, self.y_all = data.train.tensors
+        steps = len(_batches(len(self.y_all), config.batch_size, epoch_generator(0, 0)))
+        if config.epochs > 0 and steps == 0:
+            raise DataError(f"the training split has too few samples ({len(self.y_all)}) for one batch of >= 2")
+        self.lr_control = LrSchedule(config, max(1, steps))
+        self.use_amp = config.amp and device.type == "cuda"
+        bf16 = self.use_amp and torch.cuda.is_bf16_supported()
+        self.amp_dtype = torch.bfloat16 if bf16 else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda") if self.use_amp and not bf16 else None
+        self.state = TrainState(self.model, self.optimizer, config, self.lr_control)
+        self.best_weights: dict | None = None  # keep_best: the best epoch's weights so far
+        self.ddp_model = self.model
+
+    # -- checkpoints ---------------------------------------------------------------------------------------
+
+    def save(self, finished: bool, early_stopped: bool = False, last_weights: dict | None = None) -> None:
+        """Rank 0 writes the checkpoint; the other ranks wait so nobody reads a half-finished phase."""
+        if self.ckpt_path is None:
+            return
+        if is_main():
+            state = {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "extra_optimizers": [o.state_dict() for o in self.extra_optimizers],
+                # an extra optimizer's parameters may live outside the model (e.g. architecture weights)
+                "extra_params": [[p.detach().cpu() for p in _opt_params(o)] for o in self.extra_optimizers],
+                "scaler": self.scaler.state_dict() if self.scaler is not None else {},
+                "callbacks": {k: cb.state_dict() for k, cb in zip(callback_keys(self.callbacks), self.callbacks)},
+                "lr_control": self.lr_control.state_dict(),
+                "epoch": self.state.epoch,
+                "step": self.state.step,
+                "history": self.state.history,
+                "extra": self.state.extra,
+                "best_model": self.best_weights,
+                "rng": rng_state(),
+                "config": self.config.to_dict(),
+                "finished": finished,
+                "early_stopped": early_stopped,
+            }
+            if last_weights is not None:
+                state["last_model"] = last_weights  # keep_best: "model" holds the best epoch's weights
+            save_checkpoint(self.ckpt_path, state)
+        barrier()
+
+    def restore(self) -> bool:
+        """Load the checkpoint; True when it holds a finished phase (nothing left to train)."""
+        path = self.ckpt_path
+        saved = load_checkpoint(path)
+        keys = callback_keys(self.callbacks)
+        check_compatible(saved, self.config, keys, len(self.extra_optimizers), path)
+        finished = saved["finished"] and (saved["early_stopped"] or saved["epoch"] >= self.config.epochs)
+        weights = saved["model"] if finished else saved.get("last_model", saved["model"])
+        with as_checkpoint_error(path, "holds another model's weights"):
+            self.model.load_state_dict(weights)
+            for params, values in zip((_opt_params(o) for o in self.extra_optimizers), saved["extra_params"]):
+                with torch.no_grad():
+                    for p, v in zip(params, values, strict=True):
+                        p.copy_(v)
+        for key, cb in zip(keys, self.callbacks):
+            if key in saved["callbacks"]:
+                cb.load_state_dict(saved["callbacks"][key])
+        self.state.epoch, self.state.step = saved["epoch"], saved["step"]
+        self.state.history, self.state.extra = saved["history"], saved["extra"]
+        if finished:
+            return True
+        with as_checkpoint_error(path, "holds another optimizer's state"):
+            self.optimizer.load_state_dict(saved["optimizer"])
+            for opt, opt_state in zip(self.extra_optimizers, saved["extra_optimizers"]):
+                opt.load_state_dict(opt_state)
+        if self.scaler is not None and saved["scaler"]:
+            self.scaler.load_state_dict(saved["scaler"])
+        self.lr_control.load_state_dict(saved["lr_control"])
+        self.best_weights = saved["best_model"]
+        set_rng_state(saved["rng"])
+        return False
+
+    # -- the loop --------------------------------------------------------------------------------------------
+
+    def run(self, resume: bool) -> TrainResult:
+        if resume and self.ckpt_path is not None and self.ckpt_path.exists() and self.restore():
+            return self.result()
+        if is_distributed():
+            index = [self.device.index] if self.device.type == "cuda" else None
+            # find_unused_parameters: step functions may run only a sub-network (sandwich rule, exits)
+            ddp = nn.parallel.DistributedDataParallel
+            self.ddp_model = ddp(self.model, device_ids=index, find_unused_parameters=True)
+        for cb in self.callbacks:
+            cb.on_train_start(self.state)
+        if self.state.epoch >= self.config.epochs:  # nothing left (epochs=0 or fewer than done): mark finished
+            self.finish(early_stopped=False)
+        while self.state.epoch < self.config.epochs:
+            row = self.epoch()
+            self.report(row)
+            early_stopped = self.state.stop or (
+                self.config.early_stop_patience is not None
+                and self.lr_control.since_best >= self.config.early_stop_patience
+            )
+            if early_stopped or self.state.epoch >= self.config.epochs:
+                self.finish(early_stopped)
+                break
+            self.save(finished=False)
+        return self.result()
+
+    def report(self, row: dict) -> None:
+        """The epoch's JSONL event and one-line summary."""
+        if self.log is not None:
+            self.log.write("epoch", phase=self.desc, **row)
+        if is_main():
+            logger.info(
+                f"{self.desc} epoch {row['epoch']}/{self.config.epochs}: loss {row['train_loss']:.4f} "
+                f"{self.eval_split} acc {row[f'{self.eval_split}_acc']:.4f} ({row['seconds']:.1f}s)"
+            )
+
+    def finish(self, early_stopped: bool) -> None:
+        """Switch to the best weights (keep_best) and write the finished checkpoint."""
+        last_weights = None
+        if self.config.keep_best and self.best_weights is not None:
+            last_weights = copy.deepcopy(self.model.state_dict())
+            self.model.load_state_dict(self.best_weights)
+        self.save(finished=True, early_stopped=early_stopped, last_weights=last_weights)
+
+    def result(self) -> TrainResult:
+        history = self.state.history
+        accs = [row[f"{self.eval_split}_acc"] for row in history if f"{self.eval_split}_acc" in row]
+        final = history[-1] if history else {}
+        if self.config.keep_best and accs:
+            final = history[accs.index(max(accs))]  # the first best epoch, as kept by the loop
+        return TrainResult(self.model, history, max(accs) if accs else 0.0, final)
+
+    def epoch(self) -> dict:
+        """Train one epoch, evaluate, update the lr controller and callbacks; return the history row."""
+        state, config = self.state, self.config
+        started = time.perf_counter()
+        for cb in self.callbacks:
+            cb.on_epoch_start(state)
+        generator = epoch_generator(config.seed, state.epoch)
+        batches = _batches(len(self.y_all), config.batch_size, generator)
+        sums = {"loss": 0.0, "correct": 0.0, "n": 0.0}
+        metric_sums: dict[str, float] = {}
+        metric_counts: dict[str, float] = {}
+        self.ddp_model.train()
+        title = f"{self.desc} epoch {state.epoch + 1}/{config.epochs}"
+        with ProgressBar(self.progress, title, len(batches)) as advance:
+            for idx in batches:
+                out, y = self.step(idx, generator)
+                n = len(y)
+                sums["loss"] += _scalar(out.loss) * n
+                sums["n"] += n
+                if out.logits is not None:
+                    sums["correct"] += float((out.logits.detach().argmax(1) == y).sum())
+                for k, v in out.metrics.items():
+                    metric_sums[k] = metric_sums.get(k, 0.0) + _scalar(v) * n
+                    metric_counts[k] = metric_counts.get(k, 0.0) + n
+                for cb in self.callbacks:
+                    cb.on_step_end(state, out)
+                advance(loss=sums["loss"] / sums["n"], acc=sums["correct"] / sums["n"])
+        keys = union_keys(list(metric_sums))
+        loss_sum, correct, count, *rest = all_reduce_sum(
+            [
+                sums["loss"],
+                sums["correct"],
+                sums["n"],
+                *(metric_sums.get(k, 0.0) for k in keys),
+                *(metric_counts.get(k, 0.0) for k in keys),
+            ],
+            self.device,
+        )
+        evaluation = evaluate(self.model, self.data, self.eval_split, batch_size=config.eval_batch_size)
+        row = {
+            "epoch": state.epoch + 1,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "train_loss": loss_sum / max(count, 1),
+            "train_acc": correct / max(count, 1),
+            f"{self.eval_split}_loss": evaluation["loss"],
+            f"{self.eval_split}_acc": evaluation["accuracy"],
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+        metric_totals, metric_ns = rest[: len(keys)], rest[len(keys) :]
+        row.update({k: s / max(c, 1) for k, s, c in zip(keys, metric_totals, metric_ns) if k not in row})
+        if self.lr_control.end_epoch(evaluation["accuracy"]) and config.keep_best:
+            self.best_weights = copy.deepcopy(self.model.state_dict())
+        state.history.append(row)
+        state.epoch += 1
+        for cb in self.callbacks:
+            cb.on_epoch_end(state, row)
+        return row
+
+    def step(self, idx: torch.Tensor, generator: torch.Generator) -> tuple[StepOutput, torch.Tensor]:
+        """One optimizer step on the samples ``idx``; returns the step output and the labels."""
+        state, config, device = self.state, self.config, self.device
+        factor = self.lr_control.factor(state.step)
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * factor
+        x = self.data.prepare(self.x_all[idx].to(device, non_blocking=True), train=True, generator=generator)
+        if config.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = self.y_all[idx].to(device, non_blocking=True)
+        ctx = StepContext(self.ddp_model, self.model, x, y, state.epoch, state.step, config, device, self.scaler)
+        optimizers = (self.optimizer, *self.extra_optimizers)
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=self.amp_dtype, enabled=self.use_amp):
+            out = self.step_fn(ctx)
+        _check_finite(_scalar(out.loss), ctx, out.metrics)  # before any update: the weights stay finite
+        if not ctx.did_backward:
+            ctx._backward(out.loss)
+        if self.scaler is not None:
+            for opt in optimizers:  # clip (and step) true gradients, not scaled ones
+                self.scaler.unscale_(opt)
+        if config.grad_clip is not None:
+            nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+        for opt in optimizers:
+            if self.scaler is not None:
+                self.scaler.step(opt)
+            else:
+                opt.step()
+        if self.scaler is not None:
+            self.scaler.update()
+        state.step += 1
+        return out, y
+
+
+def _check_split(data: Any, split: str) -> None:
+    if not isinstance(split, str) or not hasattr(getattr(data, split, None), "tensors"):
+        raise DataError(f"the data has no split {split!r}; use val, test or train")
+
+
+def _default_device() -> torch.device:
+    return torch.device(f"cuda:{dist_env()[2]}") if torch.cuda.is_available() else torch.device("cpu")
 
 
 def train(
@@ -206,185 +435,42 @@ def train(
 ) -> TrainResult:
     """Train ``model`` on ``data.train``, evaluating on ``eval_split`` after every epoch.
 
+    Args:
+        model: the network; moved to ``device`` and trained in place.
+        data: a DataBundle (``train``/``val``/``test`` TensorDatasets and ``prepare(x, train, generator)``).
+        config: the training settings.
+        step_fn: replaces the default step (cross-entropy + ``extra_losses``); it may call ``ctx.backward``
+            itself (several times), else the engine backpropagates ``StepOutput.loss``.
+        extra_losses: terms ``f(ctx, logits)`` added to the default step's loss (e.g. distillation).
+        callbacks: hooks called in order; their ``state_dict`` is checkpointed.
+        extra_optimizers: stepped and zeroed with the main optimizer; their state and parameters are checkpointed.
+        param_filter: ``(name, param) -> bool`` selects the main optimizer's parameters (default: all trainable).
+        checkpoint: written atomically after every epoch, kept (marked finished) at the end.
+        resume: continue from ``checkpoint`` if it exists (a finished one returns at once).
+        log: the JSONL run log ("epoch" events); desc names the phase in the log and the progress bar.
+        device: default cuda:LOCAL_RANK when available, else cpu.
+        eval_split: the split evaluated after every epoch (drives plateau, early stop and keep_best).
+
+    Raises:
+        TrainingError: the loss became NaN/inf (the last checkpoint stays intact).
+        CheckpointError: the checkpoint is corrupt or was written with other settings, model or hooks.
+
     Example:
         >>> result = train(model, load_data("digits"), TrainConfig(epochs=5), checkpoint="runs/x/ckpt.pt")
     """
     config.validate()
+    _check_split(data, eval_split)
     device = torch.device(device) if device is not None else _default_device()
     init_distributed(device)
-    model = model.to(device)
-    if config.channels_last and len(data.input_shape) == 3:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = _make_optimizer(model, config, param_filter)
-    base_lrs = [g["lr"] for g in optimizer.param_groups]  # before a resume overwrites them with scheduled values
-    x_all, y_all = data.train.tensors
-    lr_control = _LrControl(config, max(1, len(_batches(len(y_all), config.batch_size, epoch_generator(0, 0)))))
-    use_amp = config.amp and device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda") if use_amp and amp_dtype == torch.float16 else None
-    state = TrainState(model, optimizer, config)
-    best_state: dict | None = None
-    ckpt_path = Path(checkpoint) if checkpoint is not None else None
-
-    if resume and ckpt_path is not None and ckpt_path.exists():
-        saved = load_checkpoint(ckpt_path)
-        _check_same_config(saved["config"], config, ckpt_path)
-        model.load_state_dict(saved["model"])
-        if saved["finished"] and (saved["early_stopped"] or saved["epoch"] >= config.epochs):
-            history = saved["history"]
-            return TrainResult(model, history, _best(history), history[-1] if history else {})
-        optimizer.load_state_dict(saved["optimizer"])
-        for opt, opt_state in zip(extra_optimizers, saved["extra_optimizers"]):
-            opt.load_state_dict(opt_state)
-        if scaler is not None and saved.get("scaler"):
-            scaler.load_state_dict(saved["scaler"])
-        for cb, cb_state in zip(callbacks, saved["callbacks"]):
-            cb.load_state_dict(cb_state)
-        lr_control.load_state_dict(saved["lr_control"])
-        state.epoch, state.step, state.history = saved["epoch"], saved["step"], saved["history"]
-        best_state = saved.get("best_model")
-        set_rng_state(saved["rng"])
-
-    ddp_model = model
-    if is_distributed():
-        ddp_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
-        )
-    step_fn = step_fn or _default_step(extra_losses)
-    for cb in callbacks:
-        cb.on_train_start(state)
-
-    def save(finished: bool, early_stopped: bool = False) -> None:
-        if ckpt_path is None:
-            return
-        if is_main():
-            save_checkpoint(
-                ckpt_path,
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "extra_optimizers": [o.state_dict() for o in extra_optimizers],
-                    "scaler": scaler.state_dict() if scaler is not None else {},
-                    "callbacks": [cb.state_dict() for cb in callbacks],
-                    "lr_control": lr_control.state_dict(),
-                    "epoch": state.epoch,
-                    "step": state.step,
-                    "history": state.history,
-                    "best_model": best_state,
-                    "rng": rng_state(),
-                    "config": config.to_dict(),
-                    "finished": finished,
-                    "early_stopped": early_stopped,
-                },
-            )
-        barrier()
-
-    early_stopped = False
-    while state.epoch < config.epochs and not early_stopped:
-        started = time.perf_counter()
-        for cb in callbacks:
-            cb.on_epoch_start(state)
-        generator = epoch_generator(config.seed, state.epoch)
-        batches = _batches(len(y_all), config.batch_size, generator)
-        sums = {"loss": 0.0, "correct": 0.0, "n": 0.0}
-        metric_sums: dict[str, float] = {}
-        ddp_model.train()
-        with _progress(progress and is_main(), f"{desc} epoch {state.epoch + 1}/{config.epochs}", len(batches)) as bar:
-            for idx in batches:
-                for group, base in zip(optimizer.param_groups, base_lrs):
-                    group["lr"] = base * lr_control.factor(state.step)
-                x = data.prepare(x_all[idx].to(device, non_blocking=True), train=True, generator=generator)
-                if config.channels_last and x.ndim == 4:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                y = y_all[idx].to(device, non_blocking=True)
-                ctx = StepContext(ddp_model, model, x, y, state.epoch, state.step, config, device, scaler)
-                optimizer.zero_grad(set_to_none=True)
-                for opt in extra_optimizers:
-                    opt.zero_grad(set_to_none=True)
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                    out = step_fn(ctx)
-                _check_finite(out.loss, ctx, out.metrics)
-                if not ctx.did_backward:
-                    ctx.backward(out.loss)
-                if scaler is not None:
-                    scaler.unscale_(optimizer)
-                if config.grad_clip is not None:
-                    nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                for opt in (optimizer, *extra_optimizers):
-                    if scaler is not None:
-                        scaler.step(opt)
-                    else:
-                        opt.step()
-                if scaler is not None:
-                    scaler.update()
-                state.step += 1
-                n = len(y)
-                sums["loss"] += float(out.loss.detach()) * n
-                sums["n"] += n
-                if out.logits is not None:
-                    sums["correct"] += float((out.logits.detach().argmax(1) == y).sum())
-                for k, v in out.metrics.items():
-                    metric_sums[k] = metric_sums.get(k, 0.0) + v * n
-                for cb in callbacks:
-                    cb.on_step_end(state, out)
-                bar(loss=sums["loss"] / sums["n"])
-        loss_sum, correct, count, *metric_vals = all_reduce_sum(
-            [sums["loss"], sums["correct"], sums["n"], *metric_sums.values()], device
-        )
-        evaluation = evaluate(model, data, eval_split, batch_size=config.eval_batch_size, device=device)
-        row = {
-            "epoch": state.epoch + 1,
-            "lr": optimizer.param_groups[0]["lr"],
-            "train_loss": loss_sum / max(count, 1),
-            "train_acc": correct / max(count, 1),
-            f"{eval_split}_loss": evaluation["loss"],
-            f"{eval_split}_acc": evaluation["accuracy"],
-            "seconds": round(time.perf_counter() - started, 3),
-            **{k: v / max(count, 1) for k, v in zip(metric_sums, metric_vals)},
-        }
-        improved = evaluation["accuracy"] > lr_control.best
-        lr_control.end_epoch(evaluation["accuracy"])
-        if config.keep_best and improved:
-            best_state = copy.deepcopy(model.state_dict())
-        state.history.append(row)
-        state.epoch += 1
-        for cb in callbacks:
-            cb.on_epoch_end(state, row)
-        early_stopped = state.stop or (
-            config.early_stop_patience is not None and lr_control.since_best >= config.early_stop_patience
-        )
-        if log is not None:
-            log.write("epoch", phase=desc, **row)
-        if is_main():
-            logger.info(
-                f"{desc} epoch {row['epoch']}/{config.epochs}: loss {row['train_loss']:.4f} "
-                f"{eval_split} acc {row[f'{eval_split}_acc']:.4f} ({row['seconds']:.1f}s)"
-            )
-        done = early_stopped or state.epoch >= config.epochs
-        if done and config.keep_best and best_state is not None:
-            model.load_state_dict(best_state)
-        save(finished=done, early_stopped=early_stopped)
-    history = state.history
-    return TrainResult(model, history, _best(history), history[-1] if history else {})
-
-
-def _best(history: list[dict]) -> float:
-    accs = [v for row in history for k, v in row.items() if k.endswith("_acc") and not k.startswith("train")]
-    return max(accs) if accs else 0.0
-
-
-def _check_same_config(saved: dict, config: TrainConfig, path: Path) -> None:
-    current = config.to_dict()
-    differ = sorted(k for k in current if k != "epochs" and saved.get(k) != current[k])
-    if differ:
-        raise CheckpointError(
-            f"cannot resume from {path}: training settings differ ({', '.join(differ)}); use the settings of the "
-            "interrupted run or start without --resume"
-        )
-
-
-def _default_device() -> torch.device:
-    return torch.device(f"cuda:{dist_env()[2]}") if torch.cuda.is_available() else torch.device("cpu")
+    hooks = {
+        "step_fn": step_fn,
+        "extra_losses": extra_losses,
+        "callbacks": callbacks,
+        "extra_optimizers": extra_optimizers,
+        "param_filter": param_filter,
+    }
+    trainer = _Trainer(model, data, config, hooks, checkpoint, log, desc, progress, device, eval_split)
+    return trainer.run(resume)
 
 
 @torch.no_grad()
@@ -397,52 +483,34 @@ def evaluate(
     device: str | torch.device | None = None,
     forward: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, float]:
-    """Top-1 accuracy (fraction) and mean cross-entropy on a split; global over ranks under DDP."""
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    """Top-1 accuracy (fraction in [0, 1]), mean cross-entropy and sample count on a split.
+
+    Under DDP each rank evaluates its shard and the sums are all-reduced, so every rank sees global values
+    (every rank must call it). ``forward(model, x)`` replaces ``model(x)`` (e.g. to pick a depth).
+
+    Example:
+        >>> evaluate(model, data, "test")["accuracy"]
+        0.953
+    """
+    _check_split(data, split)
+    if device is None:
+        param = next(iter(model.parameters()), None)
+        device = param.device if param is not None else torch.device("cpu")
+    device = torch.device(device)
     x_all, y_all = getattr(data, split).tensors
     rank, world, _ = dist_env()
     idx = torch.arange(len(y_all))[rank::world] if world > 1 else torch.arange(len(y_all))
     was_training = model.training
     model.eval()
     correct = loss = 0.0
-    for batch in idx.split(batch_size):
-        x = data.prepare(x_all[batch].to(device), train=False)
-        y = y_all[batch].to(device)
-        logits = forward(model, x) if forward is not None else model(x)
-        loss += float(F.cross_entropy(logits.float(), y, reduction="sum"))
-        correct += float((logits.argmax(1) == y).sum())
-    model.train(was_training)
+    try:
+        for batch in idx.split(batch_size):
+            x = data.prepare(x_all[batch].to(device), train=False)
+            y = y_all[batch].to(device)
+            logits = forward(model, x) if forward is not None else model(x)
+            loss += float(F.cross_entropy(logits.float(), y, reduction="sum"))
+            correct += float((logits.argmax(1) == y).sum())
+    finally:
+        model.train(was_training)
     correct, loss, n = all_reduce_sum([correct, loss, float(len(idx))], device)
     return {"accuracy": correct / max(n, 1), "loss": loss / max(n, 1), "n": int(n)}
-
-
-class _progress:
-    """A transient rich progress bar over an epoch's steps (a no-op when disabled)."""
-
-    def __init__(self, enabled: bool, description: str, total: int) -> None:
-        self.enabled, self.description, self.total = enabled, description, total
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda **_: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"),
-            TimeRemainingColumn(),
-            transient=True,
-        )
-        self.progress.__enter__()
-        task = self.progress.add_task(self.description, total=self.total, info="")
-
-        def advance(**fields: float) -> None:
-            self.progress.update(task, advance=1, info=" ".join(f"{k} {v:.4f}" for k, v in fields.items()))
-
-        return advance
-
-    def __exit__(self, *exc) -> None:
-        if self.enabled:
-            self.progress.__exit__(*exc)
