@@ -22,7 +22,7 @@ from .budget import Budget, parse_budgets
 from .cost import count_cost
 from .data import DataBundle, load_data
 from .engine import RunLog, TrainConfig, evaluate, seed_everything
-from .engine.distributed import is_main
+from .engine.distributed import default_device, is_main
 from .errors import CheckpointError, NetfitError
 from .export import load_model, save_model
 from .fileio import atomic_write_text
@@ -48,12 +48,6 @@ class Result:
     def selected_model(self) -> nn.Module | None:
         selected = self.summary.get("selected")
         return self.models.get(selected) if selected else None
-
-
-def default_device() -> torch.device:
-    from .engine.distributed import dist_env
-
-    return torch.device(f"cuda:{dist_env()[2]}") if torch.cuda.is_available() else torch.device("cpu")
 
 
 def adapt(

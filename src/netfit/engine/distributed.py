@@ -13,6 +13,11 @@ def dist_env() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
 
 
+def default_device() -> torch.device:
+    """This process's GPU (cuda:LOCAL_RANK under torchrun) when CUDA is present, else the CPU."""
+    return torch.device(f"cuda:{dist_env()[2]}") if torch.cuda.is_available() else torch.device("cpu")
+
+
 def is_distributed() -> bool:
     """True when launched by torchrun with more than one process."""
     return dist_env()[1] > 1

@@ -25,7 +25,16 @@ from torch import nn
 from ..errors import DataError, TrainingError
 from .checkpoint import as_checkpoint_error, callback_keys, check_compatible, load_checkpoint, save_checkpoint
 from .config import LrSchedule, TrainConfig
-from .distributed import all_reduce_sum, barrier, dist_env, init_distributed, is_distributed, is_main, union_keys
+from .distributed import (
+    all_reduce_sum,
+    barrier,
+    default_device,
+    dist_env,
+    init_distributed,
+    is_distributed,
+    is_main,
+    union_keys,
+)
 from .log import ProgressBar, RunLog
 from .seeding import epoch_generator, rng_state, set_rng_state
 
@@ -411,10 +420,6 @@ def _check_split(data: Any, split: str) -> None:
         raise DataError(f"the data has no split {split!r}; use val, test or train")
 
 
-def _default_device() -> torch.device:
-    return torch.device(f"cuda:{dist_env()[2]}") if torch.cuda.is_available() else torch.device("cpu")
-
-
 def train(
     model: nn.Module,
     data: Any,
@@ -460,7 +465,7 @@ def train(
     """
     config.validate()
     _check_split(data, eval_split)
-    device = torch.device(device) if device is not None else _default_device()
+    device = torch.device(device) if device is not None else default_device()
     init_distributed(device)
     hooks = {
         "step_fn": step_fn,
