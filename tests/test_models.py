@@ -6,18 +6,10 @@ import pytest
 import torch
 import torch.fx
 
+from _shapes import input_shape
 from netfit.cost import count_macs, count_params
 from netfit.errors import CheckpointError, MissingExtraError, UnknownNameError
 from netfit.models import arch_of, build_model, create_model, default_arch, list_models
-
-
-def input_shape(name: str) -> tuple[int, ...]:
-    if name.endswith("1d"):
-        return (1, 40)
-    if name == "cnn_small":
-        return (1, 8, 8)
-    return (3, 32, 32) if name.endswith("_cifar") else (3, 64, 64)
-
 
 MODELS = list_models()
 

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from _shapes import input_shape
 from netfit.errors import CheckpointError, UnsupportedLayerError
 from netfit.space import (
     ChannelGroup,
@@ -493,19 +494,11 @@ def _builtin_models() -> list[str]:
     return list_models()
 
 
-def _input_shape(name: str) -> tuple[int, ...]:
-    if name.endswith("1d"):
-        return (1, 40)
-    if name == "cnn_small":
-        return (1, 8, 8)
-    return (3, 32, 32) if name.endswith("_cifar") else (3, 64, 64)
-
-
 @pytest.mark.parametrize("name", _builtin_models() or [pytest.param("none", marks=pytest.mark.skip("no models"))])
 def test_builtin_models_halve_and_run(name: str) -> None:
     from netfit.models import create_model
 
-    shape = _input_shape(name)
+    shape = input_shape(name)
     model = create_model(name, in_chans=shape[0]).eval()
     x = torch.randn(2, *shape)
     groups = trace_channel_groups(model, x)
