@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..errors import UnsupportedLayerError
-from .channels import _BATCH_NORMS, _CONVS, _INSTANCE_NORMS, ChannelGroup, ChannelGroupError, _dim_size
+from .channels import _BATCH_NORMS, _CONVS, _INSTANCE_NORMS, ChannelGroup, ChannelGroupError, Member, _dim_size
 
 
 def _check_keep(group: ChannelGroup, idx: torch.Tensor | Sequence[int]) -> torch.Tensor:
@@ -110,28 +110,57 @@ def slice_channels(
         ChannelGroupError: an unknown group id or malformed indices.
         UnsupportedLayerError: shrinking a non-prunable group, or a GroupNorm that cannot take the new width.
     """
-    by_id = {g.id: g for g in groups}
-    dropped: dict[tuple[str, str], set[int]] = {}
-    for gid, idx in keep.items():
-        if gid not in by_id:
-            raise ChannelGroupError(f"unknown channel group {gid}; known ids: 0..{len(groups) - 1}")
-        group = by_id[gid]
-        idx = _check_keep(group, idx)
-        if len(idx) == group.size:
-            continue
-        if not group.prunable:
+    by_id = _by_id(groups, keep)
+    index = {gid: _check_keep(by_id[gid], idx) for gid, idx in keep.items()}
+    return remap_channels(model, groups, {gid: idx for gid, idx in index.items() if len(idx) < by_id[gid].size})
+
+
+def remap_channels(
+    model: nn.Module, groups: Sequence[ChannelGroup], index: Mapping[int, torch.Tensor], split_outgoing: bool = True
+) -> nn.Module:
+    """Return a copy of ``model`` whose channel j of group g is channel ``index[g][j]`` of ``model``.
+
+    The index may drop, reorder and repeat channels, so one function slices, permutes and widens. A repeated
+    channel is copied in every producer, norm and depthwise member; with ``split_outgoing`` its consumers'
+    input weights are divided by the number of copies (Net2Net widening), so the function is unchanged.
+    """
+    by_id = _by_id(groups, index)
+    plans: dict[tuple[str, str], list[tuple[Member, torch.Tensor, torch.Tensor, int]]] = {}
+    for gid, idx in index.items():
+        group, idx = by_id[gid], torch.as_tensor(idx, dtype=torch.long).cpu()
+        if idx.dim() != 1 or idx.numel() == 0 or int(idx.min()) < 0 or int(idx.max()) >= group.size:
+            raise ChannelGroupError(f"index[{gid}] must be a non-empty 1-D tensor of channels in [0, {group.size})")
+        if not group.prunable and not torch.equal(idx, torch.arange(group.size)):
             raise UnsupportedLayerError(f"channel group {gid} cannot be pruned: {group.reason}")
-        gone = torch.ones(group.size, dtype=torch.bool)
-        gone[idx] = False
-        gone_idx = gone.nonzero().flatten()
+        copies = torch.bincount(idx, minlength=group.size)[idx].float()
         for m in group.members:
-            dropped.setdefault((m.module, m.role), set()).update(m.indices(gone_idx).tolist())
+            plans.setdefault((m.module, m.role), []).append((m, idx, copies, group.size))
     new = copy.deepcopy(model)
-    for (name, role), gone_set in dropped.items():
+    for (name, role), entries in plans.items():
         module = new.get_submodule(name)
         size = _dim_size(module, role)
         if size is None:
             raise UnsupportedLayerError(f"cannot slice '{name}' ({type(module).__name__}): unknown channel dim")
-        kept = torch.tensor([i for i in range(size) if i not in gone_set], dtype=torch.long)
-        _slice_module(name, module, role, kept)
+        source, scale, pos = [], [], 0
+        for member, idx, copies, gsize in sorted(entries, key=lambda e: e[0].offset):
+            source.append(torch.arange(pos, member.offset))
+            scale.append(torch.ones(member.offset - pos))
+            source.append(member.indices(idx))
+            scale.append(copies.repeat_interleave(member.repeat))
+            pos = member.offset + gsize * member.repeat
+        source.append(torch.arange(pos, size))
+        scale.append(torch.ones(size - pos))
+        _slice_module(name, module, role, torch.cat(source))
+        divisor = torch.cat(scale)
+        if role == "in" and split_outgoing and bool((divisor != 1).any()):
+            with torch.no_grad():
+                module.weight.div_(divisor.to(module.weight).view(1, -1, *[1] * (module.weight.dim() - 2)))
     return new
+
+
+def _by_id(groups: Sequence[ChannelGroup], requested: Mapping[int, object]) -> dict[int, ChannelGroup]:
+    by_id = {g.id: g for g in groups}
+    for gid in requested:
+        if gid not in by_id:
+            raise ChannelGroupError(f"unknown channel group {gid}; known ids: 0..{len(groups) - 1}")
+    return by_id

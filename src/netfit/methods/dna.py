@@ -1,0 +1,281 @@
+"""DNA: differentiable, bi-directional adaption of an existing network's width and depth (``--method dna``).
+
+1. Grow the trained seed function-preservingly (channels ordered by importance, Net2Net-widened to
+   ``grow_width`` x, ``grow_depth`` x more identity blocks per stage) into the elastic space.
+2. Train the supernet with the sandwich rule (largest, smallest and ``samples`` sub-nets drawn from the
+   architecture distribution per step, the smaller ones distilled in place from the largest) and, after
+   ``warmup_epochs``, update the Markov keep logits of one budget per step on the expected network:
+   cross-entropy + ``cost_weight`` x the dead-zone budget loss on the differentiable expected cost.
+3. Per budget: the expected widths and depths, scaled together to the largest network within the budget,
+   materialised as a plain dense network and fine-tuned (distilled from the seed with ``kd``).
+
+See docs/methods/dna.md for the design and where it departs from the paper.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..distill import kd_loss
+from ..engine import Callback, StepOutput
+from ..engine.distributed import is_distributed
+from ..errors import BudgetInfeasibleError, NetfitError
+from ..space.elastic import ElasticNet
+from ..space.grow import grow
+from .base import METHODS, Candidate, Seed, Target
+from .common import cost_fn, finetune
+from .uniform import _slug
+
+DEAD_ZONE = 0.95  # a budget T is met when the cost lies in [0.95 T, T]
+
+
+def dead_zone_loss(cost: torch.Tensor, limit: float) -> torch.Tensor:
+    """log(E/T) above the budget, log(0.95 T / E) below the dead zone, 0 inside it."""
+    log_cost = torch.log(cost)
+    return F.relu(log_cost - math.log(limit)) + F.relu(math.log(DEAD_ZONE * limit) - log_cost)
+
+
+class ArchParams(nn.Module):
+    """The Markov keep logits: one row of width logits and one of depth logits per budget."""
+
+    def __init__(self, width: torch.Tensor, depth: torch.Tensor) -> None:
+        super().__init__()
+        self.width = nn.Parameter(width)
+        self.depth = nn.Parameter(depth)
+
+
+@METHODS.register("dna")
+@dataclass
+class DNA:
+    """Differentiable width and depth adaption of the seed, condensing or expanding it to each budget.
+
+    Options:
+        grow_width: width of the elastic space relative to the seed (1 = condense only).
+        grow_depth: extra identity blocks per stage, as a fraction of the seed's blocks (0 = no deeper nets).
+        units: width gates (Markov steps) per channel group.
+        search_epochs: supernet epochs (shared by all budgets; default: the fine-tune epochs).
+        warmup_epochs: supernet epochs before the architecture logits move.
+        samples: sub-nets drawn from the architecture distribution per step (besides largest and smallest).
+        arch_lr: Adam learning rate of the architecture logits.
+        cost_weight: weight of the dead-zone budget loss.
+        kd: distil the fine-tuned candidates from the seed.
+        kd_weight: weight of that distillation loss.
+    """
+
+    name: ClassVar[str] = "dna"
+    description: ClassVar[str] = (
+        "differentiable Markov width/depth gates on the function-preservingly grown seed, sandwich-trained, "
+        "expected-cost budget loss; condenses or expands"
+    )
+    grow_width: float = 1.5
+    grow_depth: float = 0.5
+    units: int = 16
+    search_epochs: int | None = None
+    warmup_epochs: int = 1
+    samples: int = 1
+    arch_lr: float = 0.05
+    cost_weight: float = 2.0
+    kd: bool = True
+    kd_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.grow_width < 1 or self.grow_depth < 0 or self.units < 2 or self.samples < 0:
+            raise NetfitError("dna needs grow_width >= 1, grow_depth >= 0, units >= 2 and samples >= 0")
+        if self.arch_lr <= 0 or self.cost_weight <= 0 or self.warmup_epochs < 0:
+            raise NetfitError("dna needs arch_lr > 0, cost_weight > 0 and warmup_epochs >= 0")
+
+    def search(self, seed: Seed, data, targets: list[Target], run) -> list[Candidate]:
+        grown = grow(seed.model, seed.input_shape, self.grow_width, self.grow_depth, run.rng("dna-grow"))
+        net = ElasticNet(grown, seed.input_shape, units=self.units)
+        seed_depths = [len(s) for s in seed.model.stages] if net.depths else None
+        limits = [self._search_limit(t, seed, run) for t in targets]
+        metrics = ["params" if t.metric == "params" else "macs" for t in targets]
+        arch = self._init_arch(net, limits, metrics, seed_depths)
+        run.log.write(
+            "dna-space",
+            gates=len(net.gated),
+            units=net.num_units,
+            depths=net.depths,
+            min_depths=net.min_depths,
+            largest=net.cost(net.largest()),
+            smallest=net.cost(net.smallest()),
+        )
+        supernet = self._train_supernet(net, arch, limits, metrics, data, run)
+        net.model = supernet
+        candidates = []
+        for row, target in enumerate(targets):
+            cid = f"dna-{_slug(target.budget.spec)}"
+            model, info = self._materialize(net, arch, row, target, seed, run)
+            info["seed_depths"] = seed_depths
+            run.log.write("subnet", id=cid, **info)
+            model = finetune(model, data, run, cid, seed, self.kd, self.kd_weight)
+            candidates.append(Candidate(cid, model, target, info))
+        return candidates
+
+    # ----- search
+    @staticmethod
+    def _search_limit(target: Target, seed: Seed, run) -> float:
+        """The limit in the searched metric: MACs or params as given; latency/memory scaled onto MACs."""
+        if target.metric in ("macs", "params"):
+            return target.limit
+        return seed.macs * target.limit / seed.metric_value
+
+    def _init_arch(self, net: ElasticNet, limits: list[float], metrics: list[str], seed_depths) -> ArchParams:
+        """Start every budget's chains at the uniform width (seed depth) whose expected cost is mid-dead-zone."""
+        depth = torch.zeros(len(limits), net.num_depth_logits)
+        for k, (stage, j) in enumerate(net.blocks):
+            depth[:, k] = 3.0 if j < seed_depths[stage] else 0.0
+        width = torch.stack(
+            [_uniform_logits(net, depth[0], (1 + DEAD_ZONE) / 2 * lim, m) for lim, m in zip(limits, metrics)]
+        )
+        return ArchParams(width, depth)
+
+    def _train_supernet(self, net: ElasticNet, arch: ArchParams, limits, metrics, data, run) -> nn.Module:
+        epochs = self.search_epochs if self.search_epochs is not None else run.config.epochs
+        optimizer = torch.optim.Adam(arch.parameters(), lr=self.arch_lr, betas=(0.5, 0.999))
+        warmup, samples, cost_weight = self.warmup_epochs, self.samples, self.cost_weight
+
+        def step(ctx) -> StepOutput:
+            row = ctx.step % len(limits)
+            out_metrics = {}
+            if ctx.epoch >= warmup:  # architecture gradient on the expected network (weights untouched)
+                net.set_soft(arch.width[row], arch.depth[row])
+                expected = net.expected_cost(arch.width[row], arch.depth[row])[metrics[row]]
+                budget = dead_zone_loss(expected, limits[row])
+                ctx.backward(F.cross_entropy(ctx.model(ctx.x), ctx.y) + cost_weight * budget)
+                for p in ctx.raw_model.parameters():
+                    p.grad = None
+                if is_distributed():
+                    _average_grads(arch)
+                out_metrics = {"budget_loss": budget.item(), "expected_cost_ratio": expected.item() / limits[row]}
+            net.set_full()
+            logits = ctx.model(ctx.x)
+            loss = F.cross_entropy(logits, ctx.y, label_smoothing=ctx.config.label_smoothing)
+            ctx.backward(loss)
+            teacher = logits.detach()
+            gen = torch.Generator().manual_seed(run.seed * 1_000_003 + ctx.step)
+            subnets = [net.smallest()] + [net.sample(arch.width[row], arch.depth[row], gen) for _ in range(samples)]
+            for sub in subnets:
+                net.set_hard(sub)
+                ctx.backward(kd_loss(ctx.model(ctx.x), teacher) / len(subnets))
+            net.set_full()
+            return StepOutput(loss.detach(), teacher, out_metrics)
+
+        net.attach()
+        try:
+            result = run.train(
+                net.model,
+                data,
+                "dna-search",
+                epochs=epochs,
+                step_fn=step,
+                extra_optimizers=[optimizer],
+                callbacks=[_ArchLog(net, arch, limits, metrics, run)],
+            )
+        finally:
+            net.detach()
+        return result.model
+
+    # ----- result
+    def _materialize(self, net: ElasticNet, arch: ArchParams, row: int, target: Target, seed: Seed, run):
+        """The most probable architecture of budget ``row``, its widths scaled together to fit the budget."""
+        ratios, rounded = net.most_probable(arch.width[row], arch.depth[row])
+        cost = cost_fn(run, target)
+        depths = rounded.depths
+        try:
+            scale, model, value = net.space.fit_width(cost, target.limit, ratios, depths)
+        except BudgetInfeasibleError:
+            if depths is None or depths == net.min_depths:
+                raise
+            depths = list(net.min_depths)  # the chosen depth is too deep for the budget at any width
+            scale, model, value = net.space.fit_width(cost, target.limit, ratios, depths)
+        info = {
+            "depths": depths,
+            "width_scale": round(scale, 4),
+            "expected_widths": {str(g): round(r, 4) for g, r in ratios.items()},
+            "budget_fill": round(value / target.limit, 4),
+            **_growth_vs_seed(model, seed.model),
+        }
+        return model, info
+
+
+class _ArchLog(Callback):
+    """Logs each budget's most probable architecture and expected cost after every search epoch."""
+
+    def __init__(self, net: ElasticNet, arch: ArchParams, limits, metrics, run) -> None:
+        self.net, self.arch, self.limits, self.metrics, self.run = net, arch, limits, metrics, run
+
+    def on_epoch_end(self, state, metrics: dict) -> None:
+        for row, (limit, metric) in enumerate(zip(self.limits, self.metrics)):
+            with torch.no_grad():
+                expected = float(self.net.expected_cost(self.arch.width[row], self.arch.depth[row])[metric])
+            _, rounded = self.net.most_probable(self.arch.width[row], self.arch.depth[row])
+            self.run.log.write(
+                "dna-arch",
+                epoch=state.epoch,
+                budget=row,
+                expected_ratio=round(expected / limit, 4),
+                units=rounded.units,
+                depths=rounded.depths,
+            )
+
+
+def _uniform_logits(net: ElasticNet, depth_logits: torch.Tensor, goal: float, metric: str) -> torch.Tensor:
+    """Width logits whose chains keep about the same fraction rho of every group, rho bisected to ``goal``."""
+
+    def logits(rho: float) -> torch.Tensor:
+        rows = []
+        for n in net.num_units:
+            u = torch.arange(n, dtype=torch.float)
+            keep = torch.sigmoid(3.0 * (rho * n - u - 0.5)).clamp(1e-4, 1 - 1e-4)
+            keep[0] = 1.0
+            cond = (keep[1:] / keep[:-1]).clamp(1e-4, 1 - 1e-4)
+            rows.append(torch.logit(cond))
+        return torch.cat(rows)
+
+    with torch.no_grad():
+        lo, hi = 0.0, 1.0
+        if float(net.expected_cost(logits(hi), depth_logits)[metric]) <= goal:
+            return logits(hi)
+        for _ in range(20):
+            mid = (lo + hi) / 2
+            if float(net.expected_cost(logits(mid), depth_logits)[metric]) <= goal:
+                lo = mid
+            else:
+                hi = mid
+    return logits(lo)
+
+
+def _average_grads(arch: ArchParams) -> None:
+    import torch.distributed as dist
+
+    for p in arch.parameters():
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= dist.get_world_size()
+
+
+def _growth_vs_seed(model: nn.Module, seed: nn.Module) -> dict:
+    """How the result compares with the seed: layers with more/fewer output channels, stages with more blocks."""
+    seed_modules = dict(seed.named_modules())
+    wider = narrower = 0
+    for name, module in model.named_modules():
+        other = seed_modules.get(name)
+        width = getattr(module, "out_channels", None)
+        if width is None or other is None or type(other) is not type(module):
+            continue
+        wider += width > other.out_channels
+        narrower += width < other.out_channels
+    out = {"layers_wider_than_seed": wider, "layers_narrower_than_seed": narrower}
+    if hasattr(model, "stages") and hasattr(seed, "stages"):
+        out["stages_deeper_than_seed"] = sum(len(a) > len(b) for a, b in zip(model.stages, seed.stages))
+    return out
+
+
+__all__ = ["DNA", "dead_zone_loss"]

@@ -1,0 +1,389 @@
+"""The elastic supernet of DNA: Markov width gates on traced channel groups and Markov depth gates on blocks.
+
+Width: the channels of every prunable group (already ordered, most important first) are cut into ``units``
+consecutive units. Unit 0 is always kept; unit u is kept with probability sigmoid(a_u) given that unit u-1 is
+kept, so P(width >= u) = prod_{j<=u} sigmoid(a_j) (DMCP's Markov chain). Depth: the blocks of a stage that
+keep their input shape form the same kind of chain, so a stage always keeps a leading run of blocks.
+
+Gates act through forward hooks on a plain model: a channel is switched off by scaling it at the input of
+every layer that consumes it (which removes it exactly as slicing would), and a skipped block returns its
+input. Three modes: ``full`` (no gates), ``hard`` (a sampled or chosen architecture: 0/1 gates, skipped
+blocks are not computed) and ``soft`` (every gate at its keep probability, for the architecture gradient).
+
+The expected cost is the cost model's own formula (conv/linear MACs at batch 1, trainable parameters) with
+expected widths and block keep probabilities in place of integers, calibrated once against ``count_cost``,
+so for a 0/1 architecture it equals the counted cost of the materialised network.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..cost import count_cost
+from ..models import StagedNet
+from .channels import _CONVS, _dim_size
+from .subnet import SubnetSpace
+
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm)
+
+
+@dataclass
+class Arch:
+    """A 0/1 architecture of the elastic space: kept units per gated group and blocks per stage."""
+
+    units: list[int]
+    depths: list[int] | None = None
+
+
+@dataclass
+class _Layer:
+    """One conv/linear/norm layer as the cost model sees it: cost = macs_coef * C_in * C_out (+ params)."""
+
+    kind: str  # "dense" (conv/linear), "depthwise" (cost ~ C) or "norm" (2 params per channel)
+    macs_coef: float
+    params_coef: float
+    bias: bool
+    ins: list[tuple[int, int]] = field(default_factory=list)  # (gate, repeat) feeding the input dim
+    in_fixed: int = 0
+    outs: list[tuple[int, int]] = field(default_factory=list)
+    out_fixed: int = 0
+    block: int | None = None  # index of the skippable block holding the layer
+
+
+class ElasticNet:
+    """Gates over a (grown, channel-ordered) model; see the module docstring.
+
+    Args:
+        model: the network whose channels and blocks are gated; its channels must be ordered (``grow``).
+        input_shape: one sample's shape.
+        units: width gates per channel group (fewer for groups with fewer channels).
+        min_depths: blocks per stage that are never skipped (default: the leading blocks that change shape).
+
+    Example:
+        >>> net = ElasticNet(grown, (1, 28, 28))
+        >>> with net.attached():
+        ...     net.set_hard(net.smallest())
+        ...     logits = net.model(x)
+    """
+
+    def __init__(
+        self, model: nn.Module, input_shape: Sequence[int], units: int = 16, min_depths: Sequence[int] | None = None
+    ) -> None:
+        self.model = model
+        self.input_shape = tuple(input_shape)
+        self.space = SubnetSpace(model, input_shape)
+        self.space.importance = {g.id: -torch.arange(g.size, dtype=torch.float) for g in self.space.prunable}
+        self.gated = [g for g in self.space.prunable if g.size > 1]
+        self.gate_of = {g.id: i for i, g in enumerate(self.gated)}
+        self.unit_bounds = [_unit_bounds(g.size, units) for g in self.gated]
+        self.unit_index = [
+            torch.repeat_interleave(torch.arange(len(b) - 1), torch.as_tensor(b).diff()) for b in self.unit_bounds
+        ]
+        self.blocks, self.min_depths = self._skippable_blocks(min_depths)
+        self.layers = self._layers()
+        self._consumers = self._consumer_entries()
+        full = count_cost(model, self.input_shape)
+        formula = self.cost(self.largest(), calibrated=False)
+        self.offset = {"macs": full.macs - formula["macs"], "params": full.params - formula["params"]}
+        self._masks: list[torch.Tensor | None] | None = None
+        self._block_gates: list[torch.Tensor | float | None] | None = None
+        self._handles: list = []
+
+    # ----- the space
+    @property
+    def num_units(self) -> list[int]:
+        return [len(b) - 1 for b in self.unit_bounds]
+
+    @property
+    def depths(self) -> list[int] | None:
+        return self.space.depths
+
+    def largest(self) -> Arch:
+        return Arch(self.num_units, list(self.depths) if self.depths else None)
+
+    def smallest(self) -> Arch:
+        return Arch([1] * len(self.gated), list(self.min_depths) if self.depths else None)
+
+    def widths(self, arch: Arch) -> dict[int, int]:
+        """Channels kept per group id (prunable groups only) for a 0/1 architecture."""
+        widths = {g.id: g.size for g in self.space.prunable}
+        widths.update({g.id: self.unit_bounds[i][arch.units[i]] for i, g in enumerate(self.gated)})
+        return widths
+
+    def materialize(self, arch: Arch) -> nn.Module:
+        """The plain dense network of ``arch`` (leading channels and leading blocks of the supernet)."""
+        return self.space.materialize(self.widths(arch), arch.depths)
+
+    # ----- probabilities
+    @property
+    def num_width_logits(self) -> int:
+        return sum(n - 1 for n in self.num_units)
+
+    @property
+    def num_depth_logits(self) -> int:
+        return len(self.blocks)
+
+    def _chains(self, logits: torch.Tensor, width: bool) -> list[torch.Tensor]:
+        """The flat logits split into one chain of conditional keep probabilities per gate (or stage)."""
+        if width:
+            lengths = [n - 1 for n in self.num_units]
+        else:
+            lengths = [d - m for d, m in zip(self.depths or [], self.min_depths)]
+        return list(torch.sigmoid(logits).split(lengths))
+
+    def unit_probs(self, logits: torch.Tensor) -> list[torch.Tensor]:
+        """P(width >= u) for u = 0..U-1 of every gate, from the flat width logits (one per unit after the first)."""
+        return [torch.cat([c.new_ones(1), c.cumprod(0)]) for c in self._chains(logits, width=True)]
+
+    def block_probs(self, logits: torch.Tensor) -> list[torch.Tensor]:
+        """P(block kept) of every skippable block (in ``self.blocks`` order), from the flat depth logits."""
+        return [p for c in self._chains(logits, width=False) for p in c.cumprod(0).unbind()]
+
+    def sample(self, width_logits: torch.Tensor, depth_logits: torch.Tensor, gen: torch.Generator) -> Arch:
+        """Draw an architecture from the Markov chains (each unit/block kept only if the previous one is)."""
+
+        def draw(cond: torch.Tensor) -> int:
+            return int((torch.rand(len(cond), generator=gen) < cond).long().cumprod(0).sum())
+
+        units = [1 + draw(c) for c in self._chains(width_logits.detach().cpu(), width=True)]
+        if not self.depths:
+            return Arch(units)
+        chains = self._chains(depth_logits.detach().cpu(), width=False)
+        return Arch(units, [m + draw(c) for m, c in zip(self.min_depths, chains)])
+
+    def most_probable(self, width_logits: torch.Tensor, depth_logits: torch.Tensor) -> tuple[dict[int, float], Arch]:
+        """Expected width ratio per group id (of the supernet's width) and the architecture of the expected
+        number of units and blocks, rounded."""
+        ratios, units = {}, []
+        for g, p, b in zip(self.gated, self.unit_probs(width_logits.detach().cpu()), self.unit_bounds):
+            ratios[g.id] = float((p * torch.as_tensor(b).diff().float()).sum()) / g.size
+            units.append(max(1, round(float(p.sum()))))
+        if not self.depths:
+            return ratios, Arch(units)
+        chains = self._chains(depth_logits.detach().cpu(), width=False)
+        depths = [m + round(float(c.cumprod(0).sum())) for m, c in zip(self.min_depths, chains)]
+        return ratios, Arch(units, depths)
+
+    # ----- expected cost
+    def cost(self, arch: Arch | None = None, probs: tuple | None = None, calibrated: bool = True) -> dict:
+        """MACs and params of a 0/1 ``arch``, or their expectation under ``probs`` = (unit_probs, block_probs)."""
+        if arch is not None:
+            width = [float(self.unit_bounds[i][k]) for i, k in enumerate(arch.units)]
+            keep = [float(j < arch.depths[s]) for s, j in self.blocks] if arch.depths else []
+        else:
+            unit_p, keep = probs
+            width = [(p * torch.as_tensor(b).diff().to(p)).sum() for p, b in zip(unit_p, self.unit_bounds)]
+        macs = params = 0.0
+        for layer in self.layers:
+            cin = layer.in_fixed + sum(width[g] * r for g, r in layer.ins)
+            cout = layer.out_fixed + sum(width[g] * r for g, r in layer.outs)
+            scale = keep[layer.block] if layer.block is not None else 1.0
+            if layer.kind == "norm":
+                params = params + scale * layer.params_coef * cout
+                continue
+            channels = cout if layer.kind == "depthwise" else cin * cout
+            macs = macs + scale * layer.macs_coef * channels
+            params = params + scale * (layer.params_coef * channels + (cout if layer.bias else 0))
+        offset = self.offset if calibrated else {"macs": 0, "params": 0}
+        return {"macs": macs + offset["macs"], "params": params + offset["params"]}
+
+    def expected_cost(self, width_logits: torch.Tensor, depth_logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.cost(probs=(self.unit_probs(width_logits), self.block_probs(depth_logits)))
+
+    # ----- gating
+    def set_full(self) -> None:
+        self._masks, self._block_gates = None, None
+
+    def set_hard(self, arch: Arch) -> None:
+        device = _device(self.model)
+        self._masks = [
+            None if k == len(idx_b) - 1 else (self.unit_index[i] < k).float().to(device)
+            for i, (k, idx_b) in enumerate(zip(arch.units, self.unit_bounds))
+        ]
+        self._block_gates = [None if j < arch.depths[s] else 0.0 for s, j in self.blocks] if arch.depths else None
+
+    def set_soft(self, width_logits: torch.Tensor, depth_logits: torch.Tensor) -> None:
+        device = _device(self.model)
+        self._masks = [p.to(device)[self.unit_index[i].to(device)] for i, p in enumerate(self.unit_probs(width_logits))]
+        self._block_gates = list(self.block_probs(depth_logits)) if self.blocks else None
+
+    def attach(self) -> None:
+        """Install the gates (forward pre-hooks on consumers, gated forwards on skippable blocks)."""
+        if self._handles:
+            return
+        modules = dict(self.model.named_modules())
+        for name, entries in self._consumers.items():
+            self._handles.append(modules[name].register_forward_pre_hook(self._input_gate(entries)))
+        for k, (stage, j) in enumerate(self.blocks):
+            block = self.model.stages[stage][j]
+            block.forward = self._block_gate(block.forward, k)
+            self._handles.append(_Restore(block))
+
+    def detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self.set_full()
+
+    def _input_gate(self, entries: tuple):
+        dim, size, parts = entries
+
+        def hook(module: nn.Module, args: tuple):
+            if self._masks is None or not self.model.training:
+                return None
+            masks = [(self._masks[g], pos, rep) for g, pos, rep in parts if self._masks[g] is not None]
+            if not masks:
+                return None
+            x = args[0]
+            full = x.new_ones(size)
+            for mask, pos, rep in masks:
+                full = full.index_put((pos.to(x.device),), mask.to(x.dtype).repeat_interleave(rep))
+            shape = [1] * x.dim()
+            shape[dim] = size
+            return (x * full.view(shape), *args[1:])
+
+        return hook
+
+    def _block_gate(self, forward, k: int):
+        def gated(x: torch.Tensor) -> torch.Tensor:
+            gate = self._block_gates[k] if self._block_gates is not None and self.model.training else None
+            if gate is None:
+                return forward(x)
+            if isinstance(gate, float) and gate == 0.0:
+                return x
+            return x + gate * (forward(x) - x)
+
+        return gated
+
+    # ----- construction
+    def _skippable_blocks(self, min_depths: Sequence[int] | None) -> tuple[list[tuple[int, int]], list[int]]:
+        if not isinstance(self.model, StagedNet):
+            return [], []
+        x = torch.zeros(1, *self.input_shape, device=_device(self.model))
+        leading = []
+        with torch.no_grad():
+            x = self.model.eval().stem(x)
+            for stage in self.model.stages:
+                fixed = 0
+                for j, block in enumerate(stage):
+                    y = block(x)
+                    if y.shape != x.shape:
+                        fixed = j + 1
+                    x = y
+                leading.append(max(1, fixed))
+        mins = [max(a, b) for a, b in zip(leading, min_depths)] if min_depths else leading
+        blocks = [(s, j) for s, stage in enumerate(self.model.stages) for j in range(mins[s], len(stage))]
+        return blocks, mins
+
+    def _layers(self) -> list[_Layer]:
+        members: dict[tuple[str, str], list[tuple[int | None, int, int]]] = {}
+        for g in self.space.groups:
+            for m in g.members:
+                gate = self.gate_of.get(g.id)
+                members.setdefault((m.module, m.role), []).append((gate, g.size * m.repeat, m.repeat))
+        shapes = _output_shapes(self.model, self.input_shape)
+        block_of = {f"stages.{s}.{j}.": k for k, (s, j) in enumerate(self.blocks)}
+        layers = []
+        for name, module in self.model.named_modules():
+            if name not in shapes or not isinstance(module, (*_CONVS, nn.Linear, *_NORMS)):
+                continue
+            block = next((k for prefix, k in block_of.items() if name.startswith(prefix)), None)
+            if isinstance(module, _NORMS):
+                if not any(p.requires_grad for p in module.parameters(recurse=False)):
+                    continue
+                layer = _Layer("norm", 0.0, 2.0 if module.bias is not None else 1.0, False, block=block)
+                _fill(layer, "out", members.get((name, "norm"), []), _dim_size(module, "norm"))
+                layers.append(layer)
+                continue
+            out = shapes[name]
+            conv = isinstance(module, _CONVS)
+            cout = module.out_channels if conv else module.out_features
+            positions = out.numel() / cout
+            kernel = math.prod(module.kernel_size) if conv else 1
+            depthwise = (name, "dw") in members
+            groups = module.groups if conv and not depthwise else 1
+            layer = _Layer(
+                "depthwise" if depthwise else "dense",
+                positions * kernel / groups,
+                kernel / groups,
+                module.bias is not None,
+                block=block,
+            )
+            if depthwise:
+                _fill(layer, "out", members[(name, "dw")], cout)
+            else:
+                _fill(layer, "in", members.get((name, "in"), []), _dim_size(module, "in"))
+                _fill(layer, "out", members.get((name, "out"), []), cout)
+            layers.append(layer)
+        return layers
+
+    def _consumer_entries(self) -> dict[str, tuple]:
+        modules = dict(self.model.named_modules())
+        entries: dict[str, list] = {}
+        for g in self.gated:
+            for m in g.members:
+                if m.role in ("in", "dw"):
+                    pos = m.offset + torch.arange(g.size * m.repeat)
+                    entries.setdefault(m.module, []).append((self.gate_of[g.id], pos, m.repeat))
+        out = {}
+        for name, parts in entries.items():
+            module = modules[name]
+            dim = 1 if isinstance(module, _CONVS) else -1
+            out[name] = (dim, _dim_size(module, "in"), parts)
+        return out
+
+
+class _Restore:
+    """Handle that removes a gated ``forward`` from a block instance."""
+
+    def __init__(self, block: nn.Module) -> None:
+        self.block = block
+
+    def remove(self) -> None:
+        self.block.__dict__.pop("forward", None)
+
+
+def _fill(layer: _Layer, side: str, parts: list[tuple[int | None, int, int]], size: int) -> None:
+    gated = [(g, r) for g, _, r in parts if g is not None]
+    fixed = size - sum(span for g, span, _ in parts if g is not None)
+    if side == "in":
+        layer.ins, layer.in_fixed = gated, fixed
+    else:
+        layer.outs, layer.out_fixed = gated, fixed
+
+
+def _unit_bounds(size: int, units: int) -> list[int]:
+    n = max(1, min(units, size))
+    return [round(i * size / n) for i in range(n + 1)]
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _output_shapes(model: nn.Module, input_shape: Sequence[int]) -> dict[str, torch.Size]:
+    shapes: dict[str, torch.Size] = {}
+
+    def record(name: str):
+        def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
+            shapes.setdefault(name, out.shape)
+
+        return hook
+
+    handles = [
+        m.register_forward_hook(record(name))
+        for name, m in model.named_modules()
+        if isinstance(m, (*_CONVS, nn.Linear, *_NORMS))
+    ]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, *input_shape, device=_device(model)))
+    finally:
+        for h in handles:
+            h.remove()
+    return shapes

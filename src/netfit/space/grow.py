@@ -1,0 +1,112 @@
+"""Function-preserving growth of a trained network (the elastic space of DNA can then condense AND expand).
+
+* ``order_channels`` permutes every prunable channel group so its most important channels (L1) come first:
+  a Markov width gate that keeps "the first k channels" then keeps the important ones.
+* ``widen`` is Net2Net widening: new channels copy existing ones and the copies' consumers share the original
+  outgoing weight, so the network computes exactly what it did.
+* ``deepen`` appends identity-initialised blocks to every stage of a built-in staged network: the new block's
+  last normalisation layer starts at zero, so its residual branch adds nothing.
+
+``grow`` does all three and checks on random input that the outputs did not change.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import NetfitError
+from ..models import StagedNet, arch_of, build_model
+from .channels import _BATCH_NORMS, ChannelGroup, trace_channel_groups
+from .importance import l1_importance
+from .inherit import inherit_weights
+from .prune import remap_channels
+
+PRESERVE_TOL = 1e-4
+
+
+def _example(model: nn.Module, input_shape: Sequence[int]) -> torch.Tensor:
+    return torch.zeros(1, *input_shape, device=next(model.parameters()).device)
+
+
+def order_channels(model: nn.Module, input_shape: Sequence[int]) -> nn.Module:
+    """A copy of ``model`` with every prunable group's channels sorted by L1 importance, most important first."""
+    groups = trace_channel_groups(model.eval(), _example(model, input_shape))
+    order = {
+        g.id: torch.argsort(l1_importance(model, g), descending=True, stable=True)
+        for g in groups
+        if g.prunable and g.size > 1
+    }
+    return remap_channels(model, groups, order)
+
+
+def widen(
+    model: nn.Module, input_shape: Sequence[int], factor: float, rng: np.random.Generator
+) -> tuple[nn.Module, list[ChannelGroup]]:
+    """Net2Net-widen every prunable group to ``ceil(factor * size)`` channels; the copies go last.
+
+    Returns the wider model and the groups of the ORIGINAL model (``size`` is the seed's width of each).
+    """
+    groups = trace_channel_groups(model.eval(), _example(model, input_shape))
+    index = {}
+    for g in groups:
+        extra = math.ceil(factor * g.size) - g.size
+        if g.prunable and extra > 0:
+            index[g.id] = torch.cat([torch.arange(g.size), torch.as_tensor(rng.integers(0, g.size, extra))])
+    return remap_channels(model, groups, index, split_outgoing=True), groups
+
+
+def deepen(model: nn.Module, fraction: float) -> tuple[nn.Module, list[int]]:
+    """Append ``ceil(fraction * blocks)`` identity-initialised copies of each stage's last block.
+
+    Returns the deeper model and the seed's blocks per stage. Only built-in staged networks have stages.
+    """
+    if not isinstance(model, StagedNet):
+        raise NetfitError("depth growth needs a built-in staged model (netfit list models)")
+    arch = arch_of(model)
+    seed_depths = [len(s["blocks"]) for s in arch["stages"]]
+    for stage, n in zip(arch["stages"], seed_depths):
+        stage["blocks"] += [copy.deepcopy(stage["blocks"][-1]) for _ in range(math.ceil(fraction * n))]
+    deeper = build_model(arch).to(next(model.parameters()).device)
+    inherit_weights(deeper, model)
+    for stage, n in zip(deeper.stages, seed_depths):
+        for block in list(stage)[n:]:
+            norms = [m for m in block.modules() if isinstance(m, _BATCH_NORMS)]
+            if not norms:
+                raise NetfitError(f"cannot identity-initialise a {type(block).__name__}: it has no BatchNorm")
+            nn.init.zeros_(norms[-1].weight)
+            nn.init.zeros_(norms[-1].bias)
+    return deeper.eval(), seed_depths
+
+
+def max_difference(a: nn.Module, b: nn.Module, input_shape: Sequence[int], batch: int = 8) -> float:
+    """Largest absolute output difference of two models on the same random batch, in eval mode."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, *input_shape, generator=gen).to(next(a.parameters()).device)
+    with torch.no_grad():
+        return float((a.eval()(x) - b.eval()(x)).abs().max())
+
+
+def grow(
+    model: nn.Module, input_shape: Sequence[int], width: float, depth: float, rng: np.random.Generator
+) -> nn.Module:
+    """Order channels by importance, add ``depth`` x blocks per stage and widen by ``width`` x, keeping the
+    function; raises ``NetfitError`` if the grown network's outputs differ from the seed's."""
+    grown = order_channels(model, input_shape)
+    if depth > 0:
+        if isinstance(grown, StagedNet):
+            grown, _ = deepen(grown, depth)
+        else:
+            warnings.warn("depth growth skipped: only built-in staged models have stages of blocks", stacklevel=2)
+    if width > 1:
+        grown, _ = widen(grown, input_shape, width, rng)
+    diff = max_difference(model, grown, input_shape)
+    if diff > PRESERVE_TOL:
+        raise NetfitError(f"growth changed the network's outputs by {diff:.3g}; grow with width=1, depth=0")
+    return grown
