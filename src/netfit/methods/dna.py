@@ -184,25 +184,47 @@ class DNA:
 
     # ----- result
     def _materialize(self, net: ElasticNet, arch: ArchParams, row: int, target: Target, seed: Seed, run):
-        """The most probable architecture of budget ``row``, its widths scaled together to fit the budget."""
+        """The most probable architecture of budget ``row``: its widths scaled together to the largest network
+        within the budget, then topped up channel by channel (exact cost model) into the dead zone."""
         ratios, rounded = net.most_probable(arch.width[row], arch.depth[row])
         cost = cost_fn(run, target)
         depths = rounded.depths
         try:
-            scale, model, value = net.space.fit_width(cost, target.limit, ratios, depths)
+            scale, _, _ = net.space.fit_width(cost, target.limit, ratios, depths)
         except BudgetInfeasibleError:
             if depths is None or depths == net.min_depths:
                 raise
             depths = list(net.min_depths)  # the chosen depth is too deep for the budget at any width
-            scale, model, value = net.space.fit_width(cost, target.limit, ratios, depths)
+            scale, _, _ = net.space.fit_width(cost, target.limit, ratios, depths)
+        widths = net.space.scaled_widths({g: min(1.0, scale * r) for g, r in ratios.items()})
+        if target.metric in ("macs", "params"):
+            widths = _top_up(net, widths, depths, target.metric, target.limit, ratios)
+        model = net.space.materialize(widths, depths)
         info = {
             "depths": depths,
             "width_scale": round(scale, 4),
             "expected_widths": {str(g): round(r, 4) for g, r in ratios.items()},
-            "budget_fill": round(value / target.limit, 4),
+            "budget_fill": round(cost(model) / target.limit, 4),
             **_growth_vs_seed(model, seed.model),
         }
         return model, info
+
+
+def _top_up(net: ElasticNet, widths: dict[int, int], depths, metric: str, limit: float, ratios: dict) -> dict:
+    """Add channels one at a time, always to the group furthest below its searched share, while within budget."""
+    widths = dict(widths)
+    sizes = {g.id: g.size for g in net.gated}
+    while True:
+        order = sorted(
+            (g for g in sizes if widths[g] < sizes[g]), key=lambda g: widths[g] / max(ratios[g] * sizes[g], 1e-9)
+        )
+        for g in order:
+            trial = {**widths, g: widths[g] + 1}
+            if net.cost_at(trial, depths)[metric] <= limit:
+                widths = trial
+                break
+        else:
+            return widths
 
 
 class _ArchLog(Callback):

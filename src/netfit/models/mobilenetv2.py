@@ -20,7 +20,9 @@ _CONFIG = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3
 
 
 class InvertedResidual(nn.Module):
-    def __init__(self, cin: int, hidden: int, cout: int, stride: int, kernel: int, expand: bool) -> None:
+    def __init__(
+        self, cin: int, hidden: int, cout: int, stride: int, kernel: int, expand: bool, residual: bool | None = None
+    ) -> None:
         super().__init__()
         if not expand and hidden != cin:
             raise ValueError(f"a block without expansion needs hidden == input width ({hidden} != {cin})")
@@ -29,7 +31,9 @@ class InvertedResidual(nn.Module):
             *conv_bn(2, hidden, hidden, kernel, stride, groups=hidden), nn.ReLU6(inplace=True)
         )
         self.project = conv_bn(2, hidden, cout, 1)
-        self.use_residual = stride == 1 and cin == cout
+        self.use_residual = stride == 1 and cin == cout if residual is None else residual
+        if self.use_residual and (stride != 1 or cin != cout):
+            raise ValueError(f"a residual block needs stride 1 and equal widths (got {cin} -> {cout}, stride {stride})")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.project(self.depthwise(self.expand(x)))
@@ -53,13 +57,14 @@ class MobileNetV2Family:
         stages, cin = build_stages(
             arch,
             arch["stem"]["width"],
-            lambda cin, stage, block, stride, _: InvertedResidual(
+            lambda cin, stage, block, stride, j: InvertedResidual(
                 cin,
                 block["hidden"] if stage["expand"] else cin,
                 stage["width"],
                 stride,
                 stage["kernel"],
                 stage["expand"],
+                stage.get("first_residual") if j == 0 else None,
             ),
         )
         return MobileNetV2(stem, stages, Head(2, cin, arch["num_classes"], **arch.get("head", {})), 2)
@@ -70,15 +75,17 @@ class MobileNetV2Family:
         for stage in model.stages:
             b0 = stage[0]
             dw = b0.depthwise[0]
-            stages.append(
-                {
-                    "stride": dw.stride[0],
-                    "width": b0.project[0].out_channels,
-                    "expand": not isinstance(b0.expand, nn.Identity),
-                    "kernel": dw.kernel_size[0],
-                    "blocks": [{"hidden": b.depthwise[0].out_channels} for b in stage],
-                }
-            )
+            spec = {
+                "stride": dw.stride[0],
+                "width": b0.project[0].out_channels,
+                "expand": not isinstance(b0.expand, nn.Identity),
+                "kernel": dw.kernel_size[0],
+                "blocks": [{"hidden": b.depthwise[0].out_channels} for b in stage],
+            }
+            cin = b0.depthwise[0].in_channels if isinstance(b0.expand, nn.Identity) else b0.expand[0].in_channels
+            if b0.use_residual != (spec["stride"] == 1 and cin == spec["width"]):
+                spec["first_residual"] = b0.use_residual  # slicing made the widths (un)equal: keep the topology
+            stages.append(spec)
         conv = model.stem[0]
         return {
             "family": "mobilenetv2",

@@ -16,14 +16,14 @@ from .staged import Head, StagedNet, bn_nd, build_stages, conv_bn, conv_nd, ndim
 
 
 class BasicBlock(nn.Module):
-    def __init__(self, ndim: int, cin: int, mid: int, cout: int, stride: int) -> None:
+    def __init__(self, ndim: int, cin: int, mid: int, cout: int, stride: int, projection: bool | None = None) -> None:
         super().__init__()
         self.conv1 = conv_nd(ndim, cin, mid, 3, stride=stride, padding=1, bias=False)
         self.bn1 = bn_nd(ndim, mid)
         self.conv2 = conv_nd(ndim, mid, cout, 3, padding=1, bias=False)
         self.bn2 = bn_nd(ndim, cout)
         self.relu = nn.ReLU(inplace=True)
-        self.shortcut = nn.Identity() if stride == 1 and cin == cout else conv_bn(ndim, cin, cout, 1, stride)
+        self.shortcut = _shortcut(ndim, cin, cout, stride, projection)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
@@ -31,7 +31,7 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    def __init__(self, ndim: int, cin: int, mid: int, cout: int, stride: int) -> None:
+    def __init__(self, ndim: int, cin: int, mid: int, cout: int, stride: int, projection: bool | None = None) -> None:
         super().__init__()
         self.conv1 = conv_nd(ndim, cin, mid, 1, bias=False)
         self.bn1 = bn_nd(ndim, mid)
@@ -40,12 +40,22 @@ class Bottleneck(nn.Module):
         self.conv3 = conv_nd(ndim, mid, cout, 1, bias=False)
         self.bn3 = bn_nd(ndim, cout)
         self.relu = nn.ReLU(inplace=True)
-        self.shortcut = nn.Identity() if stride == 1 and cin == cout else conv_bn(ndim, cin, cout, 1, stride)
+        self.shortcut = _shortcut(ndim, cin, cout, stride, projection)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         return self.relu(self.bn3(self.conv3(out)) + self.shortcut(x))
+
+
+def _shortcut(ndim: int, cin: int, cout: int, stride: int, projection: bool | None) -> nn.Module:
+    """Identity when the shape is kept, else a strided 1x1 conv-BN; ``projection`` overrides the rule (a sliced
+    block whose widths became equal keeps its projection)."""
+    if projection is None:
+        projection = stride != 1 or cin != cout
+    if not projection and (stride != 1 or cin != cout):
+        raise ValueError(f"an identity shortcut needs stride 1 and equal widths (got {cin} -> {cout}, stride {stride})")
+    return conv_bn(ndim, cin, cout, 1, stride) if projection else nn.Identity()
 
 
 class ResNet(StagedNet):
@@ -85,7 +95,9 @@ class ResNetFamily:
         stages, cin = build_stages(
             arch,
             arch["stem"]["width"],
-            lambda cin, stage, block, stride, _: block_cls(ndim, cin, block["mid"], stage["width"], stride),
+            lambda cin, stage, block, stride, j: block_cls(
+                ndim, cin, block["mid"], stage["width"], stride, stage.get("first_projection") if j == 0 else None
+            ),
         )
         head = Head(ndim, cin, arch["num_classes"], **arch.get("head", {}))
         return ResNet(stem, stages, head, ndim)
@@ -99,7 +111,11 @@ class ResNetFamily:
             b0 = stage[0]
             stride = (b0.conv2 if bottleneck else b0.conv1).stride[0]
             width = (b0.conv3 if bottleneck else b0.conv2).out_channels
-            stages.append({"stride": stride, "width": width, "blocks": [{"mid": b.conv1.out_channels} for b in stage]})
+            spec = {"stride": stride, "width": width, "blocks": [{"mid": b.conv1.out_channels} for b in stage]}
+            projection = not isinstance(b0.shortcut, nn.Identity)
+            if projection != (stride != 1 or b0.conv1.in_channels != width):
+                spec["first_projection"] = projection  # slicing made the widths equal: keep the topology
+            stages.append(spec)
         return {
             "family": "resnet",
             "num_classes": model.head.fc.out_features,

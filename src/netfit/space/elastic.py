@@ -173,11 +173,17 @@ class ElasticNet:
     def cost(self, arch: Arch | None = None, probs: tuple | None = None, calibrated: bool = True) -> dict:
         """MACs and params of a 0/1 ``arch``, or their expectation under ``probs`` = (unit_probs, block_probs)."""
         if arch is not None:
-            width = [float(self.unit_bounds[i][k]) for i, k in enumerate(arch.units)]
-            keep = [float(j < arch.depths[s]) for s, j in self.blocks] if arch.depths else []
-        else:
-            unit_p, keep = probs
-            width = [(p * torch.as_tensor(b).diff().to(p)).sum() for p, b in zip(unit_p, self.unit_bounds)]
+            return self.cost_at(self.widths(arch), arch.depths, calibrated)
+        unit_p, keep = probs
+        width = [(p * torch.as_tensor(b).diff().to(p)).sum() for p, b in zip(unit_p, self.unit_bounds)]
+        return self._cost(width, keep, calibrated)
+
+    def cost_at(self, widths: dict[int, int], depths: Sequence[int] | None, calibrated: bool = True) -> dict:
+        """MACs and params of the network with ``widths`` channels per group id and ``depths`` blocks per stage."""
+        keep = [float(j < depths[s]) for s, j in self.blocks] if depths else [1.0] * len(self.blocks)
+        return self._cost([float(widths[g.id]) for g in self.gated], keep, calibrated)
+
+    def _cost(self, width: list, keep: list, calibrated: bool) -> dict:
         macs = params = 0.0
         for layer in self.layers:
             cin = layer.in_fixed + sum(width[g] * r for g, r in layer.ins)

@@ -23,7 +23,7 @@ from torch import nn
 
 from ..errors import NetfitError
 from ..models import StagedNet, arch_of, build_model
-from .channels import _BATCH_NORMS, ChannelGroup, trace_channel_groups
+from .channels import _BATCH_NORMS, trace_channel_groups
 from .importance import l1_importance
 from .inherit import inherit_weights
 from .prune import remap_channels
@@ -46,20 +46,16 @@ def order_channels(model: nn.Module, input_shape: Sequence[int]) -> nn.Module:
     return remap_channels(model, groups, order)
 
 
-def widen(
-    model: nn.Module, input_shape: Sequence[int], factor: float, rng: np.random.Generator
-) -> tuple[nn.Module, list[ChannelGroup]]:
-    """Net2Net-widen every prunable group to ``ceil(factor * size)`` channels; the copies go last.
-
-    Returns the wider model and the groups of the ORIGINAL model (``size`` is the seed's width of each).
-    """
+def widen(model: nn.Module, input_shape: Sequence[int], factor: float, rng: np.random.Generator) -> nn.Module:
+    """Net2Net-widen every prunable group to ``ceil(factor * size)`` channels; the copies (of random
+    channels) go last, so the leading channels are still the seed's most important ones."""
     groups = trace_channel_groups(model.eval(), _example(model, input_shape))
     index = {}
     for g in groups:
         extra = math.ceil(factor * g.size) - g.size
         if g.prunable and extra > 0:
             index[g.id] = torch.cat([torch.arange(g.size), torch.as_tensor(rng.integers(0, g.size, extra))])
-    return remap_channels(model, groups, index, split_outgoing=True), groups
+    return remap_channels(model, groups, index, split_outgoing=True)
 
 
 def deepen(model: nn.Module, fraction: float) -> tuple[nn.Module, list[int]]:
@@ -105,7 +101,7 @@ def grow(
         else:
             warnings.warn("depth growth skipped: only built-in staged models have stages of blocks", stacklevel=2)
     if width > 1:
-        grown, _ = widen(grown, input_shape, width, rng)
+        grown = widen(grown, input_shape, width, rng)
     diff = max_difference(model, grown, input_shape)
     if diff > PRESERVE_TOL:
         raise NetfitError(f"growth changed the network's outputs by {diff:.3g}; grow with width=1, depth=0")

@@ -1,0 +1,291 @@
+"""DNA: growth preserves the function, the elastic gates equal slicing, the expected cost equals the count,
+the search hits its budgets (condensing and expanding), on built-in and user-defined models."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from _shapes import input_shape
+from netfit.api import adapt
+from netfit.cli import main
+from netfit.cost import count_cost
+from netfit.data import load_data
+from netfit.errors import NetfitError
+from netfit.methods import dna as dna_module
+from netfit.methods.dna import DNA, dead_zone_loss
+from netfit.models import create_model
+from netfit.space.channels import trace_channel_groups
+from netfit.space.elastic import ElasticNet
+from netfit.space.grow import deepen, grow, max_difference, order_channels, widen
+from netfit.space.prune import remap_channels
+
+FAST = {"epochs": 1, "seed_epochs": 2, "progress": False, "train": {"batch_size": 64}}
+BUILT_INS = ["resnet18_cifar", "mobilenetv2_cifar", "resnet18_1d", "cnn_small"]
+
+
+class UserNet(nn.Module):
+    """Not from the zoo: a residual add, a concatenation and a flatten into the classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(1, 12, 3, padding=1), nn.BatchNorm2d(12), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(12, 12, 3, padding=1), nn.BatchNorm2d(12))
+        self.c = nn.Sequential(nn.Conv2d(12, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.fc = nn.Linear(20 * 4 * 4, 10)
+
+    def forward(self, x):
+        h = self.a(x)
+        h = torch.relu(h + self.b(h))
+        h = nn.functional.adaptive_avg_pool2d(torch.cat([h, self.c(h)], 1), 4)
+        return self.fc(torch.flatten(h, 1))
+
+
+def _randomize_norms(model: nn.Module) -> nn.Module:
+    """Non-trivial BN statistics and affine parameters, so that preservation tests can fail."""
+    gen = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+            m.weight.data.copy_(1 + 0.2 * torch.randn(m.num_features, generator=gen))
+            m.bias.data.copy_(0.1 * torch.randn(m.num_features, generator=gen))
+    return model.eval()
+
+
+def _model(name: str) -> tuple[nn.Module, tuple[int, ...]]:
+    if name == "user":
+        return _randomize_norms(UserNet()), (1, 16, 16)
+    shape = input_shape(name)
+    return _randomize_norms(create_model(name, num_classes=10, in_chans=shape[0], width_mult=0.25)), shape
+
+
+@pytest.mark.parametrize("name", [*BUILT_INS, "user"])
+def test_growth_preserves_the_function_and_grows(name):
+    model, shape = _model(name)
+    grown = grow(model, shape, 1.5, 0.5, np.random.default_rng(0))
+    assert max_difference(model, grown, shape) < 1e-4
+    seed_groups = [g for g in trace_channel_groups(model, torch.zeros(1, *shape)) if g.prunable]
+    seed_width = sum(g.size for g in seed_groups)
+    grown_groups = [g for g in trace_channel_groups(grown, torch.zeros(1, *shape)) if g.prunable]
+    assert sum(g.size for g in grown_groups) >= 1.5 * seed_width
+    if name != "user":
+        assert [len(s) for s in grown.stages] == [n + -(-n // 2) for n in (len(s) for s in model.stages)]
+
+
+def test_growth_steps_each_preserve_the_function():
+    model, shape = _model("resnet18_cifar")
+    ordered = order_channels(model, shape)
+    assert max_difference(model, ordered, shape) < 1e-5
+    deeper, seed_depths = deepen(ordered, 1.0)
+    assert seed_depths == [2, 2, 2, 2] and [len(s) for s in deeper.stages] == [4, 4, 4, 4]
+    assert max_difference(model, deeper, shape) < 1e-4
+    wider = widen(deeper, shape, 2.0, np.random.default_rng(3))
+    assert max_difference(model, wider, shape) < 1e-4
+    assert wider.stem.conv.out_channels == 2 * deeper.stem.conv.out_channels
+
+
+def test_remap_duplicates_split_outgoing_weights_and_rejects_bad_index():
+    model, shape = _model("user")
+    groups = trace_channel_groups(model, torch.zeros(1, *shape))
+    gid = next(g.id for g in groups if g.prunable and g.size == 12)
+    twice = torch.cat([torch.arange(12), torch.arange(12)])
+    wide = remap_channels(model, groups, {gid: twice})
+    assert max_difference(model, wide, shape) < 1e-5
+    unsplit = remap_channels(model, groups, {gid: twice}, split_outgoing=False)
+    assert max_difference(model, unsplit, shape) > 1e-3  # the split is what preserves the function
+    with pytest.raises(NetfitError, match="index"):
+        remap_channels(model, groups, {gid: torch.tensor([12])})
+
+
+def _elastic(name: str) -> ElasticNet:
+    model, shape = _model(name)
+    return ElasticNet(grow(model, shape, 1.5, 0.5, np.random.default_rng(0)), shape, units=8)
+
+
+@pytest.mark.parametrize("name", ["resnet18_cifar", "mobilenetv2_cifar", "user"])
+def test_expected_cost_agrees_with_the_cost_model(name):
+    net = _elastic(name)
+    gen = torch.Generator().manual_seed(0)
+    archs = [net.smallest(), net.largest()] + [
+        net.sample(torch.randn(net.num_width_logits) + b, torch.randn(net.num_depth_logits), gen) for b in (-1, 0, 2)
+    ]
+    for arch in archs:
+        counted = count_cost(net.materialize(arch), net.input_shape)
+        formula = net.cost(arch)
+        assert abs(formula["macs"] - counted.macs) <= 0.01 * counted.macs
+        assert abs(formula["params"] - counted.params) <= 0.01 * counted.params
+    # the expectation at saturated probabilities is the largest network's cost, and it is differentiable
+    width = torch.full((net.num_width_logits,), 30.0, requires_grad=True)
+    expected = net.expected_cost(width, torch.full((net.num_depth_logits,), 30.0))
+    assert float(expected["macs"]) == pytest.approx(count_cost(net.model, net.input_shape).macs, rel=1e-4)
+    (-expected["macs"]).backward()
+    assert width.grad is not None and torch.isfinite(width.grad).all()
+
+
+@pytest.mark.parametrize("name", ["resnet18_cifar", "mobilenetv2_cifar", "user"])
+def test_hard_gates_compute_the_sliced_network(name):
+    net = _elastic(name)
+    for m in net.model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(4, *net.input_shape)
+    for _ in range(3):
+        arch = net.sample(torch.randn(net.num_width_logits) + 1, torch.randn(net.num_depth_logits), gen)
+        sliced = net.materialize(arch).train()
+        net.attach()
+        try:
+            net.set_hard(arch)
+            with torch.no_grad():
+                gated = net.model.train()(x)
+        finally:
+            net.detach()
+        with torch.no_grad():
+            assert torch.allclose(gated, sliced(x), atol=1e-5)
+
+
+def test_sampling_follows_the_markov_chains():
+    net = _elastic("resnet18_cifar")
+    width, depth = torch.zeros(net.num_width_logits), torch.zeros(net.num_depth_logits)
+    draws = [net.sample(width, depth, torch.Generator().manual_seed(s)) for s in range(200)]
+    assert all(1 <= u <= n for a in draws for u, n in zip(a.units, net.num_units))
+    assert all(m <= d <= n for a in draws for m, d, n in zip(net.min_depths, a.depths, net.depths))
+    # keep probability 1/2 per step: P(units >= 2) = 1/2, P(units >= 3) = 1/4
+    first = np.array([a.units[0] for a in draws])
+    assert 0.38 < (first >= 2).mean() < 0.62 and 0.14 < (first >= 3).mean() < 0.36
+    again = net.sample(width, depth, torch.Generator().manual_seed(7))
+    assert again == net.sample(width, depth, torch.Generator().manual_seed(7))
+    sure = net.sample(torch.full_like(width, 30.0), torch.full_like(depth, 30.0), torch.Generator())
+    assert sure == net.largest()
+
+
+def test_dead_zone_loss():
+    limit = 100.0
+    for inside in (95.5, 97.0, 100.0):
+        assert float(dead_zone_loss(torch.tensor(inside), limit)) == 0.0
+    above = torch.tensor(150.0, requires_grad=True)
+    dead_zone_loss(above, limit).backward()
+    assert above.grad > 0
+    below = torch.tensor(50.0, requires_grad=True)
+    loss = dead_zone_loss(below, limit)
+    loss.backward()
+    assert float(loss) == pytest.approx(np.log(95 / 50)) and below.grad < 0
+
+
+def test_bad_options_are_refused():
+    with pytest.raises(NetfitError, match="grow_width"):
+        DNA(grow_width=0.5)
+    with pytest.raises(NetfitError, match="arch_lr"):
+        DNA(arch_lr=0)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_data("digits")
+
+
+@pytest.fixture(scope="module")
+def dna_run(tmp_path_factory, digits):
+    out = tmp_path_factory.mktemp("dna")
+    options = {"search_epochs": 2, "warmup_epochs": 1, "units": 8}
+    return adapt("cnn_small", digits, "50%,25%,150%", "dna", out=out, method_options=options, **FAST)
+
+
+def test_dna_hits_every_budget_in_one_search(dna_run):
+    summary = dna_run.summary
+    seed_macs = summary["seed"]["macs"]
+    assert [c["id"] for c in summary["candidates"]] == ["dna-50pct", "dna-25pct", "dna-150pct"]
+    for cand, ratio in zip(summary["candidates"], (0.5, 0.25, 1.5)):
+        assert 0.95 * ratio * seed_macs <= cand["macs"] <= ratio * seed_macs
+        assert cand["accuracy"] > 0.3  # trained, far above chance (0.1) even with one epoch
+    log = [json.loads(line) for line in (dna_run.out / "log.jsonl").read_text().splitlines()]
+    assert sum(1 for e in log if e["event"] == "dna-arch") == 2 * 3  # per search epoch and budget
+    assert sum(1 for e in log if e["event"] == "dna-space") == 1  # one supernet for all budgets
+
+
+def test_dna_expands_above_the_seed(dna_run):
+    big = dna_run.summary["candidates"][2]
+    seed = dna_run.summary["seed"]
+    assert big["macs"] > seed["macs"] and big["params"] > seed["params"]
+    assert big["info"]["layers_wider_than_seed"] > 0 or big["info"]["stages_deeper_than_seed"] > 0
+
+
+def test_dna_adapts_a_user_model(tmp_path, digits):
+    class Digits(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+            self.res = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16))
+            self.fc = nn.Linear(16 * 8 * 8, 10)
+
+        def forward(self, x):
+            h = self.body(x)
+            return self.fc(torch.flatten(torch.relu(h + self.res(h)), 1))
+
+    with pytest.warns(UserWarning, match="depth growth skipped"):
+        result = adapt(
+            Digits(),
+            digits,
+            "40%",
+            "dna",
+            out=tmp_path / "u",
+            train_seed=True,
+            method_options={"search_epochs": 1, "warmup_epochs": 0, "units": 4},
+            **FAST,
+        )
+    (cand,) = result.summary["candidates"]
+    limit = 0.4 * result.summary["seed"]["macs"]
+    # one coupled group of 16 channels: 9 channels cost 0.345 x the seed, 10 channels 0.418 x (over budget)
+    assert cand["macs"] == pytest.approx(0.345 * result.summary["seed"]["macs"], rel=0.01) and cand["macs"] <= limit
+
+
+def test_dna_resumes_an_interrupted_search_to_the_same_result(tmp_path, digits, monkeypatch):
+    options = {"search_epochs": 3, "warmup_epochs": 1, "units": 4}
+    settings = {**FAST, "seed_epochs": 1}
+    plain = adapt("cnn_small", digits, "30%", "dna", out=tmp_path / "a", method_options=options, **settings)
+
+    original = dna_module._ArchLog.on_epoch_end
+
+    def interrupt(self, state, metrics):
+        original(self, state, metrics)
+        if state.epoch == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(dna_module._ArchLog, "on_epoch_end", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        adapt("cnn_small", digits, "30%", "dna", out=tmp_path / "b", method_options=options, **settings)
+    monkeypatch.setattr(dna_module._ArchLog, "on_epoch_end", original)
+    resumed = adapt(
+        "cnn_small", digits, "30%", "dna", out=tmp_path / "b", method_options=options, resume=True, **settings
+    )
+    (a,), (b,) = plain.summary["candidates"], resumed.summary["candidates"]
+    assert a["info"] == b["info"] and a["macs"] == b["macs"]
+    assert a["accuracy"] == pytest.approx(b["accuracy"], abs=1e-6)
+
+
+def test_cli_adapt_with_dna(tmp_path, capsys):
+    args = ["adapt", "--model", "cnn_small", "--data", "digits", "--budget", "50%", "--method", "dna"]
+    args += ["--epochs", "1", "--seed-epochs", "1", "-x", "search_epochs=1", "-x", "units=4"]
+    args += ["--out", str(tmp_path / "cli"), "--quiet"]
+    code = main(args)
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "dna-50pct" in captured.out
+
+
+@pytest.mark.parametrize("name", ["resnet18_cifar", "mobilenetv2_cifar"])
+def test_rebuilt_spec_keeps_block_topology_when_slicing_equalises_widths(name):
+    """A first block whose input and output widths become equal keeps its projection / lack of residual."""
+    from netfit.models import arch_of, build_model
+    from netfit.space.inherit import inherit_weights
+    from netfit.space.subnet import SubnetSpace
+
+    model, shape = _model(name)
+    space = SubnetSpace(model, shape)
+    sliced = space.materialize({g.id: 3 for g in space.prunable})  # every group at 3 channels
+    rebuilt = build_model(arch_of(sliced))
+    inherit_weights(rebuilt, sliced)
+    assert max_difference(sliced, rebuilt, shape) < 1e-5
