@@ -12,7 +12,6 @@ from _shapes import input_shape
 from netfit.api import adapt
 from netfit.cli import main
 from netfit.cost import count_cost
-from netfit.data import load_data
 from netfit.errors import NetfitError
 from netfit.methods import dna as dna_module
 from netfit.methods.dna import DNA, dead_zone_loss
@@ -180,11 +179,6 @@ def test_bad_options_are_refused():
         DNA(grow_width=0.5)
     with pytest.raises(NetfitError, match="arch_lr"):
         DNA(arch_lr=0)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_data("digits")
 
 
 @pytest.fixture(scope="module")

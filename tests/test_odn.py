@@ -6,16 +6,10 @@ import pytest
 import torch
 
 from netfit.api import adapt
-from netfit.data import load_data
 from netfit.methods.odn import ODN, ExitNet, deploy_prefix
 from netfit.models import create_model
 
 FAST = {"epochs": 2, "seed_epochs": 2, "progress": False, "train": {"batch_size": 64}}
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_data("digits")
 
 
 @pytest.mark.parametrize(

@@ -7,17 +7,11 @@ import torch
 from torch import nn
 
 from netfit.api import adapt
-from netfit.data import load_data
 from netfit.errors import BudgetInfeasibleError, CheckpointError, NetfitError
 from netfit.export import load_model
 from netfit.methods.uniform import Uniform
 
 FAST = {"epochs": 1, "seed_epochs": 2, "progress": False, "train": {"batch_size": 64}}
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_data("digits")
 
 
 @pytest.fixture(scope="module")
