@@ -14,6 +14,7 @@ See docs/methods/dna.md for the design and where it departs from the paper.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import ClassVar
@@ -144,26 +145,28 @@ class DNA:
         def step(ctx) -> StepOutput:
             row = ctx.step % len(limits)
             out_metrics = {}
-            if ctx.epoch >= warmup:  # architecture gradient on the expected network (weights untouched)
-                net.set_soft(arch.width[row], arch.depth[row])
-                expected = net.expected_cost(arch.width[row], arch.depth[row])[metrics[row]]
-                budget = dead_zone_loss(expected, limits[row])
-                ctx.backward(F.cross_entropy(ctx.model(ctx.x), ctx.y) + cost_weight * budget)
-                for p in ctx.raw_model.parameters():
-                    p.grad = None
-                if is_distributed():
-                    _average_grads(arch)
-                out_metrics = {"budget_loss": budget.item(), "expected_cost_ratio": expected.item() / limits[row]}
-            net.set_full()
+            net.set_full()  # the largest network's pass is the only one that updates BN running statistics
             logits = ctx.model(ctx.x)
             loss = F.cross_entropy(logits, ctx.y, label_smoothing=ctx.config.label_smoothing)
             ctx.backward(loss)
             teacher = logits.detach()
-            gen = torch.Generator().manual_seed(run.seed * 1_000_003 + ctx.step)
-            subnets = [net.smallest()] + [net.sample(arch.width[row], arch.depth[row], gen) for _ in range(samples)]
-            for sub in subnets:
-                net.set_hard(sub)
-                ctx.backward(kd_loss(ctx.model(ctx.x), teacher) / len(subnets))
+            with _frozen_norm_statistics(ctx.raw_model):
+                if ctx.epoch >= warmup:  # architecture gradient on the expected network (weight grads dropped)
+                    grads = [p.grad for p in ctx.raw_model.parameters()]
+                    net.set_soft(arch.width[row], arch.depth[row])
+                    expected = net.expected_cost(arch.width[row], arch.depth[row])[metrics[row]]
+                    budget = dead_zone_loss(expected, limits[row])
+                    ctx.backward(F.cross_entropy(ctx.model(ctx.x), ctx.y) + cost_weight * budget)
+                    for p, grad in zip(ctx.raw_model.parameters(), grads):
+                        p.grad = grad
+                    if is_distributed():
+                        _average_grads(arch)
+                    out_metrics = {"budget_loss": budget.item(), "expected_cost_ratio": expected.item() / limits[row]}
+                gen = torch.Generator().manual_seed(run.seed * 1_000_003 + ctx.step)
+                subnets = [net.smallest()] + [net.sample(arch.width[row], arch.depth[row], gen) for _ in range(samples)]
+                for sub in subnets:
+                    net.set_hard(sub)
+                    ctx.backward(kd_loss(ctx.model(ctx.x), teacher) / len(subnets))
             net.set_full()
             return StepOutput(loss.detach(), teacher, out_metrics)
 
@@ -272,6 +275,21 @@ def _uniform_logits(net: ElasticNet, depth_logits: torch.Tensor, goal: float, me
             else:
                 hi = mid
     return logits(lo)
+
+
+@contextlib.contextmanager
+def _frozen_norm_statistics(model: nn.Module):
+    """Batch norms normalise with batch statistics but leave their running statistics alone (momentum 0), so
+    sub-net and soft passes do not mix their statistics into the ones the networks are evaluated with."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum in zip(norms, saved):
+            m.momentum = momentum
 
 
 def _average_grads(arch: ArchParams) -> None:
