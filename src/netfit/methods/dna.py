@@ -97,7 +97,7 @@ class DNA:
         seed_depths = [len(s) for s in seed.model.stages] if net.depths else None
         limits = [self._search_limit(t, seed, run) for t in targets]
         metrics = ["params" if t.metric == "params" else "macs" for t in targets]
-        arch = self._init_arch(net, limits, metrics, seed_depths)
+        arch = self.init_arch(net, limits, metrics, seed_depths)
         run.log.write(
             "dna-space",
             gates=len(net.gated),
@@ -127,7 +127,7 @@ class DNA:
             return target.limit
         return seed.macs * target.limit / seed.metric_value
 
-    def _init_arch(self, net: ElasticNet, limits: list[float], metrics: list[str], seed_depths) -> ArchParams:
+    def init_arch(self, net: ElasticNet, limits: list[float], metrics: list[str], seed_depths) -> ArchParams:
         """Start every budget's chains at the uniform width (seed depth) whose expected cost is mid-dead-zone."""
         depth = torch.zeros(len(limits), net.num_depth_logits)
         for k, (stage, j) in enumerate(net.blocks):
@@ -137,21 +137,22 @@ class DNA:
         )
         return ArchParams(width, depth)
 
-    def _train_supernet(self, net: ElasticNet, arch: ArchParams, limits, metrics, data, run) -> nn.Module:
-        epochs = self.search_epochs if self.search_epochs is not None else run.config.epochs
-        optimizer = torch.optim.Adam(arch.parameters(), lr=self.arch_lr, betas=(0.5, 0.999))
+    def step_fn(self, net: ElasticNet, arch: ArchParams, limits: list[float], metrics: list[str], seed: int):
+        """The search step for ``engine.train``: largest pass (CE; the only one updating BN statistics), then
+        after warm-up the architecture gradient of one budget (round-robin) on the expected network, then
+        the smallest and ``samples`` sampled sub-nets distilled in place from the largest."""
         warmup, samples, cost_weight = self.warmup_epochs, self.samples, self.cost_weight
 
         def step(ctx) -> StepOutput:
             row = ctx.step % len(limits)
             out_metrics = {}
-            net.set_full()  # the largest network's pass is the only one that updates BN running statistics
+            net.set_full()
             logits = ctx.model(ctx.x)
             loss = F.cross_entropy(logits, ctx.y, label_smoothing=ctx.config.label_smoothing)
             ctx.backward(loss)
             teacher = logits.detach()
             with _frozen_norm_statistics(ctx.raw_model):
-                if ctx.epoch >= warmup:  # architecture gradient on the expected network (weight grads dropped)
+                if ctx.epoch >= warmup:  # weight gradients of this pass are dropped: only the logits learn
                     grads = [p.grad for p in ctx.raw_model.parameters()]
                     net.set_soft(arch.width[row], arch.depth[row])
                     expected = net.expected_cost(arch.width[row], arch.depth[row])[metrics[row]]
@@ -162,7 +163,7 @@ class DNA:
                     if is_distributed():
                         _average_grads(arch)
                     out_metrics = {"budget_loss": budget.item(), "expected_cost_ratio": expected.item() / limits[row]}
-                gen = torch.Generator().manual_seed(run.seed * 1_000_003 + ctx.step)
+                gen = torch.Generator().manual_seed(seed * 1_000_003 + ctx.step)
                 subnets = [net.smallest()] + [net.sample(arch.width[row], arch.depth[row], gen) for _ in range(samples)]
                 for sub in subnets:
                     net.set_hard(sub)
@@ -170,6 +171,11 @@ class DNA:
             net.set_full()
             return StepOutput(loss.detach(), teacher, out_metrics)
 
+        return step
+
+    def _train_supernet(self, net: ElasticNet, arch: ArchParams, limits, metrics, data, run) -> nn.Module:
+        epochs = self.search_epochs if self.search_epochs is not None else run.config.epochs
+        optimizer = torch.optim.Adam(arch.parameters(), lr=self.arch_lr, betas=(0.5, 0.999))
         net.attach()
         try:
             result = run.train(
@@ -177,7 +183,7 @@ class DNA:
                 data,
                 "dna-search",
                 epochs=epochs,
-                step_fn=step,
+                step_fn=self.step_fn(net, arch, limits, metrics, run.seed),
                 extra_optimizers=[optimizer],
                 callbacks=[_ArchLog(net, arch, limits, metrics, run)],
             )
