@@ -67,6 +67,9 @@ class DNA:
         cost_weight: weight of the dead-zone budget loss.
         kd: distil the fine-tuned candidates from the seed.
         kd_weight: weight of that distillation loss.
+        init_depth_logit: starting keep logit of every skippable block (0: each block kept with p = 1/2 given
+            the previous one, so search starts shallow-and-wide and the gradient adds depth where it pays);
+            grown blocks never start above 0.
     """
 
     name: ClassVar[str] = "dna"
@@ -80,10 +83,11 @@ class DNA:
     search_epochs: int | None = None
     warmup_epochs: int = 1
     samples: int = 1
-    arch_lr: float = 0.05
+    arch_lr: float = 0.3
     cost_weight: float = 2.0
     kd: bool = True
     kd_weight: float = 1.0
+    init_depth_logit: float = 0.0
 
     def __post_init__(self) -> None:
         if self.grow_width < 1 or self.grow_depth < 0 or self.units < 2 or self.samples < 0:
@@ -128,10 +132,11 @@ class DNA:
         return seed.macs * target.limit / seed.metric_value
 
     def init_arch(self, net: ElasticNet, limits: list[float], metrics: list[str], seed_depths) -> ArchParams:
-        """Start every budget's chains at the uniform width (seed depth) whose expected cost is mid-dead-zone."""
+        """Start every budget's depth chains at ``init_depth_logit`` and its width chains at the uniform width
+        whose expected cost is the middle of the dead zone."""
         depth = torch.zeros(len(limits), net.num_depth_logits)
         for k, (stage, j) in enumerate(net.blocks):
-            depth[:, k] = 3.0 if j < seed_depths[stage] else 0.0
+            depth[:, k] = self.init_depth_logit if j < seed_depths[stage] else min(0.0, self.init_depth_logit)
         width = torch.stack(
             [_uniform_logits(net, depth[0], (1 + DEAD_ZONE) / 2 * lim, m) for lim, m in zip(limits, metrics)]
         )
