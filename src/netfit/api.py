@@ -20,6 +20,7 @@ from torch import nn
 from . import __version__
 from .budget import Budget, parse_budgets
 from .cost import count_cost
+from .cost.counting import resolve_device
 from .data import DataBundle, load_data
 from .engine import RunLog, TrainConfig, evaluate, seed_everything
 from .engine.distributed import default_device, is_main
@@ -135,7 +136,7 @@ def _train_config(epochs: int, seed: int, overrides: dict[str, Any] | None) -> T
 
 
 def _new_run(out: Path, config: TrainConfig, device, data: DataBundle, resume: bool, progress: bool) -> Run:
-    device = torch.device(device) if device else default_device()
+    device = resolve_device(device) if device else default_device()
     return Run(out, config, config.seed, device, data.input_shape, resume, progress, RunLog(out / "log.jsonl"))
 
 

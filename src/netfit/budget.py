@@ -142,6 +142,9 @@ def parse_budgets(specs: str | list[str]) -> list[Budget]:
     if not parts:
         raise BudgetError(f"no budget given; {_HELP}")
     budgets = [Budget.parse(s) for s in parts]
+    specs_seen = [b.spec for b in budgets]
+    if len(set(specs_seen)) < len(specs_seen):
+        raise BudgetError(f"budgets {specs!r} repeat a budget; give each budget once")
     if len({(b.metric, b.device, b.backend) for b in budgets}) > 1:
         raise BudgetError(f"budgets {specs!r} mix metrics or devices; give budgets of one metric per run")
     return budgets

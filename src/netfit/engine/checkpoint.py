@@ -27,7 +27,13 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     Example:
         >>> save_checkpoint("runs/x/ckpt/seed.pt", {"model": model.state_dict(), "epoch": 3})
     """
-    atomic_write(path, lambda tmp: torch.save({**state, "format": FORMAT}, tmp))
+    try:
+        atomic_write(path, lambda tmp: torch.save({**state, "format": FORMAT}, tmp))
+    except OSError as e:
+        raise CheckpointError(
+            f"cannot write checkpoint {path}: {e.strerror or e}; free disk space or choose another --out "
+            "(the previous checkpoint is intact)"
+        ) from e
 
 
 def _corrupt(path: Path, reason: str) -> CheckpointError:
