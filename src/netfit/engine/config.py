@@ -24,7 +24,8 @@ class TrainConfig:
 
     Attributes:
         epochs: passes over the training split.
-        batch_size, eval_batch_size: batch sizes of training and evaluation.
+        batch_size, eval_batch_size: batch sizes of training and evaluation; under torchrun batch_size is the
+            global batch (each of N ranks takes batch_size / N), so N processes take the same steps as one.
         optimizer: "sgd" (momentum, Nesterov) or "adamw"; lr, momentum, weight_decay, nesterov as usual
             (no weight decay on 1-D parameters: biases and norms).
         schedule: "cosine" (per step, to 0), "step" (x step_gamma every step_epochs), "constant", or "plateau"

@@ -167,11 +167,14 @@ def _check_finite(value: float, ctx: StepContext, metrics: dict | None = None) -
 
 def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
     """This rank's shuffled batches of indices, sharded like DistributedSampler (every rank gets the same
-    number of samples, so the same number of steps); size-1 batches are skipped (BatchNorm cannot train on them)."""
+    number of samples, so the same number of steps); size-1 batches are skipped (BatchNorm cannot train on them).
+
+    ``batch_size`` is the GLOBAL batch: each of N ranks takes batch_size / N samples, and the N shards of step k
+    together are exactly the single-process batch k, so N processes take the same optimizer steps as one."""
     rank, world, _ = dist_env()
     order = torch.randperm(n, generator=generator)
     order = order[: n - n % world][rank::world] if world > 1 else order
-    return [b for b in order.split(batch_size) if len(b) > 1]
+    return [b for b in order.split(max(1, batch_size // world)) if len(b) > 1]
 
 
 def _opt_params(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
