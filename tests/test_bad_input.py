@@ -80,6 +80,13 @@ def npz_data(tmp, trained):
     return adapt("--data", str(tmp / "d.npz"))(tmp, trained)
 
 
+def escape_run(tmp, trained):
+    shutil.copytree(trained, tmp / "outside")
+    summary = {"selected": "a", "candidates": [{"id": "a", "weights": "../outside"}]}
+    write(tmp / "run" / "result.json", json.dumps(summary).encode())
+    return ["export", str(tmp / "run"), "--out", str(tmp / "exported")]
+
+
 def edit_arch(change):
     def apply(folder: Path) -> None:
         spec = json.loads((folder / "arch.json").read_text())
@@ -132,6 +139,7 @@ CASES = [
     ("IDX counts differ", idx_data(idx(2051, [3, 8, 8], bytes(192)), idx(2049, [2], bytes(2))), "3 images but"),
     ("IDX body truncated", idx_data(idx(2051, [3, 8, 8], bytes(100)), idx(2049, [3], bytes(3))), "header promises"),
     ("npz without x and y", npz_data, "must contain arrays 'x' and 'y'"),
+    ("run file pointing outside the run", escape_run, "points outside the run directory"),
     ("list of unknown things", lambda tmp, t: ["list", "things"], "cannot list 'things'"),
     ("train an unknown model", lambda tmp, t: ["train", "--model", "nope", "--out", str(tmp / "t")], "unknown model"),
 ]

@@ -301,12 +301,13 @@ def eval_cmd(
 def _model_dir(path: Path) -> Path:
     """A model folder as given, or the selected candidate's folder of a run directory."""
     from .api import RESULT_FILE, load_result
+    from .fileio import inside
 
     if (path / RESULT_FILE).exists() and not (path / "arch.json").exists():
         summary = load_result(path)
         if not summary.get("selected"):
             raise NetfitError(f"run {path} has no candidate within its budget; pass a candidate folder instead")
-        return path / next(r["weights"] for r in summary["candidates"] if r["id"] == summary["selected"])
+        return inside(path, next(r["weights"] for r in summary["candidates"] if r["id"] == summary["selected"]))
     return path
 
 

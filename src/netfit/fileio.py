@@ -40,3 +40,14 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def inside(root: str | Path, relative: str) -> Path:
+    """``root / relative``, refusing a path (from a run's own files) that would lead outside ``root``."""
+    from .errors import CheckpointError
+
+    root = Path(root).resolve()
+    path = (root / relative).resolve()
+    if not isinstance(relative, str) or Path(relative).is_absolute() or not path.is_relative_to(root):
+        raise CheckpointError(f"{relative!r} in {root} points outside the run directory; the run files were edited")
+    return path
