@@ -111,8 +111,8 @@ class DNA:
             largest=net.cost(net.largest()),
             smallest=net.cost(net.smallest()),
         )
-        supernet = self._train_supernet(net, arch, limits, metrics, data, run)
-        net.model = supernet
+        # the engine trains in place and returns the same module; keep the space on whatever it returns
+        net.model = net.space.model = self._train_supernet(net, arch, limits, metrics, data, run)
         candidates = []
         for row, target in enumerate(targets):
             cid = f"dna-{_slug(target.budget.spec)}"
