@@ -283,3 +283,29 @@ def test_rebuilt_spec_keeps_block_topology_when_slicing_equalises_widths(name):
     rebuilt = build_model(arch_of(sliced))
     inherit_weights(rebuilt, sliced)
     assert max_difference(sliced, rebuilt, shape) < 1e-5
+
+
+def test_architecture_step_leaves_weight_gradients_alone():
+    """The soft expected-network pass only trains the logits: the weights get the sandwich's gradients alone."""
+    from netfit.engine import StepContext, TrainConfig
+
+    model, shape = _model("cnn_small")
+    grown = grow(model, shape, 1.5, 0.5, np.random.default_rng(0))
+    net = ElasticNet(grown, shape, units=4)
+    x, y = torch.randn(16, *shape), torch.randint(0, 10, (16,))
+    grads, arch_grads = {}, {}
+    for warmup in (0, 1):  # warmup 0: the architecture pass runs at epoch 0; warmup 1: it does not
+        method = DNA(samples=0, warmup_epochs=warmup)
+        arch = method.init_arch(net, [1e5], ["macs"], [len(s) for s in model.stages])
+        grown.zero_grad(set_to_none=True)
+        net.attach()
+        try:
+            method.step_fn(net, arch, [1e5], ["macs"], 0)(
+                StepContext(grown.train(), grown, x, y, 0, 0, TrainConfig(), torch.device("cpu"))
+            )
+        finally:
+            net.detach()
+        grads[warmup] = [p.grad.clone() for p in grown.parameters() if p.grad is not None]
+        arch_grads[warmup] = arch.width.grad
+    assert arch_grads[0] is not None and arch_grads[1] is None
+    assert len(grads[0]) == len(grads[1]) and all(torch.equal(a, b) for a, b in zip(grads[0], grads[1]))

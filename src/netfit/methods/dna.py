@@ -158,12 +158,15 @@ class DNA:
             teacher = logits.detach()
             with _frozen_norm_statistics(ctx.raw_model):
                 if ctx.epoch >= warmup:  # weight gradients of this pass are dropped: only the logits learn
-                    grads = [p.grad for p in ctx.raw_model.parameters()]
+                    params = list(ctx.raw_model.parameters())
+                    grads = [p.grad for p in params]
+                    for p in params:  # backward accumulates in place: park the sandwich grads out of its reach
+                        p.grad = None
                     net.set_soft(arch.width[row], arch.depth[row])
                     expected = net.expected_cost(arch.width[row], arch.depth[row])[metrics[row]]
                     budget = dead_zone_loss(expected, limits[row])
                     ctx.backward(F.cross_entropy(ctx.model(ctx.x), ctx.y) + cost_weight * budget)
-                    for p, grad in zip(ctx.raw_model.parameters(), grads):
+                    for p, grad in zip(params, grads):
                         p.grad = grad
                     if is_distributed():
                         _average_grads(arch)
