@@ -27,8 +27,8 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def write_results(name: str, payload: dict, markdown: str) -> None:
-    """benchmarks/results/<name>.json and <name>.md."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2))
-    (RESULTS / f"{name}.md").write_text(markdown)
+def write_results(name: str, payload: dict, markdown: str, out: Path = RESULTS) -> None:
+    """<out>/<name>.json and <name>.md (out: benchmarks/results by default)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(payload, indent=2))
+    (out / f"{name}.md").write_text(markdown)

@@ -280,7 +280,7 @@ def load_result(run_dir: str | Path) -> dict:
 
 
 def train_model(
-    model: str,
+    model: str | nn.Module,
     data: str | DataBundle,
     *,
     out: str | Path,
@@ -291,13 +291,17 @@ def train_model(
     device: str | None = None,
     progress: bool = True,
 ) -> dict:
-    """Train a built-in model on a data set and save it (model.safetensors + arch.json) in ``out``."""
+    """Train a built-in model (a name, or one made with ``create_model`` options) on a data set and save it
+    (model.safetensors + arch.json) in ``out``."""
     bundle = data if isinstance(data, DataBundle) else load_data(data)
     out = Path(out)
     config = _train_config(epochs, seed, train)
     seed_everything(seed)
-    net = create_model(model, num_classes=bundle.num_classes, in_chans=bundle.input_shape[0])
-    check_compatible(net, model, bundle)
+    if isinstance(model, str):
+        name, net = model, create_model(model, num_classes=bundle.num_classes, in_chans=bundle.input_shape[0])
+    else:
+        name, net = type(model).__name__, model
+    check_compatible(net, name, bundle)
     run = _new_run(out, config, device, bundle, resume, progress)
     result = run.train(net, bundle, "train")
     accuracy = evaluate(result.model, bundle, "test", device=run.device)["accuracy"]
@@ -307,6 +311,6 @@ def train_model(
             result.model,
             out,
             input_shape=bundle.input_shape,
-            meta={"model": model, "data": bundle.name, "accuracy": accuracy, "epochs": epochs},
+            meta={"model": name, "data": bundle.name, "accuracy": accuracy, "epochs": epochs},
         )
-    return {"model": model, "data": bundle.name, "accuracy": accuracy, **cost.as_dict(), "out": str(out)}
+    return {"model": name, "data": bundle.name, "accuracy": accuracy, **cost.as_dict(), "out": str(out)}

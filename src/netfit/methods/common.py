@@ -8,6 +8,7 @@ from torch import nn
 
 from ..budget import check_feasible
 from ..distill import LogitDistiller
+from ..models import arch_of, build_model
 from ..run import Run
 from ..space.subnet import SubnetSpace
 from .base import Seed, Target
@@ -17,6 +18,11 @@ def finetune(model: nn.Module, data: Any, run: Run, phase: str, seed: Seed, kd: 
     """Fine-tune a sub-network for ``run.config.epochs`` epochs, distilled from the seed when ``kd``."""
     extra = [LogitDistiller(seed.model, weight=kd_weight)] if kd else []
     return run.train(model, data, phase, extra_losses=extra).model
+
+
+def from_scratch(model: nn.Module) -> nn.Module:
+    """The same architecture freshly initialised (its family's own init), nothing inherited."""
+    return build_model(arch_of(model))
 
 
 def cost_fn(run: Run, target: Target):

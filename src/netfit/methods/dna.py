@@ -67,6 +67,8 @@ class DNA:
         cost_weight: weight of the dead-zone budget loss.
         kd: distil the fine-tuned candidates from the seed.
         kd_weight: weight of that distillation loss.
+        one_level: the expected-network pass also trains the weights (its weight gradients join the sandwich's);
+            False = alternating: that pass only moves the architecture logits.
         init_depth_logit: starting keep logit of every skippable block (0: each block kept with p = 1/2 given
             the previous one, so search starts shallow-and-wide and the gradient adds depth where it pays);
             grown blocks never start above 0.
@@ -88,6 +90,7 @@ class DNA:
     kd: bool = True
     kd_weight: float = 1.0
     init_depth_logit: float = 0.0
+    one_level: bool = False
 
     def __post_init__(self) -> None:
         if self.grow_width < 1 or self.grow_depth < 0 or self.units < 2 or self.samples < 0:
@@ -146,7 +149,7 @@ class DNA:
         """The search step for ``engine.train``: largest pass (CE; the only one updating BN statistics), then
         after warm-up the architecture gradient of one budget (round-robin) on the expected network, then
         the smallest and ``samples`` sampled sub-nets distilled in place from the largest."""
-        warmup, samples, cost_weight = self.warmup_epochs, self.samples, self.cost_weight
+        warmup, samples, cost_weight, one_level = self.warmup_epochs, self.samples, self.cost_weight, self.one_level
 
         def step(ctx) -> StepOutput:
             row = ctx.step % len(limits)
@@ -157,8 +160,8 @@ class DNA:
             ctx.backward(loss)
             teacher = logits.detach()
             with _frozen_norm_statistics(ctx.raw_model):
-                if ctx.epoch >= warmup:  # weight gradients of this pass are dropped: only the logits learn
-                    params = list(ctx.raw_model.parameters())
+                if ctx.epoch >= warmup:  # alternating: this pass's weight gradients are dropped
+                    params = [] if one_level else list(ctx.raw_model.parameters())
                     grads = [p.grad for p in params]
                     for p in params:  # backward accumulates in place: park the sandwich grads out of its reach
                         p.grad = None

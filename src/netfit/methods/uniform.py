@@ -9,7 +9,7 @@ from ..budget import check_feasible
 from ..errors import NetfitError, UnsupportedLayerError
 from ..space.subnet import SubnetSpace
 from .base import METHODS, Candidate, Seed, Target
-from .common import cost_fn, finetune, require_reachable
+from .common import cost_fn, finetune, from_scratch, require_reachable
 
 
 @METHODS.register("uniform")
@@ -22,6 +22,8 @@ class Uniform:
             in every stage; built-in staged models only).
         kd: distil from the seed while fine-tuning.
         kd_weight: weight of the distillation loss.
+        inherit: start from the seed's (L1-selected) weights; False trains the same architecture from scratch,
+            the baseline that shows what inheritance is worth (give it the seed's epochs too).
     """
 
     name: ClassVar[str] = "uniform"
@@ -29,6 +31,7 @@ class Uniform:
     variant: str = "width"
     kd: bool = False
     kd_weight: float = 1.0
+    inherit: bool = True
 
     def __post_init__(self) -> None:
         if self.variant not in ("width", "depth"):
@@ -44,7 +47,9 @@ class Uniform:
                 if self.variant == "depth"
                 else self._fit_width(space, run, target, seed)
             )
-            run.log.write("subnet", id=cid, **info)
+            if not self.inherit:
+                model = from_scratch(model)
+            run.log.write("subnet", id=cid, inherit=self.inherit, **info)
             model = finetune(model, data, run, cid, seed, self.kd, self.kd_weight)
             candidates.append(Candidate(cid, model, target, info))
         return candidates

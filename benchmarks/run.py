@@ -1,0 +1,453 @@
+"""Every netfit method and every peer tool on the same seed network, data split, budgets and epochs.
+
+    python -m benchmarks.run quick            # digits + mnist1d, minutes on 2 CPU cores (CI smoke test)
+    python -m benchmarks.run mnist            # MNIST-10k + mnist1d, ResNet-18 / 1-D ResNet-18 / MobileNetV2
+    python -m benchmarks.run gpu              # mnist plus throughput; picked automatically with CUDA present
+
+Per case and seed the harness trains the seed ONCE (``seed_epochs``), then runs every entry from it:
+netfit's own methods in this process, each peer tool in its own venv (``benchmarks.peers``, created on first
+use). Epoch accounting: a method that starts from the trained seed gets ``epochs`` of adaption (DNA splits them
+into search + fine-tune); ``uniform-scratch`` trains the same architecture as ``uniform`` from scratch for
+``seed_epochs + epochs``. Every output is measured by netfit's own cost model. Finished runs are reused, so
+an interrupted suite continues where it stopped. Writes benchmarks/results/suite_<name>.{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from netfit.api import adapt, train_model
+from netfit.data import load_data
+from netfit.models import create_model
+
+from .common import RESULTS, environment, mean_std, write_results
+from .peers import TOOLS, setup
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Case:
+    data: str
+    model: str
+    width: float
+
+    @property
+    def key(self) -> str:
+        return f"{self.data}_{self.model}_w{self.width:g}"
+
+
+@dataclass(frozen=True)
+class Suite:
+    cases: tuple[Case, ...]
+    budgets: tuple[float, ...]  # percent of the seed's MACs
+    seeds: tuple[int, ...]
+    seed_epochs: int
+    epochs: int  # adaption epochs after the seed, for everyone
+    dna_search_epochs: int  # part of ``epochs``: DNA fine-tunes each result for the rest
+    batch_size: int = 128
+    lr: float = 0.05
+    peers: tuple[str, ...] = tuple(TOOLS)
+    throughput: bool = False
+    notes: tuple[str, ...] = field(default=())
+
+
+MNIST_CASES = (
+    Case("mnist1d", "resnet18_1d", 0.25),
+    Case("mnist10k", "resnet18_cifar", 0.25),
+    Case("mnist10k", "mobilenetv2", 0.35),
+)
+SUITES = {
+    "quick": Suite(
+        cases=(Case("digits", "cnn_small", 1.0), Case("mnist1d", "resnet18_1d", 0.25)),
+        budgets=(50, 10),
+        seeds=(0,),
+        seed_epochs=3,
+        epochs=2,
+        dna_search_epochs=1,
+        notes=("smoke test: epochs far too few for meaningful accuracy",),
+    ),
+    "mnist": Suite(
+        cases=MNIST_CASES,
+        budgets=(50, 25, 10, 5, 2, 1),
+        seeds=(0, 1, 2),
+        seed_epochs=10,
+        epochs=10,
+        dna_search_epochs=6,
+    ),
+}
+SUITES["gpu"] = replace(SUITES["mnist"], throughput=True)
+NETFIT_ENTRIES = ("uniform", "uniform-scratch", "random", "dna")
+
+
+def entries(suite: Suite) -> list[str]:
+    """Labels of everything a suite runs: netfit methods, then ``tool:variant`` for every peer variant."""
+    return list(NETFIT_ENTRIES) + [f"{tool}:{v}" for tool in suite.peers for v in TOOLS[tool].variants]
+
+
+# ----- running
+
+
+def train_seed(case: Case, suite: Suite, seed: int, out: Path) -> dict:
+    """Train (or reuse) the seed network of one case and seed; returns its figures and training seconds."""
+    facts = out / "seed.json"
+    if facts.exists():
+        return json.loads(facts.read_text())
+    data = load_data(case.data)
+    model = create_model(case.model, num_classes=data.num_classes, in_chans=data.input_shape[0], width_mult=case.width)
+    started = time.perf_counter()
+    figures = train_model(
+        model, data, out=out / "seed", epochs=suite.seed_epochs, seed=seed, train=_train(suite), progress=False
+    )
+    figures["seconds"] = round(time.perf_counter() - started, 2)
+    facts.write_text(json.dumps(figures, indent=2))
+    return figures
+
+
+def run_entry(label: str, case: Case, suite: Suite, seed: int, seed_dir: Path, out: Path) -> list[Path]:
+    """Run one method or peer from the trained seed; returns its finished run directories (reused if done)."""
+    budgets = suite.budgets
+    if ":" in label:
+        tool, variant = label.split(":")
+        return _run_peer(tool, variant, case, suite, seed, seed_dir, out, budgets)
+    if (out / "result.json").exists():
+        return [out]
+    method, options, epochs = label, {}, suite.epochs
+    if label == "uniform-scratch":
+        method, options, epochs = "uniform", {"inherit": False}, suite.seed_epochs + suite.epochs
+    elif label == "random":
+        options = {"samples": 1}
+    elif label == "dna":
+        options = {"search_epochs": suite.dna_search_epochs}
+        epochs = suite.epochs - suite.dna_search_epochs
+    adapt(
+        case.model,
+        case.data,
+        _budget_spec(budgets),
+        method,
+        out=out,
+        epochs=epochs,
+        seed=seed,
+        seed_weights=seed_dir,
+        method_options=options,
+        train=_train(suite),
+        resume=out.exists(),
+        progress=False,
+    )
+    return [out]
+
+
+def _run_peer(tool, variant, case, suite, seed, seed_dir, out, budgets) -> list[Path]:
+    """All budgets in one process; when the tool cannot reach one, each budget alone, failures recorded in
+    ``<dir>.failed`` with the tool's last message (and the all-budgets attempt marked so reruns skip it)."""
+    if (out / "result.json").exists():
+        return [out]
+    python = setup(tool)
+    tried_together = out.parent / f"{out.name}.split"
+    if not tried_together.exists():
+        if _peer_process(python, tool, variant, case, suite, seed, seed_dir, out, budgets) is None:
+            return [out]
+        tried_together.write_text("one budget could not be reached; run per budget\n")
+    done = []
+    for budget in budgets:
+        sub = out.parent / f"{out.name}@{budget:g}"
+        failed = sub.parent / f"{sub.name}.failed"
+        if (sub / "result.json").exists():
+            done.append(sub)
+        elif not failed.exists():
+            error = _peer_process(python, tool, variant, case, suite, seed, seed_dir, sub, [budget])
+            if error is None:
+                done.append(sub)
+            else:
+                failed.write_text(error + "\n")
+    return done
+
+
+def _peer_process(python, tool, variant, case, suite, seed, seed_dir, out, budgets) -> str | None:
+    """Run ``benchmarks.peers.adapt`` in the tool's venv; None when it finished, else its last error line."""
+    command = [
+        str(python), "-m", "benchmarks.peers.adapt", "--tool", tool, "--variant", variant,
+        "--seed-weights", str(seed_dir), "--data", case.data, "--budgets", *[f"{b:g}" for b in budgets],
+        "--epochs", str(suite.epochs), "--seed", str(seed), "--train", json.dumps(_train(suite)), "--out", str(out),
+    ]  # fmt: skip
+    if out.exists():  # a killed earlier attempt: start it again
+        shutil.rmtree(out)
+    done = subprocess.run(command, cwd=ROOT, env=os.environ | {"PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
+    if done.returncode == 0:
+        return None
+    last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+    print(f"  {tool}:{variant} {list(budgets)}: {last}", file=sys.stderr, flush=True)
+    return last
+
+
+def _train(suite: Suite) -> dict:
+    return {"batch_size": suite.batch_size, "lr": suite.lr}
+
+
+def _budget_spec(budgets) -> str:
+    return ",".join(f"{b:g}%" for b in budgets)
+
+
+# ----- collecting
+
+
+def collect(label: str, run_dirs: list[Path], seed_facts: dict) -> list[dict]:
+    """One row per candidate: budget, accuracy, cost, and the run's wall time relative to training the seed."""
+    rows = []
+    for run_dir in run_dirs:
+        result = json.loads((run_dir / "result.json").read_text())
+        search = result["timing"]["search_seconds"]
+        for c in result["candidates"]:
+            rows.append(
+                {
+                    "entry": label,
+                    "budget_pct": float(c["target"].rstrip("%")),
+                    "accuracy": c["accuracy"],
+                    "macs": c["macs"],
+                    "params": c["params"],
+                    "within_budget": c["within_budget"],
+                    "search_over_seed": round(search / seed_facts["seconds"], 3),
+                    "budgets_in_run": len(result["candidates"]),
+                }
+            )
+    return rows
+
+
+def failures(out: Path) -> dict[str, str]:
+    """Peer runs that could not meet a budget, with the tool's last message."""
+    return {p.name.removesuffix(".failed"): p.read_text().strip() for p in sorted(out.glob("*.failed"))}
+
+
+def throughput(seed_dir: Path, run_dirs: list[Path], case: Case) -> dict:
+    """Images per second on CUDA at batch 256 (eval, fp32) of the seed and of every candidate (gpu suite)."""
+    from netfit.export import load_model
+
+    shape = load_data(case.data).input_shape
+    x = torch.randn(256, *shape, device="cuda")
+
+    def rate(model) -> float:
+        model = model.cuda().eval()
+        with torch.no_grad():
+            for _ in range(10):
+                model(x)
+            torch.cuda.synchronize()
+            started = time.perf_counter()
+            for _ in range(50):
+                model(x)
+            torch.cuda.synchronize()
+        return round(50 * 256 / (time.perf_counter() - started))
+
+    rates = {"seed": rate(load_model(seed_dir))}
+    for run_dir in run_dirs:
+        for c in json.loads((run_dir / "result.json").read_text())["candidates"]:
+            rates[f"{run_dir.name}/{c['id']}"] = rate(load_model(run_dir / c["weights"]))
+    return rates
+
+
+def run_suite(name: str, suite: Suite, root: Path, only: set[str] | None) -> dict:
+    runs = []
+    for case in suite.cases:
+        for seed in suite.seeds:
+            base = root / name / case.key / f"s{seed}"
+            print(f"[{name}] {case.key} seed {seed}: training the seed", flush=True)
+            seed_facts = train_seed(case, suite, seed, base)
+            rows, rates = [], {}
+            for label in entries(suite):
+                if only and label not in only and label.split(":")[0] not in only:
+                    continue
+                print(f"[{name}] {case.key} seed {seed}: {label}", flush=True)
+                run_dirs = run_entry(label, case, suite, seed, base / "seed", base / label.replace(":", "-"))
+                rows += collect(label, run_dirs, seed_facts)
+                if suite.throughput and torch.cuda.is_available():
+                    rates |= throughput(base / "seed", run_dirs, case)
+            runs.append(
+                {
+                    "case": asdict(case),
+                    "seed": seed,
+                    "seed_network": seed_facts,
+                    "rows": rows,
+                    "failed": failures(base),
+                    "dna_epoch_ratio": _dna_epoch_ratio(base),
+                    "throughput": rates,
+                }
+            )
+    return {"suite": name, "settings": asdict(suite), "environment": environment(), "runs": runs}
+
+
+def _dna_epoch_ratio(base: Path) -> float | None:
+    """Median DNA search epoch over median seed epoch, from the two run logs (same process kind, same data)."""
+    import statistics
+
+    def median_epoch(log: Path, phase: str) -> float | None:
+        if not log.exists():
+            return None
+        rows = [json.loads(line) for line in log.read_text().splitlines()]
+        seconds = [r["seconds"] for r in rows if r.get("event") == "epoch" and r.get("phase") == phase]
+        return statistics.median(seconds) if seconds else None
+
+    search, seed = (
+        median_epoch(base / "dna" / "log.jsonl", "dna-search"),
+        median_epoch(base / "seed" / "log.jsonl", "train"),
+    )
+    return round(search / seed, 2) if search and seed else None
+
+
+# ----- reporting
+
+
+def summarize(payload: dict) -> dict:
+    """Mean and spread over seeds per case, budget and entry."""
+    table: dict = {}
+    for run in payload["runs"]:
+        case = Case(**run["case"]).key
+        for row in run["rows"]:
+            table.setdefault(case, {}).setdefault(row["budget_pct"], {}).setdefault(row["entry"], []).append(row)
+    return table
+
+
+def to_markdown(payload: dict) -> str:
+    s, env = payload["settings"], payload["environment"]
+    lines = [
+        f"# Benchmark suite `{payload['suite']}`",
+        "",
+        f"Seeds {list(s['seeds'])}; seed network trained {s['seed_epochs']} epochs; every adapted network then gets "
+        f"{s['epochs']} epochs (DNA: {s['dna_search_epochs']}-epoch search for all budgets + "
+        f"{s['epochs'] - s['dna_search_epochs']} fine-tune epochs each); `uniform-scratch` trains the uniform "
+        f"architecture from scratch for {s['seed_epochs'] + s['epochs']} epochs. Batch {s['batch_size']}, SGD lr "
+        f"{s['lr']}. Peers prune with their own importance/search, netfit fine-tunes them the same way.",
+        f"Hardware: {env['device']}, {env['cpu_threads']} threads; torch {env['torch']}. {env['cost_convention']}.",
+        *[f"Note: {n}." for n in s.get("notes", [])],
+    ]
+    seeds_by_case = {}
+    for run in payload["runs"]:
+        seeds_by_case.setdefault(Case(**run["case"]).key, []).append(run)
+    for case, table in summarize(payload).items():
+        runs = seeds_by_case[case]
+        seed_acc = mean_std([100 * r["seed_network"]["accuracy"] for r in runs])
+        net = runs[0]["seed_network"]
+        lines += [
+            "",
+            f"## {case}",
+            "",
+            f"Seed network: {net['macs']:,} MACs, {net['params']:,} params, test accuracy "
+            f"{seed_acc[0]:.2f} ± {seed_acc[1]:.2f}% ({len(runs)} seeds).",
+            "",
+            "| budget | entry | test accuracy % (mean ± std) | vs seed | MACs | params | n |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for budget in sorted(table, reverse=True):
+            ranked = sorted(table[budget].items(), key=lambda kv: -mean_std([r["accuracy"] for r in kv[1]])[0])
+            for entry, rows in ranked:
+                acc = mean_std([100 * r["accuracy"] for r in rows])
+                macs = sum(r["macs"] for r in rows) / len(rows)
+                params = sum(r["params"] for r in rows) / len(rows)
+                ok = "" if all(r["within_budget"] for r in rows) else " (over budget!)"
+                lines.append(
+                    f"| {budget:g}% | {entry} | {acc[0]:.2f} ± {acc[1]:.2f} | {acc[0] - seed_acc[0]:+.2f} | "
+                    f"{macs:,.0f}{ok} | {params:,.0f} | {len(rows)} |"
+                )
+        lines += [
+            "",
+            "Wall time of each entry's whole run (all budgets, incl. fine-tuning) / training the seed once:",
+            "",
+        ]
+        lines += ["| entry | run time / seed training |", "|---|---|"]
+        ratios: dict = {}
+        for run in runs:
+            for row in run["rows"]:
+                ratios.setdefault(row["entry"], set()).add((run["seed"], row["search_over_seed"]))
+        for entry, values in ratios.items():
+            lines.append(f"| {entry} | {mean_std([v for _, v in values])[0]:.2f}x |")
+        epoch_ratios = [r["dna_epoch_ratio"] for r in runs if r["dna_epoch_ratio"]]
+        if epoch_ratios:
+            lines.append(f"\nDNA supernet search epoch / dense seed epoch: {mean_std(epoch_ratios)[0]:.2f}x.")
+        failed = {k: v for r in runs for k, v in r["failed"].items()}
+        if failed:
+            lines += ["", "Budgets a peer could not reach (its own message):", ""]
+            lines += [f"- `{k}`: {v}" for k, v in sorted(failed.items())]
+    return "\n".join(lines) + "\n"
+
+
+def plot(payload: dict, path: Path) -> None:
+    """Accuracy vs MACs per case (mean over seeds), one marker per entry, the seed as a star."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tables = summarize(payload)
+    fig, axes = plt.subplots(1, len(tables), figsize=(5.2 * len(tables), 4.2), squeeze=False)
+    markers = "os^vD<>phX*P+x"
+    labels = sorted({e for t in tables.values() for b in t.values() for e in b})
+    for ax, (case, table) in zip(axes[0], tables.items()):
+        for k, entry in enumerate(labels):
+            points = [
+                (sum(r["macs"] for r in rows) / len(rows), 100 * sum(r["accuracy"] for r in rows) / len(rows))
+                for b in table
+                if (rows := table[b].get(entry))
+            ]
+            if points:
+                xs, ys = zip(*sorted(points))
+                ax.plot(xs, ys, marker=markers[k % len(markers)], lw=0.8, ms=5, label=entry)
+        seeds = [r["seed_network"] for r in payload["runs"] if Case(**r["case"]).key == case]
+        ax.plot([seeds[0]["macs"]], [100 * sum(s["accuracy"] for s in seeds) / len(seeds)], "k*", ms=12, label="seed")
+        ax.set_xscale("log")
+        ax.set_title(case, fontsize=9)
+        ax.set_xlabel("MACs (batch 1)")
+        ax.set_ylabel("test accuracy %")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=6, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def check(payload: dict) -> None:
+    """Smoke assertions: every entry gave candidates (or a recorded failure per budget) and met its budgets."""
+    for run in payload["runs"]:
+        for label in entries(SUITES[payload["suite"]]):
+            ran = any(r["entry"] == label for r in run["rows"])
+            failed = any(k.startswith(label.replace(":", "-")) for k in run["failed"])
+            assert ran or failed, f"{run['case']} seed {run['seed']}: no result for {label}"
+        over = [r for r in run["rows"] if not r["within_budget"]]
+        assert not over, f"over budget: {over}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("suite", nargs="?", choices=sorted(SUITES), default=None)
+    parser.add_argument("--root", type=Path, default=ROOT / "runs" / "bench", help="run directories (reused)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where suite_<name>.{json,md,png} go")
+    parser.add_argument("--only", nargs="+", default=None, help="entries or tools to run (default: all)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None)
+    parser.add_argument("--check", action="store_true", help="assert every entry ran and met its budgets")
+    parser.add_argument("--rewrite", action="store_true", help="only redo the markdown and plot from the JSON")
+    args = parser.parse_args()
+    name = args.suite or ("gpu" if torch.cuda.is_available() else "mnist")
+    suite = SUITES[name]
+    if args.seeds:
+        suite = replace(suite, seeds=tuple(args.seeds))
+    if args.rewrite:
+        payload = json.loads((args.out / f"suite_{name}.json").read_text())
+    else:
+        payload = run_suite(name, suite, args.root, set(args.only) if args.only else None)
+    if args.check:
+        check(payload)
+    markdown = to_markdown(payload)
+    write_results(f"suite_{name}", payload, markdown, out=args.out)
+    plot(payload, args.out / f"suite_{name}.png")
+    print(markdown)
+
+
+if __name__ == "__main__":
+    main()
