@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -38,23 +39,34 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @dataclass(frozen=True)
 class Case:
+    """One seed network on one data set, with its budgets and epochs (the same for every entry)."""
+
     data: str
     model: str
     width: float
+    budgets: tuple[float, ...]  # percent of the seed's MACs; those above 100 only for entries that can grow
+    seed_epochs: int
+    epochs: int  # adaption epochs per budget, for everyone
+    dna_search_epochs: int  # DNA's one search serves every budget; its fine-tunes get the rest (see dna_epochs)
 
     @property
     def key(self) -> str:
         return f"{self.data}_{self.model}_w{self.width:g}"
 
+    def budgets_for(self, entry: str) -> tuple[float, ...]:
+        return self.budgets if entry in EXPANDING else tuple(b for b in self.budgets if b <= 100)
+
+    @property
+    def dna_finetune_epochs(self) -> int:
+        """Fine-tune epochs per budget so that DNA's total (search + all fine-tunes) does not exceed the
+        ``epochs x budgets`` every other entry trains for."""
+        return self.epochs - math.ceil(self.dna_search_epochs / len(self.budgets))
+
 
 @dataclass(frozen=True)
 class Suite:
     cases: tuple[Case, ...]
-    budgets: tuple[float, ...]  # percent of the seed's MACs
     seeds: tuple[int, ...]
-    seed_epochs: int
-    epochs: int  # adaption epochs after the seed, for everyone
-    dna_search_epochs: int  # part of ``epochs``: DNA fine-tunes each result for the rest
     batch_size: int = 128
     lr: float = 0.05
     peers: tuple[str, ...] = tuple(TOOLS)
@@ -63,31 +75,24 @@ class Suite:
 
 
 MNIST_CASES = (
-    Case("mnist1d", "resnet18_1d", 0.25),
-    Case("mnist10k", "resnet18_cifar", 0.25),
-    Case("mnist10k", "mobilenetv2", 0.35),
+    Case("mnist1d", "resnet18_1d", 0.25, (50, 25, 10, 5, 2, 1, 150), seed_epochs=10, epochs=10, dna_search_epochs=7),
+    Case("mnist10k", "resnet18_cifar", 0.25, (50, 25, 10, 5, 2, 1, 0.5, 150), 6, 6, 8),
+    Case("mnist10k", "mobilenetv2", 0.5, (50, 25, 10, 5, 2, 1, 150), 6, 6, 7),
 )
 SUITES = {
     "quick": Suite(
-        cases=(Case("digits", "cnn_small", 1.0), Case("mnist1d", "resnet18_1d", 0.25)),
-        budgets=(50, 10),
+        cases=(
+            Case("digits", "cnn_small", 1.0, (50, 10, 150), seed_epochs=3, epochs=2, dna_search_epochs=2),
+            Case("mnist1d", "resnet18_1d", 0.25, (50, 10), seed_epochs=3, epochs=2, dna_search_epochs=2),
+        ),
         seeds=(0,),
-        seed_epochs=3,
-        epochs=2,
-        dna_search_epochs=1,
         notes=("smoke test: epochs far too few for meaningful accuracy",),
     ),
-    "mnist": Suite(
-        cases=MNIST_CASES,
-        budgets=(50, 25, 10, 5, 2, 1),
-        seeds=(0, 1, 2),
-        seed_epochs=10,
-        epochs=10,
-        dna_search_epochs=6,
-    ),
+    "mnist": Suite(cases=MNIST_CASES, seeds=(0, 1, 2)),
 }
 SUITES["gpu"] = replace(SUITES["mnist"], throughput=True)
 NETFIT_ENTRIES = ("uniform", "uniform-scratch", "random", "dna")
+EXPANDING = ("uniform", "uniform-scratch", "dna")  # uniform at > 100% is the seed trained further
 
 
 def entries(suite: Suite) -> list[str]:
@@ -107,7 +112,7 @@ def train_seed(case: Case, suite: Suite, seed: int, out: Path) -> dict:
     model = create_model(case.model, num_classes=data.num_classes, in_chans=data.input_shape[0], width_mult=case.width)
     started = time.perf_counter()
     figures = train_model(
-        model, data, out=out / "seed", epochs=suite.seed_epochs, seed=seed, train=_train(suite), progress=False
+        model, data, out=out / "seed", epochs=case.seed_epochs, seed=seed, train=_train(suite), progress=False
     )
     figures["seconds"] = round(time.perf_counter() - started, 2)
     facts.write_text(json.dumps(figures, indent=2))
@@ -116,20 +121,20 @@ def train_seed(case: Case, suite: Suite, seed: int, out: Path) -> dict:
 
 def run_entry(label: str, case: Case, suite: Suite, seed: int, seed_dir: Path, out: Path) -> list[Path]:
     """Run one method or peer from the trained seed; returns its finished run directories (reused if done)."""
-    budgets = suite.budgets
+    budgets = case.budgets_for(label)
     if ":" in label:
         tool, variant = label.split(":")
         return _run_peer(tool, variant, case, suite, seed, seed_dir, out, budgets)
     if (out / "result.json").exists():
         return [out]
-    method, options, epochs = label, {}, suite.epochs
+    method, options, epochs = label, {}, case.epochs
     if label == "uniform-scratch":
-        method, options, epochs = "uniform", {"inherit": False}, suite.seed_epochs + suite.epochs
+        method, options, epochs = "uniform", {"inherit": False}, case.seed_epochs + case.epochs
     elif label == "random":
         options = {"samples": 1}
     elif label == "dna":
-        options = {"search_epochs": suite.dna_search_epochs}
-        epochs = suite.epochs - suite.dna_search_epochs
+        options = {"search_epochs": case.dna_search_epochs}
+        epochs = case.dna_finetune_epochs
     adapt(
         case.model,
         case.data,
@@ -178,7 +183,7 @@ def _peer_process(python, tool, variant, case, suite, seed, seed_dir, out, budge
     command = [
         str(python), "-m", "benchmarks.peers.adapt", "--tool", tool, "--variant", variant,
         "--seed-weights", str(seed_dir), "--data", case.data, "--budgets", *[f"{b:g}" for b in budgets],
-        "--epochs", str(suite.epochs), "--seed", str(seed), "--train", json.dumps(_train(suite)), "--out", str(out),
+        "--epochs", str(case.epochs), "--seed", str(seed), "--train", json.dumps(_train(suite)), "--out", str(out),
     ]  # fmt: skip
     if out.exists():  # a killed earlier attempt: start it again
         shutil.rmtree(out)
@@ -320,27 +325,33 @@ def to_markdown(payload: dict) -> str:
     lines = [
         f"# Benchmark suite `{payload['suite']}`",
         "",
-        f"Seeds {list(s['seeds'])}; seed network trained {s['seed_epochs']} epochs; every adapted network then gets "
-        f"{s['epochs']} epochs (DNA: {s['dna_search_epochs']}-epoch search for all budgets + "
-        f"{s['epochs'] - s['dna_search_epochs']} fine-tune epochs each); `uniform-scratch` trains the uniform "
-        f"architecture from scratch for {s['seed_epochs'] + s['epochs']} epochs. Batch {s['batch_size']}, SGD lr "
-        f"{s['lr']}. Peers prune with their own importance/search, netfit fine-tunes them the same way.",
+        f"Seeds {list(s['seeds'])}. Per case and seed, one seed network is trained and every entry starts from "
+        "it, on the same data split, with the same budgets and epochs: each adapted network gets the case's "
+        "adaption epochs; `uniform-scratch` trains the uniform architecture from scratch for seed + adaption "
+        "epochs; DNA runs ONE search for all budgets and fine-tunes each result for the adaption epochs minus "
+        "its search epochs / number of budgets (so its total epochs do not exceed anyone's). Peers prune with "
+        "their own importance or search, then netfit fine-tunes them like its own methods and measures them with "
+        f"its own cost model. Batch {s['batch_size']}, SGD lr {s['lr']} (cosine).",
         f"Hardware: {env['device']}, {env['cpu_threads']} threads; torch {env['torch']}. {env['cost_convention']}.",
         *[f"Note: {n}." for n in s.get("notes", [])],
     ]
-    seeds_by_case = {}
+    seeds_by_case: dict = {}
     for run in payload["runs"]:
         seeds_by_case.setdefault(Case(**run["case"]).key, []).append(run)
     for case, table in summarize(payload).items():
         runs = seeds_by_case[case]
+        c = Case(**runs[0]["case"])
         seed_acc = mean_std([100 * r["seed_network"]["accuracy"] for r in runs])
         net = runs[0]["seed_network"]
         lines += [
             "",
             f"## {case}",
             "",
-            f"Seed network: {net['macs']:,} MACs, {net['params']:,} params, test accuracy "
-            f"{seed_acc[0]:.2f} ± {seed_acc[1]:.2f}% ({len(runs)} seeds).",
+            f"Seed network: {net['macs']:,} MACs, {net['params']:,} params, trained {c.seed_epochs} epochs, test "
+            f"accuracy {seed_acc[0]:.2f} ± {seed_acc[1]:.2f}% ({len(runs)} seeds). Adaption: {c.epochs} epochs per "
+            f"budget; DNA: {c.dna_search_epochs}-epoch search + {c.dna_finetune_epochs} fine-tune epochs per budget.",
+            "",
+            *_headline(table, seed_acc[0]),
             "",
             "| budget | entry | test accuracy % (mean ± std) | vs seed | MACs | params | n |",
             "|---|---|---|---|---|---|---|",
@@ -378,6 +389,34 @@ def to_markdown(payload: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _headline(table: dict, seed_acc: float) -> list[str]:
+    """Per budget: DNA against the best other netfit entry and the best peer (means over seeds, with spread)."""
+
+    def best(rows_by_entry: dict, keep) -> tuple[str, float, float] | None:
+        scored = [(e, *mean_std([100 * r["accuracy"] for r in rows])) for e, rows in rows_by_entry.items() if keep(e)]
+        return max(scored, key=lambda t: t[1]) if scored else None
+
+    lines = [
+        "| budget | dna | best other netfit entry | best peer | dna - best other | best peer vs seed |",
+        "|---|---|---|---|---|---|",
+    ]
+    for budget in sorted(table, reverse=True):
+        rows = table[budget]
+        dna = best(rows, lambda e: e == "dna")
+        ours = best(rows, lambda e: ":" not in e and e != "dna")
+        peer = best(rows, lambda e: ":" in e)
+        others = [t for t in (ours, peer) if t]
+        top = max(others, key=lambda t: t[1]) if others else None
+
+        def cell(t):
+            return f"{t[0] + ' ' if t and t[0] != 'dna' else ''}{t[1]:.2f} ± {t[2]:.2f}" if t else "-"
+
+        gap = f"{dna[1] - top[1]:+.2f}" if dna and top else "-"
+        lost = f"{peer[1] - seed_acc:+.2f}" if peer else "-"
+        lines.append(f"| {budget:g}% | {cell(dna)} | {cell(ours)} | {cell(peer)} | {gap} | {lost} |")
+    return lines
+
+
 def plot(payload: dict, path: Path) -> None:
     """Accuracy vs MACs per case (mean over seeds), one marker per entry, the seed as a star."""
     import matplotlib
@@ -413,14 +452,18 @@ def plot(payload: dict, path: Path) -> None:
 
 
 def check(payload: dict) -> None:
-    """Smoke assertions: every entry gave candidates (or a recorded failure per budget) and met its budgets."""
+    """Smoke assertions: every entry gave a candidate for each of its budgets (or a peer recorded why it could
+    not) and every candidate met its budget."""
     for run in payload["runs"]:
+        case = Case(**run["case"])
         for label in entries(SUITES[payload["suite"]]):
-            ran = any(r["entry"] == label for r in run["rows"])
-            failed = any(k.startswith(label.replace(":", "-")) for k in run["failed"])
-            assert ran or failed, f"{run['case']} seed {run['seed']}: no result for {label}"
+            name = label.replace(":", "-")
+            for budget in case.budgets_for(label):
+                ran = any(r["entry"] == label and r["budget_pct"] == budget for r in run["rows"])
+                failed = name in run["failed"] or f"{name}@{budget:g}" in run["failed"]
+                assert ran or failed, f"{case.key} seed {run['seed']}: no result for {label} at {budget:g}%"
         over = [r for r in run["rows"] if not r["within_budget"]]
-        assert not over, f"over budget: {over}"
+        assert not over, f"{case.key} seed {run['seed']}: over budget: {over}"
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ from netfit.models import create_model
 from netfit.space.channels import trace_channel_groups
 from netfit.space.elastic import ElasticNet
 from netfit.space.grow import deepen, grow, max_difference, order_channels, widen
-from netfit.space.prune import remap_channels
+from netfit.space.prune import remap_channels, slice_channels
 
 FAST = {"epochs": 1, "seed_epochs": 2, "progress": False, "train": {"batch_size": 64}}
 BUILT_INS = ["resnet18_cifar", "mobilenetv2_cifar", "resnet18_1d", "cnn_small"]
@@ -86,6 +86,24 @@ def test_growth_steps_each_preserve_the_function():
     assert wider.stem.conv.out_channels == 2 * deeper.stem.conv.out_channels
 
 
+@pytest.mark.parametrize("name", ["resnet18_cifar", "mobilenetv2_cifar", "user"])
+def test_leading_slices_of_the_widened_network_are_the_seeds_slices(name):
+    """Copies start with zero outgoing weights, so a sub-network of leading channels computes exactly what the
+    same sub-network of the seed computes; Net2Net's split would read the kept originals at a fraction."""
+    model, shape = _model(name)
+    ordered = order_channels(model, shape)
+    x = torch.zeros(1, *shape)
+    groups = trace_channel_groups(ordered, x)
+    keep = {g.id: torch.arange(max(1, g.size // 2)) for g in groups if g.prunable}
+    seed_slice = slice_channels(ordered, groups, keep)
+    for outgoing, same in (("zero", True), ("split", False)):
+        wide = widen(ordered, shape, 1.5, np.random.default_rng(0), outgoing=outgoing)
+        wide_groups = trace_channel_groups(wide, x)
+        assert [g.size for g in wide_groups if g.id in keep] == [-(-3 * g.size // 2) for g in groups if g.id in keep]
+        difference = max_difference(seed_slice, slice_channels(wide, wide_groups, keep), shape)
+        assert (difference < 1e-5) == same, (outgoing, difference)
+
+
 def test_remap_duplicates_split_outgoing_weights_and_rejects_bad_index():
     model, shape = _model("user")
     groups = trace_channel_groups(model, torch.zeros(1, *shape))
@@ -93,8 +111,10 @@ def test_remap_duplicates_split_outgoing_weights_and_rejects_bad_index():
     twice = torch.cat([torch.arange(12), torch.arange(12)])
     wide = remap_channels(model, groups, {gid: twice})
     assert max_difference(model, wide, shape) < 1e-5
-    unsplit = remap_channels(model, groups, {gid: twice}, split_outgoing=False)
-    assert max_difference(model, unsplit, shape) > 1e-3  # the split is what preserves the function
+    zeroed = remap_channels(model, groups, {gid: twice}, outgoing="zero")
+    assert max_difference(model, zeroed, shape) < 1e-5
+    unsplit = remap_channels(model, groups, {gid: twice}, outgoing="keep")
+    assert max_difference(model, unsplit, shape) > 1e-3  # the split (or the zeroed copies) preserves the function
     with pytest.raises(NetfitError, match="index"):
         remap_channels(model, groups, {gid: torch.tensor([12])})
 
@@ -285,8 +305,10 @@ def test_rebuilt_spec_keeps_block_topology_when_slicing_equalises_widths(name):
     assert max_difference(sliced, rebuilt, shape) < 1e-5
 
 
-def test_architecture_step_leaves_weight_gradients_alone():
-    """The soft expected-network pass only trains the logits: the weights get the sandwich's gradients alone."""
+@pytest.mark.parametrize("one_level", [False, True])
+def test_architecture_step_and_weight_gradients(one_level):
+    """Alternating: the soft expected-network pass only trains the logits, the weights get the sandwich's
+    gradients alone. One-level: the soft pass's weight gradients are added to the sandwich's."""
     from netfit.engine import StepContext, TrainConfig
 
     model, shape = _model("cnn_small")
@@ -295,7 +317,7 @@ def test_architecture_step_leaves_weight_gradients_alone():
     x, y = torch.randn(16, *shape), torch.randint(0, 10, (16,))
     grads, arch_grads = {}, {}
     for warmup in (0, 1):  # warmup 0: the architecture pass runs at epoch 0; warmup 1: it does not
-        method = DNA(samples=0, warmup_epochs=warmup)
+        method = DNA(samples=0, warmup_epochs=warmup, one_level=one_level)
         arch = method.init_arch(net, [1e5], ["macs"], [len(s) for s in model.stages])
         grown.zero_grad(set_to_none=True)
         net.attach()
@@ -308,4 +330,6 @@ def test_architecture_step_leaves_weight_gradients_alone():
         grads[warmup] = [p.grad.clone() for p in grown.parameters() if p.grad is not None]
         arch_grads[warmup] = arch.width.grad
     assert arch_grads[0] is not None and arch_grads[1] is None
-    assert len(grads[0]) == len(grads[1]) and all(torch.equal(a, b) for a, b in zip(grads[0], grads[1]))
+    assert len(grads[0]) == len(grads[1])
+    same = all(torch.equal(a, b) for a, b in zip(grads[0], grads[1]))
+    assert same != one_level

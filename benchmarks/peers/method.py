@@ -51,7 +51,6 @@ class Peer:
     def __post_init__(self) -> None:
         if self.tool not in TOOLS:
             raise NetfitError(f"unknown peer tool {self.tool!r}; known: {', '.join(TOOLS)}")
-        self.adapter = importlib.import_module(f"{__package__}.{TOOLS[self.tool].module}")
         variants = TOOLS[self.tool].variants
         if self.variant not in variants:
             raise NetfitError(f"{self.tool} variants are {', '.join(variants)}; got {self.variant!r}")
@@ -59,6 +58,7 @@ class Peer:
     def search(self, seed: Seed, data, targets: list[Target], run) -> list[Candidate]:
         import copy
 
+        adapter = importlib.import_module(f"{__package__}.{TOOLS[self.tool].module}")  # only its venv has the tool
         candidates = []
         for target in targets:
             if target.metric != "macs":
@@ -73,7 +73,7 @@ class Peer:
                 val_batches=_take(data, "val", self.calibration_batches, run.config.batch_size, run.seed),
                 seed=run.seed,
             )
-            pruned = self.adapter.prune(job)
+            pruned = adapter.prune(job)
             model = _plain(pruned)
             macs = job.macs(model)
             if macs > target.limit:

@@ -48,4 +48,3 @@ def prune(job) -> nn.Module:
     if job.macs(model) > job.limit:
         raise RuntimeError(f"torch-pruning could not reach {job.limit:,.0f} MACs at pruning ratio {MAX_RATIO}")
     return model
-

@@ -67,8 +67,9 @@ class DNA:
         cost_weight: weight of the dead-zone budget loss.
         kd: distil the fine-tuned candidates from the seed.
         kd_weight: weight of that distillation loss.
-        one_level: the expected-network pass also trains the weights (its weight gradients join the sandwich's);
-            False = alternating: that pass only moves the architecture logits.
+        one_level: the expected-network pass also trains the weights (its weight gradients join the sandwich's),
+            so the weights learn the budget's own region of the space; False = alternating (DMCP): that pass only
+            moves the architecture logits. One-level was better and steadier in measurement (docs/methods/dna.md).
         init_depth_logit: starting keep logit of every skippable block (0: each block kept with p = 1/2 given
             the previous one, so search starts shallow-and-wide and the gradient adds depth where it pays);
             grown blocks never start above 0.
@@ -90,7 +91,7 @@ class DNA:
     kd: bool = True
     kd_weight: float = 1.0
     init_depth_logit: float = 0.0
-    one_level: bool = False
+    one_level: bool = True
 
     def __post_init__(self) -> None:
         if self.grow_width < 1 or self.grow_depth < 0 or self.units < 2 or self.samples < 0:

@@ -2,8 +2,8 @@
 
 * ``order_channels`` permutes every prunable channel group so its most important channels (L1) come first:
   a Markov width gate that keeps "the first k channels" then keeps the important ones.
-* ``widen`` is Net2Net widening: new channels copy existing ones and the copies' consumers share the original
-  outgoing weight, so the network computes exactly what it did.
+* ``widen`` copies existing channels (Net2Net) and starts the copies' outgoing weights at zero, so the network
+  and every leading slice of it compute exactly what they did.
 * ``deepen`` appends identity-initialised blocks to every stage of a built-in staged network: the new block's
   last normalisation layer starts at zero, so its residual branch adds nothing.
 
@@ -26,7 +26,7 @@ from ..models import StagedNet, arch_of, build_model
 from .channels import _BATCH_NORMS, trace_channel_groups
 from .importance import l1_importance
 from .inherit import inherit_weights
-from .prune import remap_channels
+from .prune import Outgoing, remap_channels
 
 PRESERVE_TOL = 1e-4
 
@@ -46,16 +46,29 @@ def order_channels(model: nn.Module, input_shape: Sequence[int]) -> nn.Module:
     return remap_channels(model, groups, order)
 
 
-def widen(model: nn.Module, input_shape: Sequence[int], factor: float, rng: np.random.Generator) -> nn.Module:
-    """Net2Net-widen every prunable group to ``ceil(factor * size)`` channels; the copies (of random
-    channels) go last, so the leading channels are still the seed's most important ones."""
+def widen(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    factor: float,
+    rng: np.random.Generator,
+    outgoing: Outgoing = "zero",
+) -> nn.Module:
+    """Widen every prunable group to ``ceil(factor * size)`` channels by copying random channels; the copies go
+    last, so the leading channels are still the seed's most important ones.
+
+    ``outgoing="zero"`` (default): the copies' consumers start at weight 0, so the seed's channels keep their
+    weights and every leading slice of the grown network that holds them computes what the same slice of the
+    seed computes: the supernet's sub-networks start as the seed's own sub-networks. ``"split"`` is Net2Net
+    (every copy gets a share of the weight): also function-preserving for the whole network, but a slice that
+    keeps an original channel without its copies reads it at a fraction of its weight.
+    """
     groups = trace_channel_groups(model.eval(), _example(model, input_shape))
     index = {}
     for g in groups:
         extra = math.ceil(factor * g.size) - g.size
         if g.prunable and extra > 0:
             index[g.id] = torch.cat([torch.arange(g.size), torch.as_tensor(rng.integers(0, g.size, extra))])
-    return remap_channels(model, groups, index, split_outgoing=True)
+    return remap_channels(model, groups, index, outgoing)
 
 
 def deepen(model: nn.Module, fraction: float) -> tuple[nn.Module, list[int]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
+from typing import Literal
 
 import torch
 from torch import nn
@@ -115,14 +116,24 @@ def slice_channels(
     return remap_channels(model, groups, {gid: idx for gid, idx in index.items() if len(idx) < by_id[gid].size})
 
 
+Outgoing = Literal["keep", "split", "zero"]
+
+
 def remap_channels(
-    model: nn.Module, groups: Sequence[ChannelGroup], index: Mapping[int, torch.Tensor], split_outgoing: bool = True
+    model: nn.Module,
+    groups: Sequence[ChannelGroup],
+    index: Mapping[int, torch.Tensor],
+    outgoing: Outgoing = "split",
 ) -> nn.Module:
     """Return a copy of ``model`` whose channel j of group g is channel ``index[g][j]`` of ``model``.
 
     The index may drop, reorder and repeat channels, so one function slices, permutes and widens. A repeated
-    channel is copied in every producer, norm and depthwise member; with ``split_outgoing`` its consumers'
-    input weights are divided by the number of copies (Net2Net widening), so the function is unchanged.
+    channel is copied in every producer, norm and depthwise member. What its consumers read from the copies
+    (``outgoing``), all three keeping the function except "keep":
+      * "split": every copy's input weight is divided by the number of copies (Net2Net widening);
+      * "zero": the first occurrence keeps its weight, later copies get 0, so any leading slice of the
+        channels that holds all originals also computes exactly what the original network did;
+      * "keep": every copy keeps the full weight (the function changes).
     """
     by_id = _by_id(groups, index)
     plans: dict[tuple[str, str], list[tuple[Member, torch.Tensor, torch.Tensor, int]]] = {}
@@ -132,9 +143,9 @@ def remap_channels(
             raise ChannelGroupError(f"index[{gid}] must be a non-empty 1-D tensor of channels in [0, {group.size})")
         if not group.prunable and not torch.equal(idx, torch.arange(group.size)):
             raise UnsupportedLayerError(f"channel group {gid} cannot be pruned: {group.reason}")
-        copies = torch.bincount(idx, minlength=group.size)[idx].float()
+        factor = _outgoing_scale(idx, group.size, outgoing)
         for m in group.members:
-            plans.setdefault((m.module, m.role), []).append((m, idx, copies, group.size))
+            plans.setdefault((m.module, m.role), []).append((m, idx, factor, group.size))
     new = copy.deepcopy(model)
     for (name, role), entries in plans.items():
         module = new.get_submodule(name)
@@ -142,20 +153,34 @@ def remap_channels(
         if size is None:
             raise UnsupportedLayerError(f"cannot slice '{name}' ({type(module).__name__}): unknown channel dim")
         source, scale, pos = [], [], 0
-        for member, idx, copies, gsize in sorted(entries, key=lambda e: e[0].offset):
+        for member, idx, factor, gsize in sorted(entries, key=lambda e: e[0].offset):
             source.append(torch.arange(pos, member.offset))
             scale.append(torch.ones(member.offset - pos))
             source.append(member.indices(idx))
-            scale.append(copies.repeat_interleave(member.repeat))
+            scale.append(factor.repeat_interleave(member.repeat))
             pos = member.offset + gsize * member.repeat
         source.append(torch.arange(pos, size))
         scale.append(torch.ones(size - pos))
         _slice_module(name, module, role, torch.cat(source))
         divisor = torch.cat(scale)
-        if role == "in" and split_outgoing and bool((divisor != 1).any()):
+        if role == "in" and bool((divisor != 1).any()):
             with torch.no_grad():
-                module.weight.div_(divisor.to(module.weight).view(1, -1, *[1] * (module.weight.dim() - 2)))
+                module.weight.mul_(divisor.to(module.weight).view(1, -1, *[1] * (module.weight.dim() - 2)))
     return new
+
+
+def _outgoing_scale(idx: torch.Tensor, size: int, outgoing: Outgoing) -> torch.Tensor:
+    """Per position of ``idx``: the factor its consumers' input weights are multiplied by."""
+    if outgoing == "keep":
+        return torch.ones(len(idx))
+    if outgoing == "split":
+        return 1.0 / torch.bincount(idx, minlength=size)[idx].float()
+    first = torch.zeros(len(idx), dtype=torch.bool)
+    seen: set[int] = set()
+    for j, channel in enumerate(idx.tolist()):
+        first[j] = channel not in seen
+        seen.add(channel)
+    return first.float()
 
 
 def _by_id(groups: Sequence[ChannelGroup], requested: Mapping[int, object]) -> dict[int, ChannelGroup]:

@@ -1,0 +1,125 @@
+"""The benchmark harness: the peer method (with an in-process stand-in tool), result tables, plot and checks."""
+
+import sys
+import types
+
+import pytest
+
+from benchmarks import run as bench
+from benchmarks.peers import TOOLS, Tool
+from netfit.api import adapt, train_model
+from netfit.errors import NetfitError
+from netfit.space.subnet import SubnetSpace
+
+
+@pytest.fixture
+def stand_in_tool(monkeypatch):
+    """A peer 'tool' that prunes uniformly with netfit's own space (or, variant 'over', does nothing)."""
+
+    def prune(job):
+        if job.variant == "over":
+            return job.model
+        space = SubnetSpace(job.model, job.example.shape[1:])
+        return space.fit_width(job.macs, job.limit)[1]
+
+    module = types.ModuleType("benchmarks.peers.stand_in")
+    module.prune = prune
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    monkeypatch.setitem(TOOLS, "stand_in", Tool("stand_in", ("uniform", "over"), ()))
+    from benchmarks.peers import method  # registers "peer"
+
+    return method
+
+
+@pytest.fixture(scope="module")
+def digits_seed(tmp_path_factory, digits):
+    out = tmp_path_factory.mktemp("seed")
+    train_model("cnn_small", digits, out=out, epochs=1, progress=False)
+    return out
+
+
+def test_peer_output_is_finetuned_and_within_budget(stand_in_tool, digits_seed, digits, tmp_path):
+    result = adapt(
+        digits_seed, digits, "40%,20%", "peer", out=tmp_path / "r", epochs=1, seed_weights=digits_seed,
+        method_options={"tool": "stand_in", "variant": "uniform"}, progress=False,
+    )  # fmt: skip
+    candidates = result.summary["candidates"]
+    assert [c["id"] for c in candidates] == ["stand_in-uniform-40pct", "stand_in-uniform-20pct"]
+    assert all(c["within_budget"] for c in candidates)
+    seed_macs = result.summary["seed"]["macs"]
+    assert candidates[1]["macs"] <= 0.2 * seed_macs < candidates[0]["macs"] <= 0.4 * seed_macs
+    # the tool's network is rebuilt as a plain netfit model (loadable from its arch.json)
+    assert type(result.models["stand_in-uniform-20pct"]).__module__.startswith("netfit.")
+
+
+def test_peer_over_budget_is_an_error(stand_in_tool, digits_seed, digits, tmp_path):
+    with pytest.raises(NetfitError, match="above the limit"):
+        adapt(
+            digits_seed, digits, "50%", "peer", out=tmp_path / "r", epochs=1, seed_weights=digits_seed,
+            method_options={"tool": "stand_in", "variant": "over"}, progress=False,
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [({"tool": "nope"}, "unknown peer tool"), ({"tool": "torch_pruning", "variant": "l3-uniform"}, "variants are")],
+)
+def test_peer_options_are_checked(stand_in_tool, options, message):
+    with pytest.raises(NetfitError, match=message):
+        stand_in_tool.Peer(**options)
+
+
+def _payload(over_budget: bool = False) -> dict:
+    suite = bench.SUITES["quick"]
+    case = suite.cases[0]
+    rows = [
+        {"entry": entry, "budget_pct": b, "accuracy": acc, "macs": int(b * 1000), "params": 10 * b,
+         "within_budget": not over_budget, "search_over_seed": 2.0, "budgets_in_run": 2}
+        for entry, acc in (("uniform", 0.9), ("dna", 0.92), ("torch_pruning:l1-uniform", 0.91))
+        for b in case.budgets_for(entry)
+    ]  # fmt: skip
+    runs = [
+        {"case": bench.asdict(case), "seed": s, "seed_network": {"macs": 100_000, "params": 1000, "accuracy": 0.95},
+         "rows": rows, "failed": {"nni-l1@10": "RuntimeError: boom"}, "dna_epoch_ratio": 3.0, "throughput": {}}
+        for s in (0, 1)
+    ]  # fmt: skip
+    return {"suite": "quick", "settings": bench.asdict(suite), "environment": bench.environment(), "runs": runs}
+
+
+def test_markdown_table_and_plot(tmp_path):
+    payload = _payload()
+    markdown = bench.to_markdown(payload)
+    assert "## digits_cnn_small_w1" in markdown
+    assert "| 50% | dna | 92.00 ± 0.00 | -3.00 | 50,000 | 500 | 2 |" in markdown
+    assert markdown.index("| 50% | dna") < markdown.index("| 50% | uniform")  # best first
+    # the headline: dna against the best other entry and the best peer; peers never run above 100%
+    assert "| 50% | 92.00 ± 0.00 | uniform 90.00 ± 0.00 | torch_pruning:l1-uniform 91.00 ± 0.00 | +1.00 | -4.00 |" in (
+        markdown
+    )
+    assert "| 150% | 92.00 ± 0.00 | uniform 90.00 ± 0.00 | - | +2.00 | - |" in markdown
+    assert "`nni-l1@10`: RuntimeError: boom" in markdown
+    assert "search epoch / dense seed epoch: 3.00x" in markdown
+    bench.plot(payload, tmp_path / "p.png")
+    assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+def test_check_flags_missing_entries_and_overruns():
+    payload = _payload()
+    with pytest.raises(AssertionError, match="no result for uniform-scratch at 50%"):
+        bench.check(payload)
+    payload = _payload(over_budget=True)
+    for run in payload["runs"]:
+        run["rows"] = [r for r in run["rows"] if r["entry"] == "dna"]
+        run["failed"] = {name.replace(":", "-"): "x" for name in bench.entries(bench.SUITES["quick"]) if name != "dna"}
+    with pytest.raises(AssertionError, match="over budget"):
+        bench.check(payload)
+
+
+def test_every_case_gives_everyone_the_same_epochs():
+    for suite in bench.SUITES.values():
+        assert set(bench.entries(suite)) >= {"uniform", "uniform-scratch", "random", "dna"}
+        for case in suite.cases:
+            budgets = len(case.budgets)
+            dna_total = case.dna_search_epochs + budgets * case.dna_finetune_epochs
+            assert case.dna_finetune_epochs > 0 and dna_total <= budgets * case.epochs
+            assert all(b <= 100 for b in case.budgets_for("torch_pruning:l1-uniform"))
