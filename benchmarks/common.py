@@ -18,9 +18,17 @@ def environment() -> dict:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "cpu_threads": torch.get_num_threads(),
-        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({platform.processor()})",
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({_cpu_name()})",
         "cost_convention": "MACs of one forward pass at batch 1 (conv/linear/matmul); FLOPs = 2 x MACs",
     }
+
+
+def _cpu_name() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

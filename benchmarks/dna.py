@@ -96,23 +96,25 @@ def summarize(args: argparse.Namespace, seed: int, root: Path) -> dict:
         "seed_epoch_seconds": round(seed_epoch, 2),
         "search_epoch_seconds": round(search_epoch, 2),
         "search_vs_seed_training": round(args.search_epochs * search_epoch / (args.seed_epochs * seed_epoch), 3),
-        "step_vs_dense_seed_step": step_ratios(args, seed, root),
+        "step_vs_dense_seed_step": step_ratios(
+            load_model(dna_dir / "seed"), load_data(args.data), args.batch_size, seed
+        ),
     }
 
 
-def step_ratios(args: argparse.Namespace, seed: int, root: Path, repeats: int = 6) -> dict:
-    """Training-step wall time of the DNA supernet relative to the dense seed, measured side by side here:
-    one gated pass of the grown supernet (largest, soft and one sampled sub-net) and the whole search step."""
-    data = load_data(args.data)
-    model = load_model(root / f"dna-{seed}" / "seed").train()
+def step_ratios(model: torch.nn.Module, data, batch_size: int, seed: int, repeats: int = 6) -> dict:
+    """Training-step wall time of the DNA supernet grown from ``model`` relative to ``model``'s own dense step,
+    measured side by side here: one gated pass of the grown supernet (largest, soft and one sampled sub-net)
+    and the whole search step (with the architecture pass)."""
+    model = model.train()
     shape = data.input_shape
     method = DNA(warmup_epochs=0)
     grown = grow(model, shape, method.grow_width, method.grow_depth, np.random.default_rng(seed))
     net = ElasticNet(grown, shape, units=method.units)
     limits = [0.25 * count_cost(model, shape).macs]
-    arch = method.init_arch(net, limits, ["macs"], [len(s) for s in model.stages])
-    x = data.prepare(data.train.tensors[0][: args.batch_size], train=True)
-    y = data.train.tensors[1][: args.batch_size]
+    arch = method.init_arch(net, limits, ["macs"], [len(s) for s in model.stages] if net.depths else None)
+    x = data.prepare(data.train.tensors[0][:batch_size], train=True)
+    y = data.train.tensors[1][:batch_size]
     ctx = StepContext(grown, grown, x, y, 0, 0, TrainConfig(), torch.device("cpu"))
     step = method.step_fn(net, arch, limits, ["macs"], seed)
     sample = net.sample(arch.width[0], arch.depth[0], torch.Generator().manual_seed(seed))

@@ -267,9 +267,8 @@ def run_suite(name: str, suite: Suite, root: Path, only: set[str] | None) -> dic
             print(f"[{name}] {case.key} seed {seed}: training the seed", flush=True)
             seed_facts = train_seed(case, suite, seed, base)
             rows, rates = [], {}
-            for label in entries(suite):
-                if only and label not in only and label.split(":")[0] not in only:
-                    continue
+            selected = [e for e in entries(suite) if not only or e in only or e.split(":")[0] in only]
+            for label in selected:
                 print(f"[{name}] {case.key} seed {seed}: {label}", flush=True)
                 run_dirs = run_entry(label, case, suite, seed, base / "seed", base / label.replace(":", "-"))
                 rows += collect(label, run_dirs, seed_facts)
@@ -283,10 +282,25 @@ def run_suite(name: str, suite: Suite, root: Path, only: set[str] | None) -> dic
                     "rows": rows,
                     "failed": failures(base),
                     "dna_epoch_ratio": _dna_epoch_ratio(base),
+                    "dna_step_ratios": _dna_step_ratios(base, case, suite, seed) if "dna" in selected else None,
                     "throughput": rates,
                 }
             )
     return {"suite": name, "settings": asdict(suite), "environment": environment(), "runs": runs}
+
+
+def _dna_step_ratios(base: Path, case: Case, suite: Suite, seed: int) -> dict:
+    """DNA's supernet passes and search step over the dense seed's step, timed side by side in this process
+    (once per case and seed; kept in ``dna_steps.json``)."""
+    path = base / "dna_steps.json"
+    if not path.exists():
+        from netfit.export import load_model
+
+        from .dna import step_ratios
+
+        ratios = step_ratios(load_model(base / "seed"), load_data(case.data), suite.batch_size, seed)
+        path.write_text(json.dumps(ratios, indent=2))
+    return json.loads(path.read_text())
 
 
 def _dna_epoch_ratio(base: Path) -> float | None:
@@ -382,6 +396,14 @@ def to_markdown(payload: dict) -> str:
         epoch_ratios = [r["dna_epoch_ratio"] for r in runs if r["dna_epoch_ratio"]]
         if epoch_ratios:
             lines.append(f"\nDNA supernet search epoch / dense seed epoch: {mean_std(epoch_ratios)[0]:.2f}x.")
+        steps = [r["dna_step_ratios"] for r in runs if r.get("dna_step_ratios")]
+        if steps:
+            mean = {k: mean_std([step[k] for step in steps])[0] for k in steps[0] if k != "dense_seed"}
+            lines.append(
+                f"DNA step time / dense seed step (batch {s['batch_size']}, CPU, timed side by side in one process): "
+                + ", ".join(f"{k.replace('_', ' ')} {v:.2f}x" for k, v in mean.items())
+                + "."
+            )
         failed = {k: v for r in runs for k, v in r["failed"].items()}
         if failed:
             lines += ["", "Budgets a peer could not reach (its own message):", ""]

@@ -80,7 +80,8 @@ def _payload(over_budget: bool = False) -> dict:
     ]  # fmt: skip
     runs = [
         {"case": bench.asdict(case), "seed": s, "seed_network": {"macs": 100_000, "params": 1000, "accuracy": 0.95},
-         "rows": rows, "failed": {"nni-l1@10": "RuntimeError: boom"}, "dna_epoch_ratio": 3.0, "throughput": {}}
+         "rows": rows, "failed": {"nni-l1@10": "RuntimeError: boom"}, "dna_epoch_ratio": 3.0, "throughput": {},
+         "dna_step_ratios": {"dense_seed": 1.0, "supernet_largest": 2.5, "dna_search_step": 7.0}}
         for s in (0, 1)
     ]  # fmt: skip
     return {"suite": "quick", "settings": bench.asdict(suite), "environment": bench.environment(), "runs": runs}
@@ -99,6 +100,7 @@ def test_markdown_table_and_plot(tmp_path):
     assert "| 150% | 92.00 ± 0.00 | uniform 90.00 ± 0.00 | - | +2.00 | - |" in markdown
     assert "`nni-l1@10`: RuntimeError: boom" in markdown
     assert "search epoch / dense seed epoch: 3.00x" in markdown
+    assert "supernet largest 2.50x, dna search step 7.00x." in markdown
     bench.plot(payload, tmp_path / "p.png")
     assert (tmp_path / "p.png").stat().st_size > 1000
 
