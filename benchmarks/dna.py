@@ -35,6 +35,7 @@ from netfit.space.grow import grow
 from .common import RESULTS, environment, mean_std, write_results
 
 METHODS = ("dna", "uniform", "random")
+LEGACY = {"baseline_epochs": None, "dna_option": [], "name": ""}  # settings older result files lack
 
 
 def _epoch_seconds(run_dir: Path, phase: str) -> float:
@@ -58,7 +59,7 @@ def run_seed(args: argparse.Namespace, seed: int, root: Path) -> dict:
         epochs=args.epochs,
         seed_epochs=args.seed_epochs,
         train_seed=True,
-        method_options={"search_epochs": args.search_epochs, "warmup_epochs": args.warmup},
+        method_options={"search_epochs": args.search_epochs, "warmup_epochs": args.warmup, **dict(args.dna_option)},
         **common,
     )
     for method, options in (("uniform", {}), ("random", {"samples": 1})):
@@ -68,12 +69,25 @@ def run_seed(args: argparse.Namespace, seed: int, root: Path) -> dict:
             budgets,
             method,
             out=root / f"{method}-{seed}",
-            epochs=args.search_epochs + args.epochs,
+            epochs=baseline_epochs(args),
             seed_weights=root / f"dna-{seed}" / "seed",
             method_options=options,
             **common,
         )
     return summarize(args, seed, root)
+
+
+def baseline_epochs(args: argparse.Namespace) -> int:
+    return args.baseline_epochs if args.baseline_epochs is not None else args.search_epochs + args.epochs
+
+
+def _option(text: str) -> tuple[str, object]:
+    """KEY=VALUE with a JSON value (true, 0.3, "x"), or a plain string."""
+    key, _, value = text.partition("=")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
 
 
 def summarize(args: argparse.Namespace, seed: int, root: Path) -> dict:
@@ -171,7 +185,8 @@ def to_markdown(args: argparse.Namespace, runs: list[dict]) -> str:
         f"{100 * seed_acc[0]:.2f} ± {100 * seed_acc[1]:.2f}%).",
         f"DNA: one supernet search of {args.search_epochs} epochs ({args.warmup} warm-up) for all budgets, then "
         f"{args.epochs} fine-tune epochs per budget (KD from the seed). uniform (L1 width) and random (1 sample, "
-        f"per-group widths + depths): {args.search_epochs + args.epochs} fine-tune epochs per budget.",
+        f"per-group widths + depths): {baseline_epochs(args)} fine-tune epochs per budget."
+        + (f" DNA options: {dict(args.dna_option)}." if args.dna_option else ""),
         f"Data: {load_data(args.data).source}.",
         "",
         "| budget (of seed MACs) | method | test accuracy (mean ± std) | MACs | params | vs best baseline |",
@@ -223,14 +238,17 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--baseline-epochs", type=int, default=None, help="default: search + fine-tune epochs")
+    parser.add_argument("--dna-option", "-o", type=_option, action="append", default=[], help="KEY=VALUE")
+    parser.add_argument("--name", default="", help="suffix of the results file (an ablation)")
     parser.add_argument("--root", type=Path, default=None)
     parser.add_argument("--rewrite", action="store_true", help="only rewrite the markdown from the committed JSON")
     parser.add_argument("--collect", action="store_true", help="only collect finished runs under --root")
     args = parser.parse_args()
-    name = f"dna_{args.data}_{args.model}"
+    name = f"dna_{args.data}_{args.model}" + (f"_{args.name}" if args.name else "")
     if args.rewrite:
         payload = json.loads((RESULTS / f"{name}.json").read_text())
-        write_results(name, payload, to_markdown(argparse.Namespace(**payload["settings"]), payload["runs"]))
+        write_results(name, payload, to_markdown(argparse.Namespace(**(LEGACY | payload["settings"])), payload["runs"]))
         return
     root = args.root or Path(tempfile.mkdtemp(prefix="netfit-dna-"))
     runs = [(summarize if args.collect else run_seed)(args, s, root) for s in args.seeds]
