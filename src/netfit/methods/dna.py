@@ -59,6 +59,8 @@ class DNA:
     Options:
         grow_width: width of the elastic space relative to the seed (1 = condense only).
         grow_depth: extra identity blocks per stage, as a fraction of the seed's blocks (0 = no deeper nets).
+        grow_copies: how the widened channels' copies start: "zero" (consumers read them with weight 0, so
+            every leading slice of the supernet is the seed's own sub-network) or "split" (Net2Net).
         units: width gates (Markov steps) per channel group.
         search_epochs: supernet epochs (shared by all budgets; default: the fine-tune epochs).
         warmup_epochs: supernet epochs before the architecture logits move.
@@ -82,6 +84,7 @@ class DNA:
     )
     grow_width: float = 1.5
     grow_depth: float = 0.5
+    grow_copies: str = "zero"
     units: int = 16
     search_epochs: int | None = None
     warmup_epochs: int = 1
@@ -96,11 +99,15 @@ class DNA:
     def __post_init__(self) -> None:
         if self.grow_width < 1 or self.grow_depth < 0 or self.units < 2 or self.samples < 0:
             raise NetfitError("dna needs grow_width >= 1, grow_depth >= 0, units >= 2 and samples >= 0")
+        if self.grow_copies not in ("zero", "split"):
+            raise NetfitError(f"dna grow_copies must be 'zero' or 'split', got {self.grow_copies!r}")
         if self.arch_lr <= 0 or self.cost_weight <= 0 or self.warmup_epochs < 0:
             raise NetfitError("dna needs arch_lr > 0, cost_weight > 0 and warmup_epochs >= 0")
 
     def search(self, seed: Seed, data, targets: list[Target], run) -> list[Candidate]:
-        grown = grow(seed.model, seed.input_shape, self.grow_width, self.grow_depth, run.rng("dna-grow"))
+        grown = grow(
+            seed.model, seed.input_shape, self.grow_width, self.grow_depth, run.rng("dna-grow"), self.grow_copies
+        )
         net = ElasticNet(grown, seed.input_shape, units=self.units)
         seed_depths = [len(s) for s in seed.model.stages] if net.depths else None
         limits = [self._search_limit(t, seed, run) for t in targets]

@@ -103,10 +103,16 @@ def max_difference(a: nn.Module, b: nn.Module, input_shape: Sequence[int], batch
 
 
 def grow(
-    model: nn.Module, input_shape: Sequence[int], width: float, depth: float, rng: np.random.Generator
+    model: nn.Module,
+    input_shape: Sequence[int],
+    width: float,
+    depth: float,
+    rng: np.random.Generator,
+    outgoing: Outgoing = "zero",
 ) -> nn.Module:
-    """Order channels by importance, add ``depth`` x blocks per stage and widen by ``width`` x, keeping the
-    function; raises ``NetfitError`` if the grown network's outputs differ from the seed's."""
+    """Order channels by importance, add ``depth`` x blocks per stage and widen by ``width`` x (copies start as
+    ``outgoing`` says, see ``widen``), keeping the function; raises ``NetfitError`` if the grown network's
+    outputs differ from the seed's."""
     grown = order_channels(model, input_shape)
     if depth > 0:
         if isinstance(grown, StagedNet):
@@ -114,7 +120,7 @@ def grow(
         else:
             warnings.warn("depth growth skipped: only built-in staged models have stages of blocks", stacklevel=2)
     if width > 1:
-        grown = widen(grown, input_shape, width, rng)
+        grown = widen(grown, input_shape, width, rng, outgoing)
     diff = max_difference(model, grown, input_shape)
     if diff > PRESERVE_TOL:
         raise NetfitError(f"growth changed the network's outputs by {diff:.3g}; grow with width=1, depth=0")
