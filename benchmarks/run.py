@@ -404,10 +404,16 @@ def to_markdown(payload: dict) -> str:
                 + ", ".join(f"{k.replace('_', ' ')} {v:.2f}x" for k, v in mean.items())
                 + "."
             )
-        failed = {k: v for r in runs for k, v in r["failed"].items()}
+        failed: dict = {}
+        for r in runs:
+            for key, message in r["failed"].items():
+                name, _, budget = key.partition("@")
+                failed.setdefault((name, message), set()).add(budget or "all")
         if failed:
             lines += ["", "Budgets a peer could not reach (its own message):", ""]
-            lines += [f"- `{k}`: {v}" for k, v in sorted(failed.items())]
+            for (name, message), budgets in sorted(failed.items()):
+                shown = ", ".join(sorted(budgets, key=lambda b: -float(b) if b != "all" else 0))
+                lines.append(f"- `{name}` at {shown}{'%' if 'all' not in budgets else ''}: {message}")
     return "\n".join(lines) + "\n"
 
 

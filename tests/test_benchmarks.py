@@ -98,7 +98,7 @@ def test_markdown_table_and_plot(tmp_path):
         markdown
     )
     assert "| 150% | 92.00 ± 0.00 | uniform 90.00 ± 0.00 | - | +2.00 | - |" in markdown
-    assert "`nni-l1@10`: RuntimeError: boom" in markdown
+    assert "`nni-l1` at 10%: RuntimeError: boom" in markdown
     assert "search epoch / dense seed epoch: 3.00x" in markdown
     assert "supernet largest 2.50x, dna search step 7.00x." in markdown
     bench.plot(payload, tmp_path / "p.png")
