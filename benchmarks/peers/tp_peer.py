@@ -2,7 +2,9 @@
 
 Variants are ``<importance>-<scope>``. The pruner removes channels in small iterative steps (its own linear
 ratio schedule) and stops at the first step whose network netfit counts at or under the MACs limit, so the
-result sits just under the budget. The classifier's output is left alone.
+result sits just under the budget. The classifier's output is left alone. Global pruning is isomorphic (groups
+ranked only against groups of the same structure), as Torch-Pruning recommends: plain global ranking cut the
+early layers of the 1-D ResNet to one channel (61% after fine-tuning at 50% MACs, 92% isomorphic).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ def prune(job) -> nn.Module:
         pruning_ratio=MAX_RATIO,
         iterative_steps=STEPS,
         global_pruning=scope == "global",
+        isomorphic=scope == "global",  # rank only structurally alike groups together (TP's advice for global)
         ignored_layers=[classifier],
     )
     batches = cycle(job.train_batches)
