@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import RESULTS, mean_std
-from .run import Case, _headline, summarize
+from .common import RESULTS
+from .run import _headline, by_case
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 START, END = "<!-- benchmark-results:start -->", "<!-- benchmark-results:end -->"
@@ -35,13 +35,7 @@ def section(results: Path = RESULTS) -> str:
             "",
             f"![accuracy vs MACs, suite {name}](benchmarks/results/suite_{name}.png)",
         ]
-        runs_by_case: dict = {}
-        for run in payload["runs"]:
-            runs_by_case.setdefault(Case(**run["case"]).key, []).append(run)
-        for key, table in summarize(payload).items():
-            runs = runs_by_case[key]
-            case = Case(**runs[0]["case"])
-            seed_acc = mean_std([100 * r["seed_network"]["accuracy"] for r in runs])
+        for case, runs, table, seed_acc in by_case(payload):
             seed = runs[0]["seed_network"]
             lines += [
                 "",

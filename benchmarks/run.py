@@ -334,6 +334,19 @@ def summarize(payload: dict) -> dict:
     return table
 
 
+def by_case(payload: dict) -> list[tuple[Case, list[dict], dict, tuple[float, float]]]:
+    """Per case: its runs (one per seed), its ``summarize`` table and the seed accuracy in % (mean, std)."""
+    runs_by_case: dict = {}
+    for run in payload["runs"]:
+        runs_by_case.setdefault(Case(**run["case"]).key, []).append(run)
+    out = []
+    for key, table in summarize(payload).items():
+        runs = runs_by_case[key]
+        seed_acc = mean_std([100 * r["seed_network"]["accuracy"] for r in runs])
+        out.append((Case(**runs[0]["case"]), runs, table, seed_acc))
+    return out
+
+
 def to_markdown(payload: dict) -> str:
     s, env = payload["settings"], payload["environment"]
     lines = [
@@ -349,17 +362,11 @@ def to_markdown(payload: dict) -> str:
         f"Hardware: {env['device']}, {env['cpu_threads']} threads; torch {env['torch']}. {env['cost_convention']}.",
         *[f"Note: {n}." for n in s.get("notes", [])],
     ]
-    seeds_by_case: dict = {}
-    for run in payload["runs"]:
-        seeds_by_case.setdefault(Case(**run["case"]).key, []).append(run)
-    for case, table in summarize(payload).items():
-        runs = seeds_by_case[case]
-        c = Case(**runs[0]["case"])
-        seed_acc = mean_std([100 * r["seed_network"]["accuracy"] for r in runs])
+    for c, runs, table, seed_acc in by_case(payload):
         net = runs[0]["seed_network"]
         lines += [
             "",
-            f"## {case}",
+            f"## {c.key}",
             "",
             f"Seed network: {net['macs']:,} MACs, {net['params']:,} params, trained {c.seed_epochs} epochs, test "
             f"accuracy {seed_acc[0]:.2f} ± {seed_acc[1]:.2f}% ({len(runs)} seeds). Adaption: {c.epochs} epochs per "
