@@ -118,8 +118,9 @@ def summarize(args: argparse.Namespace, seed: int, root: Path) -> dict:
 
 def step_ratios(model: torch.nn.Module, data, batch_size: int, seed: int, repeats: int = 6) -> dict:
     """Training-step wall time of the DNA supernet grown from ``model`` relative to ``model``'s own dense step,
-    measured side by side here: one gated pass of the grown supernet (largest, soft and one sampled sub-net)
-    and the whole search step (with the architecture pass)."""
+    measured side by side here: one pass of the grown supernet (largest, soft), of a sampled sub-net (masked
+    by the gates, and sliced as the search runs it on one process), of the smallest (sliced), and the whole
+    search step (largest + architecture pass + smallest + one sample)."""
     model = model.train()
     shape = data.input_shape
     method = DNA(warmup_epochs=0)
@@ -133,11 +134,11 @@ def step_ratios(model: torch.nn.Module, data, batch_size: int, seed: int, repeat
     step = method.step_fn(net, arch, limits, ["macs"], seed)
     sample = net.sample(arch.width[0], arch.depth[0], torch.Generator().manual_seed(seed))
 
-    def pass_of(network: torch.nn.Module, setup=lambda: None):
+    def pass_of(network: torch.nn.Module, setup=lambda: None, forward=None):
         def run() -> None:
             setup()
             network.zero_grad(set_to_none=True)
-            F.cross_entropy(network(x), y).backward()
+            F.cross_entropy((forward or network)(x), y).backward()
 
         return run
 
@@ -147,7 +148,9 @@ def step_ratios(model: torch.nn.Module, data, batch_size: int, seed: int, repeat
         timings |= {
             "supernet_largest": pass_of(grown, net.set_full),
             "supernet_soft": pass_of(grown, lambda: net.set_soft(arch.width[0].detach(), arch.depth[0].detach())),
-            "supernet_sampled": pass_of(grown, lambda: net.set_hard(sample)),
+            "sampled_masked": pass_of(grown, lambda: net.set_hard(sample)),
+            "sampled_sliced": pass_of(grown, net.set_full, lambda inputs: net.run_sliced(sample, inputs)),
+            "smallest_sliced": pass_of(grown, net.set_full, lambda inputs: net.run_sliced(net.smallest(), inputs)),
             "dna_search_step": lambda: (grown.zero_grad(set_to_none=True), step(ctx)),
         }
         seconds = {name: _median_seconds(fn, repeats) for name, fn in timings.items()}
@@ -215,8 +218,8 @@ def to_markdown(args: argparse.Namespace, runs: list[dict]) -> str:
         "Training-step wall time relative to the dense seed's step (batch "
         f"{args.batch_size}, forward + backward, median of 6, measured side by side in one process): "
         + ", ".join(f"{k.replace('_', ' ')} {v:.2f}x" for k, v in steps.items() if k != "dense_seed")
-        + ". The supernet is the grown network (1.5x width, +50% blocks); gates mask channels, so a sampled "
-        "sub-net costs about as much as the largest; one search step = largest + soft + smallest + 1 sample.",
+        + ". The supernet is the grown network (1.5x width, +50% blocks); one search step = largest + soft + "
+        "smallest + 1 sample (sub-nets sliced since the sliced runs; earlier results masked them).",
         f"Search epoch / seed epoch (from the run logs): {epoch[0]:.2f}x; DNA search wall time / training the seed "
         f"once: {ratio[0]:.2f}x.",
         "MACs of one forward pass at batch 1 (conv/linear); FLOPs = 2 x MACs. Accuracy on the held-out test split.",

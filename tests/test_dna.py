@@ -166,6 +166,44 @@ def test_hard_gates_compute_the_sliced_network(name):
             assert torch.allclose(gated, sliced(x), atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["resnet18_cifar", "mobilenetv2_cifar", "user"])
+def test_sliced_runs_match_the_gated_network_in_outputs_and_gradients(name):
+    """run_sliced computes the sub-network on slices of the supernet's parameters: the masked pass's outputs
+    and gradients, and the supernet's normalisation statistics stay as they were."""
+    model, shape = _model(name)
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+    net = ElasticNet(grow(model, shape, 1.5, 0.5, np.random.default_rng(0)), shape, units=8)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(4, *shape)
+    archs = [net.smallest()] + [
+        net.sample(torch.randn(net.num_width_logits) + 1, torch.randn(net.num_depth_logits), gen) for _ in range(2)
+    ]
+
+    def outputs_and_grads(run):
+        net.model.zero_grad(set_to_none=True)
+        out = run()
+        out.square().sum().backward()
+        return out.detach(), [torch.zeros_like(p) if p.grad is None else p.grad for p in net.model.parameters()]
+
+    for arch in archs:
+        net.model.train()
+        stats = {n: b.clone() for n, b in net.model.named_buffers()}
+        sliced, sliced_grads = outputs_and_grads(lambda arch=arch: net.run_sliced(arch, x))
+        for n, b in net.model.named_buffers():
+            assert torch.equal(b, stats[n]), n
+        net.attach()
+        try:
+            net.set_hard(arch)
+            with dna_module._frozen_norm_statistics(net.model):
+                gated, gated_grads = outputs_and_grads(lambda: net.model(x))
+        finally:
+            net.detach()
+        assert torch.allclose(sliced, gated, atol=1e-5)
+        assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(sliced_grads, gated_grads))
+
+
 def test_sampling_follows_the_markov_chains():
     net = _elastic("resnet18_cifar")
     width, depth = torch.zeros(net.num_width_logits), torch.zeros(net.num_depth_logits)

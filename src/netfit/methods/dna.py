@@ -184,9 +184,9 @@ class DNA:
                     out_metrics = {"budget_loss": budget.item(), "expected_cost_ratio": expected.item() / limits[row]}
                 gen = torch.Generator().manual_seed(seed * 1_000_003 + ctx.step)
                 subnets = [net.smallest()] + [net.sample(arch.width[row], arch.depth[row], gen) for _ in range(samples)]
+                net.set_full()
                 for sub in subnets:
-                    net.set_hard(sub)
-                    ctx.backward(kd_loss(ctx.model(ctx.x), teacher) / len(subnets))
+                    ctx.backward(kd_loss(_run_subnet(net, sub, ctx), teacher) / len(subnets))
             net.set_full()
             return StepOutput(loss.detach(), teacher, out_metrics)
 
@@ -300,6 +300,15 @@ def _uniform_logits(net: ElasticNet, depth_logits: torch.Tensor, goal: float, me
             else:
                 hi = mid
     return logits(lo)
+
+
+def _run_subnet(net: ElasticNet, sub, ctx) -> torch.Tensor:
+    """A sub-network's logits: sliced (its own cost) on one process; gated through the DDP wrapper under
+    torchrun, whose gradient reduction only sees passes through the wrapper."""
+    if not is_distributed():
+        return net.run_sliced(sub, ctx.x)
+    net.set_hard(sub)
+    return ctx.model(ctx.x)
 
 
 @contextlib.contextmanager

@@ -9,6 +9,9 @@ Gates act through forward hooks on a plain model: a channel is switched off by s
 every layer that consumes it (which removes it exactly as slicing would), and a skipped block returns its
 input. Three modes: ``full`` (no gates), ``hard`` (a sampled or chosen architecture: 0/1 gates, skipped
 blocks are not computed) and ``soft`` (every gate at its keep probability, for the architecture gradient).
+A hard architecture can also run SLICED (``run_sliced``): the sub-network's own layers on slices of the
+supernet's parameters, so it costs the sub-network's MACs instead of the supernet's, with the same outputs
+and gradients as the masked pass.
 
 The expected cost is the cost model's own formula (conv/linear MACs at batch 1, trainable parameters) with
 expected widths and block keep probabilities in place of integers, calibrated once against ``count_cost``,
@@ -17,16 +20,20 @@ so for a 0/1 architecture it equals the counted cost of the materialised network
 
 from __future__ import annotations
 
+import copy
 import math
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.func import functional_call
 
 from ..cost import count_cost
 from ..models import StagedNet
 from .channels import _CONVS, _dim_size
+from .prune import channel_selections, slice_channels
 from .subnet import SubnetSpace
 
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm)
@@ -93,6 +100,8 @@ class ElasticNet:
         self._masks: list[torch.Tensor | None] | None = None
         self._block_gates: list[torch.Tensor | float | None] | None = None
         self._handles: list = []
+        self._template = _shape_only(model)  # before any hook is attached: copies carry no gates
+        self._skeletons: OrderedDict[tuple, tuple[nn.Module, dict]] = OrderedDict()
 
     # ----- the space
     @property
@@ -217,6 +226,39 @@ class ElasticNet:
         device = _device(self.model)
         self._masks = [p.to(device)[self.unit_index[i].to(device)] for i, p in enumerate(self.unit_probs(width_logits))]
         self._block_gates = list(self.block_probs(depth_logits)) if self.blocks else None
+
+    def run_sliced(self, arch: Arch, x: torch.Tensor) -> torch.Tensor:
+        """``arch``'s sub-network on ``x``, computed on slices of the supernet's live parameters (so gradients
+        reach them) in the supernet's train/eval mode; the supernet's normalisation statistics are not touched.
+        The same outputs and gradients as ``set_hard(arch)`` + a gated forward, at the sub-network's cost."""
+        skeleton, selections = self._skeleton(arch)
+        skeleton.train(self.model.training)
+        live = dict(self.model.named_parameters()) | {n: b.clone() for n, b in self.model.named_buffers()}
+        tensors = {}
+        for name in _tensor_names(skeleton):
+            tensor = live[name]
+            for dim, idx in selections.get(name, ()):
+                tensor = tensor.index_select(dim, idx.to(tensor.device))
+            tensors[name] = tensor
+        return functional_call(skeleton, tensors, (x,))
+
+    def _skeleton(self, arch: Arch) -> tuple[nn.Module, dict]:
+        """The sub-network's modules on the meta device (shapes only) and what to take from each tensor;
+        the last few are kept, the smallest network's is needed every step."""
+        key = (tuple(arch.units), tuple(arch.depths) if arch.depths else None)
+        if key in self._skeletons:
+            self._skeletons.move_to_end(key)
+            return self._skeletons[key]
+        widths = self.widths(arch)
+        keep = {g.id: torch.arange(widths[g.id]) for g in self.gated if widths[g.id] < g.size}
+        skeleton = slice_channels(self._template, self.space.groups, keep) if keep else copy.deepcopy(self._template)
+        if arch.depths:
+            for s, depth in enumerate(arch.depths):
+                skeleton.stages[s] = nn.Sequential(*list(skeleton.stages[s])[:depth])
+        self._skeletons[key] = (skeleton, channel_selections(self._template, self.space.groups, keep))
+        if len(self._skeletons) > 8:
+            self._skeletons.popitem(last=False)
+        return self._skeletons[key]
 
     def attach(self) -> None:
         """Install the gates (forward pre-hooks on consumers, gated forwards on skippable blocks)."""
@@ -366,6 +408,19 @@ def _fill(layer: _Layer, side: str, parts: list[tuple[int | None, int, int]], si
 def _unit_bounds(size: int, units: int) -> list[int]:
     n = max(1, min(units, size))
     return [round(i * size / n) for i in range(n + 1)]
+
+
+def _shape_only(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` on the meta device (no memory, no compute) whose norms never update statistics."""
+    template = copy.deepcopy(model).to("meta")
+    for m in template.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.momentum = 0.0
+    return template
+
+
+def _tensor_names(model: nn.Module) -> list[str]:
+    return [n for n, _ in model.named_parameters()] + [n for n, _ in model.named_buffers()]
 
 
 def _device(model: nn.Module) -> torch.device:

@@ -41,31 +41,40 @@ def _set(module: nn.Module, name: str, dim: int, idx: torch.Tensor) -> None:
         module._buffers[name] = new
 
 
+# The tensors of a layer that hold the channel dimension of each role, as (attribute, dim).
+ROLE_TENSORS: dict[str, tuple[tuple[str, int], ...]] = {
+    "in": (("weight", 1),),
+    "out": (("weight", 0), ("bias", 0)),
+    "dw": (("weight", 0), ("bias", 0)),
+    "norm": (("weight", 0), ("bias", 0), ("running_mean", 0), ("running_var", 0)),
+}
+
+
+def _slice_tensors(module: nn.Module, role: str, idx: torch.Tensor) -> None:
+    for attr, dim in ROLE_TENSORS[role]:
+        _set(module, attr, dim, idx)
+
+
 def _slice_conv(module: nn.Conv2d, role: str, idx: torch.Tensor) -> None:
+    _slice_tensors(module, role, idx)
     if role == "in":
-        _set(module, "weight", 1, idx)
         module.in_channels = len(idx)
         return
-    _set(module, "weight", 0, idx)
-    _set(module, "bias", 0, idx)
     module.out_channels = len(idx)
     if role == "dw":
         module.in_channels = module.groups = len(idx)
 
 
 def _slice_linear(module: nn.Linear, role: str, idx: torch.Tensor) -> None:
+    _slice_tensors(module, role, idx)
     if role == "in":
-        _set(module, "weight", 1, idx)
         module.in_features = len(idx)
     else:
-        _set(module, "weight", 0, idx)
-        _set(module, "bias", 0, idx)
         module.out_features = len(idx)
 
 
 def _slice_norm(name: str, module: nn.Module, idx: torch.Tensor) -> None:
-    for attr in ("weight", "bias", "running_mean", "running_var"):
-        _set(module, attr, 0, idx)
+    _slice_tensors(module, "norm", idx)
     if isinstance(module, nn.LayerNorm):
         module.normalized_shape = (len(idx),)
     elif isinstance(module, nn.GroupNorm):
@@ -135,8 +144,41 @@ def remap_channels(
         channels that holds all originals also computes exactly what the original network did;
       * "keep": every copy keeps the full weight (the function changes).
     """
+    new = copy.deepcopy(model)
+    for (name, role), (source, scale) in _remap_plan(new, groups, index, outgoing).items():
+        module = new.get_submodule(name)
+        _slice_module(name, module, role, source)
+        if role == "in" and bool((scale != 1).any()):
+            with torch.no_grad():
+                module.weight.mul_(scale.to(module.weight).view(1, -1, *[1] * (module.weight.dim() - 2)))
+    return new
+
+
+def channel_selections(
+    model: nn.Module, groups: Sequence[ChannelGroup], keep: Mapping[int, torch.Tensor]
+) -> dict[str, list[tuple[int, torch.Tensor]]]:
+    """What ``slice_channels(model, groups, keep)`` takes from each tensor, without copying the model: for every
+    parameter and buffer it would change (dotted name), the (dim, kept indices) selections in order.
+
+    ``tensor.index_select(dim, idx)`` for each selection gives the sliced tensor, so a sub-network can run on
+    (and send gradients to) the full model's own parameters.
+    """
+    selections: dict[str, list[tuple[int, torch.Tensor]]] = {}
+    for (name, role), (source, _) in _remap_plan(model, groups, keep, "keep").items():
+        module = model.get_submodule(name)
+        for attr, dim in ROLE_TENSORS[role]:
+            if getattr(module, attr, None) is not None:
+                selections.setdefault(f"{name}.{attr}" if name else attr, []).append((dim, source))
+    return selections
+
+
+def _remap_plan(
+    model: nn.Module, groups: Sequence[ChannelGroup], index: Mapping[int, torch.Tensor], outgoing: Outgoing
+) -> dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]]:
+    """Per (module, role) touched by ``index``: the source position of every new channel and the factor a
+    consumer's input weight of it is multiplied by."""
     by_id = _by_id(groups, index)
-    plans: dict[tuple[str, str], list[tuple[Member, torch.Tensor, torch.Tensor, int]]] = {}
+    entries: dict[tuple[str, str], list[tuple[Member, torch.Tensor, torch.Tensor, int]]] = {}
     for gid, idx in index.items():
         group, idx = by_id[gid], torch.as_tensor(idx, dtype=torch.long).cpu()
         if idx.dim() != 1 or idx.numel() == 0 or int(idx.min()) < 0 or int(idx.max()) >= group.size:
@@ -145,15 +187,15 @@ def remap_channels(
             raise UnsupportedLayerError(f"channel group {gid} cannot be pruned: {group.reason}")
         factor = _outgoing_scale(idx, group.size, outgoing)
         for m in group.members:
-            plans.setdefault((m.module, m.role), []).append((m, idx, factor, group.size))
-    new = copy.deepcopy(model)
-    for (name, role), entries in plans.items():
-        module = new.get_submodule(name)
+            entries.setdefault((m.module, m.role), []).append((m, idx, factor, group.size))
+    plan = {}
+    for (name, role), members in entries.items():
+        module = model.get_submodule(name)
         size = _dim_size(module, role)
         if size is None:
             raise UnsupportedLayerError(f"cannot slice '{name}' ({type(module).__name__}): unknown channel dim")
         source, scale, pos = [], [], 0
-        for member, idx, factor, gsize in sorted(entries, key=lambda e: e[0].offset):
+        for member, idx, factor, gsize in sorted(members, key=lambda e: e[0].offset):
             source.append(torch.arange(pos, member.offset))
             scale.append(torch.ones(member.offset - pos))
             source.append(member.indices(idx))
@@ -161,12 +203,8 @@ def remap_channels(
             pos = member.offset + gsize * member.repeat
         source.append(torch.arange(pos, size))
         scale.append(torch.ones(size - pos))
-        _slice_module(name, module, role, torch.cat(source))
-        divisor = torch.cat(scale)
-        if role == "in" and bool((divisor != 1).any()):
-            with torch.no_grad():
-                module.weight.mul_(divisor.to(module.weight).view(1, -1, *[1] * (module.weight.dim() - 2)))
-    return new
+        plan[(name, role)] = (torch.cat(source), torch.cat(scale))
+    return plan
 
 
 def _outgoing_scale(idx: torch.Tensor, size: int, outgoing: Outgoing) -> torch.Tensor:
