@@ -279,6 +279,7 @@ def run_suite(name: str, suite: Suite, root: Path, only: set[str] | None) -> dic
                     "case": asdict(case),
                     "seed": seed,
                     "seed_network": seed_facts,
+                    "data_split": load_data(case.data).source,
                     "rows": rows,
                     "failed": failures(base),
                     "dna_epoch_ratio": _dna_epoch_ratio(base),
@@ -370,7 +371,8 @@ def to_markdown(payload: dict) -> str:
             "",
             f"Seed network: {net['macs']:,} MACs, {net['params']:,} params, trained {c.seed_epochs} epochs, test "
             f"accuracy {seed_acc[0]:.2f} ± {seed_acc[1]:.2f}% ({len(runs)} seeds). Adaption: {c.epochs} epochs per "
-            f"budget; DNA: {c.dna_search_epochs}-epoch search + {c.dna_finetune_epochs} fine-tune epochs per budget.",
+            f"budget; DNA: {c.dna_search_epochs}-epoch search + {c.dna_finetune_epochs} fine-tune epochs per budget."
+            + (f" Data: {runs[0]['data_split']}." if runs[0].get("data_split") else ""),
             "",
             *_headline(table, seed_acc[0]),
             "",
