@@ -343,6 +343,29 @@ def test_rebuilt_spec_keeps_block_topology_when_slicing_equalises_widths(name):
     assert max_difference(sliced, rebuilt, shape) < 1e-5
 
 
+@pytest.mark.parametrize("split_batch", [True, False])
+def test_architecture_step_moves_every_budget_or_one(split_batch):
+    """split_batch: every budget's logits get a gradient at every step; else only the round-robin budget's."""
+    from netfit.engine import StepContext, TrainConfig
+
+    model, shape = _model("cnn_small")
+    net = ElasticNet(grow(model, shape, 1.5, 0.5, np.random.default_rng(0)), shape, units=4)
+    limits = [1e5, 5e4, 2e4]
+    method = DNA(samples=0, warmup_epochs=0, split_batch=split_batch)
+    arch = method.init_arch(net, limits, ["macs"] * 3, [len(s) for s in model.stages])
+    x, y = torch.randn(16, *shape), torch.randint(0, 10, (16,))
+    net.attach()
+    try:
+        out = method.step_fn(net, arch, limits, ["macs"] * 3, 0)(
+            StepContext(net.model.train(), net.model, x, y, 0, 4, TrainConfig(), torch.device("cpu"))
+        )
+    finally:
+        net.detach()
+    moved = [bool(row.abs().sum() > 0) for row in arch.width.grad]
+    assert moved == ([True] * 3 if split_batch else [False, True, False])  # step 4 -> budget 4 % 3 = 1
+    assert out.metrics["expected_cost_ratio_min"] <= out.metrics["expected_cost_ratio_max"]
+
+
 @pytest.mark.parametrize("one_level", [False, True])
 def test_architecture_step_and_weight_gradients(one_level):
     """Alternating: the soft expected-network pass only trains the logits, the weights get the sandwich's

@@ -72,6 +72,8 @@ class DNA:
         one_level: the expected-network pass also trains the weights (its weight gradients join the sandwich's),
             so the weights learn the budget's own region of the space; False = alternating (DMCP): that pass only
             moves the architecture logits. One-level was better and steadier in measurement (docs/methods/dna.md).
+        split_batch: the architecture pass splits each batch between all budgets, so every budget's logits
+            move at every step; False: one budget per step (round-robin) on the whole batch.
         init_depth_logit: starting keep logit of every skippable block (0: each block kept with p = 1/2 given
             the previous one, so search starts shallow-and-wide and the gradient adds depth where it pays);
             grown blocks never start above 0.
@@ -95,6 +97,7 @@ class DNA:
     kd_weight: float = 1.0
     init_depth_logit: float = 0.0
     one_level: bool = True
+    split_batch: bool = True
 
     def __post_init__(self) -> None:
         if self.grow_width < 1 or self.grow_depth < 0 or self.units < 2 or self.samples < 0:
@@ -155,9 +158,11 @@ class DNA:
 
     def step_fn(self, net: ElasticNet, arch: ArchParams, limits: list[float], metrics: list[str], seed: int):
         """The search step for ``engine.train``: largest pass (CE; the only one updating BN statistics), then
-        after warm-up the architecture gradient of one budget (round-robin) on the expected network, then
-        the smallest and ``samples`` sampled sub-nets distilled in place from the largest."""
+        after warm-up the architecture gradient on the expected network of every budget on its share of the
+        batch (``split_batch``; else of one budget, round-robin), then the smallest and ``samples`` sub-nets
+        sampled from one budget's chains (round-robin), distilled in place from the largest."""
         warmup, samples, cost_weight, one_level = self.warmup_epochs, self.samples, self.cost_weight, self.one_level
+        split_batch = self.split_batch
 
         def step(ctx) -> StepOutput:
             row = ctx.step % len(limits)
@@ -173,15 +178,27 @@ class DNA:
                     grads = [p.grad for p in params]
                     for p in params:  # backward accumulates in place: park the sandwich grads out of its reach
                         p.grad = None
-                    net.set_soft(arch.width[row], arch.depth[row])
-                    expected = net.expected_cost(arch.width[row], arch.depth[row])[metrics[row]]
-                    budget = dead_zone_loss(expected, limits[row])
-                    ctx.backward(F.cross_entropy(ctx.model(ctx.x), ctx.y) + cost_weight * budget)
+                    rows = range(len(limits)) if split_batch else [row]
+                    chunks = zip(rows, ctx.x.tensor_split(len(rows)), ctx.y.tensor_split(len(rows)))
+                    ratios, budget_losses = [], []
+                    for r, x, y in chunks:
+                        if not len(y):
+                            continue
+                        net.set_soft(arch.width[r], arch.depth[r])
+                        expected = net.expected_cost(arch.width[r], arch.depth[r])[metrics[r]]
+                        budget = dead_zone_loss(expected, limits[r])
+                        ctx.backward((F.cross_entropy(ctx.model(x), y) + cost_weight * budget) * len(y) / len(ctx.y))
+                        ratios.append(expected.item() / limits[r])
+                        budget_losses.append(budget.item())
                     for p, grad in zip(params, grads):
                         p.grad = grad
                     if is_distributed():
                         _average_grads(arch)
-                    out_metrics = {"budget_loss": budget.item(), "expected_cost_ratio": expected.item() / limits[row]}
+                    out_metrics = {
+                        "budget_loss": sum(budget_losses) / len(budget_losses),
+                        "expected_cost_ratio_min": min(ratios),
+                        "expected_cost_ratio_max": max(ratios),
+                    }
                 gen = torch.Generator().manual_seed(seed * 1_000_003 + ctx.step)
                 subnets = [net.smallest()] + [net.sample(arch.width[row], arch.depth[row], gen) for _ in range(samples)]
                 net.set_full()
