@@ -29,6 +29,7 @@ import torch
 
 from netfit.api import adapt, train_model
 from netfit.data import load_data
+from netfit.engine import seed_everything
 from netfit.models import create_model
 
 from .common import RESULTS, environment, mean_std, write_results
@@ -109,6 +110,7 @@ def train_seed(case: Case, suite: Suite, seed: int, out: Path) -> dict:
     if facts.exists():
         return json.loads(facts.read_text())
     data = load_data(case.data)
+    seed_everything(seed)  # the initial weights depend on the seed alone, not on what ran before in the process
     model = create_model(case.model, num_classes=data.num_classes, in_chans=data.input_shape[0], width_mult=case.width)
     started = time.perf_counter()
     figures = train_model(
