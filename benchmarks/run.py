@@ -30,6 +30,7 @@ import torch
 from netfit.api import adapt, train_model
 from netfit.data import load_data
 from netfit.engine import seed_everything
+from netfit.errors import NetfitError
 from netfit.models import create_model
 
 from .common import RESULTS, environment, mean_std, write_results
@@ -122,13 +123,47 @@ def train_seed(case: Case, suite: Suite, seed: int, out: Path) -> dict:
 
 
 def run_entry(label: str, case: Case, suite: Suite, seed: int, seed_dir: Path, out: Path) -> list[Path]:
-    """Run one method or peer from the trained seed; returns its finished run directories (reused if done)."""
-    budgets = case.budgets_for(label)
-    if ":" in label:
-        tool, variant = label.split(":")
-        return _run_peer(tool, variant, case, suite, seed, seed_dir, out, budgets)
+    """Run one method or peer from the trained seed; returns its finished run directories (reused if done).
+
+    All budgets run in one go; when one fails (a tool cannot reach it, a tiny network's training diverges),
+    each budget runs alone and the failures are recorded in ``<dir>@<budget>.failed`` with the last message
+    (the all-budgets attempt is marked ``<dir>.split`` so reruns go straight to the single budgets)."""
     if (out / "result.json").exists():
         return [out]
+    if ":" in label:
+        tool, variant = label.split(":")
+        python = setup(tool)
+
+        def attempt(budgets, where):
+            return _peer_process(python, tool, variant, case, suite, seed, seed_dir, where, budgets)
+    else:
+
+        def attempt(budgets, where):
+            return _netfit_process(label, case, suite, seed, seed_dir, where, budgets)
+
+    budgets = case.budgets_for(label)
+    tried_together = out.parent / f"{out.name}.split"
+    if not tried_together.exists():
+        if attempt(budgets, out) is None:
+            return [out]
+        tried_together.write_text("one budget failed; run per budget\n")
+    done = []
+    for budget in budgets:
+        sub = out.parent / f"{out.name}@{budget:g}"
+        failed = sub.parent / f"{sub.name}.failed"
+        if (sub / "result.json").exists():
+            done.append(sub)
+        elif not failed.exists():
+            error = attempt([budget], sub)
+            if error is None:
+                done.append(sub)
+            else:
+                failed.write_text(error + "\n")
+    return done
+
+
+def _netfit_process(label, case, suite, seed, seed_dir, out, budgets) -> str | None:
+    """One netfit method in this process (resuming an interrupted run); None when it finished, else the error."""
     method, options, epochs = label, {}, case.epochs
     if label == "uniform-scratch":
         method, options, epochs = "uniform", {"inherit": False}, case.seed_epochs + case.epochs
@@ -137,47 +172,15 @@ def run_entry(label: str, case: Case, suite: Suite, seed: int, seed_dir: Path, o
     elif label == "dna":
         options = {"search_epochs": case.dna_search_epochs}
         epochs = case.dna_finetune_epochs
-    adapt(
-        case.model,
-        case.data,
-        _budget_spec(budgets),
-        method,
-        out=out,
-        epochs=epochs,
-        seed=seed,
-        seed_weights=seed_dir,
-        method_options=options,
-        train=_train(suite),
-        resume=out.exists(),
-        progress=False,
-    )
-    return [out]
-
-
-def _run_peer(tool, variant, case, suite, seed, seed_dir, out, budgets) -> list[Path]:
-    """All budgets in one process; when the tool cannot reach one, each budget alone, failures recorded in
-    ``<dir>.failed`` with the tool's last message (and the all-budgets attempt marked so reruns skip it)."""
-    if (out / "result.json").exists():
-        return [out]
-    python = setup(tool)
-    tried_together = out.parent / f"{out.name}.split"
-    if not tried_together.exists():
-        if _peer_process(python, tool, variant, case, suite, seed, seed_dir, out, budgets) is None:
-            return [out]
-        tried_together.write_text("one budget could not be reached; run per budget\n")
-    done = []
-    for budget in budgets:
-        sub = out.parent / f"{out.name}@{budget:g}"
-        failed = sub.parent / f"{sub.name}.failed"
-        if (sub / "result.json").exists():
-            done.append(sub)
-        elif not failed.exists():
-            error = _peer_process(python, tool, variant, case, suite, seed, seed_dir, sub, [budget])
-            if error is None:
-                done.append(sub)
-            else:
-                failed.write_text(error + "\n")
-    return done
+    try:
+        adapt(
+            case.model, case.data, _budget_spec(budgets), method, out=out, epochs=epochs, seed=seed,
+            seed_weights=seed_dir, method_options=options, train=_train(suite), resume=out.exists(), progress=False,
+        )  # fmt: skip
+    except NetfitError as e:
+        print(f"  {label} {list(budgets)}: {e}", file=sys.stderr, flush=True)
+        return f"{type(e).__name__}: {e}"
+    return None
 
 
 def _peer_process(python, tool, variant, case, suite, seed, seed_dir, out, budgets) -> str | None:
@@ -421,7 +424,7 @@ def to_markdown(payload: dict) -> str:
                 name, _, budget = key.partition("@")
                 failed.setdefault((name, message), set()).add(budget or "all")
         if failed:
-            lines += ["", "Budgets a peer could not reach (its own message):", ""]
+            lines += ["", "Budgets an entry could not reach (the tool's or netfit's last message):", ""]
             for (name, message), budgets in sorted(failed.items()):
                 shown = ", ".join(sorted(budgets, key=lambda b: -float(b) if b != "all" else 0))
                 lines.append(f"- `{name}` at {shown}{'%' if 'all' not in budgets else ''}: {message}")

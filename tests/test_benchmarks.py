@@ -125,3 +125,31 @@ def test_every_case_gives_everyone_the_same_epochs():
             dna_total = case.dna_search_epochs + budgets * case.dna_finetune_epochs
             assert case.dna_finetune_epochs > 0 and dna_total <= budgets * case.epochs
             assert all(b <= 100 for b in case.budgets_for("torch_pruning:l1-uniform"))
+
+
+def test_a_failing_budget_is_recorded_and_the_others_still_run(monkeypatch, tmp_path):
+    """One budget that cannot be met (or diverges) costs only itself: the entry reruns per budget."""
+    calls = []
+
+    def fake(label, case, suite, seed, seed_dir, out, budgets):
+        calls.append(list(budgets))
+        if 10 in budgets:
+            return "TrainingError: loss became nan"
+        out.mkdir(parents=True)
+        (out / "result.json").write_text("{}")
+        return None
+
+    monkeypatch.setattr(bench, "_netfit_process", fake)
+    suite = bench.SUITES["quick"]
+    case = suite.cases[0]  # budgets 50, 10, 150
+    done = bench.run_entry("uniform", case, suite, 0, tmp_path / "seed", tmp_path / "uniform")
+    assert calls == [[50, 10, 150], [50], [10], [150]]
+    assert [d.name for d in done] == ["uniform@50", "uniform@150"]
+    assert bench.failures(tmp_path) == {"uniform@10": "TrainingError: loss became nan"}
+    # a rerun reuses what finished and does not retry what failed
+    calls.clear()
+    assert [d.name for d in bench.run_entry("uniform", case, suite, 0, tmp_path / "seed", tmp_path / "uniform")] == [
+        "uniform@50",
+        "uniform@150",
+    ]
+    assert calls == []
