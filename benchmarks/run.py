@@ -10,6 +10,10 @@ use). Epoch accounting: a method that starts from the trained seed gets ``epochs
 into search + fine-tune); ``uniform-scratch`` trains the same architecture as ``uniform`` from scratch for
 ``seed_epochs + epochs``. Every output is measured by netfit's own cost model. Finished runs are reused, so
 an interrupted suite continues where it stopped. Writes benchmarks/results/suite_<name>.{json,md,png}.
+
+Results accumulate: runs of this invocation replace those of the same case and seed in an existing
+suite_<name>.json, and the others are kept (unless their case's settings changed, or with ``--fresh``). So
+``--cases mnist1d --seeds 1 2`` adds seeds to one case without rerunning the rest.
 """
 
 from __future__ import annotations
@@ -264,6 +268,38 @@ def throughput(seed_dir: Path, run_dirs: list[Path], case: Case) -> dict:
     return rates
 
 
+def merge(earlier: dict, payload: dict) -> dict:
+    """``payload`` plus the runs of ``earlier`` for the other (case, seed) pairs, where that case is still
+    configured the same way (a changed case makes its old runs incomparable, so they are dropped)."""
+    fresh = {(Case(**r["case"]).key, r["seed"]) for r in payload["runs"]}
+    current = [asdict(c) for c in SUITES[payload["suite"]].cases]
+    kept = [
+        r for r in earlier["runs"] if (Case(**r["case"]).key, r["seed"]) not in fresh and _same_case(r["case"], current)
+    ]
+    runs = sorted(kept + payload["runs"], key=lambda r: (_case_order(r["case"], current), r["seed"]))
+    seeds = sorted({r["seed"] for r in runs})
+    return payload | {"runs": runs, "settings": payload["settings"] | {"seeds": seeds}}
+
+
+def _same_case(case: dict, current: list[dict]) -> bool:
+    return any(json.dumps(case, sort_keys=True) == json.dumps(c, sort_keys=True) for c in current)
+
+
+def _case_order(case: dict, current: list[dict]) -> int:
+    keys = [Case(**c).key for c in current]
+    return keys.index(Case(**case).key) if Case(**case).key in keys else len(keys)
+
+
+def select_cases(suite: Suite, patterns: list[str] | None) -> Suite:
+    """The suite with only the cases whose key contains one of ``patterns``; an unmatched pattern is an error."""
+    if not patterns:
+        return suite
+    unknown = [p for p in patterns if not any(p in c.key for c in suite.cases)]
+    if unknown:
+        raise SystemExit(f"error: no case matches {unknown}; cases: {[c.key for c in suite.cases]}")
+    return replace(suite, cases=tuple(c for c in suite.cases if any(p in c.key for p in patterns)))
+
+
 def run_suite(name: str, suite: Suite, root: Path, only: set[str] | None) -> dict:
     runs = []
     for case in suite.cases:
@@ -358,13 +394,14 @@ def to_markdown(payload: dict) -> str:
     lines = [
         f"# Benchmark suite `{payload['suite']}`",
         "",
-        f"Seeds {list(s['seeds'])}. Per case and seed, one seed network is trained and every entry starts from "
-        "it, on the same data split, with the same budgets and epochs: each adapted network gets the case's "
-        "adaption epochs; `uniform-scratch` trains the uniform architecture from scratch for seed + adaption "
-        "epochs; DNA runs ONE search for all budgets and fine-tunes each result for the adaption epochs minus "
-        "its search epochs / number of budgets (so its total epochs do not exceed anyone's). Peers prune with "
-        "their own importance or search, then netfit fine-tunes them like its own methods and measures them with "
-        f"its own cost model. Batch {s['batch_size']}, SGD lr {s['lr']} (cosine).",
+        f"Seeds {list(s['seeds'])} (each case lists its own). Per case and seed, one seed network is trained "
+        "and every entry starts from it, on the same data split, with the same budgets and epochs: each "
+        "adapted network gets the case's adaption epochs; `uniform-scratch` trains the uniform architecture "
+        "from scratch for seed + adaption epochs; DNA runs ONE search for all budgets and fine-tunes each "
+        "result for the adaption epochs minus its search epochs / number of budgets (so its total epochs do "
+        "not exceed anyone's). Peers prune with their own importance or search, then netfit fine-tunes them "
+        "like its own methods and measures them with its own cost model. "
+        f"Batch {s['batch_size']}, SGD lr {s['lr']} (cosine).",
         f"Hardware: {env['device']}, {env['cpu_threads']} threads; torch {env['torch']}. {env['cost_convention']}.",
         *[f"Note: {n}." for n in s.get("notes", [])],
     ]
@@ -375,8 +412,9 @@ def to_markdown(payload: dict) -> str:
             f"## {c.key}",
             "",
             f"Seed network: {net['macs']:,} MACs, {net['params']:,} params, trained {c.seed_epochs} epochs, test "
-            f"accuracy {seed_acc[0]:.2f} ± {seed_acc[1]:.2f}% ({len(runs)} seeds). Adaption: {c.epochs} epochs per "
-            f"budget; DNA: {c.dna_search_epochs}-epoch search + {c.dna_finetune_epochs} fine-tune epochs per budget."
+            f"accuracy {seed_acc[0]:.2f} ± {seed_acc[1]:.2f}% (seeds {[r['seed'] for r in runs]}). "
+            f"Adaption: {c.epochs} epochs per budget; DNA: {c.dna_search_epochs}-epoch search + "
+            f"{c.dna_finetune_epochs} fine-tune epochs per budget."
             + (f" Data: {runs[0]['data_split']}." if runs[0].get("data_split") else ""),
             "",
             *_headline(table, seed_acc[0]),
@@ -515,17 +553,26 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS, help="where suite_<name>.{json,md,png} go")
     parser.add_argument("--only", nargs="+", default=None, help="entries or tools to run (default: all)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
+    parser.add_argument("--cases", nargs="+", default=None, help="cases whose key contains one of these")
+    parser.add_argument("--fresh", action="store_true", help="drop earlier results instead of merging")
     parser.add_argument("--check", action="store_true", help="assert every entry ran and met its budgets")
     parser.add_argument("--rewrite", action="store_true", help="only redo the markdown and plot from the JSON")
     args = parser.parse_args()
     name = args.suite or ("gpu" if torch.cuda.is_available() else "mnist")
     suite = SUITES[name]
+    suite = select_cases(suite, args.cases)
     if args.seeds:
         suite = replace(suite, seeds=tuple(args.seeds))
+    earlier_path = args.out / f"suite_{name}.json"
+    earlier = json.loads(earlier_path.read_text()) if earlier_path.exists() else None
     if args.rewrite:
-        payload = json.loads((args.out / f"suite_{name}.json").read_text())
+        if earlier is None:
+            raise SystemExit(f"error: --rewrite needs {earlier_path}; run the suite first")
+        payload = earlier
     else:
         payload = run_suite(name, suite, args.root, set(args.only) if args.only else None)
+        if earlier and not args.fresh:
+            payload = merge(earlier, payload)
     if args.check:
         check(payload)
     markdown = to_markdown(payload)

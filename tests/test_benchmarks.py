@@ -117,6 +117,29 @@ def test_check_flags_missing_entries_and_overruns():
         bench.check(payload)
 
 
+def test_results_merge_by_case_and_seed():
+    earlier = _payload()
+    stale = bench.replace(bench.SUITES["quick"].cases[1], epochs=99)  # a case since reconfigured
+    earlier["runs"].append(dict(earlier["runs"][0], case=bench.asdict(stale), seed=0))
+    new = _payload()
+    new["runs"] = [dict(new["runs"][1], seed=2, seed_network={"macs": 100_000, "params": 1000, "accuracy": 0.5})]
+    merged = bench.merge(earlier, new)
+    assert [(bench.Case(**r["case"]).key, r["seed"]) for r in merged["runs"]] == [
+        ("digits_cnn_small_w1", 0), ("digits_cnn_small_w1", 1), ("digits_cnn_small_w1", 2)
+    ]  # fmt: skip
+    assert merged["settings"]["seeds"] == [0, 1, 2]
+    # a rerun of one (case, seed) replaces the earlier one
+    again = bench.merge(merged, dict(new, runs=[dict(new["runs"][0], seed=0)]))
+    assert [r["seed_network"]["accuracy"] for r in again["runs"]] == [0.5, 0.95, 0.5]
+
+
+def test_case_selection():
+    suite = bench.select_cases(bench.SUITES["mnist"], ["mnist1d"])
+    assert [c.key for c in suite.cases] == ["mnist1d_resnet18_1d_w0.25"]
+    with pytest.raises(SystemExit, match="no case matches"):
+        bench.select_cases(bench.SUITES["mnist"], ["imagenet"])
+
+
 def test_every_case_gives_everyone_the_same_epochs():
     for suite in bench.SUITES.values():
         assert set(bench.entries(suite)) >= {"uniform", "uniform-scratch", "random", "dna"}
