@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import types
 
 import pytest
 import torch
@@ -325,3 +326,23 @@ def test_bad_input_shape(shape: object) -> None:
 def test_bad_latency_settings(kwargs: dict, message: str) -> None:
     with pytest.raises(NetfitError, match=message):
         measure_latency(nn.Linear(2, 2), (2,), **kwargs)
+
+
+def test_latency_budget_is_measured_with_its_backend(monkeypatch) -> None:
+    """A "@ort-cpu" budget is timed by onnxruntime, not by torch (the budget's backend reaches the timer)."""
+    from netfit import cost
+    from netfit.budget import Budget
+    from netfit.methods.base import Target
+    from netfit.methods.common import cost_fn
+
+    seen = []
+
+    def fake(model, shape, device, backend):
+        seen.append((device, backend))
+        return types.SimpleNamespace(median_ms=1.0)
+
+    monkeypatch.setattr(cost, "measure_latency", fake)
+    run = types.SimpleNamespace(measure=lambda model, metric, **kw: cost.measure(model, (3,), metric, **kw))
+    for spec in ("2ms latency@ort-cpu", "2ms latency"):
+        assert cost_fn(run, Target(Budget.parse(spec), 2.0))(nn.Linear(3, 2)) == 1.0
+    assert seen == [("cpu", "onnxruntime"), ("cpu", "torch")]

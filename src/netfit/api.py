@@ -183,7 +183,7 @@ def _prepare_seed(
     net = net.to(run.device).eval()
     cost = count_cost(net, data.input_shape)
     accuracy = evaluate(net, data, "test", device=run.device)["accuracy"]
-    value = run.measure(net, budget.metric, device=budget.device)
+    value = run.measure(net, budget.metric, device=budget.device, backend=budget.backend)
     run.log.write("seed", name=name, macs=cost.macs, params=cost.params, accuracy=accuracy)
     return Seed(net, name, tuple(data.input_shape), cost.macs, cost.params, accuracy, value)
 
@@ -222,7 +222,7 @@ def _summarise(
     for cand in candidates:
         model = cand.model.to(run.device).eval()
         cost = count_cost(model, data.input_shape)
-        value = run.measure(model, primary.metric, device=primary.budget.device)
+        value = run.measure(model, primary.metric, device=primary.budget.device, backend=primary.budget.backend)
         limit = (cand.target or primary).limit
         row = {
             "id": cand.id,

@@ -74,11 +74,11 @@ class Run:
             **hooks,
         )
 
-    def measure(self, model: nn.Module, metric: str, *, device: str = "cpu") -> float:
+    def measure(self, model: nn.Module, metric: str, *, device: str = "cpu", backend: str = "torch") -> float:
         """The model's value of a budget metric (macs, params, latency_ms, memory_bytes)."""
         if metric in ("macs", "params"):
             return float(getattr(count_cost(model, self.input_shape), metric))
-        return measure(model, self.input_shape, metric, device=device)
+        return measure(model, self.input_shape, metric, device=device, backend=backend)
 
     def rng(self, purpose: str) -> np.random.Generator:
         """A generator seeded by (run seed, purpose): the same choices on resume, independent per purpose."""

@@ -31,25 +31,30 @@ __all__ = [
     "peak_memory",
 ]
 
-# metric name -> (model, input_shape, device) -> value
-METRICS: Registry[Callable[[nn.Module, Sequence[int], str], float]] = Registry("cost metric")
-METRICS.register("macs")(lambda model, shape, device: float(count_macs(model, shape)))
-METRICS.register("params")(lambda model, shape, device: float(count_params(model)))
-METRICS.register("latency_ms")(lambda model, shape, device: measure_latency(model, shape, device=device).median_ms)
+# metric name -> (model, input_shape, device, latency backend) -> value
+METRICS: Registry[Callable[[nn.Module, Sequence[int], str, str], float]] = Registry("cost metric")
+METRICS.register("macs")(lambda model, shape, device, backend: float(count_macs(model, shape)))
+METRICS.register("params")(lambda model, shape, device, backend: float(count_params(model)))
+METRICS.register("latency_ms")(
+    lambda model, shape, device, backend: measure_latency(model, shape, device=device, backend=backend).median_ms
+)
 METRICS.register("memory_bytes")(
-    lambda model, shape, device: float(peak_memory(model, shape, device=device).peak_bytes)
+    lambda model, shape, device, backend: float(peak_memory(model, shape, device=device).peak_bytes)
 )
 
 
-def measure(model: nn.Module, input_shape: Sequence[int], metric: str, *, device: str = "cpu") -> float:
+def measure(
+    model: nn.Module, input_shape: Sequence[int], metric: str, *, device: str = "cpu", backend: str = "torch"
+) -> float:
     """The model's value of one budget metric.
 
     Args:
         model: The network.
         input_shape: Shape of one sample without the batch dimension.
-        metric: "macs", "params", "latency_ms" (median of ``measure_latency``, torch backend) or
-            "memory_bytes" (``peak_memory(...).peak_bytes``).
+        metric: "macs", "params", "latency_ms" (median of ``measure_latency``) or "memory_bytes"
+            (``peak_memory(...).peak_bytes``).
         device: Device for latency and memory ("cpu" or "cuda[:N]"); counts do not depend on it.
+        backend: Latency backend ("torch" or "onnxruntime"); only latency depends on it.
 
     Returns:
         The metric's value as a float.
@@ -57,4 +62,4 @@ def measure(model: nn.Module, input_shape: Sequence[int], metric: str, *, device
     Raises:
         UnknownNameError: For an unknown metric.
     """
-    return METRICS.get(metric)(model, input_shape, device)
+    return METRICS.get(metric)(model, input_shape, device, backend)

@@ -27,7 +27,7 @@ def from_scratch(model: nn.Module) -> nn.Module:
 
 def cost_fn(run: Run, target: Target):
     """The budget metric of a model, measured where the budget says."""
-    return lambda model: run.measure(model, target.metric, device=target.budget.device)
+    return lambda model: run.measure(model, target.metric, device=target.budget.device, backend=target.budget.backend)
 
 
 def require_reachable(space: SubnetSpace, run: Run, target: Target, seed: Seed, depths=None) -> None:
