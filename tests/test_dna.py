@@ -2,6 +2,7 @@
 the search hits its budgets (condensing and expanding), on built-in and user-defined models."""
 
 import json
+import types
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from netfit.models import create_model
 from netfit.space.channels import trace_channel_groups
 from netfit.space.elastic import ElasticNet
 from netfit.space.grow import deepen, grow, max_difference, order_channels, widen
+from netfit.space.latency_table import measure_table
 from netfit.space.prune import remap_channels, slice_channels
 
 FAST = {"epochs": 1, "seed_epochs": 2, "progress": False, "train": {"batch_size": 64}}
@@ -144,6 +146,31 @@ def test_expected_cost_agrees_with_the_cost_model(name):
     assert width.grad is not None and torch.isfinite(width.grad).all()
 
 
+def _layer_timer(module: nn.Module, shape) -> float:
+    """A deterministic stand-in for a device: 0.01 ms per conv/linear layer plus 1 ms per million MACs."""
+    layers = sum(isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)) for m in module.modules())
+    return 0.01 * layers + 1e-6 * count_cost(module, shape).macs
+
+
+@pytest.mark.parametrize("name", ["resnet18_cifar", "mobilenetv2_cifar", "user"])
+def test_latency_table_predicts_measured_networks(name):
+    net = _elastic(name)
+    table = measure_table(net, _layer_timer)
+    assert table.summary()["timed_layers"] == sum(layer.kind != "norm" for layer in net.layers)
+    assert table.scale == pytest.approx(1.0, rel=1e-3) and abs(table.offset) < 1e-3
+    gen = torch.Generator().manual_seed(1)
+    for bias in (-1, 0, 2):
+        arch = net.sample(torch.randn(net.num_width_logits) + bias, torch.randn(net.num_depth_logits), gen)
+        measured = _layer_timer(net.materialize(arch), net.input_shape)
+        assert net.cost(arch)["latency_ms"] == pytest.approx(measured, rel=0.01)
+    # the expectation is differentiable and, at saturated probabilities, the largest network's latency
+    width = torch.full((net.num_width_logits,), 30.0, requires_grad=True)
+    expected = net.expected_cost(width, torch.full((net.num_depth_logits,), 30.0))["latency_ms"]
+    assert float(expected.detach()) == pytest.approx(_layer_timer(net.model, net.input_shape), rel=1e-3)
+    expected.backward()
+    assert width.grad is not None and torch.isfinite(width.grad).all()
+
+
 @pytest.mark.parametrize("name", ["resnet18_cifar", "mobilenetv2_cifar", "user"])
 def test_hard_gates_compute_the_sliced_network(name):
     net = _elastic(name)
@@ -263,6 +290,30 @@ def test_dna_expands_above_the_seed(dna_run):
     seed = dna_run.summary["seed"]
     assert big["macs"] > seed["macs"] and big["params"] > seed["params"]
     assert big["info"]["layers_wider_than_seed"] > 0 or big["info"]["stages_deeper_than_seed"] > 0
+
+
+def test_dna_searches_latency_budgets_on_the_measured_table(tmp_path, digits, monkeypatch):
+    """With a latency budget DNA measures a per-layer table (here on a deterministic stand-in device), searches
+    on it and meets the measured budget; the table is kept in the run directory for a resumed search."""
+    from netfit import cost
+
+    def fake_latency(model, shape, device="cpu", backend="torch", **_):
+        assert backend == "onnxruntime"  # the budget's own backend times the layers
+        return types.SimpleNamespace(median_ms=_layer_timer(model, shape))
+
+    monkeypatch.setattr(cost, "measure_latency", fake_latency)
+    options = {"search_epochs": 1, "warmup_epochs": 0, "units": 4}
+    result = adapt(
+        "cnn_small", digits, "40% latency@ort-cpu", "dna", out=tmp_path / "r", method_options=options, **FAST
+    )
+    (cand,) = result.summary["candidates"]
+    limit = 0.4 * result.summary["seed"]["latency_ms"]
+    assert cand["within_budget"] and 0.9 * limit <= cand["latency_ms"] <= limit
+    log = [json.loads(line) for line in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
+    (table,) = [e for e in log if e["event"] == "dna-latency-table"]
+    assert table["timed_layers"] > 0 and table["scale"] == pytest.approx(1.0, rel=1e-3)
+    assert [e["expected_ratio"] for e in log if e["event"] == "dna-arch"][-1] <= 1.0
+    assert (tmp_path / "r" / "dna-latency-table.json").exists()
 
 
 def test_dna_adapts_a_user_model(tmp_path, digits):

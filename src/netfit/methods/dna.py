@@ -15,6 +15,7 @@ See docs/methods/dna.md for the design and where it departs from the paper.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 from dataclasses import dataclass
 from typing import ClassVar
@@ -23,12 +24,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..cost import measure
 from ..distill import kd_loss
 from ..engine import Callback, StepOutput
-from ..engine.distributed import is_distributed
+from ..engine.distributed import barrier, is_distributed, is_main
 from ..errors import BudgetInfeasibleError, NetfitError
+from ..fileio import atomic_write_text
 from ..space.elastic import ElasticNet
 from ..space.grow import grow
+from ..space.latency_table import LatencyTable, measure_table
 from .base import METHODS, Candidate, Seed, Target
 from .common import cost_fn, finetune
 from .uniform import _slug
@@ -74,6 +78,8 @@ class DNA:
             moves the architecture logits. One-level was better and steadier in measurement (docs/methods/dna.md).
         split_batch: the architecture pass splits each batch between all budgets, so every budget's logits
             move at every step; False: one budget per step (round-robin) on the whole batch.
+        latency_table: for latency budgets, search on a per-layer latency table measured on the budget's device
+            and backend (``netfit.space.latency_table``); False: on MACs scaled by the seed's latency per MAC.
         init_depth_logit: starting keep logit of every skippable block (0: each block kept with p = 1/2 given
             the previous one, so search starts shallow-and-wide and the gradient adds depth where it pays);
             grown blocks never start above 0.
@@ -98,6 +104,7 @@ class DNA:
     init_depth_logit: float = 0.0
     one_level: bool = True
     split_batch: bool = True
+    latency_table: bool = True
 
     def __post_init__(self) -> None:
         if self.grow_width < 1 or self.grow_depth < 0 or self.units < 2 or self.samples < 0:
@@ -113,8 +120,12 @@ class DNA:
         )
         net = ElasticNet(grown, seed.input_shape, units=self.units)
         seed_depths = [len(s) for s in seed.model.stages] if net.depths else None
-        limits = [self._search_limit(t, seed, run) for t in targets]
-        metrics = ["params" if t.metric == "params" else "macs" for t in targets]
+        if self.latency_table and targets[0].metric == "latency_ms":
+            self._install_latency_table(net, targets[0], run)
+        metrics = [t.metric if t.metric in net.cost(net.smallest()) else "macs" for t in targets]
+        limits = [
+            t.limit if m == t.metric else seed.macs * t.limit / seed.metric_value for t, m in zip(targets, metrics)
+        ]
         arch = self.init_arch(net, limits, metrics, seed_depths)
         run.log.write(
             "dna-space",
@@ -139,11 +150,19 @@ class DNA:
 
     # ----- search
     @staticmethod
-    def _search_limit(target: Target, seed: Seed, run) -> float:
-        """The limit in the searched metric: MACs or params as given; latency/memory scaled onto MACs."""
-        if target.metric in ("macs", "params"):
-            return target.limit
-        return seed.macs * target.limit / seed.metric_value
+    def _install_latency_table(net: ElasticNet, target: Target, run) -> None:
+        """Measure the supernet's per-layer latency table on the budget's device and backend, on the main
+        process only; every process (and a resumed search) reads it back from the run directory."""
+        path = run.out / "dna-latency-table.json"
+        if is_main() and not path.exists():
+            budget = target.budget
+            table = measure_table(
+                net, lambda m, shape: measure(m, shape, "latency_ms", device=budget.device, backend=budget.backend)
+            )
+            atomic_write_text(path, json.dumps(table.to_dict()))
+            run.log.write("dna-latency-table", **table.summary())
+        barrier()
+        net.latency_table = LatencyTable.from_dict(json.loads(path.read_text()))
 
     def init_arch(self, net: ElasticNet, limits: list[float], metrics: list[str], seed_depths) -> ArchParams:
         """Start every budget's depth chains at ``init_depth_logit`` and its width chains at the uniform width

@@ -15,7 +15,8 @@ and gradients as the masked pass.
 
 The expected cost is the cost model's own formula (conv/linear MACs at batch 1, trainable parameters) with
 expected widths and block keep probabilities in place of integers, calibrated once against ``count_cost``,
-so for a 0/1 architecture it equals the counted cost of the materialised network.
+so for a 0/1 architecture it equals the counted cost of the materialised network. With a measured
+``latency_table`` (``netfit.space.latency_table``) the cost also has ``latency_ms``, from the same widths.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from torch.func import functional_call
 from ..cost import count_cost
 from ..models import StagedNet
 from .channels import _CONVS, _dim_size
+from .latency_table import LatencyTable
 from .prune import channel_selections, slice_channels
 from .subnet import SubnetSpace
 
@@ -60,6 +62,8 @@ class _Layer:
     outs: list[tuple[int, int]] = field(default_factory=list)
     out_fixed: int = 0
     block: int | None = None  # index of the skippable block holding the layer
+    module: str = ""  # its name in the model
+    in_shape: tuple[int, ...] = ()  # one sample's input shape in the supernet
 
 
 class ElasticNet:
@@ -93,6 +97,7 @@ class ElasticNet:
         ]
         self.blocks, self.min_depths = self._skippable_blocks(min_depths)
         self.layers = self._layers()
+        self.latency_table: LatencyTable | None = None  # set by ``latency_table.measure_table``
         self._consumers = self._consumer_entries()
         full = count_cost(model, self.input_shape)
         formula = self.cost(self.largest(), calibrated=False)
@@ -189,14 +194,24 @@ class ElasticNet:
 
     def cost_at(self, widths: dict[int, int], depths: Sequence[int] | None, calibrated: bool = True) -> dict:
         """MACs and params of the network with ``widths`` channels per group id and ``depths`` blocks per stage."""
-        keep = [float(j < depths[s]) for s, j in self.blocks] if depths else [1.0] * len(self.blocks)
-        return self._cost([float(widths[g.id]) for g in self.gated], keep, calibrated)
+        return self._cost([float(widths[g.id]) for g in self.gated], self._keep(depths), calibrated)
+
+    def _keep(self, depths: Sequence[int] | None) -> list[float]:
+        return [float(j < depths[s]) for s, j in self.blocks] if depths else [1.0] * len(self.blocks)
+
+    @staticmethod
+    def layer_channels(layer: _Layer, width: Sequence) -> tuple:
+        """A layer's input and output channels when gated group i keeps ``width[i]`` channels."""
+        cin = layer.in_fixed + sum(width[g] * r for g, r in layer.ins)
+        cout = layer.out_fixed + sum(width[g] * r for g, r in layer.outs)
+        return cin, cout
 
     def _cost(self, width: list, keep: list, calibrated: bool) -> dict:
         macs = params = 0.0
-        for layer in self.layers:
-            cin = layer.in_fixed + sum(width[g] * r for g, r in layer.ins)
-            cout = layer.out_fixed + sum(width[g] * r for g, r in layer.outs)
+        table = self.latency_table
+        latency = 0.0
+        for layer, timed in zip(self.layers, table.coefs if table else [None] * len(self.layers)):
+            cin, cout = self.layer_channels(layer, width)
             scale = keep[layer.block] if layer.block is not None else 1.0
             if layer.kind == "norm":
                 params = params + scale * layer.params_coef * cout
@@ -204,8 +219,13 @@ class ElasticNet:
             channels = cout if layer.kind == "depthwise" else cin * cout
             macs = macs + scale * layer.macs_coef * channels
             params = params + scale * (layer.params_coef * channels + (cout if layer.bias else 0))
+            if timed is not None:
+                latency = latency + scale * (timed[0] + timed[1] * channels)
         offset = self.offset if calibrated else {"macs": 0, "params": 0}
-        return {"macs": macs + offset["macs"], "params": params + offset["params"]}
+        cost = {"macs": macs + offset["macs"], "params": params + offset["params"]}
+        if table:
+            cost["latency_ms"] = table.offset + table.scale * latency if calibrated else latency
+        return cost
 
     def expected_cost(self, width_logits: torch.Tensor, depth_logits: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.cost(probs=(self.unit_probs(width_logits), self.block_probs(depth_logits)))
@@ -334,7 +354,7 @@ class ElasticNet:
             for m in g.members:
                 gate = self.gate_of.get(g.id)
                 members.setdefault((m.module, m.role), []).append((gate, g.size * m.repeat, m.repeat))
-        shapes = _output_shapes(self.model, self.input_shape)
+        shapes, in_shapes = _io_shapes(self.model, self.input_shape)
         block_of = {f"stages.{s}.{j}.": k for k, (s, j) in enumerate(self.blocks)}
         layers = []
         for name, module in self.model.named_modules():
@@ -361,6 +381,8 @@ class ElasticNet:
                 kernel / groups,
                 module.bias is not None,
                 block=block,
+                module=name,
+                in_shape=in_shapes[name],
             )
             if depthwise:
                 _fill(layer, "out", members[(name, "dw")], cout)
@@ -427,12 +449,15 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _output_shapes(model: nn.Module, input_shape: Sequence[int]) -> dict[str, torch.Size]:
+def _io_shapes(model: nn.Module, input_shape: Sequence[int]) -> tuple[dict[str, torch.Size], dict[str, tuple]]:
+    """Output shapes (with batch 1) and one-sample input shapes of the conv/linear/norm layers."""
     shapes: dict[str, torch.Size] = {}
+    in_shapes: dict[str, tuple] = {}
 
     def record(name: str):
         def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
             shapes.setdefault(name, out.shape)
+            in_shapes.setdefault(name, tuple(args[0].shape[1:]))
 
         return hook
 
@@ -447,4 +472,4 @@ def _output_shapes(model: nn.Module, input_shape: Sequence[int]) -> dict[str, to
     finally:
         for h in handles:
             h.remove()
-    return shapes
+    return shapes, in_shapes
