@@ -2,10 +2,11 @@
 
     python -m benchmarks.latency --data mnist1d --model resnet18_1d --width 0.25 --budgets 50 25
 
-One seed network is trained; ``uniform``, ``random`` and ``dna`` adapt it to "<b>% latency" (median latency
-of one batch-1 forward pass, torch on this CPU). Afterwards the seed and every result are timed again here,
-interleaved, so the ratio latency / budget is measured under the same conditions for all. Writes
-benchmarks/results/latency_<data>_<model>.{json,md}.
+One seed network is trained; ``uniform``, ``random``, ``dna`` (searching on its per-layer latency table) and
+``dna-macs`` (DNA searching on MACs scaled by the seed's latency per MAC, ``latency_table=false``) adapt it to
+"<b>% latency" (median latency of one batch-1 forward pass, torch on this CPU). Afterwards the seed and
+every result are timed again here, interleaved, so the ratio latency / budget is measured under the same
+conditions for all. Writes benchmarks/results/latency_<data>_<model>.{json,md}.
 """
 
 from __future__ import annotations
@@ -24,7 +25,12 @@ from netfit.models import create_model
 
 from .common import environment, write_results
 
-METHODS = {"uniform": {}, "random": {"samples": 1}, "dna": {}}
+ENTRIES = {  # label -> (method, options)
+    "uniform": ("uniform", {}),
+    "random": ("random", {"samples": 1}),
+    "dna": ("dna", {}),
+    "dna-macs": ("dna", {"latency_table": False}),
+}
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -39,17 +45,17 @@ def run(args: argparse.Namespace) -> dict:
         train_model(model, data, out=root / "seed", epochs=args.seed_epochs, train=train, progress=False)
     budgets = ",".join(f"{b:g}% latency" for b in args.budgets)
     results = {}
-    for method, options in METHODS.items():
-        out = root / method
+    for label, (method, options) in ENTRIES.items():
+        out = root / label
         if method == "dna":
-            options = {"search_epochs": args.dna_search_epochs}
+            options = options | {"search_epochs": args.dna_search_epochs}
         epochs = args.epochs - (args.dna_search_epochs + len(args.budgets) - 1) // len(args.budgets)
         if not (out / "result.json").exists():
             adapt(
                 args.model, data, budgets, method, out=out, epochs=epochs if method == "dna" else args.epochs,
                 seed_weights=root / "seed", method_options=options, train=train, resume=out.exists(), progress=False,
             )  # fmt: skip
-        results[method] = json.loads((out / "result.json").read_text())
+        results[label] = json.loads((out / "result.json").read_text())
     models = {"seed": load_model(root / "seed")}
     for method, result in results.items():
         for c in result["candidates"]:
