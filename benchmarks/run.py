@@ -232,6 +232,7 @@ def collect(label: str, run_dirs: list[Path], seed_facts: dict) -> list[dict]:
                     "within_budget": c["within_budget"],
                     "search_over_seed": round(search / seed_facts["seconds"], 3),
                     "budgets_in_run": len(result["candidates"]),
+                    "run": run_dir.name,
                 }
             )
     return rows
@@ -439,12 +440,8 @@ def to_markdown(payload: dict) -> str:
             "",
         ]
         lines += ["| entry | run time / seed training |", "|---|---|"]
-        ratios: dict = {}
-        for run in runs:
-            for row in run["rows"]:
-                ratios.setdefault(row["entry"], set()).add((run["seed"], row["search_over_seed"]))
-        for entry, values in ratios.items():
-            lines.append(f"| {entry} | {mean_std([v for _, v in values])[0]:.2f}x |")
+        for entry, per_seed in _run_times(runs).items():
+            lines.append(f"| {entry} | {mean_std(per_seed)[0]:.2f}x |")
         epoch_ratios = [r["dna_epoch_ratio"] for r in runs if r["dna_epoch_ratio"]]
         if epoch_ratios:
             lines.append(f"\nDNA supernet search epoch / dense seed epoch: {mean_std(epoch_ratios)[0]:.2f}x.")
@@ -467,6 +464,16 @@ def to_markdown(payload: dict) -> str:
                 shown = ", ".join(sorted(budgets, key=lambda b: -float(b) if b != "all" else 0))
                 lines.append(f"- `{name}` at {shown}{'%' if 'all' not in budgets else ''}: {message}")
     return "\n".join(lines) + "\n"
+
+
+def _run_times(runs: list[dict]) -> dict[str, list[float]]:
+    """Per entry, per seed: its whole run time / seed training, summed over its run directories (an entry
+    whose all-budgets run failed ran each budget alone)."""
+    per_run: dict = {}
+    for run in runs:
+        for row in run["rows"]:
+            per_run.setdefault(row["entry"], {}).setdefault(run["seed"], {})[row.get("run")] = row["search_over_seed"]
+    return {entry: [sum(dirs.values()) for dirs in seeds.values()] for entry, seeds in per_run.items()}
 
 
 def _headline(table: dict, seed_acc: float) -> list[str]:

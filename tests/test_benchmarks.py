@@ -133,6 +133,15 @@ def test_results_merge_by_case_and_seed():
     assert [r["seed_network"]["accuracy"] for r in again["runs"]] == [0.5, 0.95, 0.5]
 
 
+def test_run_time_sums_an_entrys_split_runs():
+    row = {"entry": "nni:l1", "search_over_seed": 1.5}
+    runs = [
+        {"seed": 0, "rows": [row | {"run": "nni-l1@50"}, row | {"run": "nni-l1@10"}]},
+        {"seed": 1, "rows": [row | {"run": "nni-l1", "search_over_seed": 2.0}] * 2},  # one run, two budgets
+    ]
+    assert bench._run_times(runs) == {"nni:l1": [3.0, 2.0]}
+
+
 def test_case_selection():
     suite = bench.select_cases(bench.SUITES["mnist"], ["mnist1d"])
     assert [c.key for c in suite.cases] == ["mnist1d_resnet18_1d_w0.25"]
