@@ -34,6 +34,7 @@ import torch
 from netfit.api import adapt, train_model
 from netfit.data import load_data
 from netfit.engine import seed_everything
+from netfit.engine.log import session_seconds
 from netfit.errors import NetfitError
 from netfit.models import create_model
 
@@ -221,6 +222,8 @@ def collect(label: str, run_dirs: list[Path], seed_facts: dict) -> list[dict]:
     for run_dir in run_dirs:
         result = json.loads((run_dir / "result.json").read_text())
         search = result["timing"]["search_seconds"]
+        if "interrupted_sessions_seconds" not in result["timing"]:  # made before resumed runs counted them
+            search += sum(session_seconds(run_dir / "log.jsonl")[:-1])
         for c in result["candidates"]:
             rows.append(
                 {

@@ -367,6 +367,14 @@ def test_dna_resumes_an_interrupted_search_to_the_same_result(tmp_path, digits, 
     (a,), (b,) = plain.summary["candidates"], resumed.summary["candidates"]
     assert a["info"] == b["info"] and a["macs"] == b["macs"]
     assert a["accuracy"] == pytest.approx(b["accuracy"], abs=1e-6)
+    # the interrupted session's two search epochs count in the resumed run's search time
+    log = [json.loads(x) for x in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    second_start = [i for i, e in enumerate(log) if e["event"] == "start"][1]
+    killed_epochs = sum(e["seconds"] for e in log[:second_start] if e["event"] == "epoch")
+    timing = resumed.summary["timing"]
+    assert plain.summary["timing"]["interrupted_sessions_seconds"] == 0.0
+    assert timing["interrupted_sessions_seconds"] >= killed_epochs > 0
+    assert timing["search_seconds"] > timing["interrupted_sessions_seconds"]
 
 
 def test_cli_adapt_with_dna(tmp_path, capsys):

@@ -24,6 +24,7 @@ from .cost.counting import resolve_device
 from .data import DataBundle, load_data
 from .engine import RunLog, TrainConfig, evaluate, seed_everything
 from .engine.distributed import default_device, is_main
+from .engine.log import session_seconds
 from .errors import CheckpointError, NetfitError
 from .export import load_model, save_model
 from .fileio import atomic_write_text
@@ -109,6 +110,7 @@ def adapt(
     }
     _prepare_run_dir(out, settings, resume)
     seed_everything(seed)
+    earlier = sum(session_seconds(out / "log.jsonl")) if resume else 0.0
     run = _new_run(out, config, device, bundle, resume, progress)
     run.log.write("start", **settings)
     started = time.perf_counter()
@@ -117,12 +119,13 @@ def adapt(
     targets = [Target(b, b.resolve(seed_net.metric_value)) for b in targets_budgets]
     search_started = time.perf_counter()
     candidates = method_impl.search(seed_net, bundle, targets, run)
-    search_seconds = time.perf_counter() - search_started
+    search_seconds = time.perf_counter() - search_started + earlier
     summary = _summarise(settings, seed_net, targets, candidates, bundle, run)
     summary["timing"] = {
         "seed_seconds": round(seed_seconds, 2),
         "search_seconds": round(search_seconds, 2),
         "search_over_seed_training": round(search_seconds / seed_seconds, 3) if seed_seconds > 1 else None,
+        "interrupted_sessions_seconds": round(earlier, 2),
     }
     if is_main():
         atomic_write_text(out / RESULT_FILE, json.dumps(summary, indent=2))

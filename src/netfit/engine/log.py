@@ -32,6 +32,23 @@ class RunLog:
             f.flush()
 
 
+def session_seconds(path: str | Path) -> list[float]:
+    """Wall time of each session of a run log (from a "start" event to the last event before the next one),
+    so that a resumed run can count the work of the sessions that were interrupted."""
+    path = Path(path)
+    sessions: list[list[float]] = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:  # a line cut off by a kill
+            continue
+        if event.get("event") == "start":
+            sessions.append([event["time"], event["time"]])
+        elif sessions and "time" in event:
+            sessions[-1][1] = event["time"]
+    return [end - start for start, end in sessions]
+
+
 class ProgressBar:
     """A transient rich progress bar over an epoch's steps; a no-op when disabled (progress=False, rank > 0).
 
