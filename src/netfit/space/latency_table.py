@@ -52,7 +52,7 @@ def measure_table(net, timer: Timer, fractions: Sequence[float] = FRACTIONS) -> 
     coefs: list[tuple[float, float] | None] = []
     for layer in net.layers:
         module = net.model.get_submodule(layer.module)
-        if layer.kind == "norm" or not _timeable(module):
+        if layer.kind == "norm" or not _timeable(module, layer.kind):
             coefs.append(None)
             continue
         points = []
@@ -73,11 +73,13 @@ def measure_table(net, timer: Timer, fractions: Sequence[float] = FRACTIONS) -> 
     return table
 
 
-def _timeable(module: nn.Module) -> bool:
+def _timeable(module: nn.Module, kind: str) -> bool:
+    """Linear layers and zero-padded convs that are plain (groups 1) or depthwise as the space gates them;
+    other grouped convs are left to the calibration."""
     if isinstance(module, nn.Linear):
         return True
     conv = isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and module.padding_mode == "zeros"
-    return conv and (module.groups == 1 or module.groups == module.in_channels == module.out_channels)
+    return conv and (module.groups == 1 or kind == "depthwise")
 
 
 def _standalone(module: nn.Module, layer, cin: int, cout: int) -> tuple[nn.Module, tuple[int, ...]]:
