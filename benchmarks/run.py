@@ -275,23 +275,18 @@ def throughput(seed_dir: Path, run_dirs: list[Path], case: Case) -> dict:
 def merge(earlier: dict, payload: dict) -> dict:
     """``payload`` plus the runs of ``earlier`` for the other (case, seed) pairs, where that case is still
     configured the same way (a changed case makes its old runs incomparable, so they are dropped)."""
+    cases = SUITES[payload["suite"]].cases
+    order = {c.key: i for i, c in enumerate(cases)}
+    current = {json.dumps(asdict(c), sort_keys=True) for c in cases}  # as JSON: tuples and lists compare equal
     fresh = {(Case(**r["case"]).key, r["seed"]) for r in payload["runs"]}
-    current = [asdict(c) for c in SUITES[payload["suite"]].cases]
     kept = [
-        r for r in earlier["runs"] if (Case(**r["case"]).key, r["seed"]) not in fresh and _same_case(r["case"], current)
+        r
+        for r in earlier["runs"]
+        if (Case(**r["case"]).key, r["seed"]) not in fresh and json.dumps(r["case"], sort_keys=True) in current
     ]
-    runs = sorted(kept + payload["runs"], key=lambda r: (_case_order(r["case"], current), r["seed"]))
+    runs = sorted(kept + payload["runs"], key=lambda r: (order[Case(**r["case"]).key], r["seed"]))
     seeds = sorted({r["seed"] for r in runs})
     return payload | {"runs": runs, "settings": payload["settings"] | {"seeds": seeds}}
-
-
-def _same_case(case: dict, current: list[dict]) -> bool:
-    return any(json.dumps(case, sort_keys=True) == json.dumps(c, sort_keys=True) for c in current)
-
-
-def _case_order(case: dict, current: list[dict]) -> int:
-    keys = [Case(**c).key for c in current]
-    return keys.index(Case(**case).key) if Case(**case).key in keys else len(keys)
 
 
 def select_cases(suite: Suite, patterns: list[str] | None) -> Suite:
@@ -307,6 +302,7 @@ def select_cases(suite: Suite, patterns: list[str] | None) -> Suite:
 def run_suite(name: str, suite: Suite, root: Path, only: set[str] | None) -> dict:
     runs = []
     for case in suite.cases:
+        data_split = load_data(case.data).source
         for seed in suite.seeds:
             base = root / name / case.key / f"s{seed}"
             print(f"[{name}] {case.key} seed {seed}: training the seed", flush=True)
@@ -324,7 +320,7 @@ def run_suite(name: str, suite: Suite, root: Path, only: set[str] | None) -> dic
                     "case": asdict(case),
                     "seed": seed,
                     "seed_network": seed_facts,
-                    "data_split": load_data(case.data).source,
+                    "data_split": data_split,
                     "rows": rows,
                     "failed": failures(base),
                     "dna_epoch_ratio": _dna_epoch_ratio(base),
