@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import platform
 import statistics
 from pathlib import Path
@@ -29,6 +30,13 @@ def _cpu_name() -> str:
         return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
     except (OSError, StopIteration):
         return platform.processor() or platform.machine()
+
+
+def dna_finetune_epochs(epochs: int, search_epochs: int, budgets: int) -> int:
+    """DNA's fine-tune epochs per budget when every other entry trains ``epochs`` per budget: its one search
+    serves all ``budgets``, so each fine-tune gives up its share of the search and DNA's total (search + all
+    fine-tunes) does not exceed anyone's."""
+    return epochs - math.ceil(search_epochs / budgets)
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

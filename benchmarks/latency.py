@@ -23,7 +23,7 @@ from netfit.engine import seed_everything
 from netfit.export import load_model
 from netfit.models import create_model
 
-from .common import environment, write_results
+from .common import dna_finetune_epochs, environment, write_results
 
 ENTRIES = {  # label -> (method, options)
     "uniform": ("uniform", {}),
@@ -47,12 +47,13 @@ def run(args: argparse.Namespace) -> dict:
     results = {}
     for label, (method, options) in ENTRIES.items():
         out = root / label
+        epochs = args.epochs
         if method == "dna":
             options = options | {"search_epochs": args.dna_search_epochs}
-        epochs = args.epochs - (args.dna_search_epochs + len(args.budgets) - 1) // len(args.budgets)
+            epochs = dna_finetune_epochs(args.epochs, args.dna_search_epochs, len(args.budgets))
         if not (out / "result.json").exists():
             adapt(
-                args.model, data, budgets, method, out=out, epochs=epochs if method == "dna" else args.epochs,
+                args.model, data, budgets, method, out=out, epochs=epochs,
                 seed_weights=root / "seed", method_options=options, train=train, resume=out.exists(), progress=False,
             )  # fmt: skip
         results[label] = json.loads((out / "result.json").read_text())

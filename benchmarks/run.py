@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -38,7 +37,7 @@ from netfit.engine.log import session_seconds
 from netfit.errors import NetfitError
 from netfit.models import create_model
 
-from .common import RESULTS, environment, mean_std, write_results
+from .common import RESULTS, dna_finetune_epochs, environment, mean_std, write_results
 from .peers import TOOLS, setup
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,7 +53,7 @@ class Case:
     budgets: tuple[float, ...]  # percent of the seed's MACs; those above 100 only for entries that can grow
     seed_epochs: int
     epochs: int  # adaption epochs per budget, for everyone
-    dna_search_epochs: int  # DNA's one search serves every budget; its fine-tunes get the rest (see dna_epochs)
+    dna_search_epochs: int  # DNA's one search serves every budget; its fine-tunes get the rest
 
     @property
     def key(self) -> str:
@@ -65,9 +64,7 @@ class Case:
 
     @property
     def dna_finetune_epochs(self) -> int:
-        """Fine-tune epochs per budget so that DNA's total (search + all fine-tunes) does not exceed the
-        ``epochs x budgets`` every other entry trains for."""
-        return self.epochs - math.ceil(self.dna_search_epochs / len(self.budgets))
+        return dna_finetune_epochs(self.epochs, self.dna_search_epochs, len(self.budgets))
 
 
 @dataclass(frozen=True)
