@@ -155,7 +155,9 @@ def _layer_timer(module: nn.Module, shape) -> float:
 @pytest.mark.parametrize("name", ["resnet18_cifar", "mobilenetv2_cifar", "user"])
 def test_latency_table_predicts_measured_networks(name):
     net = _elastic(name)
-    table = measure_table(net, _layer_timer)
+    assert set(net.metrics) == set(net.cost(net.smallest())) == {"macs", "params"}
+    table = measure_table(net, _layer_timer)  # installs itself on net
+    assert set(net.metrics) == set(net.cost(net.smallest())) == {"macs", "params", "latency_ms"}
     assert table.summary()["timed_layers"] == sum(layer.kind != "norm" for layer in net.layers)
     assert table.scale == pytest.approx(1.0, rel=1e-3) and abs(table.offset) < 1e-3
     gen = torch.Generator().manual_seed(1)

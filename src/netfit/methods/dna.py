@@ -122,7 +122,7 @@ class DNA:
         seed_depths = [len(s) for s in seed.model.stages] if net.depths else None
         if self.latency_table and targets[0].metric == "latency_ms":
             self._install_latency_table(net, targets[0], run)
-        metrics = [t.metric if t.metric in net.cost(net.smallest()) else "macs" for t in targets]
+        metrics = [t.metric if t.metric in net.metrics else "macs" for t in targets]
         limits = [
             t.limit if m == t.metric else seed.macs * t.limit / seed.metric_value for t, m in zip(targets, metrics)
         ]

@@ -184,6 +184,11 @@ class ElasticNet:
         return ratios, Arch(units, depths)
 
     # ----- expected cost
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """The budget metrics this space's cost model computes exactly (and differentiably)."""
+        return ("macs", "params", "latency_ms") if self.latency_table else ("macs", "params")
+
     def cost(self, arch: Arch | None = None, probs: tuple | None = None, calibrated: bool = True) -> dict:
         """MACs and params of a 0/1 ``arch``, or their expectation under ``probs`` = (unit_probs, block_probs)."""
         if arch is not None:
