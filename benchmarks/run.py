@@ -475,8 +475,12 @@ def _run_times(runs: list[dict]) -> dict[str, list[float]]:
 def _headline(table: dict, seed_acc: float) -> list[str]:
     """Per budget: DNA against the best other netfit entry and the best peer (means over seeds, with spread)."""
 
-    def best(rows_by_entry: dict, keep) -> tuple[str, float, float] | None:
-        scored = [(e, *mean_std([100 * r["accuracy"] for r in rows])) for e, rows in rows_by_entry.items() if keep(e)]
+    def best(rows_by_entry: dict, keep) -> tuple[str, float, float, int] | None:
+        scored = [
+            (e, *mean_std([100 * r["accuracy"] for r in rows]), len(rows))
+            for e, rows in rows_by_entry.items()
+            if keep(e)
+        ]
         return max(scored, key=lambda t: t[1]) if scored else None
 
     lines = [
@@ -491,8 +495,11 @@ def _headline(table: dict, seed_acc: float) -> list[str]:
         others = [t for t in (ours, peer) if t]
         top = max(others, key=lambda t: t[1]) if others else None
 
-        def cell(t):
-            return f"{t[0] + ' ' if t and t[0] != 'dna' else ''}{t[1]:.2f} ± {t[2]:.2f}" if t else "-"
+        def cell(t):  # one seed has no spread: say so rather than print "± 0.00"
+            if not t:
+                return "-"
+            spread = f"± {t[2]:.2f}" if t[3] > 1 else "(1 seed)"
+            return f"{t[0] + ' ' if t[0] != 'dna' else ''}{t[1]:.2f} {spread}"
 
         gap = f"{dna[1] - top[1]:+.2f}" if dna and top else "-"
         lost = f"{peer[1] - seed_acc:+.2f}" if peer else "-"

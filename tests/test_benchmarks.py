@@ -98,6 +98,9 @@ def test_markdown_table_and_plot(tmp_path):
         markdown
     )
     assert "| 150% | 92.00 ± 0.00 | uniform 90.00 ± 0.00 | - | +2.00 | - |" in markdown
+    # an entry that ran on one seed only shows no spread rather than a made-up 0.00
+    payload["runs"][1]["rows"] = [r for r in payload["runs"][1]["rows"] if ":" not in r["entry"]]
+    assert "| torch_pruning:l1-uniform 91.00 (1 seed) |" in bench.to_markdown(payload)
     assert "`nni-l1` at 10%: RuntimeError: boom" in markdown
     assert "search epoch / dense seed epoch: 3.00x" in markdown
     assert "supernet largest 2.50x, dna search step 7.00x." in markdown
