@@ -56,6 +56,10 @@ def _randomize_norms(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
+def _log(out) -> list[dict]:
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
 def _model(name: str) -> tuple[nn.Module, tuple[int, ...]]:
     if name == "user":
         return _randomize_norms(UserNet()), (1, 16, 16)
@@ -266,12 +270,16 @@ def test_bad_options_are_refused():
         DNA(grow_width=0.5)
     with pytest.raises(NetfitError, match="arch_lr"):
         DNA(arch_lr=0)
+    with pytest.raises(NetfitError, match="search_lr_scale"):
+        DNA(search_lr_scale=0)
+    with pytest.raises(NetfitError, match="kd_teacher"):
+        DNA(kd_teacher="teacher")
 
 
 @pytest.fixture(scope="module")
 def dna_run(tmp_path_factory, digits):
     out = tmp_path_factory.mktemp("dna")
-    options = {"search_epochs": 2, "warmup_epochs": 1, "units": 8}
+    options = {"search_epochs": 2, "warmup_epochs": 1, "units": 8, "search_lr_scale": 0.2}
     return adapt("cnn_small", digits, "50%,25%,150%", "dna", out=out, method_options=options, **FAST)
 
 
@@ -282,9 +290,37 @@ def test_dna_hits_every_budget_in_one_search(dna_run):
     for cand, ratio in zip(summary["candidates"], (0.5, 0.25, 1.5)):
         assert 0.95 * ratio * seed_macs <= cand["macs"] <= ratio * seed_macs
         assert cand["accuracy"] > 0.3  # trained, far above chance (0.1) even with one epoch
-    log = [json.loads(line) for line in (dna_run.out / "log.jsonl").read_text().splitlines()]
+    log = _log(dna_run.out)
     assert sum(1 for e in log if e["event"] == "dna-arch") == 2 * 3  # per search epoch and budget
     assert sum(1 for e in log if e["event"] == "dna-space") == 1  # one supernet for all budgets
+
+
+def test_dna_searches_at_its_own_learning_rate(dna_run):
+    lr = {e["phase"]: e["lr"] for e in _log(dna_run.out) if e["event"] == "epoch" and e["epoch"] == 1}
+    run_lr = dna_run.summary["settings"]["train"]["lr"]
+    # cosine over 2 epochs: about half the peak at the end of the first (0.5 x run_lr at the run's own lr)
+    assert lr["dna-search"] == pytest.approx(0.5 * 0.2 * run_lr, rel=0.15)
+
+
+def test_dna_distils_from_the_better_of_seed_and_largest_on_validation(dna_run):
+    (event,) = [e for e in _log(dna_run.out) if e["event"] == "dna-kd-teacher"]
+    scores = event["val_accuracy"]
+    assert set(scores) == {"seed", "largest"} and all(0.1 < a <= 1 for a in scores.values())
+    assert event["teacher"] == ("largest" if scores["largest"] > scores["seed"] else "seed")
+
+
+def test_largest_teacher_is_a_frozen_copy_that_leaves_the_supernet_trainable():
+    from netfit.distill import LogitDistiller
+
+    model, shape = _model("resnet18_cifar")
+    net = ElasticNet(grow(model, shape, 1.5, 0.5, np.random.default_rng(0)), shape, units=4)
+    teacher = DNA(kd_teacher="largest")._kd_teacher(net, types.SimpleNamespace(model=model), None, None)
+    LogitDistiller(teacher)
+    x = torch.randn(2, *shape)
+    torch.testing.assert_close(teacher(x), net.model.eval()(x))
+    supernet = {p.data_ptr() for p in net.model.parameters()}
+    assert all(not p.requires_grad and p.data_ptr() not in supernet for p in teacher.parameters())
+    assert all(p.requires_grad for p in net.model.parameters())
 
 
 def test_dna_expands_above_the_seed(dna_run):

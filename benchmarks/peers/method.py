@@ -83,7 +83,7 @@ class Peer:
             cid = f"{self.tool}-{self.variant}-{round(100 * target.limit / seed.macs, 3):g}pct"
             info = {"tool": self.tool, "variant": self.variant, "pruned_macs": macs}
             run.log.write("subnet", id=cid, **info)
-            candidates.append(Candidate(cid, finetune(model, data, run, cid, seed, False, 1.0), target, info))
+            candidates.append(Candidate(cid, finetune(model, data, run, cid, None), target, info))
         return candidates
 
 

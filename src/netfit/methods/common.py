@@ -14,9 +14,11 @@ from ..space.subnet import SubnetSpace
 from .base import Seed, Target
 
 
-def finetune(model: nn.Module, data: Any, run: Run, phase: str, seed: Seed, kd: bool, kd_weight: float) -> nn.Module:
-    """Fine-tune a sub-network for ``run.config.epochs`` epochs, distilled from the seed when ``kd``."""
-    extra = [LogitDistiller(seed.model, weight=kd_weight)] if kd else []
+def finetune(
+    model: nn.Module, data: Any, run: Run, phase: str, teacher: nn.Module | None, kd_weight: float = 1.0
+) -> nn.Module:
+    """Fine-tune a sub-network for ``run.config.epochs`` epochs, distilled from ``teacher`` when one is given."""
+    extra = [LogitDistiller(teacher, weight=kd_weight)] if teacher is not None else []
     return run.train(model, data, phase, extra_losses=extra).model
 
 

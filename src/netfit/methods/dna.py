@@ -15,6 +15,7 @@ See docs/methods/dna.md for the design and where it departs from the paper.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from torch import nn
 
 from ..cost import measure
 from ..distill import kd_loss
-from ..engine import Callback, StepOutput
+from ..engine import Callback, StepOutput, evaluate
 from ..engine.distributed import barrier, is_distributed, is_main
 from ..errors import BudgetInfeasibleError, NetfitError
 from ..fileio import atomic_write_text
@@ -38,6 +39,7 @@ from .common import cost_fn, finetune
 from .uniform import _slug
 
 DEAD_ZONE = 0.95  # a budget T is met when the cost lies in [0.95 T, T]
+KD_TEACHERS = ("seed", "largest", "best")
 
 
 def dead_zone_loss(cost: torch.Tensor, limit: float) -> torch.Tensor:
@@ -68,11 +70,14 @@ class DNA:
         units: width gates (Markov steps) per channel group.
         search_epochs: supernet epochs (shared by all budgets; default: the fine-tune epochs).
         warmup_epochs: supernet epochs before the architecture logits move.
+        search_lr_scale: the weights' learning rate during the search, as a fraction of the run's ``lr``.
         samples: sub-nets drawn from the architecture distribution per step (besides largest and smallest).
         arch_lr: Adam learning rate of the architecture logits.
         cost_weight: weight of the dead-zone budget loss.
-        kd: distil the fine-tuned candidates from the seed.
+        kd: distil the fine-tuned candidates from a teacher (``kd_teacher``).
         kd_weight: weight of that distillation loss.
+        kd_teacher: "seed", "largest" (the searched supernet's largest network, the sandwich rule's in-place
+            teacher) or "best" (whichever of the two is more accurate on the validation split).
         one_level: the expected-network pass also trains the weights (its weight gradients join the sandwich's),
             so the weights learn the budget's own region of the space; False = alternating (DMCP): that pass only
             moves the architecture logits. One-level was better and steadier in measurement (docs/methods/dna.md).
@@ -96,11 +101,13 @@ class DNA:
     units: int = 16
     search_epochs: int | None = None
     warmup_epochs: int = 1
+    search_lr_scale: float = 1.0
     samples: int = 1
     arch_lr: float = 0.3
     cost_weight: float = 2.0
     kd: bool = True
     kd_weight: float = 1.0
+    kd_teacher: str = "best"
     init_depth_logit: float = 0.0
     one_level: bool = True
     split_batch: bool = True
@@ -111,8 +118,10 @@ class DNA:
             raise NetfitError("dna needs grow_width >= 1, grow_depth >= 0, units >= 2 and samples >= 0")
         if self.grow_copies not in ("zero", "split"):
             raise NetfitError(f"dna grow_copies must be 'zero' or 'split', got {self.grow_copies!r}")
-        if self.arch_lr <= 0 or self.cost_weight <= 0 or self.warmup_epochs < 0:
-            raise NetfitError("dna needs arch_lr > 0, cost_weight > 0 and warmup_epochs >= 0")
+        if self.kd_teacher not in KD_TEACHERS:
+            raise NetfitError(f"dna kd_teacher must be one of {', '.join(KD_TEACHERS)}, got {self.kd_teacher!r}")
+        if self.arch_lr <= 0 or self.cost_weight <= 0 or self.warmup_epochs < 0 or self.search_lr_scale <= 0:
+            raise NetfitError("dna needs arch_lr > 0, cost_weight > 0, warmup_epochs >= 0 and search_lr_scale > 0")
 
     def search(self, seed: Seed, data, targets: list[Target], run) -> list[Candidate]:
         grown = grow(
@@ -138,13 +147,14 @@ class DNA:
         )
         # the engine trains in place and returns the same module; keep the space on whatever it returns
         net.model = net.space.model = self._train_supernet(net, arch, limits, metrics, data, run)
+        teacher = self._kd_teacher(net, seed, data, run) if self.kd else None
         candidates = []
         for row, target in enumerate(targets):
             cid = f"dna-{_slug(target.budget.spec)}"
             model, info = self._materialize(net, arch, row, target, seed, run)
             info["seed_depths"] = seed_depths
             run.log.write("subnet", id=cid, **info)
-            model = finetune(model, data, run, cid, seed, self.kd, self.kd_weight)
+            model = finetune(model, data, run, cid, teacher, self.kd_weight)
             candidates.append(Candidate(cid, model, target, info))
         return candidates
 
@@ -238,6 +248,7 @@ class DNA:
                 data,
                 "dna-search",
                 epochs=epochs,
+                overrides={"lr": run.config.lr * self.search_lr_scale},
                 step_fn=self.step_fn(net, arch, limits, metrics, run.seed),
                 extra_optimizers=[optimizer],
                 callbacks=[_ArchLog(net, arch, limits, metrics, run)],
@@ -247,6 +258,23 @@ class DNA:
         return result.model
 
     # ----- result
+    def _kd_teacher(self, net: ElasticNet, seed: Seed, data, run) -> nn.Module:
+        """The fine-tunes' teacher. The supernet's largest network has trained for the whole search on top of the
+        seed's training, so it is often the better teacher where the seed was trained briefly; "best" lets
+        the validation split decide, so a teacher never trades accuracy for size."""
+        if self.kd_teacher == "seed":
+            return seed.model
+        largest = copy.deepcopy(net.materialize(net.largest()))  # a copy: the distiller freezes its teacher
+        if self.kd_teacher == "largest":
+            return largest
+        scores = {
+            name: evaluate(model, data, "val", device=run.device)["accuracy"]
+            for name, model in (("seed", seed.model), ("largest", largest))
+        }
+        choice = max(scores, key=scores.__getitem__)
+        run.log.write("dna-kd-teacher", teacher=choice, val_accuracy=scores)
+        return largest if choice == "largest" else seed.model
+
     def _materialize(self, net: ElasticNet, arch: ArchParams, row: int, target: Target, seed: Seed, run):
         """The most probable architecture of budget ``row``: its widths scaled together to the largest network
         within the budget, then topped up channel by channel (exact cost model) into the dead zone."""

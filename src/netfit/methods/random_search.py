@@ -60,6 +60,6 @@ class RandomSearch:
                     "depths": depths or space.depths,
                 }
                 run.log.write("subnet", id=cid, **info)
-                model = finetune(model, data, run, cid, seed, self.kd, self.kd_weight)
+                model = finetune(model, data, run, cid, seed.model if self.kd else None, self.kd_weight)
                 candidates.append(Candidate(cid, model, target, info))
         return candidates

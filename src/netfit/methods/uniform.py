@@ -50,7 +50,7 @@ class Uniform:
             if not self.inherit:
                 model = from_scratch(model)
             run.log.write("subnet", id=cid, inherit=self.inherit, **info)
-            model = finetune(model, data, run, cid, seed, self.kd, self.kd_weight)
+            model = finetune(model, data, run, cid, seed.model if self.kd else None, self.kd_weight)
             candidates.append(Candidate(cid, model, target, info))
         return candidates
 
