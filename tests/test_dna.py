@@ -279,7 +279,7 @@ def test_bad_options_are_refused():
 @pytest.fixture(scope="module")
 def dna_run(tmp_path_factory, digits):
     out = tmp_path_factory.mktemp("dna")
-    options = {"search_epochs": 2, "warmup_epochs": 1, "units": 8, "search_lr_scale": 0.2}
+    options = {"search_epochs": 2, "warmup_epochs": 1, "units": 8, "search_lr_scale": 0.2, "kd_teacher": "best"}
     return adapt("cnn_small", digits, "50%,25%,150%", "dna", out=out, method_options=options, **FAST)
 
 

@@ -107,7 +107,7 @@ class DNA:
     cost_weight: float = 2.0
     kd: bool = True
     kd_weight: float = 1.0
-    kd_teacher: str = "best"
+    kd_teacher: str = "seed"
     init_depth_logit: float = 0.0
     one_level: bool = True
     split_batch: bool = True
