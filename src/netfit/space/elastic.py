@@ -190,7 +190,8 @@ class ElasticNet:
         return ("macs", "params", "latency_ms") if self.latency_table else ("macs", "params")
 
     def cost(self, arch: Arch | None = None, probs: tuple | None = None, calibrated: bool = True) -> dict:
-        """MACs and params of a 0/1 ``arch``, or their expectation under ``probs`` = (unit_probs, block_probs)."""
+        """Every metric of ``metrics`` for a 0/1 ``arch``, or its expectation under ``probs`` = (unit_probs,
+        block_probs)."""
         if arch is not None:
             return self.cost_at(self.widths(arch), arch.depths, calibrated)
         unit_p, keep = probs
@@ -228,7 +229,7 @@ class ElasticNet:
                 latency = latency + scale * (timed[0] + timed[1] * channels)
         offset = self.offset if calibrated else {"macs": 0, "params": 0}
         cost = {"macs": macs + offset["macs"], "params": params + offset["params"]}
-        if table:
+        if "latency_ms" in self.metrics:
             cost["latency_ms"] = table.offset + table.scale * latency if calibrated else latency
         return cost
 
