@@ -80,6 +80,8 @@ class Suite:
 
 MNIST_CASES = (
     Case("mnist1d", "resnet18_1d", 0.25, (50, 25, 10, 5, 2, 1, 150), seed_epochs=10, epochs=10, dna_search_epochs=7),
+    # the plateau case: a wider network whose seed is trained to its plateau, so no default is tuned to one case
+    Case("mnist1d", "resnet18_1d", 0.5, (50, 25, 10, 5, 2, 1, 150), seed_epochs=30, epochs=10, dna_search_epochs=7),
     Case("mnist10k", "resnet18_cifar", 0.25, (50, 25, 10, 5, 2, 1, 0.5, 150), 6, 6, 8),
     Case("mnist10k", "mobilenetv2", 0.5, (50, 25, 10, 5, 2, 1, 150), 6, 6, 7),
 )
@@ -95,8 +97,8 @@ SUITES = {
     "mnist": Suite(cases=MNIST_CASES, seeds=(0, 1, 2)),
 }
 SUITES["gpu"] = replace(SUITES["mnist"], throughput=True)
-NETFIT_ENTRIES = ("uniform", "uniform-scratch", "random", "dna")
-EXPANDING = ("uniform", "uniform-scratch", "dna")  # uniform at > 100% is the seed trained further
+NETFIT_ENTRIES = ("uniform", "uniform-scratch", "random", "dna", "dna-scratch")
+EXPANDING = ("uniform", "uniform-scratch", "dna", "dna-scratch")  # uniform at > 100% is the seed trained further
 
 
 def entries(suite: Suite) -> list[str]:
@@ -174,6 +176,10 @@ def _netfit_process(label, case, suite, seed, seed_dir, out, budgets) -> str | N
     elif label == "dna":
         options = {"search_epochs": case.dna_search_epochs}
         epochs = case.dna_finetune_epochs
+    elif label == "dna-scratch":  # DNA's architectures trained like uniform-scratch: architecture quality alone
+        method, options = "dna", {"search_epochs": case.dna_search_epochs, "inherit": False, "kd": False}
+        epochs = case.seed_epochs + case.epochs
+        _reuse_dna_search(out)
     try:
         adapt(
             case.model, case.data, _budget_spec(budgets), method, out=out, epochs=epochs, seed=seed,
@@ -183,6 +189,15 @@ def _netfit_process(label, case, suite, seed, seed_dir, out, budgets) -> str | N
         print(f"  {label} {list(budgets)}: {e}", file=sys.stderr, flush=True)
         return f"{type(e).__name__}: {e}"
     return None
+
+
+def _reuse_dna_search(out: Path) -> None:
+    """dna-scratch trains the architectures of the ``dna`` entry's search (same seed, same search settings, so
+    the same search): start from that finished search's checkpoint instead of running it again."""
+    search = out.parent / "dna" / "ckpt" / "dna-search.pt"
+    if not out.exists() and search.exists():
+        (out / "ckpt").mkdir(parents=True)
+        shutil.copy(search, out / "ckpt" / search.name)
 
 
 def _peer_process(python, tool, variant, case, suite, seed, seed_dir, out, budgets) -> str | None:

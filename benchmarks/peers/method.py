@@ -11,7 +11,7 @@ from torch import nn
 
 from netfit.errors import NetfitError
 from netfit.methods.base import METHODS, Candidate, Seed, Target
-from netfit.methods.common import cost_fn, finetune
+from netfit.methods.common import cost_fn, finetune, inherited_accuracy
 from netfit.models import arch_of, build_model
 
 from . import TOOLS
@@ -83,6 +83,7 @@ class Peer:
             cid = f"{self.tool}-{self.variant}-{round(100 * target.limit / seed.macs, 3):g}pct"
             info = {"tool": self.tool, "variant": self.variant, "pruned_macs": macs}
             run.log.write("subnet", id=cid, **info)
+            info["val_acc_inherited"] = inherited_accuracy(model, data, run, cid)
             candidates.append(Candidate(cid, finetune(model, data, run, cid, None), target, info))
         return candidates
 

@@ -9,6 +9,7 @@ Example:
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,11 +29,14 @@ from .engine.log import session_seconds
 from .errors import CheckpointError, NetfitError
 from .export import load_model, save_model
 from .fileio import atomic_write_text
+from .health import candidate_warning
 from .methods import Candidate, Seed, Target, create_method
 from .models import arch_of, create_model
 from .pareto import pareto_front
 from .report import write_report
 from .run import Run
+
+logger = logging.getLogger("netfit")
 
 RESULT_FILE = "result.json"
 SETTINGS_FILE = "run.json"
@@ -238,6 +242,10 @@ def _summarise(
             "info": cand.info,
             "arch": arch_of(model),
         }
+        row["warning"] = candidate_warning(row["accuracy"], seed.accuracy, data.num_classes)
+        if row["warning"]:
+            logger.warning("candidate %s: %s", cand.id, row["warning"])
+            run.log.write("warning", id=cand.id, message=row["warning"])
         if is_main():
             save_model(
                 model,
@@ -249,7 +257,9 @@ def _summarise(
         rows.append(row)
     front = pareto_front([r[primary.metric] for r in rows], [r["accuracy"] for r in rows])
     fitting = [r for r in rows if r[primary.metric] <= primary.limit]
-    selected = max(fitting, key=lambda r: (r["accuracy"], -r[primary.metric]))["id"] if fitting else None
+    # a flagged candidate is chosen only when no sound one fits the budget
+    best = max(fitting, key=lambda r: (r["warning"] is None, r["accuracy"], -r[primary.metric]), default=None)
+    selected = best["id"] if best else None
     return {
         "netfit_version": __version__,
         "method": settings["method"],

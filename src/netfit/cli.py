@@ -255,6 +255,7 @@ def print_result(summary: dict) -> None:
     )
     for row in summary["candidates"]:
         mark = (">" if row["id"] == summary["selected"] else "") + ("*" if row["id"] in summary["pareto"] else "")
+        mark += "!" if row.get("warning") else ""
         table.add_row(
             mark,
             row["id"],
@@ -266,9 +267,13 @@ def print_result(summary: dict) -> None:
         )
     console.print(table)
     console.print(
-        "MACs of one forward pass at batch 1 (conv/linear/matmul); FLOPs = 2 x MACs. * Pareto front, > selected.",
+        "MACs of one forward pass at batch 1 (conv/linear/matmul); FLOPs = 2 x MACs. * Pareto front, > selected, "
+        "! flagged.",
         highlight=False,
     )
+    for row in summary["candidates"]:
+        if row.get("warning"):
+            console.print(f"[yellow]warning:[/yellow] {row['id']} is {row['warning']}", highlight=False)
 
 
 @app.command("eval")

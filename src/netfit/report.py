@@ -34,11 +34,16 @@ def render_markdown(result: dict) -> str:
     )
     for row in result["candidates"]:
         name = f"**{row['id']}** (selected)" if row["id"] == result.get("selected") else row["id"]
+        name += " (flagged)" if row.get("warning") else ""
         lines.append(
             f"| {name} | {format_count(row['macs'])} | {format_count(row['flops'])} | "
             f"{format_count(row['params'])} | {100 * row['accuracy']:.2f}% | "
             f"{'yes' if row['within_budget'] else 'no'} | {'yes' if row['id'] in result.get('pareto', []) else ''} |"
         )
+    flagged = [row for row in result["candidates"] if row.get("warning")]
+    if flagged:
+        lines += ["", "**Flagged candidates** (never selected over a sound one):", ""]
+        lines += [f"- {row['id']}: {row['warning']}" for row in flagged]
     lines += ["", "Accuracy: top-1 on the held-out test split.", "", CONVENTION, ""]
     settings = result.get("settings", {})
     if settings:

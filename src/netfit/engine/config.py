@@ -11,7 +11,9 @@ from typing import Any
 from ..errors import NetfitError
 
 OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("cosine", "step", "constant", "plateau")
+SCHEDULES = ("cosine", "onecycle", "step", "constant", "plateau")
+ONECYCLE_WARM = 0.3  # fraction of the steps spent rising (torch's OneCycleLR pct_start)
+ONECYCLE_START = 1 / 25  # starting lr as a fraction of the peak (OneCycleLR's 1 / div_factor)
 
 
 class TrainConfigError(NetfitError, ValueError):
@@ -28,8 +30,10 @@ class TrainConfig:
             global batch (each of N ranks takes batch_size / N), so N processes take the same steps as one.
         optimizer: "sgd" (momentum, Nesterov) or "adamw"; lr, momentum, weight_decay, nesterov as usual
             (no weight decay on 1-D parameters: biases and norms).
-        schedule: "cosine" (per step, to 0), "step" (x step_gamma every step_epochs), "constant", or "plateau"
-            (x plateau_factor after plateau_patience epochs without a better validation accuracy).
+        schedule: "cosine" (per step, to 0), "onecycle" (cosine rise from lr / 25 to lr over the first 30% of
+            the steps, then cosine to 0; the one-cycle policy without momentum cycling), "step" (x step_gamma
+            every step_epochs), "constant", or "plateau" (x plateau_factor after plateau_patience epochs without
+            a better validation accuracy).
         warmup_epochs: linear warm-up of the lr, per step (may be fractional).
         early_stop_patience: stop after this many epochs without a better validation accuracy (None: never).
         keep_best: return (and store in the finished checkpoint) the weights of the best validation epoch
@@ -176,6 +180,12 @@ class LrSchedule:
         if c.schedule == "cosine":
             progress = min(1.0, max(0.0, (step - warm) / max(1.0, total - warm)))
             f *= 0.5 * (1 + math.cos(math.pi * progress))
+        elif c.schedule == "onecycle":
+            rise = ONECYCLE_WARM * total
+            if step < rise:
+                f *= ONECYCLE_START + (1 - ONECYCLE_START) * 0.5 * (1 - math.cos(math.pi * step / rise))
+            else:
+                f *= 0.5 * (1 + math.cos(math.pi * min(1.0, (step - rise) / max(1.0, total - rise))))
         elif c.schedule == "step":
             f *= c.step_gamma ** (step // (c.step_epochs * self.steps_per_epoch))
         return f * self.scale

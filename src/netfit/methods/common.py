@@ -2,24 +2,66 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from torch import nn
 
 from ..budget import check_feasible
 from ..distill import LogitDistiller
+from ..engine import evaluate
+from ..errors import TrainingError
+from ..health import near_chance
 from ..models import arch_of, build_model
 from ..run import Run
+from ..space.norms import recalibrate_norms
 from ..space.subnet import SubnetSpace
 from .base import Seed, Target
 
 
 def finetune(
-    model: nn.Module, data: Any, run: Run, phase: str, teacher: nn.Module | None, kd_weight: float = 1.0
+    model: nn.Module,
+    data: Any,
+    run: Run,
+    phase: str,
+    teacher: nn.Module | None,
+    kd_weight: float = 1.0,
+    overrides: dict[str, Any] | None = None,
 ) -> nn.Module:
-    """Fine-tune a sub-network for ``run.config.epochs`` epochs, distilled from ``teacher`` when one is given."""
+    """Fine-tune a sub-network for ``run.config.epochs`` epochs, distilled from ``teacher`` when one is given;
+    ``overrides`` change training settings of this phase (e.g. a warm-up for inherited weights).
+
+    A fine-tune that diverges (a non-finite loss, or validation accuracy near chance at the end) is retried once
+    from the same starting weights at ``RETRY_LR_SCALE`` x the learning rate with a one-epoch warm-up (phase
+    ``<phase>-retry``, logged); a retry that still ends near chance is returned and flagged by the report."""
     extra = [LogitDistiller(teacher, weight=kd_weight)] if teacher is not None else []
-    return run.train(model, data, phase, extra_losses=extra).model
+    start = copy.deepcopy(model)
+    try:
+        trained = run.train(model, data, phase, extra_losses=extra, overrides=overrides).model
+        accuracy = evaluate(trained, data, "val", device=run.device)["accuracy"]
+        if not near_chance(accuracy, data.num_classes):
+            return trained
+        reason = f"validation accuracy {accuracy:.1%} is near chance"
+    except TrainingError as e:
+        reason = str(e)
+    lr = (overrides or {}).get("lr", run.config.lr) * RETRY_LR_SCALE
+    run.log.write("finetune-retry", id=phase, reason=reason, lr=lr)
+    retry = {**(overrides or {}), "lr": lr, "warmup_epochs": min(1.0, float(run.config.epochs))}
+    return run.train(start, data, f"{phase}-retry", extra_losses=extra, overrides=retry).model
+
+
+RETRY_LR_SCALE = 0.1  # a diverged fine-tune is retried at this fraction of its learning rate
+
+
+def inherited_accuracy(model: nn.Module, data: Any, run: Run, cid: str) -> float:
+    """Recalibrate an inherited sub-network's batch norms (its inherited statistics belong to the larger network
+    it was cut from) and return its validation accuracy as it stands, before any fine-tune (logged)."""
+    model.to(run.device)
+    before = evaluate(model, data, "val", device=run.device)["accuracy"]
+    recalibrate_norms(model, data, seed=run.seed)
+    accuracy = evaluate(model, data, "val", device=run.device)["accuracy"]
+    run.log.write("inherited", id=cid, val_acc=accuracy, val_acc_before_recalibration=before)
+    return accuracy
 
 
 def from_scratch(model: nn.Module) -> nn.Module:

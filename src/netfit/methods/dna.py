@@ -35,7 +35,7 @@ from ..space.elastic import ElasticNet
 from ..space.grow import grow
 from ..space.latency_table import LatencyTable, measure_table
 from .base import METHODS, Candidate, Seed, Target
-from .common import cost_fn, finetune
+from .common import cost_fn, finetune, from_scratch, inherited_accuracy
 from .uniform import _slug
 
 DEAD_ZONE = 0.95  # a budget T is met when the cost lies in [0.95 T, T]
@@ -112,6 +112,9 @@ class DNA:
     one_level: bool = True
     split_batch: bool = True
     latency_table: bool = True
+    finetune_lr_scale: float = 1.0
+    finetune_warmup: float = 0.0
+    inherit: bool = True
 
     def __post_init__(self) -> None:
         if self.grow_width < 1 or self.grow_depth < 0 or self.units < 2 or self.samples < 0:
@@ -153,8 +156,13 @@ class DNA:
             cid = f"dna-{_slug(target.budget.spec)}"
             model, info = self._materialize(net, arch, row, target, seed, run)
             info["seed_depths"] = seed_depths
-            run.log.write("subnet", id=cid, **info)
-            model = finetune(model, data, run, cid, teacher, self.kd_weight)
+            run.log.write("subnet", id=cid, inherit=self.inherit, **info)
+            if self.inherit:
+                info["val_acc_inherited"] = inherited_accuracy(model, data, run, cid)
+                overrides = {"lr": run.config.lr * self.finetune_lr_scale, "warmup_epochs": self.finetune_warmup}
+                model = finetune(model, data, run, cid, teacher, self.kd_weight, overrides)
+            else:
+                model = finetune(from_scratch(model), data, run, cid, teacher, self.kd_weight)
             candidates.append(Candidate(cid, model, target, info))
         return candidates
 

@@ -8,7 +8,7 @@ from typing import ClassVar
 from ..errors import NetfitError
 from ..space.subnet import SubnetSpace
 from .base import METHODS, Candidate, Seed, Target
-from .common import cost_fn, finetune, require_reachable
+from .common import cost_fn, finetune, inherited_accuracy, require_reachable
 from .uniform import _slug
 
 
@@ -60,6 +60,7 @@ class RandomSearch:
                     "depths": depths or space.depths,
                 }
                 run.log.write("subnet", id=cid, **info)
+                info["val_acc_inherited"] = inherited_accuracy(model, data, run, cid)
                 model = finetune(model, data, run, cid, seed.model if self.kd else None, self.kd_weight)
                 candidates.append(Candidate(cid, model, target, info))
         return candidates

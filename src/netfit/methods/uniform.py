@@ -9,7 +9,7 @@ from ..budget import check_feasible
 from ..errors import NetfitError, UnsupportedLayerError
 from ..space.subnet import SubnetSpace
 from .base import METHODS, Candidate, Seed, Target
-from .common import cost_fn, finetune, from_scratch, require_reachable
+from .common import cost_fn, finetune, from_scratch, inherited_accuracy, require_reachable
 
 
 @METHODS.register("uniform")
@@ -47,9 +47,11 @@ class Uniform:
                 if self.variant == "depth"
                 else self._fit_width(space, run, target, seed)
             )
-            if not self.inherit:
-                model = from_scratch(model)
             run.log.write("subnet", id=cid, inherit=self.inherit, **info)
+            if self.inherit:
+                info["val_acc_inherited"] = inherited_accuracy(model, data, run, cid)
+            else:
+                model = from_scratch(model)
             model = finetune(model, data, run, cid, seed.model if self.kd else None, self.kd_weight)
             candidates.append(Candidate(cid, model, target, info))
         return candidates

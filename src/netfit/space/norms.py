@@ -1,0 +1,59 @@
+"""Batch-norm recalibration: the running statistics a sub-network needs before it is evaluated or fine-tuned.
+
+A sub-network cut out of a trained (super)network inherits the running means and variances its batch norms
+had inside the larger network. Every layer after the first cut sees fewer input channels or skipped blocks, so
+its pre-norm activations have other statistics, and normalising them with the inherited ones can push the
+network to chance accuracy even though its weights are fine. OFA, BigNAS and DNA therefore re-estimate the
+statistics on a few hundred training samples (no gradient, no weight change) before judging a sub-network.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+RECALIBRATION_SAMPLES = 512  # enough for stable estimates on the built-in data; a few batches
+
+
+def _norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
+@torch.no_grad()
+def recalibrate_norms(
+    model: nn.Module, data: Any, samples: int = RECALIBRATION_SAMPLES, batch_size: int = 128, seed: int = 0
+) -> int:
+    """Re-estimate every batch norm's running statistics of ``model`` on ``samples`` training samples.
+
+    The statistics are reset and then accumulated as an exact average over the batches (momentum None), with
+    the rest of the model in eval mode (dropout off) and no gradients. The samples are a seeded draw, so every
+    process of a distributed run (and a resumed run) computes the same statistics. Returns the number of
+    batch norms recalibrated (0: nothing to do, the model is left untouched).
+    """
+    norms = _norms(model)
+    if not norms:
+        return 0
+    x_all, _ = data.train.tensors
+    order = torch.randperm(len(x_all), generator=torch.Generator().manual_seed(seed))[:samples]
+    device = next(model.parameters()).device
+    was_training = model.training
+    saved = [m.momentum for m in norms]
+    model.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average: the plain mean over the batches seen
+        m.train()
+    try:
+        for batch in order.split(batch_size):
+            if len(batch) > 1:
+                model(data.prepare(x_all[batch].to(device), train=False))
+    finally:
+        for m, momentum in zip(norms, saved):
+            m.momentum = momentum
+        model.train(was_training)
+    return len(norms)
+
+
+__all__ = ["RECALIBRATION_SAMPLES", "recalibrate_norms"]
