@@ -286,19 +286,39 @@ def throughput(seed_dir: Path, run_dirs: list[Path], case: Case) -> dict:
 
 def merge(earlier: dict, payload: dict) -> dict:
     """``payload`` plus the runs of ``earlier`` for the other (case, seed) pairs, where that case is still
-    configured the same way (a changed case makes its old runs incomparable, so they are dropped)."""
+    configured the same way (a changed case makes its old runs incomparable, so they are dropped).
+
+    A rerun of a (case, seed) with only some entries (``--only``) keeps the other entries' rows of the earlier
+    run when both started from the same seed network (same MACs, params and accuracy); they are listed in the
+    run's ``carried_over`` so the tables can say which figures come from an earlier invocation."""
     cases = SUITES[payload["suite"]].cases
     order = {c.key: i for i, c in enumerate(cases)}
     current = {json.dumps(asdict(c), sort_keys=True) for c in cases}  # as JSON: tuples and lists compare equal
-    fresh = {(Case(**r["case"]).key, r["seed"]) for r in payload["runs"]}
-    kept = [
-        r
+    comparable = {
+        (Case(**r["case"]).key, r["seed"]): r
         for r in earlier["runs"]
-        if (Case(**r["case"]).key, r["seed"]) not in fresh and json.dumps(r["case"], sort_keys=True) in current
-    ]
-    runs = sorted(kept + payload["runs"], key=lambda r: (order[Case(**r["case"]).key], r["seed"]))
+        if json.dumps(r["case"], sort_keys=True) in current
+    }
+    fresh = []
+    for run in payload["runs"]:
+        old = comparable.pop((Case(**run["case"]).key, run["seed"]), None)
+        fresh.append(_carry_over(old, run) if old and old["seed_network"] == run["seed_network"] else run)
+    runs = sorted(list(comparable.values()) + fresh, key=lambda r: (order[Case(**r["case"]).key], r["seed"]))
     seeds = sorted({r["seed"] for r in runs})
     return payload | {"runs": runs, "settings": payload["settings"] | {"seeds": seeds}}
+
+
+def _carry_over(old: dict, run: dict) -> dict:
+    """``run`` plus the rows and failures of the entries that only ``old`` ran."""
+
+    def name(entry: str) -> str:  # rows name entries by label, failures by run directory
+        return entry.replace(":", "-")
+
+    ran = {name(r["entry"]) for r in run["rows"]} | {k.partition("@")[0] for k in run["failed"]}
+    rows = [r for r in old["rows"] if name(r["entry"]) not in ran]
+    failed = {k: v for k, v in old["failed"].items() if k.partition("@")[0] not in ran}
+    carried = sorted({r["entry"] for r in rows} | {k.partition("@")[0] for k in failed})
+    return run | {"rows": rows + run["rows"], "failed": failed | run["failed"], "carried_over": carried}
 
 
 def select_cases(suite: Suite, patterns: list[str] | None) -> Suite:
@@ -463,6 +483,12 @@ def to_markdown(payload: dict) -> str:
                 f"DNA step time / dense seed step (batch {s['batch_size']}, CPU, timed side by side in one process): "
                 + ", ".join(f"{k.replace('_', ' ')} {v:.2f}x" for k, v in mean.items())
                 + "."
+            )
+        carried = sorted({e for r in runs for e in r.get("carried_over", [])})
+        if carried:
+            lines.append(
+                f"\nCarried over from an earlier invocation on the same seed networks (made with the code of that "
+                f"time): {', '.join(f'`{e}`' for e in carried)}."
             )
         failed: dict = {}
         for r in runs:

@@ -136,6 +136,24 @@ def test_results_merge_by_case_and_seed():
     assert [r["seed_network"]["accuracy"] for r in again["runs"]] == [0.5, 0.95, 0.5]
 
 
+def test_a_partial_rerun_keeps_the_other_entries_of_the_same_seed_network():
+    earlier = _payload()
+    partial = _payload()
+    partial["runs"] = [dict(partial["runs"][0], rows=[r for r in partial["runs"][0]["rows"] if r["entry"] == "dna"])]
+    partial["runs"][0]["failed"] = {}
+    merged = bench.merge(earlier, partial)
+    rerun = next(r for r in merged["runs"] if r["seed"] == partial["runs"][0]["seed"])
+    assert sorted({r["entry"] for r in rerun["rows"]}) == sorted({r["entry"] for r in earlier["runs"][0]["rows"]})
+    assert "dna" not in rerun["carried_over"] and rerun["carried_over"]
+    assert rerun["failed"] == earlier["runs"][0]["failed"]
+    assert "Carried over from an earlier invocation" in bench.to_markdown(merged)
+    # another seed network: nothing is carried over
+    other = dict(partial["runs"][0], seed_network={"macs": 1, "params": 1, "accuracy": 0.1})
+    merged = bench.merge(earlier, dict(partial, runs=[other]))
+    rerun = next(r for r in merged["runs"] if r["seed"] == other["seed"])
+    assert {r["entry"] for r in rerun["rows"]} == {"dna"} and "carried_over" not in rerun
+
+
 def test_run_time_sums_an_entrys_split_runs():
     row = {"entry": "nni:l1", "search_over_seed": 1.5}
     runs = [
@@ -147,7 +165,7 @@ def test_run_time_sums_an_entrys_split_runs():
 
 def test_case_selection():
     suite = bench.select_cases(bench.SUITES["mnist"], ["mnist1d"])
-    assert [c.key for c in suite.cases] == ["mnist1d_resnet18_1d_w0.25"]
+    assert [c.key for c in suite.cases] == ["mnist1d_resnet18_1d_w0.25", "mnist1d_resnet18_1d_w0.5"]
     with pytest.raises(SystemExit, match="no case matches"):
         bench.select_cases(bench.SUITES["mnist"], ["imagenet"])
 

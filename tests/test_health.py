@@ -38,7 +38,9 @@ def test_recalibration_gives_a_subnetwork_the_statistics_of_its_sliced_train_mod
     the same samples its eval output matches that pass."""
     torch.manual_seed(0)
     shape = (1, 8, 8)
-    net = ElasticNet(grow(create_model("cnn_small", in_chans=1), shape, 1.5, 0.0, np.random.default_rng(0)), shape, units=4)
+    net = ElasticNet(
+        grow(create_model("cnn_small", in_chans=1), shape, 1.5, 0.0, np.random.default_rng(0)), shape, units=4
+    )
     x = torch.randn(256, *shape)
     net.model.train()
     with torch.no_grad():
