@@ -13,6 +13,7 @@ from _shapes import input_shape
 from netfit.api import adapt
 from netfit.cli import main
 from netfit.cost import count_cost
+from netfit.engine.checkpoint import load_checkpoint
 from netfit.errors import NetfitError
 from netfit.methods import dna as dna_module
 from netfit.methods.dna import DNA, dead_zone_loss
@@ -274,6 +275,8 @@ def test_bad_options_are_refused():
         DNA(search_lr_scale=0)
     with pytest.raises(NetfitError, match="kd_teacher"):
         DNA(kd_teacher="teacher")
+    with pytest.raises(NetfitError, match="finetune_warmup"):
+        DNA(finetune_warmup=2)
 
 
 @pytest.fixture(scope="module")
@@ -300,6 +303,19 @@ def test_dna_searches_at_its_own_learning_rate(dna_run):
     run_lr = dna_run.summary["settings"]["train"]["lr"]
     # cosine over 2 epochs: about half the peak at the end of the first (0.5 x run_lr at the run's own lr)
     assert lr["dna-search"] == pytest.approx(0.5 * 0.2 * run_lr, rel=0.15)
+
+
+def test_dna_fine_tunes_recalibrated_subnetworks_with_a_warm_up(dna_run):
+    """Each searched sub-network is judged after batch-norm recalibration (recorded, far above chance) and its
+    fine-tune starts from a warm-up instead of the full learning rate."""
+    log = _log(dna_run.out)
+    inherited = {e["id"]: e for e in log if e["event"] == "inherited"}
+    assert set(inherited) == {"dna-50pct", "dna-25pct", "dna-150pct"}
+    for cand in dna_run.summary["candidates"]:
+        assert cand["info"]["val_acc_inherited"] == inherited[cand["id"]]["val_acc"] > 0.3
+    epochs = dna_run.summary["settings"]["train"]["epochs"]
+    for phase, warmup in (("dna-50pct", 0.25 * epochs), ("dna-search", 0.0)):
+        assert load_checkpoint(dna_run.out / "ckpt" / f"{phase}.pt")["config"]["warmup_epochs"] == warmup
 
 
 def test_dna_distils_from_the_better_of_seed_and_largest_on_validation(dna_run):

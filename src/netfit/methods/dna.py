@@ -85,6 +85,12 @@ class DNA:
             move at every step; False: one budget per step (round-robin) on the whole batch.
         latency_table: for latency budgets, search on a per-layer latency table measured on the budget's device
             and backend (``netfit.space.latency_table``); False: on MACs scaled by the seed's latency per MAC.
+        finetune_warmup: the fraction of each fine-tune spent warming the learning rate up linearly from 0: the
+            searched sub-network already works (after batch-norm recalibration) but its logits are not on the
+            seed's scale, and distilling it from the seed at the full learning rate from the first step undid
+            most of what it knew at the small budgets (docs/methods/dna.md).
+        inherit: fine-tune the searched sub-networks (False: train their architectures from scratch, without
+            recalibration; the benchmark's ``dna-scratch`` entry, which separates architecture from weights).
         init_depth_logit: starting keep logit of every skippable block (0: each block kept with p = 1/2 given
             the previous one, so search starts shallow-and-wide and the gradient adds depth where it pays);
             grown blocks never start above 0.
@@ -112,8 +118,7 @@ class DNA:
     one_level: bool = True
     split_batch: bool = True
     latency_table: bool = True
-    finetune_lr_scale: float = 1.0
-    finetune_warmup: float = 0.0
+    finetune_warmup: float = 0.25
     inherit: bool = True
 
     def __post_init__(self) -> None:
@@ -123,6 +128,8 @@ class DNA:
             raise NetfitError(f"dna grow_copies must be 'zero' or 'split', got {self.grow_copies!r}")
         if self.kd_teacher not in KD_TEACHERS:
             raise NetfitError(f"dna kd_teacher must be one of {', '.join(KD_TEACHERS)}, got {self.kd_teacher!r}")
+        if not 0 <= self.finetune_warmup <= 1:
+            raise NetfitError(f"dna finetune_warmup is a fraction of the fine-tune, got {self.finetune_warmup}")
         if self.arch_lr <= 0 or self.cost_weight <= 0 or self.warmup_epochs < 0 or self.search_lr_scale <= 0:
             raise NetfitError("dna needs arch_lr > 0, cost_weight > 0, warmup_epochs >= 0 and search_lr_scale > 0")
 
@@ -159,8 +166,8 @@ class DNA:
             run.log.write("subnet", id=cid, inherit=self.inherit, **info)
             if self.inherit:
                 info["val_acc_inherited"] = inherited_accuracy(model, data, run, cid)
-                overrides = {"lr": run.config.lr * self.finetune_lr_scale, "warmup_epochs": self.finetune_warmup}
-                model = finetune(model, data, run, cid, teacher, self.kd_weight, overrides)
+                warmup = {"warmup_epochs": self.finetune_warmup * run.config.epochs}
+                model = finetune(model, data, run, cid, teacher, self.kd_weight, warmup)
             else:
                 model = finetune(from_scratch(model), data, run, cid, teacher, self.kd_weight)
             candidates.append(Candidate(cid, model, target, info))
