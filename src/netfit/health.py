@@ -22,6 +22,12 @@ def near_chance(accuracy: float, num_classes: int) -> bool:
     return accuracy <= base + NEAR_CHANCE * (1 - base)
 
 
+def fell_far_below(accuracy: float, reference: float, num_classes: int) -> bool:
+    """True when ``accuracy`` lost more than FAR_BELOW_SEED of ``reference``'s margin over chance."""
+    base = chance(num_classes)
+    return reference > base and reference - accuracy > FAR_BELOW_SEED * (reference - base)
+
+
 def candidate_warning(accuracy: float, seed_accuracy: float | None, num_classes: int) -> str | None:
     """Why a candidate is not sound, in one sentence, or None when it is."""
     base = chance(num_classes)
@@ -30,11 +36,7 @@ def candidate_warning(accuracy: float, seed_accuracy: float | None, num_classes:
             f"near chance: {accuracy:.1%} test accuracy (chance {base:.1%}); its training diverged or the network "
             "is too small to learn this task"
         )
-    if (
-        seed_accuracy is not None
-        and seed_accuracy > base
-        and seed_accuracy - accuracy > FAR_BELOW_SEED * (seed_accuracy - base)
-    ):
+    if seed_accuracy is not None and fell_far_below(accuracy, seed_accuracy, num_classes):
         return (
             f"far below the seed: {accuracy:.1%} vs the seed's {seed_accuracy:.1%} (lost more than half of the "
             "seed's margin over chance); train it longer or choose a larger budget"
@@ -42,4 +44,4 @@ def candidate_warning(accuracy: float, seed_accuracy: float | None, num_classes:
     return None
 
 
-__all__ = ["FAR_BELOW_SEED", "NEAR_CHANCE", "candidate_warning", "chance", "near_chance"]
+__all__ = ["FAR_BELOW_SEED", "NEAR_CHANCE", "candidate_warning", "chance", "fell_far_below", "near_chance"]

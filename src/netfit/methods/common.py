@@ -11,7 +11,7 @@ from ..budget import check_feasible
 from ..distill import LogitDistiller
 from ..engine import evaluate
 from ..errors import TrainingError
-from ..health import near_chance
+from ..health import fell_far_below, near_chance
 from ..models import arch_of, build_model
 from ..run import Run
 from ..space.norms import recalibrate_norms
@@ -31,23 +31,31 @@ def finetune(
     """Fine-tune a sub-network for ``run.config.epochs`` epochs, distilled from ``teacher`` when one is given;
     ``overrides`` change training settings of this phase (e.g. a warm-up for inherited weights).
 
-    A fine-tune that diverges (a non-finite loss, or validation accuracy near chance at the end) is retried once
-    from the same starting weights at ``RETRY_LR_SCALE`` x the learning rate with a one-epoch warm-up (phase
-    ``<phase>-retry``, logged); a retry that still ends near chance is returned and flagged by the report."""
+    A fine-tune that diverges (a non-finite loss, or a validation accuracy at the end that is near chance or
+    lost more than half of what the network had at the start over chance) is retried once from the same
+    starting weights at ``RETRY_LR_SCALE`` x the learning rate with a one-epoch warm-up (phase ``<phase>-retry``,
+    logged); the better of the two on validation is returned (a result still near chance is flagged later)."""
     extra = [LogitDistiller(teacher, weight=kd_weight)] if teacher is not None else []
     start = copy.deepcopy(model)
+    before = _val_accuracy(model, data, run)
+    first, accuracy = None, -1.0
     try:
-        trained = run.train(model, data, phase, extra_losses=extra, overrides=overrides).model
-        accuracy = evaluate(trained, data, "val", device=run.device)["accuracy"]
-        if not near_chance(accuracy, data.num_classes):
-            return trained
-        reason = f"validation accuracy {accuracy:.1%} is near chance"
+        first = run.train(model, data, phase, extra_losses=extra, overrides=overrides).model
+        accuracy = _val_accuracy(first, data, run)
+        if not (near_chance(accuracy, data.num_classes) or fell_far_below(accuracy, before, data.num_classes)):
+            return first
+        reason = f"validation accuracy {before:.1%} before the fine-tune, {accuracy:.1%} after"
     except TrainingError as e:
         reason = str(e)
     lr = (overrides or {}).get("lr", run.config.lr) * RETRY_LR_SCALE
     run.log.write("finetune-retry", id=phase, reason=reason, lr=lr)
     retry = {**(overrides or {}), "lr": lr, "warmup_epochs": min(1.0, float(run.config.epochs))}
-    return run.train(start, data, f"{phase}-retry", extra_losses=extra, overrides=retry).model
+    second = run.train(start, data, f"{phase}-retry", extra_losses=extra, overrides=retry).model
+    return second if first is None or _val_accuracy(second, data, run) >= accuracy else first
+
+
+def _val_accuracy(model: nn.Module, data: Any, run: Run) -> float:
+    return evaluate(model.to(run.device), data, "val", device=run.device)["accuracy"]
 
 
 RETRY_LR_SCALE = 0.1  # a diverged fine-tune is retried at this fraction of its learning rate
@@ -56,10 +64,9 @@ RETRY_LR_SCALE = 0.1  # a diverged fine-tune is retried at this fraction of its 
 def inherited_accuracy(model: nn.Module, data: Any, run: Run, cid: str) -> float:
     """Recalibrate an inherited sub-network's batch norms (its inherited statistics belong to the larger network
     it was cut from) and return its validation accuracy as it stands, before any fine-tune (logged)."""
-    model.to(run.device)
-    before = evaluate(model, data, "val", device=run.device)["accuracy"]
+    before = _val_accuracy(model, data, run)
     recalibrate_norms(model, data, seed=run.seed)
-    accuracy = evaluate(model, data, "val", device=run.device)["accuracy"]
+    accuracy = _val_accuracy(model, data, run)
     run.log.write("inherited", id=cid, val_acc=accuracy, val_acc_before_recalibration=before)
     return accuracy
 
