@@ -245,6 +245,8 @@ def collect(label: str, run_dirs: list[Path], seed_facts: dict) -> list[dict]:
                     "macs": c["macs"],
                     "params": c["params"],
                     "within_budget": c["within_budget"],
+                    "val_acc_inherited": c["info"].get("val_acc_inherited"),
+                    "warning": c.get("warning"),
                     "search_over_seed": round(search / seed_facts["seconds"], 3),
                     "budgets_in_run": len(result["candidates"]),
                     "run": run_dir.name,
@@ -451,8 +453,8 @@ def to_markdown(payload: dict) -> str:
             "",
             *_headline(table, seed_acc[0]),
             "",
-            "| budget | entry | test accuracy % (mean ± std) | vs seed | MACs | params | n |",
-            "|---|---|---|---|---|---|---|",
+            "| budget | entry | test accuracy % (mean ± std) | vs seed | inherited, val % | MACs | params | n |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for budget in sorted(table, reverse=True):
             ranked = sorted(table[budget].items(), key=lambda kv: -mean_std([r["accuracy"] for r in kv[1]])[0])
@@ -461,9 +463,11 @@ def to_markdown(payload: dict) -> str:
                 macs = sum(r["macs"] for r in rows) / len(rows)
                 params = sum(r["params"] for r in rows) / len(rows)
                 ok = "" if all(r["within_budget"] for r in rows) else " (over budget!)"
+                flagged = sum(1 for r in rows if r.get("warning"))
+                note = f" ({flagged} flagged)" if flagged else ""
                 lines.append(
-                    f"| {budget:g}% | {entry} | {acc[0]:.2f} ± {acc[1]:.2f} | {acc[0] - seed_acc[0]:+.2f} | "
-                    f"{macs:,.0f}{ok} | {params:,.0f} | {len(rows)} |"
+                    f"| {budget:g}% | {entry} | {acc[0]:.2f} ± {acc[1]:.2f}{note} | {acc[0] - seed_acc[0]:+.2f} | "
+                    f"{_inherited(rows)} | {macs:,.0f}{ok} | {params:,.0f} | {len(rows)} |"
                 )
         lines += [
             "",
@@ -501,6 +505,13 @@ def to_markdown(payload: dict) -> str:
                 shown = ", ".join(sorted(budgets, key=lambda b: -float(b) if b != "all" else 0))
                 lines.append(f"- `{name}` at {shown}{'%' if 'all' not in budgets else ''}: {message}")
     return "\n".join(lines) + "\n"
+
+
+def _inherited(rows: list[dict]) -> str:
+    """Mean validation accuracy of the cut-out networks after batch-norm recalibration, before fine-tuning
+    ("-" for networks trained from scratch and for runs made before it was recorded)."""
+    values = [100 * r["val_acc_inherited"] for r in rows if r.get("val_acc_inherited") is not None]
+    return f"{mean_std(values)[0]:.1f}" if values else "-"
 
 
 def _run_times(runs: list[dict]) -> dict[str, list[float]]:

@@ -91,7 +91,7 @@ def test_markdown_table_and_plot(tmp_path):
     payload = _payload()
     markdown = bench.to_markdown(payload)
     assert "## digits_cnn_small_w1" in markdown
-    assert "| 50% | dna | 92.00 ± 0.00 | -3.00 | 50,000 | 500 | 2 |" in markdown
+    assert "| 50% | dna | 92.00 ± 0.00 | -3.00 | - | 50,000 | 500 | 2 |" in markdown
     assert markdown.index("| 50% | dna") < markdown.index("| 50% | uniform")  # best first
     # the headline: dna against the best other entry and the best peer; peers never run above 100%
     assert "| 50% | 92.00 ± 0.00 | uniform 90.00 ± 0.00 | torch_pruning:l1-uniform 91.00 ± 0.00 | +1.00 | -4.00 |" in (
@@ -104,6 +104,14 @@ def test_markdown_table_and_plot(tmp_path):
     assert "`nni-l1` at 10%: RuntimeError: boom" in markdown
     assert "search epoch / dense seed epoch: 3.00x" in markdown
     assert "supernet largest 2.50x, dna search step 7.00x." in markdown
+    # the cut-out networks' accuracy before fine-tuning, and flagged candidates, are shown where recorded
+    for run in payload["runs"]:
+        for row in run["rows"]:
+            if row["entry"] == "uniform":
+                row |= {"val_acc_inherited": 0.8, "warning": "near chance: ..." if row["budget_pct"] == 10 else None}
+    markdown = bench.to_markdown(payload)
+    assert "| 50% | uniform | 90.00 ± 0.00 | -5.00 | 80.0 |" in markdown
+    assert "| 10% | uniform | 90.00 ± 0.00 (2 flagged) |" in markdown
     bench.plot(payload, tmp_path / "p.png")
     assert (tmp_path / "p.png").stat().st_size > 1000
 

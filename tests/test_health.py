@@ -11,7 +11,7 @@ import torch
 from netfit import api
 from netfit.api import adapt
 from netfit.cli import print_result
-from netfit.health import candidate_warning, near_chance
+from netfit.health import candidate_warning, fell_far_below, near_chance
 from netfit.methods import METHODS, Candidate
 from netfit.methods.common import finetune
 from netfit.models import create_model
@@ -81,6 +81,8 @@ def test_warnings_name_near_chance_and_far_below_seed():
     assert "far below the seed" in candidate_warning(0.45, 0.98, 10)
     assert candidate_warning(0.9, 0.98, 10) is None
     assert candidate_warning(0.6, None, 10) is None
+    assert fell_far_below(0.5, 0.98, 10) and not fell_far_below(0.9, 0.98, 10)
+    assert not fell_far_below(0.1, 0.1, 10)  # nothing to lose: a network trained from scratch starts at chance
 
 
 @pytest.fixture

@@ -7,7 +7,8 @@
    ``warmup_epochs``, update the Markov keep logits of one budget per step on the expected network:
    cross-entropy + ``cost_weight`` x the dead-zone budget loss on the differentiable expected cost.
 3. Per budget: the expected widths and depths, scaled together to the largest network within the budget,
-   materialised as a plain dense network and fine-tuned (distilled from the seed with ``kd``).
+   materialised as a plain dense network, its batch norms recalibrated (the supernet's statistics belong to
+   the largest network) and fine-tuned with a learning-rate warm-up (distilled from the seed with ``kd``).
 
 See docs/methods/dna.md for the design and where it departs from the paper.
 """
