@@ -87,10 +87,10 @@ def to_markdown(payload: dict) -> str:
             f"| {data} | {model} (width {width:g}) | {epochs} | {recipe} | {acc[0]:.2f} ± {acc[1]:.2f} | "
             f"{len(rows)} | {seconds:.0f} |"
         )
-    lines += [
-        "",
-        "Recipes: " + "; ".join(f"{k}: `{v or asdict(TrainConfig())}`" for k, v in payload["recipes"].items()),
-    ]
+    shown = ("optimizer", "lr", "momentum", "nesterov", "weight_decay", "schedule", "warmup_epochs")
+    defaults = {k: v for k, v in asdict(TrainConfig()).items() if k in shown}
+    changes = "; ".join(f"{k}: `{v or 'no change'}`" for k, v in payload["recipes"].items())
+    lines += ["", f"Recipes, as changes to netfit's defaults `{defaults}`: {changes}."]
     return "\n".join(lines) + "\n"
 
 
