@@ -15,6 +15,7 @@ from netfit.cli import main
 from netfit.cost import count_cost
 from netfit.engine.checkpoint import load_checkpoint
 from netfit.errors import NetfitError
+from netfit.health import near_chance
 from netfit.methods import dna as dna_module
 from netfit.methods.dna import DNA, dead_zone_loss
 from netfit.models import create_model
@@ -292,7 +293,7 @@ def test_dna_hits_every_budget_in_one_search(dna_run):
     assert [c["id"] for c in summary["candidates"]] == ["dna-50pct", "dna-25pct", "dna-150pct"]
     for cand, ratio in zip(summary["candidates"], (0.5, 0.25, 1.5)):
         assert 0.95 * ratio * seed_macs <= cand["macs"] <= ratio * seed_macs
-        assert cand["accuracy"] > 0.3  # trained, far above chance (0.1) even with one epoch
+        assert not near_chance(cand["accuracy"], 10)  # trained: above chance even with one fine-tune epoch
     log = _log(dna_run.out)
     assert sum(1 for e in log if e["event"] == "dna-arch") == 2 * 3  # per search epoch and budget
     assert sum(1 for e in log if e["event"] == "dna-space") == 1  # one supernet for all budgets
