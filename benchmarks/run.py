@@ -304,10 +304,15 @@ def merge(earlier: dict, payload: dict) -> dict:
     fresh = []
     for run in payload["runs"]:
         old = comparable.pop((Case(**run["case"]).key, run["seed"]), None)
-        fresh.append(_carry_over(old, run) if old and old["seed_network"] == run["seed_network"] else run)
+        fresh.append(_carry_over(old, run) if old and _same_network(old, run) else run)
     runs = sorted(list(comparable.values()) + fresh, key=lambda r: (order[Case(**r["case"]).key], r["seed"]))
     seeds = sorted({r["seed"] for r in runs})
     return payload | {"runs": runs, "settings": payload["settings"] | {"seeds": seeds}}
+
+
+def _same_network(a: dict, b: dict) -> bool:
+    """Two runs started from the same seed network (its training time and folder may differ)."""
+    return all(a["seed_network"][k] == b["seed_network"][k] for k in ("macs", "params", "accuracy"))
 
 
 def _carry_over(old: dict, run: dict) -> dict:
