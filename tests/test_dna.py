@@ -313,7 +313,8 @@ def test_dna_fine_tunes_recalibrated_subnetworks_with_a_warm_up(dna_run):
     inherited = {e["id"]: e for e in log if e["event"] == "inherited"}
     assert set(inherited) == {"dna-50pct", "dna-25pct", "dna-150pct"}
     for cand in dna_run.summary["candidates"]:
-        assert cand["info"]["val_acc_inherited"] == inherited[cand["id"]]["val_acc"] > 0.3
+        assert cand["info"]["val_acc_inherited"] == inherited[cand["id"]]["val_acc"]
+        assert not near_chance(cand["info"]["val_acc_inherited"], 10)
     epochs = dna_run.summary["settings"]["train"]["epochs"]
     for phase, warmup in (("dna-50pct", 0.25 * epochs), ("dna-search", 0.0)):
         assert load_checkpoint(dna_run.out / "ckpt" / f"{phase}.pt")["config"]["warmup_epochs"] == warmup
