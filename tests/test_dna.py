@@ -23,6 +23,7 @@ from netfit.space.channels import trace_channel_groups
 from netfit.space.elastic import ElasticNet
 from netfit.space.grow import deepen, grow, max_difference, order_channels, widen
 from netfit.space.latency_table import measure_table
+from netfit.space.norms import frozen_norm_statistics
 from netfit.space.prune import remap_channels, slice_channels
 
 FAST = {"epochs": 1, "seed_epochs": 2, "progress": False, "train": {"batch_size": 64}}
@@ -231,12 +232,15 @@ def test_sliced_runs_match_the_gated_network_in_outputs_and_gradients(name):
         net.attach()
         try:
             net.set_hard(arch)
-            with dna_module._frozen_norm_statistics(net.model):
+            with frozen_norm_statistics(net.model):
                 gated, gated_grads = outputs_and_grads(lambda: net.model(x))
         finally:
             net.detach()
         assert torch.allclose(sliced, gated, atol=1e-5)
-        assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(sliced_grads, gated_grads))
+        # Gradients sum many more terms than outputs, in an order that differs between sliced and masked convs
+        # and with the thread count: each is compared relative to its tensor's scale.
+        for a, b in zip(sliced_grads, gated_grads):
+            assert (a - b).abs().max() <= 1e-5 + 1e-4 * b.abs().max()
 
 
 def test_sampling_follows_the_markov_chains():

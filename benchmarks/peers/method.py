@@ -84,7 +84,8 @@ class Peer:
             info = {"tool": self.tool, "variant": self.variant, "pruned_macs": macs}
             run.log.write("subnet", id=cid, **info)
             info["val_acc_inherited"] = inherited_accuracy(model, data, run, cid)
-            candidates.append(Candidate(cid, finetune(model, data, run, cid, None), target, info))
+            tuned = finetune(model, data, run, cid, None, start_accuracy=info["val_acc_inherited"])
+            candidates.append(Candidate(cid, tuned, target, info))
         return candidates
 
 

@@ -18,6 +18,8 @@ from ..space.norms import recalibrate_norms
 from ..space.subnet import SubnetSpace
 from .base import Seed, Target
 
+RETRY_LR_SCALE = 0.1  # a diverged fine-tune is retried at this fraction of its learning rate
+
 
 def finetune(
     model: nn.Module,
@@ -27,9 +29,11 @@ def finetune(
     teacher: nn.Module | None,
     kd_weight: float = 1.0,
     overrides: dict[str, Any] | None = None,
+    start_accuracy: float | None = None,
 ) -> nn.Module:
     """Fine-tune a sub-network for ``run.config.epochs`` epochs, distilled from ``teacher`` when one is given;
-    ``overrides`` change training settings of this phase (e.g. a warm-up for inherited weights).
+    ``overrides`` change training settings of this phase (e.g. a warm-up for inherited weights);
+    ``start_accuracy`` is the model's validation accuracy as given, when the caller already measured it.
 
     A fine-tune that diverges (a non-finite loss, or a validation accuracy at the end that is near chance or
     lost more than half of what the network had at the start over chance) is retried once from the same
@@ -37,7 +41,7 @@ def finetune(
     logged); the better of the two on validation is returned (a result still near chance is flagged later)."""
     extra = [LogitDistiller(teacher, weight=kd_weight)] if teacher is not None else []
     start = copy.deepcopy(model)
-    before = _val_accuracy(model, data, run)
+    before = _val_accuracy(model, data, run) if start_accuracy is None else start_accuracy
     first, accuracy = None, -1.0
     try:
         first = run.train(model, data, phase, extra_losses=extra, overrides=overrides).model
@@ -56,9 +60,6 @@ def finetune(
 
 def _val_accuracy(model: nn.Module, data: Any, run: Run) -> float:
     return evaluate(model.to(run.device), data, "val", device=run.device)["accuracy"]
-
-
-RETRY_LR_SCALE = 0.1  # a diverged fine-tune is retried at this fraction of its learning rate
 
 
 def inherited_accuracy(model: nn.Module, data: Any, run: Run, cid: str) -> float:

@@ -15,7 +15,6 @@ See docs/methods/dna.md for the design and where it departs from the paper.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import math
@@ -35,6 +34,7 @@ from ..fileio import atomic_write_text
 from ..space.elastic import ElasticNet
 from ..space.grow import grow
 from ..space.latency_table import LatencyTable, measure_table
+from ..space.norms import frozen_norm_statistics
 from .base import METHODS, Candidate, Seed, Target
 from .common import cost_fn, finetune, from_scratch, inherited_accuracy
 from .uniform import _slug
@@ -168,7 +168,7 @@ class DNA:
             if self.inherit:
                 info["val_acc_inherited"] = inherited_accuracy(model, data, run, cid)
                 warmup = {"warmup_epochs": self.finetune_warmup * run.config.epochs}
-                model = finetune(model, data, run, cid, teacher, self.kd_weight, warmup)
+                model = finetune(model, data, run, cid, teacher, self.kd_weight, warmup, info["val_acc_inherited"])
             else:
                 model = finetune(from_scratch(model), data, run, cid, teacher, self.kd_weight)
             candidates.append(Candidate(cid, model, target, info))
@@ -217,7 +217,7 @@ class DNA:
             loss = F.cross_entropy(logits, ctx.y, label_smoothing=ctx.config.label_smoothing)
             ctx.backward(loss)
             teacher = logits.detach()
-            with _frozen_norm_statistics(ctx.raw_model):
+            with frozen_norm_statistics(ctx.raw_model):
                 if ctx.epoch >= warmup:  # alternating: this pass's weight gradients are dropped
                     params = [] if one_level else list(ctx.raw_model.parameters())
                     grads = [p.grad for p in params]
@@ -389,21 +389,6 @@ def _run_subnet(net: ElasticNet, sub, ctx) -> torch.Tensor:
         return net.run_sliced(sub, ctx.x)
     net.set_hard(sub)
     return ctx.model(ctx.x)
-
-
-@contextlib.contextmanager
-def _frozen_norm_statistics(model: nn.Module):
-    """Batch norms normalise with batch statistics but leave their running statistics alone (momentum 0), so
-    sub-net and soft passes do not mix their statistics into the ones the networks are evaluated with."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [m.momentum for m in norms]
-    for m in norms:
-        m.momentum = 0.0
-    try:
-        yield
-    finally:
-        for m, momentum in zip(norms, saved):
-            m.momentum = momentum
 
 
 def _average_grads(arch: ArchParams) -> None:

@@ -61,6 +61,9 @@ class RandomSearch:
                 }
                 run.log.write("subnet", id=cid, **info)
                 info["val_acc_inherited"] = inherited_accuracy(model, data, run, cid)
-                model = finetune(model, data, run, cid, seed.model if self.kd else None, self.kd_weight)
+                teacher = seed.model if self.kd else None
+                model = finetune(
+                    model, data, run, cid, teacher, self.kd_weight, start_accuracy=info["val_acc_inherited"]
+                )
                 candidates.append(Candidate(cid, model, target, info))
         return candidates

@@ -52,7 +52,10 @@ class Uniform:
                 info["val_acc_inherited"] = inherited_accuracy(model, data, run, cid)
             else:
                 model = from_scratch(model)
-            model = finetune(model, data, run, cid, seed.model if self.kd else None, self.kd_weight)
+            teacher = seed.model if self.kd else None
+            model = finetune(
+                model, data, run, cid, teacher, self.kd_weight, start_accuracy=info.get("val_acc_inherited")
+            )
             candidates.append(Candidate(cid, model, target, info))
         return candidates
 

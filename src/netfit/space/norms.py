@@ -9,6 +9,8 @@ statistics on a few hundred training samples (no gradient, no weight change) bef
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -19,6 +21,22 @@ RECALIBRATION_SAMPLES = 512  # enough for stable estimates on the built-in data;
 
 def _norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
+@contextlib.contextmanager
+def frozen_norm_statistics(model: nn.Module) -> Iterator[None]:
+    """Batch norms normalise with batch statistics but leave their running statistics alone (momentum 0), so
+    extra passes (sub-networks of a supernet, soft mixtures) do not mix their statistics into the ones the
+    networks are evaluated with."""
+    norms = _norms(model)
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum in zip(norms, saved):
+            m.momentum = momentum
 
 
 @torch.no_grad()
@@ -56,4 +74,4 @@ def recalibrate_norms(
     return len(norms)
 
 
-__all__ = ["RECALIBRATION_SAMPLES", "recalibrate_norms"]
+__all__ = ["RECALIBRATION_SAMPLES", "frozen_norm_statistics", "recalibrate_norms"]
