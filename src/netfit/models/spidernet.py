@@ -167,4 +167,3 @@ def initial_arch(
     arch = {"family": "spidernet", "ndim": ndim, "in_chans": in_chans, "num_classes": num_classes}
     fresh = [dict(c, nodes=list(ids), edges={k: list(v) for k, v in edges.items()}) for c in cells]
     return {**arch, "stem": channels, "cells": fresh}
-
