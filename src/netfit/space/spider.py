@@ -35,7 +35,8 @@ def hard_gate(w: torch.Tensor) -> torch.Tensor:
 class GatedEdge(Edge):
     """An edge whose operations are each multiplied by a hard straight-through gate.
 
-    ``off`` counts, per operation (in the order of ``ops``), the steps on which its gate was closed.
+    ``off`` counts, per operation in the order of ``ops``, the steps on which its gate was closed (always index
+    gates by name: a ParameterDict keeps its own key order, not the ModuleDict's).
     """
 
     def __init__(self, ndim: int, channels: int, stride: int, ops: Iterable[str], init: float = GATE_INIT) -> None:
@@ -124,7 +125,7 @@ class GateMonitor(Callback):
     def on_step_end(self, state, out) -> None:
         clamp_gates(self.net, self.clip)
         for _, _, edge in gated_edges(self.net):
-            edge.off += torch.stack([w <= 0 for w in edge.gates.values()]).to(edge.off.dtype)
+            edge.off += torch.stack([edge.gates[name] <= 0 for name in edge.ops]).to(edge.off.dtype)
         self.net.gate_steps += 1
 
 
