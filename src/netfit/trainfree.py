@@ -142,8 +142,9 @@ def metric_batch(data: Any, samples: int, seed: int, device: torch.device | str 
 def score_path(
     path: str | Path | nn.Module, data: Any, samples: int = SCORE_SAMPLES, seed: int = 0, points: int = REGION_POINTS
 ) -> list[dict[str, Any]]:
-    """Train-free metrics, MACs and params of a model folder, a live model, or every candidate of a run directory
-    (with the candidate's measured test accuracy, for comparison), on one seeded minibatch of ``data``.
+    """Train-free metrics, MACs and params of a model folder, a live model, a built-in model name (freshly
+    initialised), or every candidate of a run directory (with the candidate's measured test accuracy, for
+    comparison), on one seeded minibatch of ``data``.
 
     Example:
         >>> for row in score_path("runs/spider", "mnist1d"):
@@ -154,6 +155,7 @@ def score_path(
     from .data import DataBundle, load_data
     from .export import load_model
     from .fileio import inside
+    from .models import create_model, list_models
 
     bundle = data if isinstance(data, DataBundle) else load_data(data)
     if samples < 2:
@@ -167,8 +169,14 @@ def score_path(
         ]
     elif Path(path).is_dir():
         entries = [(Path(path).name, load_model(path), None)]
+    elif str(path) in list_models() or str(path).startswith("timm:"):  # a freshly initialised built-in
+        torch.manual_seed(seed)
+        model = create_model(str(path), num_classes=bundle.num_classes, in_chans=bundle.input_shape[0])
+        entries = [(str(path), model, None)]
     else:
-        raise NetfitError(f"{path} is neither a model folder (arch.json) nor a run directory (result.json)")
+        raise NetfitError(
+            f"{path} is neither a model folder (arch.json), a run directory (result.json) nor a built-in model name"
+        )
     x = metric_batch(bundle, samples, seed)
     rows = []
     for name, model, accuracy in entries:
