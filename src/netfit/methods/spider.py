@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from ..budget import check_feasible
 from ..distill import kd_loss
 from ..engine import StepOutput
+from ..engine.distributed import is_distributed
 from ..errors import CheckpointError, NetfitError
 from ..export import load_model, save_model
 from ..fileio import atomic_write, atomic_write_text
@@ -116,6 +117,8 @@ class SpiderNetSearch:
         self.ops = tuple(self.ops)
 
     def search(self, seed: Seed, data, targets: list[Target], run) -> list[Candidate]:
+        if is_distributed():  # the step runs the unwrapped supernet (auxiliary heads), outside DDP's gradient sync
+            raise NetfitError("spider trains in one process; run it without torchrun")
         ndim = len(seed.input_shape) - 1
         if ndim not in (1, 2):
             raise NetfitError(
@@ -127,7 +130,7 @@ class SpiderNetSearch:
         )
         self._check_reachable(arch, target, seed, measure)
         restored = self._restore(run) if run.resume else None
-        net, candidates = restored or (SpiderSupernet(arch, self.gate_init).to(run.device), [])
+        net, candidates = restored or (self._initial(arch, run), [])
         teacher = seed.model.eval() if self.kd else None
         for k in range(len(candidates), self.iterations):
             net = self._train(net, data, run, k, teacher)
@@ -150,6 +153,12 @@ class SpiderNetSearch:
             candidates.append(Candidate(f"spider-it{k}", model, target, info))
             self._save(run, k, net, candidates[-1])
         return candidates
+
+    def _initial(self, arch: dict, run) -> SpiderSupernet:
+        """The starting supernet, its weights drawn from the run's seed alone (the same after a resume)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(run.rng("spider-init").integers(2**31)))
+            return SpiderSupernet(arch, self.gate_init).to(run.device)
 
     # ----- training
     def _train(self, net: SpiderSupernet, data, run, k: int, teacher) -> SpiderSupernet:

@@ -12,9 +12,11 @@ which is exact: an operation behind a closed gate contributes nothing).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Iterator
 from functools import partial
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -255,6 +257,27 @@ def plain_network(net: SpiderNet) -> SpiderNet:
     return plain.to(reference.device).train(net.training)
 
 
+def random_arch(template: dict, rng: np.random.Generator, max_nodes: int = 3, op_prob: float = 0.5) -> dict:
+    """A random network of the same space as ``template`` (same cells, widths and candidate ops): per cell up to
+    ``max_nodes`` intermediate nodes, each taking input from a random non-empty set of earlier nodes, each edge
+    holding a random non-empty subset of the ops (each kept with ``op_prob``); nodes off every input -> output
+    path are dropped. The random-search baseline and the proxy-ranking study draw from it."""
+    arch = copy.deepcopy(template)
+    for cell in arch["cells"]:
+        ops = sorted({op for v in cell["edges"].values() for op in v})
+        nodes = list(range(int(rng.integers(0, max_nodes + 1)) + 2))
+        edges = {}
+        for j, node in enumerate(nodes[1:], start=1):
+            sources = [a for a in nodes[:j] if rng.random() < 0.5] or [nodes[int(rng.integers(0, j))]]
+            for a in sources:
+                edges[edge_key(a, node)] = [op for op in ops if rng.random() < op_prob] or [
+                    ops[int(rng.integers(len(ops)))]
+                ]
+        cell["nodes"] = live_nodes(nodes, edges)
+        cell["edges"] = {k: v for k, v in edges.items() if all(n in cell["nodes"] for n in edge_ends(k))}
+    return arch
+
+
 __all__ = [
     "DEADHEAD_THRESHOLD",
     "GATE_CLIP",
@@ -272,6 +295,7 @@ __all__ = [
     "plain_arch",
     "plain_network",
     "prune_nodes",
+    "random_arch",
     "reset_gate_counts",
     "split_edge",
 ]
