@@ -129,7 +129,7 @@ class SpiderNetSearch:
             ndim, seed.input_shape[0], data.num_classes, self.channels, self.reductions, self.nodes, self.ops
         )
         self._check_reachable(arch, target, seed, measure)
-        restored = self._restore(run) if run.resume else None
+        restored = self._restore(run, target) if run.resume else None
         net, candidates = restored or (self._initial(arch, run), [])
         teacher = seed.model.eval() if self.kd else None
         for k in range(len(candidates), self.iterations):
@@ -266,7 +266,7 @@ class SpiderNetSearch:
         save_model(candidate.model, folder / f"cand{k}", input_shape=run.input_shape, meta={"info": candidate.info})
         atomic_write_text(folder / f"it{k}.json", json.dumps({"arch": SpiderNet.describe(net), "info": candidate.info}))
 
-    def _restore(self, run) -> tuple[SpiderSupernet, list[Candidate]] | None:
+    def _restore(self, run, target: Target) -> tuple[SpiderSupernet, list[Candidate]] | None:
         """The supernet and candidates of the last completed iteration of an interrupted run (None: none)."""
         from safetensors.torch import load_file
 
@@ -283,7 +283,7 @@ class SpiderNetSearch:
         candidates = []
         for k in range(last + 1):
             info = json.loads((folder / f"it{k}.json").read_text())["info"]
-            candidates.append(Candidate(f"spider-it{k}", load_model(folder / f"cand{k}"), None, info))
+            candidates.append(Candidate(f"spider-it{k}", load_model(folder / f"cand{k}"), target, info))
         run.log.write("spider-resume", iterations_done=last + 1)
         return net.to(run.device), candidates
 
