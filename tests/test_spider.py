@@ -26,7 +26,9 @@ from netfit.space.spider import (
     deadhead,
     gated_edges,
     hard_gate,
+    live_nodes,
     plain_network,
+    random_arch,
     split_edge,
 )
 
@@ -291,3 +293,15 @@ def test_initial_arch_counts():
     assert all(len(c["edges"]) == 6 and all(len(v) == 7 for v in c["edges"].values()) for c in arch["cells"])
     assert sum(1 for _ in gated_edges(SpiderSupernet(arch))) == 30
     assert np.isfinite(SpiderNet(arch)(torch.randn(2, 3, 16, 16)).detach().numpy()).all()
+
+
+def test_random_arch_draws_valid_networks_of_the_same_space():
+    template = initial_arch(1, 1, 3, channels=4, reductions=1)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        arch = random_arch(template, rng, max_nodes=3)
+        assert [c["channels"] for c in arch["cells"]] == [c["channels"] for c in template["cells"]]
+        for cell in arch["cells"]:
+            assert live_nodes(cell["nodes"], cell["edges"]) == cell["nodes"]
+            assert all(ops and set(ops) <= set(SPIDER_OPS) for ops in cell["edges"].values())
+        assert SpiderNet(arch)(sample()).shape == (4, 3)
