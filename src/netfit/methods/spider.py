@@ -50,6 +50,9 @@ from .base import METHODS, Candidate, Seed, Target
 from .common import cost_fn
 
 STATE_DIR = "spider"
+# The gates' gradient is a sum over a whole feature map, far larger than their clamp range, so at the weights' lr
+# they flip on the sign of each batch; at a tenth of it the supernet trained stably on mnist1d (docs/methods/spider.md)
+GATE_LR_SCALE = 0.1
 
 
 @METHODS.register("spider")
@@ -67,7 +70,7 @@ class SpiderNetSearch:
         ops: the candidate operations of every edge (default: the seven of the paper).
         gate_init, gate_clip: the gate weights' start and clamp (published 0.01 and 0.05).
         gate_decay: weight decay of the gate weights (pulls unused gates below zero).
-        gate_lr: learning rate of the gates' SGD (default: the run's lr).
+        gate_lr: learning rate of the gates' SGD (default: ``GATE_LR_SCALE`` x the run's lr).
         deadhead_threshold: delete an op closed on more than this fraction of an iteration's batches.
         aux_weight: weight of the auxiliary heads' losses (published 0.4).
         mutations: edge splits applied per iteration at most (in different cells).
@@ -164,7 +167,7 @@ class SpiderNetSearch:
     def _train(self, net: SpiderSupernet, data, run, k: int, teacher) -> SpiderSupernet:
         epochs = self.iteration_epochs or max(1, round(run.config.epochs / self.iterations))
         gates = [p for n, p in net.named_parameters() if is_gate(n)]
-        lr = self.gate_lr or run.config.lr
+        lr = self.gate_lr or GATE_LR_SCALE * run.config.lr
         gate_opt = torch.optim.SGD(gates, lr=lr, momentum=0.9, weight_decay=self.gate_decay)
         aux_weight = self.aux_weight
 
