@@ -13,7 +13,7 @@ from netfit.cli import main
 from netfit.cost import count_cost
 from netfit.engine import RunLog, TrainConfig
 from netfit.errors import BudgetInfeasibleError, NetfitError
-from netfit.export import load_model, save_model
+from netfit.export import export_onnx, load_model, save_model
 from netfit.methods import Target
 from netfit.methods import spider as spider_module
 from netfit.methods.spider import SpiderNetSearch, accepted_by_metrics, rank_mutations
@@ -163,6 +163,8 @@ def test_plain_network_equals_supernet_and_round_trips(tmp_path):
     save_model(plain, tmp_path / "m", input_shape=(1, 8, 8))
     loaded = load_model(tmp_path / "m")
     torch.testing.assert_close(loaded(x), plain(x))
+    pytest.importorskip("onnxruntime")
+    assert export_onnx(loaded, tmp_path / "m" / "model.onnx", (1, 8, 8))["max_abs_diff"] < 1e-4
 
 
 def test_plain_network_of_a_cell_with_every_gate_closed_computes_zeros():
