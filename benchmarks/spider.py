@@ -47,6 +47,7 @@ def spider_options(args: argparse.Namespace) -> dict:
         "reductions": args.reductions,
         "iterations": args.iterations,
         "mutation_candidates": args.candidates,
+        "lr_scale": args.lr_scale,
     }
 
 
@@ -254,6 +255,8 @@ def main() -> None:
     parser.add_argument("--channels", type=int, default=8)
     parser.add_argument("--reductions", type=int, default=2)
     parser.add_argument("--candidates", type=int, default=3, help="edge splits scored per iteration")
+    parser.add_argument("--lr-scale", type=float, default=0.2, help="spider's lr_scale (supernet lr / run lr)")
+    parser.add_argument("--tag", default="", help="suffix of the result files (an ablation next to the main run)")
     parser.add_argument("--dna", action="store_true", help="also run DNA on the same seed and budget")
     parser.add_argument("--dna-search-epochs", type=int, default=3)
     parser.add_argument("--networks", type=int, default=20)
@@ -275,8 +278,8 @@ def main() -> None:
             runs.append(run_seed(args, s, root))
             payload = {"benchmark": "spider-compare", "settings": settings, "environment": environment(), "runs": runs}
             markdown = compare_markdown(args, runs)
-            write_results(f"spider_{args.part}_{args.data}", payload, markdown)
-    write_results(f"spider_{args.part}_{args.data}", payload, markdown)
+            write_results(f"spider_{args.part}_{args.data}{args.tag}", payload, markdown)
+    write_results(f"spider_{args.part}_{args.data}{args.tag}", payload, markdown)
     print(markdown)
 
 

@@ -73,6 +73,8 @@ class SpiderNetSearch:
         gate_lr: learning rate of the gates' SGD (default: ``GATE_LR_SCALE`` x the run's lr).
         deadhead_threshold: delete an op closed on more than this fraction of an iteration's batches.
         aux_weight: weight of the auxiliary heads' losses (published 0.4).
+        lr_scale: the weights' learning rate while the supernet trains, as a fraction of the run's lr (every open
+            op of an edge adds to its output, so the supernet takes larger steps than a plain network at one lr).
         mutations: edge splits applied per iteration at most (in different cells).
         mutation_candidates: edges drawn and scored per iteration.
         metric_samples: minibatch size of the train-free metrics.
@@ -97,6 +99,7 @@ class SpiderNetSearch:
     gate_lr: float | None = None
     deadhead_threshold: float = DEADHEAD_THRESHOLD
     aux_weight: float = 0.4
+    lr_scale: float = 0.2
     mutations: int = 1
     mutation_candidates: int = 4
     metric_samples: int = 16
@@ -113,8 +116,8 @@ class SpiderNetSearch:
             raise NetfitError(f"spider ops must be a non-empty list of {', '.join(o for o in OPS if o != 'none')}")
         if not 0 < self.gate_init <= self.gate_clip or self.gate_decay < 0 or (self.gate_lr or 1) <= 0:
             raise NetfitError("spider needs 0 < gate_init <= gate_clip, gate_decay >= 0 and gate_lr > 0")
-        if not 0 < self.deadhead_threshold < 1 or self.aux_weight < 0:
-            raise NetfitError("spider needs 0 < deadhead_threshold < 1 and aux_weight >= 0")
+        if not 0 < self.deadhead_threshold < 1 or self.aux_weight < 0 or self.lr_scale <= 0:
+            raise NetfitError("spider needs 0 < deadhead_threshold < 1, aux_weight >= 0 and lr_scale > 0")
         if self.mutations < 0 or self.mutation_candidates < 1 or self.metric_samples < 2:
             raise NetfitError("spider needs mutations >= 0, mutation_candidates >= 1 and metric_samples >= 2")
         self.ops = tuple(self.ops)
@@ -191,6 +194,7 @@ class SpiderNetSearch:
             data,
             f"spider-it{k}",
             epochs=epochs,
+            overrides={"lr": self.lr_scale * run.config.lr},
             step_fn=step,
             callbacks=[GateMonitor(net, self.gate_clip)],
             extra_optimizers=[gate_opt],
