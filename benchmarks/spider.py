@@ -36,7 +36,7 @@ from netfit.models.spidernet import SpiderNet, initial_arch
 from netfit.space.spider import random_arch
 from netfit.trainfree import metric_batch, score
 
-from .common import environment, mean_std, write_results
+from .common import RESULTS, environment, mean_std, write_results
 
 MAX_NODES = 3  # intermediate nodes per cell of a random network
 
@@ -164,10 +164,16 @@ def compare_markdown(args: argparse.Namespace, runs: list[dict]) -> str:
         f"{budget['limit']:,.0f} {budget['metric']}; seed {args.model} trained {args.seed_epochs} epochs, "
         f"test accuracy {100 * mean_std([r['seed_net']['accuracy'] for r in runs])[0]:.2f}%.",
         f"SpiderNet: {args.channels} initial channels, {args.reductions} reduction cells, {args.iterations} "
-        f"iterations, {args.epochs} epochs in all; its result is its last iteration's network. Random search: "
-        f"networks of the same space within the budget, each trained {args.epochs} epochs from scratch, until it "
-        "used SpiderNet's search wall time; best on validation. DNA: the trained seed, "
-        f"{args.dna_search_epochs} search + {args.epochs - args.dna_search_epochs} fine-tune epochs.",
+        f"iterations, {args.epochs} epochs in all, supernet weights at lr_scale {args.lr_scale} x the run's lr "
+        f"{args.lr}; its result is its last iteration's network. Random search: networks of the same space within "
+        f"the budget, each trained {args.epochs} epochs from scratch at lr {args.lr}, until it used SpiderNet's "
+        "search wall time; best on validation."
+        + (
+            f" DNA: the trained seed, {args.dna_search_epochs} search + {args.epochs - args.dna_search_epochs} "
+            "fine-tune epochs."
+            if "dna" in entries
+            else ""
+        ),
         f"Scale: {load_data(args.data).source}; CPU, 1 thread, on a machine shared with other jobs (wall times "
         "are comparable within a seed only).",
         "",
@@ -264,8 +270,17 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--root", type=Path, default=None)
+    parser.add_argument("--rewrite", action="store_true", help="only rewrite the markdown from the committed JSON")
     args = parser.parse_args()
     Budget.parse(args.budget)  # fail early on a malformed budget
+    if args.rewrite:
+        name = f"spider_{args.part}_{args.data}{args.tag}"
+        payload = json.loads((RESULTS / f"{name}.json").read_text())
+        # runs made before lr_scale existed trained the supernet at the run's lr
+        saved = argparse.Namespace(**{**vars(args), "lr_scale": 1.0, **payload["settings"]})
+        render = tau_markdown(saved, payload) if args.part == "tau" else compare_markdown(saved, payload["runs"])
+        write_results(name, payload, render)
+        return
     settings = vars(args) | {"root": str(args.root)}
     if args.part == "tau":
         result = run_tau(args)
