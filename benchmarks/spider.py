@@ -158,7 +158,8 @@ def compare_markdown(args: argparse.Namespace, runs: list[dict]) -> str:
 
     budget = runs[0]["budget"]
     lines = [
-        f"# SpiderNet on {args.data}: vs random search of its space and vs DNA (budget {args.budget})",
+        f"# SpiderNet on {args.data}: vs random search of its space{' and vs DNA' if 'dna' in entries else ''} "
+        f"(budget {args.budget})",
         "",
         f"Seeds {[r['seed'] for r in runs]} (mean ± std). Budget {budget['spec']} of the {args.model} seed = "
         f"{budget['limit']:,.0f} {budget['metric']}; seed {args.model} trained {args.seed_epochs} epochs, "
