@@ -303,6 +303,38 @@ def eval_cmd(
     )
 
 
+@app.command()
+def score(
+    model: Annotated[
+        str, typer.Argument(help="A model folder, a run directory (scores every candidate) or a built-in name.")
+    ],
+    data: DataOpt = "digits",
+    samples: Annotated[int, typer.Option("--samples", help="Minibatch size of the metrics.")] = 32,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the minibatch draw (and of a built-in's init).")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Train-free metrics (NTK condition number, linear regions) with MACs and params: a cheap ranking."""
+    from .cost import format_count
+    from .trainfree import score_path
+
+    rows = score_path(model, data, samples=samples, seed=seed)
+    if as_json:
+        console.print_json(json.dumps(rows, default=str))
+        return
+    table = Table(title=f"train-free metrics on {samples} samples of {data}")
+    for col in ("id", "NTK cond", "linear regions", "MACs", "params", "accuracy"):
+        table.add_column(col, justify="left" if col == "id" else "right")
+    for row in rows:
+        accuracy = f"{row['accuracy']:.2%}" if "accuracy" in row else ""
+        cells = (f"{row['ntk_cond']:.4g}", str(row["linear_regions"]), format_count(row["macs"]))
+        table.add_row(row["id"], *cells, format_count(row["params"]), accuracy)
+    console.print(table)
+    console.print(
+        "NTK cond: lower trains more evenly; linear regions: higher is more expressive (see docs/methods/spider.md).",
+        highlight=False,
+    )
+
+
 def _model_dir(path: Path) -> Path:
     """A model folder as given, or the selected candidate's folder of a run directory."""
     from .api import RESULT_FILE, load_result

@@ -3,6 +3,7 @@
 from . import dna as _dna  # noqa: F401  (registers "dna")
 from . import odn as _odn  # noqa: F401  (registers "odn")
 from . import random_search as _random_search  # noqa: F401  (registers "random")
+from . import spider as _spider  # noqa: F401  (registers "spider")
 from . import uniform as _uniform  # noqa: F401  (registers "uniform")
 from .base import METHODS, Candidate, Method, Seed, Target
 
