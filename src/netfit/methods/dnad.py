@@ -127,7 +127,7 @@ class Shrinker(Callback):
         self.snapshots: list[dict] = []
         self.deleted: list[list] = []
         self.done = False
-        self.window = [0.0, 0]  # seconds and steps since the last snapshot
+        self.window = [0.0, 0]  # seconds and steps run with the current structure
         self.position = [0, 0]  # (step, epoch) of the last step seen
         self.last: float | None = None
 
@@ -144,13 +144,16 @@ class Shrinker(Callback):
             return
         deleted = self.net.delete_below(self.method.threshold)
         self.deleted += [[state.step, *d] for d in deleted]
+        if deleted:
+            self.window = [0.0, 0]  # a new structure: its own steps are timed from here
         plateau = self.controller.update(len(deleted))
+        if not (deleted or plateau):
+            return
         cost = self.net.cost()
-        sparsity = 1 - self.net.live_pairs() / self.net.total_pairs()
         reason = None
-        if self.limit is not None and self.metric in cost and cost[self.metric] <= self.limit:
+        if self.limit is not None and cost[self.metric] <= self.limit:
             reason = "budget"  # the smallest budget is passed
-        elif self.method.target_sparsity is not None and sparsity >= self.method.target_sparsity:
+        elif self.method.target_sparsity is not None and self.sparsity() >= self.method.target_sparsity:
             reason = "sparsity"
         elif self.net.exhausted():
             reason = "exhausted"
@@ -158,6 +161,10 @@ class Shrinker(Callback):
             self.snapshot(reason or "plateau", cost)
         if reason:
             self.done = state.stop = True
+
+    def sparsity(self) -> float:
+        """The fraction of the dense supernet's pairs deleted so far."""
+        return 1 - self.net.live_pairs() / self.net.total_pairs()
 
     def snapshot(self, reason: str, cost: dict | None = None) -> None:
         genotype = self.net.genotype()
@@ -172,12 +179,11 @@ class Shrinker(Callback):
                 "genotype": genotype,
                 "pairs": self.net.live_pairs(),
                 **(cost or self.net.cost()),
-                "step_seconds": seconds / steps if steps else None,
+                "step_seconds": seconds / steps if steps else None,  # None: this structure has not run yet
                 "gamma": self.controller.gamma,
                 "mu": self.controller.mu,
             }
         )
-        self.window = [0.0, 0]
 
     def state_dict(self) -> dict:
         return {
@@ -290,7 +296,10 @@ class DNAD:
             student = [o.shape[1] for o in _stage_outputs(net, shape)]
             distiller = FeatureDistiller(len(shape) - 1, student, taps.channels, self.ratios)
         model = SearchModel(net, distiller)
-        stop_limit = smallest_target.limit if smallest_target.metric in ("macs", "params") else None
+        # "the smallest budget is passed": crossed while shrinking (a dense net already within it shrinks on)
+        metric = smallest_target.metric
+        crossing = metric in ("macs", "params") and net.cost()[metric] > smallest_target.limit
+        stop_limit = smallest_target.limit if crossing else None
         shrinker = Shrinker(net, self, self.warmup_epochs, stop_limit, smallest_target.metric)
         dense = net.cost()
         run.log.write(f"{self.name}-space", ops=self.op_list, cells=self.cells, pairs=net.total_pairs(), **dense)
