@@ -107,12 +107,16 @@ class CellSupernet(DartsNet):
         """The arch spec of the current genotype as a plain ``darts`` network."""
         return {"family": "darts", **self.arch, "reductions": list(self.reductions), "genotype": self.genotype()}
 
+    def pair_table(self) -> tuple[dict[str, int], dict]:
+        """(MACs and params of the network without pairs, {(cell, node, pair): that pair's MACs and params})."""
+        if self._pair_costs is None:
+            self._pair_costs = _pair_costs(self)
+        return self._pair_costs
+
     def cost(self) -> dict[str, int]:
         """MACs and params of the current genotype's plain network, from a per-pair table measured once with
         netfit's cost model (costs add up over pairs; tested against counting the built network)."""
-        if self._pair_costs is None:
-            self._pair_costs = _pair_costs(self)
-        base, pairs = self._pair_costs
+        base, pairs = self.pair_table()
         total = dict(base)
         for i, cell in enumerate(self.cells):
             for k, node in enumerate(cell.nodes):
@@ -257,8 +261,7 @@ class ShrinkController:
 def random_genotype(net: CellSupernet, target_macs: float, rng) -> list:
     """A random member of the same space at (just under) ``target_macs``: delete random pairs of a dense copy's
     genotype until its MACs fit (the benchmark's random-cells baseline)."""
-    base, pairs = net._pair_costs or _pair_costs(net)
-    net._pair_costs = (base, pairs)
+    base, pairs = net.pair_table()
     live = [(i, k, p) for i, cell in enumerate(net.cells) for k, node in enumerate(cell.nodes) for p in node.all_pairs]
     macs = base["macs"] + sum(pairs[key]["macs"] for key in live)
     order = rng.permutation(len(live))

@@ -1,0 +1,350 @@
+"""DNAD/SNPS benchmark: the Pareto sets of one SNPS and one DNAD run, random cells at matched MACs, step times.
+
+    python -m benchmarks.dnad --data mnist1d --model resnet18_1d --width 0.25 --seeds 0 1 2
+
+Per seed: train the seed network (inside the SNPS run), run SNPS and DNAD (teacher: that trained seed) on the same
+split with the same space, controller, search epochs and member epochs; train one random genotype of the same
+space at each DNAD member's MACs for the same epochs; optionally `uniform` and `dna` on the seed at the run's
+budgets (`--peers`). Step times: each member's supernet step time measured during the search (callback window)
+and re-measured afterwards on the supernet rebuilt at that member's structure (median of a few steps, one batch).
+Results go to benchmarks/results/dnad_<data>.json/.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from netfit.api import adapt, train_model
+from netfit.data import load_data
+from netfit.methods.dnad import DEFAULT_OPS
+from netfit.models import build_model, create_model
+from netfit.space.darts import build_supernet, random_genotype
+
+from .common import dna_finetune_epochs, environment, mean_std, write_results
+
+
+def _value(raw: str):
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def _options(args: argparse.Namespace) -> dict:
+    extra = {k: _value(v) for k, v in args.x}
+    return {
+        "ops": args.ops,
+        "cells": args.cells,
+        "channels": args.channels,
+        "search_epochs": args.search_epochs,
+        **extra,
+    }
+
+
+def _members(summary: dict) -> list[dict]:
+    return [
+        {
+            "id": r["id"],
+            "accuracy": r["accuracy"],
+            "macs": r["macs"],
+            "params": r["params"],
+            "genotype": r["arch"]["genotype"],
+            **{k: r["info"].get(k) for k in ("reason", "step", "pairs", "step_seconds", "val_acc", "selected_for")},
+        }
+        for r in summary["candidates"]
+    ]
+
+
+def supernet_step_seconds(genotype: list, args: argparse.Namespace, shape: tuple[int, ...], repeats: int = 5) -> float:
+    """Median seconds of one training step (forward, sparsity, backward, Adam) of the supernet cut to ``genotype``."""
+    torch.manual_seed(0)
+    net = build_supernet(shape, 10, args.ops.split(","), args.cells, args.channels)
+    for cell, nodes in zip(net.cells, genotype):
+        for node, pairs in zip(cell.nodes, nodes):
+            for i, pair in enumerate(node.all_pairs):
+                if list(pair) not in pairs:
+                    node.delete(i)
+    opt = torch.optim.AdamW(net.parameters(), lr=5e-4)
+    x, y = torch.randn(args.batch_size, *shape), torch.randint(0, 10, (args.batch_size,))
+    times = []
+    for _ in range(repeats + 1):
+        started = time.perf_counter()
+        s = net.sparsity()
+        loss = F.cross_entropy(net(x), y) * (1 + 0.01 * s) + 0.001 * s
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times[1:])  # the first step allocates
+
+
+def _adapt(args, data, method: str, out: Path, seed: int, seed_dir: Path, **kwargs) -> dict:
+    """One netfit run from the case's seed (the first run trains it), resumed when its directory exists."""
+    if out != seed_dir.parent:
+        model, where = args.model, {"seed_weights": seed_dir}
+    else:
+        model = create_model(
+            args.model, num_classes=data.num_classes, in_chans=data.input_shape[0], width_mult=args.width
+        )
+        where = {"train_seed": True, "seed_epochs": args.seed_epochs}
+    result = adapt(
+        model,
+        data,
+        ",".join(f"{b}%" for b in args.budgets),
+        method,
+        out=out,
+        resume=(out / "run.json").exists(),
+        seed=seed,
+        progress=False,
+        train={"batch_size": args.batch_size, "lr": args.lr},
+        **where,
+        **kwargs,
+    )
+    return result.summary
+
+
+def run_seed(args: argparse.Namespace, seed: int, root: Path) -> dict:
+    data = load_data(args.data)
+    seed_dir = root / f"seed-{seed}" / "seed"
+    runs, seconds = {}, {}
+    for method in ("snps", "dnad"):
+        t0 = time.perf_counter()
+        out = root / (f"seed-{seed}" if method == "snps" else f"dnad-{seed}")  # the first run keeps the seed
+        runs[method] = _adapt(
+            args, data, method, out, seed, seed_dir, epochs=args.epochs, method_options=_options(args)
+        )
+        seconds[method] = round(time.perf_counter() - t0, 1)
+    # random genotypes of the same space at each DNAD member's MACs, trained for the same epochs from scratch
+    shape = tuple(data.input_shape)
+    space = build_supernet(shape, data.num_classes, args.ops.split(","), args.cells, args.channels)
+    rng = np.random.default_rng([seed, 7])
+    random_rows = []
+    for m in _members(runs["dnad"]):
+        genotype = random_genotype(space, m["macs"], rng)
+        torch.manual_seed(seed)
+        model = build_model({**space.plain_arch(), "genotype": genotype})
+        out = root / f"random-{seed}-{m['id']}"
+        train = {"batch_size": args.batch_size, "lr": args.lr}
+        row = train_model(model, data, out=out, epochs=args.epochs, seed=seed, train=train, progress=False)
+        random_rows.append({"matched": m["id"], **{k: row[k] for k in ("accuracy", "macs", "params")}})
+    peers = {}
+    for peer in args.peers:
+        epochs, opts = args.epochs, {}
+        if peer == "dna":  # one search for all budgets: each fine-tune gives up its share (the harness's rule)
+            opts = {"search_epochs": args.dna_search_epochs}
+            epochs = dna_finetune_epochs(args.epochs, args.dna_search_epochs, len(args.budgets))
+        summary = _adapt(args, data, peer, root / f"{peer}-{seed}", seed, seed_dir, epochs=epochs, method_options=opts)
+        peers[peer] = [{k: r[k] for k in ("id", "target", "accuracy", "macs", "params")} for r in summary["candidates"]]
+    return {
+        "seed": seed,
+        "seed_network": runs["snps"]["seed"],
+        "snps": _members(runs["snps"]),
+        "dnad": _members(runs["dnad"]),
+        "random": random_rows,
+        "peers": peers,
+        "remeasured_step_seconds": {
+            method: [supernet_step_seconds(m["genotype"], args, shape) for m in _members(runs[method])]
+            for method in ("snps", "dnad")
+        },
+        "seconds": seconds,
+    }
+
+
+def _front_at(members: list[dict], macs: float) -> float | None:
+    """The best accuracy of a set's members at or below ``macs`` (None: no member that small)."""
+    fitting = [m["accuracy"] for m in members if m["macs"] <= macs]
+    return max(fitting) if fitting else None
+
+
+def matched(run: dict) -> list[dict]:
+    """Per DNAD member: its accuracy, the SNPS set's best at or below its MACs, the random cell at its MACs."""
+    rows = []
+    for m, r in zip(run["dnad"], run["random"]):
+        rows.append(
+            {
+                "id": m["id"],
+                "macs": m["macs"],
+                "dnad": m["accuracy"],
+                "snps": _front_at(run["snps"], m["macs"]),
+                "random": r["accuracy"],
+                "random_macs": r["macs"],
+            }
+        )
+    return rows
+
+
+def step_ratio(times: list[float | None]) -> float | None:
+    """Last plateau's step time over the first's (members without a time are skipped)."""
+    timed = [t for t in times if t]
+    return timed[-1] / timed[0] if len(timed) > 1 else None
+
+
+def summarise(runs: list[dict]) -> dict:
+    rows = [row for run in runs for row in matched(run)]
+    vs_random = [r["dnad"] - r["random"] for r in rows]
+    vs_snps = [r["dnad"] - r["snps"] for r in rows if r["snps"] is not None]
+    ratios = {
+        f"{method}_{kind}": [
+            step_ratio(run[key][method] if kind == "remeasured" else [m["step_seconds"] for m in run[method]])
+            for run in runs
+        ]
+        for method in ("snps", "dnad")
+        for kind, key in (("remeasured", "remeasured_step_seconds"), ("in_run", None))
+    }
+    return {
+        "dnad_minus_random": {
+            "mean_std": mean_std(vs_random) if vs_random else None,
+            "all_at_or_above": all(d >= 0 for d in vs_random),
+            "points": len(vs_random),
+        },
+        "dnad_minus_snps": {
+            "mean_std": mean_std(vs_snps) if vs_snps else None,
+            "all_at_or_above": all(d >= 0 for d in vs_snps),
+            "points": len(vs_snps),
+        },
+        "step_time_ratio_last_over_first": ratios,
+    }
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
+
+
+def _ms(values: list[float], scale: float = 100.0, unit: str = "") -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    m, sd = mean_std(values)
+    return f"{scale * m:.2f}{unit}" + (f" ± {scale * sd:.2f}" if len(values) > 1 else "")
+
+
+def _verdict(name: str, d: dict) -> str:
+    if not d["mean_std"]:
+        return f"- {name} at matched MACs: no matched points."
+    m, sd = d["mean_std"]
+    return (
+        f"- {name} at matched MACs: {100 * m:+.2f} points mean (std {100 * sd:.2f} over {d['points']} points); "
+        f"at or above at every point: {'yes' if d['all_at_or_above'] else 'no'}."
+    )
+
+
+def to_markdown(args: argparse.Namespace, runs: list[dict], summary: dict) -> str:
+    seed_acc = [r["seed_network"]["accuracy"] for r in runs]
+    setup = (
+        f"Seeds {[r['seed'] for r in runs]}. Seed network: {args.seed_epochs} epochs, "
+        f"{runs[0]['seed_network']['macs']:,} MACs, test accuracy {_ms(seed_acc)}%. Space: {args.cells} cells, "
+        f"C = {args.channels}, 4 nodes, ops {args.ops}. Search: {args.search_epochs} epochs per run, controller "
+        f"{json.dumps(dict(args.x))} (the rest published defaults). Every member and every random cell: "
+        f"{args.epochs} epochs from scratch, batch {args.batch_size}, lr {args.lr}. Peers on the seed: uniform "
+        f"{args.epochs} fine-tune epochs per budget; dna one {args.dna_search_epochs}-epoch search, then "
+        f"{dna_finetune_epochs(args.epochs, args.dna_search_epochs, len(args.budgets))} fine-tune epochs per budget. "
+        f"Data: {load_data(args.data).source}."
+    )
+    lines = [
+        f"# DNAD / SNPS on {args.data} (teacher and budget reference: {args.model} x{args.width})",
+        "",
+        setup,
+        "",
+        "## Members (test accuracy; MACs of one forward pass at batch 1, FLOPs = 2 x MACs)",
+        "",
+        "| seed | set | member | reason | live pairs | MACs | params | accuracy | step s (in run) | step s (re-run) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for run in runs:
+        for method in ("snps", "dnad"):
+            for m, t in zip(run[method], run["remeasured_step_seconds"][method]):
+                in_run = f"{m['step_seconds']:.3f}" if m["step_seconds"] else "-"
+                lines.append(
+                    f"| {run['seed']} | {method} | {m['id']} | {m['reason']} | {m['pairs']} | {m['macs']:,} | "
+                    f"{m['params']:,} | {_pct(m['accuracy'])} | {in_run} | {t:.3f} |"
+                )
+    lines += [
+        "",
+        "## Matched MACs (per DNAD member: SNPS = the SNPS set's best member at or below its MACs; random = one "
+        "random genotype of the same space at or below its MACs)",
+        "",
+        "| seed | DNAD member | MACs | DNAD | SNPS | random cells (MACs) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for run in runs:
+        for r in matched(run):
+            lines.append(
+                f"| {run['seed']} | {r['id']} | {r['macs']:,} | {_pct(r['dnad'])} | {_pct(r['snps'])} | "
+                f"{_pct(r['random'])} ({r['random_macs']:,}) |"
+            )
+    for peer in args.peers:
+        lines += [
+            "",
+            f"## {peer} on the seed (same budgets)",
+            "",
+            "| seed | budget | MACs | accuracy |",
+            "|---|---|---|---|",
+        ]
+        for run in runs:
+            for r in run["peers"].get(peer, []):
+                lines.append(f"| {run['seed']} | {r['target']} | {r['macs']:,} | {_pct(r['accuracy'])} |")
+    ratios = summary["step_time_ratio_last_over_first"]
+    lines += [
+        "",
+        "## Targets",
+        "",
+        _verdict("DNAD - random cells", summary["dnad_minus_random"]),
+        _verdict("DNAD - SNPS", summary["dnad_minus_snps"]),
+        "- Supernet step time, last member / first member (target <= 0.5): "
+        + "; ".join(f"{k}: {', '.join('-' if v is None else f'{v:.2f}' for v in vals)}" for k, vals in ratios.items())
+        + ".",
+        "",
+        "Step times on a shared, loaded CPU are noisy; the re-measured column times one training step (median of 5) of "
+        "the supernet rebuilt at each member's structure, back to back.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data", default="mnist1d")
+    parser.add_argument("--model", default="resnet18_1d")
+    parser.add_argument("--width", type=float, default=0.25)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--budgets", type=int, nargs="+", default=[50, 25, 10])
+    parser.add_argument("--seed-epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--search-epochs", type=int, default=10)
+    parser.add_argument("--dna-search-epochs", type=int, default=7)
+    parser.add_argument("--ops", default=DEFAULT_OPS)
+    parser.add_argument("--cells", type=int, default=8)
+    parser.add_argument("--channels", type=int, default=16)
+    parser.add_argument("-x", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"), help="method option")
+    parser.add_argument("--peers", nargs="*", default=["uniform", "dna"], choices=["uniform", "dna"])
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--root", type=Path, default=None)
+    args = parser.parse_args()
+    root = args.root or Path(tempfile.mkdtemp(prefix="netfit-dnad-"))
+    runs = []
+    for s in args.seeds:
+        runs.append(run_seed(args, s, root))
+        summary = summarise(runs)  # written after every seed: an interrupted benchmark keeps what it measured
+        payload = {
+            "benchmark": "dnad",
+            "settings": vars(args) | {"root": str(root)},
+            "environment": environment(),
+            "summary": summary,
+            "runs": runs,
+        }
+        write_results(f"dnad_{args.data}", payload, to_markdown(args, runs, summary))
+    print(to_markdown(args, runs, summarise(runs)))
+
+
+if __name__ == "__main__":
+    main()
