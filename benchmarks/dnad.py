@@ -329,7 +329,18 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--root", type=Path, default=None)
+    parser.add_argument("--tag", default="", help="suffix of the result files (seeds run in parallel processes)")
+    parser.add_argument("--combine", nargs="+", type=Path, help="merge the runs of these result JSONs (same settings)")
     args = parser.parse_args()
+    name = f"dnad_{args.data}{args.tag}"
+    if args.combine:
+        payloads = [json.loads(p.read_text()) for p in args.combine]
+        runs = sorted((r for p in payloads for r in p["runs"]), key=lambda r: r["seed"])
+        saved = {**payloads[0]["settings"], "seeds": [r["seed"] for r in runs], "tag": ""}
+        args = argparse.Namespace(**{**saved, "x": [tuple(kv) for kv in saved["x"]]})
+        payload = {**payloads[0], "settings": saved, "summary": summarise(runs), "runs": runs}
+        write_results(f"dnad_{args.data}", payload, to_markdown(args, runs, payload["summary"]))
+        return
     root = args.root or Path(tempfile.mkdtemp(prefix="netfit-dnad-"))
     runs = []
     for s in args.seeds:
@@ -337,12 +348,12 @@ def main() -> None:
         summary = summarise(runs)  # written after every seed: an interrupted benchmark keeps what it measured
         payload = {
             "benchmark": "dnad",
-            "settings": vars(args) | {"root": str(root)},
+            "settings": {**vars(args), "root": str(root), "combine": None},
             "environment": environment(),
             "summary": summary,
             "runs": runs,
         }
-        write_results(f"dnad_{args.data}", payload, to_markdown(args, runs, summary))
+        write_results(name, payload, to_markdown(args, runs, summary))
     print(to_markdown(args, runs, summarise(runs)))
 
 

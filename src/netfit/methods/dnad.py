@@ -203,7 +203,7 @@ class Shrinker(Callback):
 
 @METHODS.register("dnad")
 @dataclass
-class DNAD:
+class DNAD(ControllerConfig):
     """Progressive shrinking of a DARTS cell supernet with feature distillation from the seed (DNAD).
 
     Options:
@@ -213,7 +213,8 @@ class DNAD:
         warmup_epochs: epochs of plain (CE + KD) training before sparsity and deletion start.
         lr, weight_decay: Adam(W) settings of the supernet's weights during the search; arch_lr: SGD lr of theta.
         threshold: a pair whose weight falls below it is deleted.
-        gamma0, gamma_max, phi, k, n_max, tau, t_max, mu0, rho: the adaptive controller (``space.darts``).
+        gamma0, gamma_max, phi, k, n_max, tau, t_max, mu0, rho: the adaptive controller, inherited from
+            ``space.darts.ControllerConfig`` (the published defaults).
         target_sparsity: stop once this fraction of the pairs is deleted (None: only the other stop rules).
         kd: feature distillation from the teacher (the trained seed) during the search; False = SNPS.
         kd_weight: lambda; kd_ratios: the three stage-end weights r.
@@ -237,15 +238,6 @@ class DNAD:
     weight_decay: float = 3e-4
     arch_lr: float = 0.2
     threshold: float = 0.01
-    gamma0: float = 1e-4
-    gamma_max: float = 0.1
-    phi: float = 1.01
-    k: float = 0.99
-    n_max: float = 0.005
-    tau: float = 0.9
-    t_max: int = 50
-    mu0: float = 0.1
-    rho: float = 1.5
     target_sparsity: float | None = None
     kd: bool = True
     kd_weight: float = 1.0
