@@ -10,7 +10,7 @@ from netfit.api import adapt
 from netfit.cli import main
 from netfit.cost import count_cost
 from netfit.errors import BudgetInfeasibleError, NetfitError, UnsupportedLayerError
-from netfit.export import load_model, save_model
+from netfit.export import export_onnx, load_model, save_model
 from netfit.methods import create_method
 from netfit.methods import dnad as dnad_module
 from netfit.methods.dnad import FeatureDistiller, TeacherTaps
@@ -123,6 +123,9 @@ def test_genotype_round_trip(tmp_path, shape):
     with torch.no_grad():
         assert torch.equal(rebuilt(x), model(x))
     assert arch_of(rebuilt) == arch
+    pytest.importorskip("onnxruntime")
+    empty = {**arch, "genotype": [[[], *nodes[1:]] for nodes in genotype]}  # a node without pairs outputs zeros
+    export_onnx(build_model(empty), tmp_path / "m.onnx", shape)  # raises when ONNX Runtime disagrees with torch
 
 
 @pytest.mark.parametrize(("name", "shape"), [("resnet18_cifar", (1, 8, 8)), ("resnet18_1d", (1, 40))])
