@@ -40,6 +40,15 @@ from .common import cost_fn, finetune
 
 DEFAULT_OPS = "sep_conv_3x3,skip_connect,dil_conv_5x5"
 SNAPSHOT_FILE = "dnad-snapshots.json"
+# the supernet's weights train as published (Adam, constant lr, grad clip 5), whatever the run's settings
+SEARCH_SETTINGS = {
+    "optimizer": "adamw",
+    "schedule": "constant",
+    "warmup_epochs": 0.0,
+    "grad_clip": 5.0,
+    "keep_best": False,
+    "early_stop_patience": None,
+}
 
 
 class TeacherTaps:
@@ -281,7 +290,7 @@ class DNAD(ControllerConfig):
         torch.manual_seed(run.seed)  # the supernet's initial weights belong to the run seed
         net = build_supernet(shape, data.num_classes, self.op_list, self.cells, self.channels, self.nodes)
         smallest_target = min(targets, key=lambda t: t.limit)
-        self._check_reachable(net, smallest_target, seed, run)
+        self._check_reachable(net, smallest_target, run)
         taps = TeacherTaps(seed.model, _names(self.teacher_layers), shape) if self.kd or self.logit_kd else None
         distiller = None
         if self.kd:
@@ -305,16 +314,7 @@ class DNAD(ControllerConfig):
             callbacks=[shrinker],
             extra_optimizers=[torch.optim.SGD(thetas, lr=self.arch_lr, momentum=0.0)],
             param_filter=lambda name, _: not name.endswith("theta"),
-            overrides={
-                "optimizer": "adamw",
-                "lr": self.lr,
-                "weight_decay": self.weight_decay,
-                "schedule": "constant",
-                "warmup_epochs": 0.0,
-                "grad_clip": 5.0,
-                "keep_best": False,
-                "early_stop_patience": None,
-            },
+            overrides={**SEARCH_SETTINGS, "lr": self.lr, "weight_decay": self.weight_decay},
         )
         net = result.model.net
         if not shrinker.snapshots or shrinker.snapshots[-1]["genotype"] != net.genotype():
@@ -325,7 +325,7 @@ class DNAD(ControllerConfig):
         teacher = seed.model if self.retrain_kd else None
         return self._train_members(net, shrinker.snapshots, data, targets, run, teacher)
 
-    def _check_reachable(self, net: CellSupernet, target: Target, seed: Seed, run) -> None:
+    def _check_reachable(self, net: CellSupernet, target: Target, run) -> None:
         """The smallest network of the space is the one without pairs (stem, preprocessing, head)."""
         empty = build_model({**net.plain_arch(), "genotype": [[[] for _ in c.nodes] for c in net.cells]})
         check_feasible(target.budget, target.limit, cost_fn(run, target)(empty))
