@@ -24,7 +24,9 @@ import torch
 import torch.nn.functional as F
 
 from netfit.api import adapt, train_model
+from netfit.cost import count_cost
 from netfit.data import load_data
+from netfit.export import load_model
 from netfit.methods.dnad import DEFAULT_OPS
 from netfit.models import build_model, create_model
 from netfit.space.darts import build_supernet, random_genotype
@@ -115,47 +117,68 @@ def _adapt(args, data, method: str, out: Path, seed: int, seed_dir: Path, **kwar
 def run_seed(args: argparse.Namespace, seed: int, root: Path) -> dict:
     data = load_data(args.data)
     seed_dir = root / f"seed-{seed}" / "seed"
-    runs, seconds = {}, {}
+    dnad = None
     for method in ("snps", "dnad"):
-        t0 = time.perf_counter()
         out = root / (f"seed-{seed}" if method == "snps" else f"dnad-{seed}")  # the first run keeps the seed
-        runs[method] = _adapt(
-            args, data, method, out, seed, seed_dir, epochs=args.epochs, method_options=_options(args)
-        )
-        seconds[method] = round(time.perf_counter() - t0, 1)
+        dnad = _adapt(args, data, method, out, seed, seed_dir, epochs=args.epochs, method_options=_options(args))
     # random genotypes of the same space at each DNAD member's MACs, trained for the same epochs from scratch
-    shape = tuple(data.input_shape)
-    space = build_supernet(shape, data.num_classes, args.ops.split(","), args.cells, args.channels)
+    space = build_supernet(tuple(data.input_shape), data.num_classes, args.ops.split(","), args.cells, args.channels)
     rng = np.random.default_rng([seed, 7])
-    random_rows = []
-    for m in _members(runs["dnad"]):
+    for m in _members(dnad):
         genotype = random_genotype(space, m["macs"], rng)
         torch.manual_seed(seed)
         model = build_model({**space.plain_arch(), "genotype": genotype})
-        out = root / f"random-{seed}-{m['id']}"
         train = {"batch_size": args.batch_size, "lr": args.lr}
-        row = train_model(model, data, out=out, epochs=args.epochs, seed=seed, train=train, progress=False)
-        random_rows.append({"matched": m["id"], **{k: row[k] for k in ("accuracy", "macs", "params")}})
-    peers = {}
+        out = root / f"random-{seed}-{m['id']}"
+        train_model(
+            model, data, out=out, epochs=args.epochs, seed=seed, train=train, progress=False, resume=out.exists()
+        )
     for peer in args.peers:
         epochs, opts = args.epochs, {}
         if peer == "dna":  # one search for all budgets: each fine-tune gives up its share (the harness's rule)
             opts = {"search_epochs": args.dna_search_epochs}
             epochs = dna_finetune_epochs(args.epochs, args.dna_search_epochs, len(args.budgets))
-        summary = _adapt(args, data, peer, root / f"{peer}-{seed}", seed, seed_dir, epochs=epochs, method_options=opts)
-        peers[peer] = [{k: r[k] for k in ("id", "target", "accuracy", "macs", "params")} for r in summary["candidates"]]
+        _adapt(args, data, peer, root / f"{peer}-{seed}", seed, seed_dir, epochs=epochs, method_options=opts)
+    return collect_seed(args, seed, root)
+
+
+def _summary(out: Path) -> dict | None:
+    path = out / "result.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def collect_seed(args: argparse.Namespace, seed: int, root: Path) -> dict:
+    """One seed's results read back from its run directories; parts not finished yet are left out (so an
+    interrupted benchmark still reports what it measured, ``--collect``)."""
+    shape = tuple(load_data(args.data).input_shape)
+    runs = {"snps": _summary(root / f"seed-{seed}"), "dnad": _summary(root / f"dnad-{seed}")}
+    members = {method: _members(summary) if summary else [] for method, summary in runs.items()}
+    random_rows = []
+    for m in members["dnad"]:
+        out = root / f"random-{seed}-{m['id']}"
+        if (out / "model.safetensors").exists():
+            model = load_model(out)
+            cost = count_cost(model, shape)
+            accuracy = json.loads((out / "arch.json").read_text())["meta"]["accuracy"]
+            random_rows.append({"matched": m["id"], "accuracy": accuracy, "macs": cost.macs, "params": cost.params})
+    peers = {}
+    for peer in args.peers:
+        summary = _summary(root / f"{peer}-{seed}")
+        if summary:
+            keys = ("id", "target", "accuracy", "macs", "params")
+            peers[peer] = [{k: r[k] for k in keys} for r in summary["candidates"]]
+    seed_summary = runs["snps"] or runs["dnad"]
     return {
         "seed": seed,
-        "seed_network": runs["snps"]["seed"],
-        "snps": _members(runs["snps"]),
-        "dnad": _members(runs["dnad"]),
+        "seed_network": seed_summary["seed"] if seed_summary else None,
+        **members,
         "random": random_rows,
         "peers": peers,
         "remeasured_step_seconds": {
-            method: [supernet_step_seconds(m["genotype"], args, shape) for m in _members(runs[method])]
-            for method in ("snps", "dnad")
+            method: [supernet_step_seconds(m["genotype"], args, shape) for m in rows]
+            for method, rows in members.items()
         },
-        "seconds": seconds,
+        "seconds": {method: s["timing"]["search_seconds"] for method, s in runs.items() if s},
     }
 
 
@@ -168,7 +191,7 @@ def _front_at(members: list[dict], macs: float) -> float | None:
 def matched(run: dict) -> list[dict]:
     """Per DNAD member: its accuracy, the SNPS set's best at or below its MACs, the random cell at its MACs."""
     rows = []
-    for m, r in zip(run["dnad"], run["random"]):
+    for m, r in zip(run["dnad"], run["random"]):  # random cells are trained in the order of the DNAD members
         rows.append(
             {
                 "id": m["id"],
@@ -238,10 +261,11 @@ def _verdict(name: str, d: dict) -> str:
 
 
 def to_markdown(args: argparse.Namespace, runs: list[dict], summary: dict) -> str:
-    seed_acc = [r["seed_network"]["accuracy"] for r in runs]
+    seeds = [r["seed_network"] for r in runs if r["seed_network"]]
+    seed_acc = [s["accuracy"] for s in seeds]
     setup = (
         f"Seeds {[r['seed'] for r in runs]}. Seed network: {args.seed_epochs} epochs, "
-        f"{runs[0]['seed_network']['macs']:,} MACs, test accuracy {_ms(seed_acc)}%. Space: {args.cells} cells, "
+        f"{seeds[0]['macs'] if seeds else 0:,} MACs, test accuracy {_ms(seed_acc)}%. Space: {args.cells} cells, "
         f"C = {args.channels}, 4 nodes, ops {args.ops}. Search: {args.search_epochs} epochs per run, controller "
         f"{json.dumps(dict(args.x))} (the rest published defaults). Every member and every random cell: "
         f"{args.epochs} epochs from scratch, batch {args.batch_size}, lr {args.lr}. Peers on the seed: uniform "
@@ -330,6 +354,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--root", type=Path, default=None)
     parser.add_argument("--tag", default="", help="suffix of the result files (seeds run in parallel processes)")
+    parser.add_argument("--collect", action="store_true", help="only read back what --root holds (no training)")
     parser.add_argument("--combine", nargs="+", type=Path, help="merge the runs of these result JSONs (same settings)")
     args = parser.parse_args()
     name = f"dnad_{args.data}{args.tag}"
@@ -344,7 +369,7 @@ def main() -> None:
     root = args.root or Path(tempfile.mkdtemp(prefix="netfit-dnad-"))
     runs = []
     for s in args.seeds:
-        runs.append(run_seed(args, s, root))
+        runs.append(collect_seed(args, s, root) if args.collect else run_seed(args, s, root))
         summary = summarise(runs)  # written after every seed: an interrupted benchmark keeps what it measured
         payload = {
             "benchmark": "dnad",
