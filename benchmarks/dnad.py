@@ -27,7 +27,7 @@ from netfit.api import adapt, train_model
 from netfit.cost import count_cost
 from netfit.data import load_data
 from netfit.export import load_model
-from netfit.methods.dnad import DEFAULT_OPS
+from netfit.methods.dnad import DEFAULT_OPS, SNAPSHOT_FILE
 from netfit.models import build_model, create_model
 from netfit.space.darts import build_supernet, random_genotype
 
@@ -52,7 +52,10 @@ def _options(args: argparse.Namespace) -> dict:
     }
 
 
-def _members(summary: dict) -> list[dict]:
+def _members(summary: dict, out: Path) -> list[dict]:
+    """A set's members from result.json, with the in-run step times of the run's snapshot file."""
+    snapshots = json.loads((out / SNAPSHOT_FILE).read_text())["snapshots"]
+    keys = ("reason", "step", "pairs", "val_acc", "selected_for")
     return [
         {
             "id": r["id"],
@@ -60,9 +63,10 @@ def _members(summary: dict) -> list[dict]:
             "macs": r["macs"],
             "params": r["params"],
             "genotype": r["arch"]["genotype"],
-            **{k: r["info"].get(k) for k in ("reason", "step", "pairs", "step_seconds", "val_acc", "selected_for")},
+            "step_seconds": snap["step_seconds"],
+            **{k: r["info"].get(k) for k in keys},
         }
-        for r in summary["candidates"]
+        for r, snap in zip(summary["candidates"], snapshots)
     ]
 
 
@@ -124,7 +128,7 @@ def run_seed(args: argparse.Namespace, seed: int, root: Path) -> dict:
     # random genotypes of the same space at each DNAD member's MACs, trained for the same epochs from scratch
     space = build_supernet(tuple(data.input_shape), data.num_classes, args.ops.split(","), args.cells, args.channels)
     rng = np.random.default_rng([seed, 7])
-    for m in _members(dnad):
+    for m in _members(dnad, root / f"dnad-{seed}"):
         genotype = random_genotype(space, m["macs"], rng)
         torch.manual_seed(seed)
         model = build_model({**space.plain_arch(), "genotype": genotype})
@@ -151,8 +155,9 @@ def collect_seed(args: argparse.Namespace, seed: int, root: Path) -> dict:
     """One seed's results read back from its run directories; parts not finished yet are left out (so an
     interrupted benchmark still reports what it measured, ``--collect``)."""
     shape = tuple(load_data(args.data).input_shape)
-    runs = {"snps": _summary(root / f"seed-{seed}"), "dnad": _summary(root / f"dnad-{seed}")}
-    members = {method: _members(summary) if summary else [] for method, summary in runs.items()}
+    dirs = {"snps": root / f"seed-{seed}", "dnad": root / f"dnad-{seed}"}
+    runs = {method: _summary(out) for method, out in dirs.items()}
+    members = {method: _members(summary, dirs[method]) if summary else [] for method, summary in runs.items()}
     random_rows = []
     for m in members["dnad"]:
         out = root / f"random-{seed}-{m['id']}"

@@ -364,7 +364,8 @@ class DNAD(ControllerConfig):
             arch = {**net.plain_arch(), "genotype": snap["genotype"]}
             torch.manual_seed(run.seed + m)  # from scratch: the family's own initialisation, seeded
             model = finetune(build_model(arch), data, run, cid, teacher)
-            info = {k: v for k, v in snap.items() if k != "genotype"}
+            # timing stays in the snapshot file: result.json holds only what a rerun reproduces
+            info = {k: v for k, v in snap.items() if k not in ("genotype", "step_seconds")}
             info["search_macs"] = info.pop("macs")
             info["search_params"] = info.pop("params")
             info["val_acc"] = evaluate(model.to(run.device), data, "val", device=run.device)["accuracy"]
