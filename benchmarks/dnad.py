@@ -111,7 +111,7 @@ def _adapt(args, data, method: str, out: Path, seed: int, seed_dir: Path, **kwar
         resume=(out / "run.json").exists(),
         seed=seed,
         progress=False,
-        train={"batch_size": args.batch_size, "lr": args.lr, "grad_clip": args.grad_clip},
+        train={"batch_size": args.batch_size, "lr": args.lr, "grad_clip": args.grad_clip, "optimizer": args.optimizer},
         **where,
         **kwargs,
     )
@@ -132,7 +132,7 @@ def run_seed(args: argparse.Namespace, seed: int, root: Path) -> dict:
         genotype = random_genotype(space, m["macs"], rng)
         torch.manual_seed(seed)
         model = build_model({**space.plain_arch(), "genotype": genotype})
-        train = {"batch_size": args.batch_size, "lr": args.lr, "grad_clip": args.grad_clip}
+        train = {"batch_size": args.batch_size, "lr": args.lr, "grad_clip": args.grad_clip, "optimizer": args.optimizer}
         out = root / f"random-{seed}-{m['id']}"
         train_model(
             model, data, out=out, epochs=args.epochs, seed=seed, train=train, progress=False, resume=out.exists()
@@ -273,7 +273,7 @@ def to_markdown(args: argparse.Namespace, runs: list[dict], summary: dict) -> st
         f"{seeds[0]['macs'] if seeds else 0:,} MACs, test accuracy {_ms(seed_acc)}%. Space: {args.cells} cells, "
         f"C = {args.channels}, 4 nodes, ops {args.ops}. Search: {args.search_epochs} epochs per run, controller "
         f"{json.dumps(dict(args.x))} (the rest published defaults). Every member and every random cell: "
-        f"{args.epochs} epochs from scratch, batch {args.batch_size}, lr {args.lr}, grad clip {args.grad_clip}. "
+        f"{args.epochs} epochs from scratch, batch {args.batch_size}, {args.optimizer} lr {args.lr}, grad clip {args.grad_clip}. "
         f"Peers on the seed: uniform "
         f"{args.epochs} fine-tune epochs per budget; dna one {args.dna_search_epochs}-epoch search, then "
         f"{dna_finetune_epochs(args.epochs, args.dna_search_epochs, len(args.budgets))} fine-tune epochs per budget. "
@@ -359,6 +359,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--grad-clip", type=float, default=None)
+    parser.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"])
     parser.add_argument("--root", type=Path, default=None)
     parser.add_argument("--tag", default="", help="suffix of the result files (seeds run in parallel processes)")
     parser.add_argument("--collect", action="store_true", help="only read back what --root holds (no training)")
