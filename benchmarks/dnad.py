@@ -70,11 +70,13 @@ def _members(summary: dict, out: Path) -> list[dict]:
     ]
 
 
-def supernet_step_seconds(genotype: list, args: argparse.Namespace, shape: tuple[int, ...], repeats: int = 5) -> float:
+def supernet_step_seconds(
+    genotype: list | None, args: argparse.Namespace, shape: tuple[int, ...], repeats: int = 5
+) -> float:
     """Median seconds of one training step (forward, sparsity, backward, Adam) of the supernet cut to ``genotype``."""
     torch.manual_seed(0)
     net = build_supernet(shape, 10, args.ops.split(","), args.cells, args.channels)
-    for cell, nodes in zip(net.cells, genotype):
+    for cell, nodes in zip(net.cells, genotype or []):  # None: the dense supernet the search starts from
         for node, pairs in zip(cell.nodes, nodes):
             for i, pair in enumerate(node.all_pairs):
                 if list(pair) not in pairs:
@@ -179,6 +181,7 @@ def collect_seed(args: argparse.Namespace, seed: int, root: Path) -> dict:
         **members,
         "random": random_rows,
         "peers": peers,
+        "dense_step_seconds": supernet_step_seconds(None, args, shape),
         "remeasured_step_seconds": {
             method: [supernet_step_seconds(m["genotype"], args, shape) for m in rows]
             for method, rows in members.items()
@@ -187,9 +190,12 @@ def collect_seed(args: argparse.Namespace, seed: int, root: Path) -> dict:
     }
 
 
+MATCH_SLACK = 1.1  # a member "matches" MACs m when it costs at most 1.1 m
+
+
 def _front_at(members: list[dict], macs: float) -> float | None:
-    """The best accuracy of a set's members at or below ``macs`` (None: no member that small)."""
-    fitting = [m["accuracy"] for m in members if m["macs"] <= macs]
+    """The best accuracy of a set's members at or below ``MATCH_SLACK`` x ``macs`` (None: no member that small)."""
+    fitting = [m["accuracy"] for m in members if m["macs"] <= MATCH_SLACK * macs]
     return max(fitting) if fitting else None
 
 
@@ -220,13 +226,15 @@ def summarise(runs: list[dict]) -> dict:
     rows = [row for run in runs for row in matched(run)]
     vs_random = [r["dnad"] - r["random"] for r in rows]
     vs_snps = [r["dnad"] - r["snps"] for r in rows if r["snps"] is not None]
-    ratios = {
-        f"{method}_{kind}": [
-            step_ratio(run[key][method] if kind == "remeasured" else [m["step_seconds"] for m in run[method]])
+    ratios = {  # last member's re-measured step time over the first member's and over the dense supernet's
+        f"{method}_{ref}": [
+            step_ratio([run["dense_step_seconds"] if ref == "dense" else None, *run["remeasured_step_seconds"][method]])
+            if ref == "dense" or len(run[method]) > 1
+            else None
             for run in runs
         ]
         for method in ("snps", "dnad")
-        for kind, key in (("remeasured", "remeasured_step_seconds"), ("in_run", None))
+        for ref in ("first", "dense")
     }
     return {
         "dnad_minus_random": {
@@ -268,6 +276,11 @@ def _verdict(name: str, d: dict) -> str:
 def to_markdown(args: argparse.Namespace, runs: list[dict], summary: dict) -> str:
     seeds = [r["seed_network"] for r in runs if r["seed_network"]]
     seed_acc = [s["accuracy"] for s in seeds]
+    peer_text = {
+        "uniform": f"uniform, {args.epochs} fine-tune epochs per budget",
+        "dna": f"dna, one {args.dna_search_epochs}-epoch search, then "
+        f"{dna_finetune_epochs(args.epochs, args.dna_search_epochs, len(args.budgets))} fine-tune epochs per budget",
+    }
     setup = (
         f"Seeds {[r['seed'] for r in runs]}. Seed network: {args.seed_epochs} epochs, "
         f"{seeds[0]['macs'] if seeds else 0:,} MACs, test accuracy {_ms(seed_acc)}%. Space: {args.cells} cells, "
@@ -275,9 +288,7 @@ def to_markdown(args: argparse.Namespace, runs: list[dict], summary: dict) -> st
         f"{json.dumps(dict(args.x))} (the rest published defaults). Every member and every random cell: "
         f"{args.epochs} epochs from scratch, batch {args.batch_size}, {args.optimizer} lr {args.lr}, "
         f"grad clip {args.grad_clip}. "
-        f"Peers on the seed: uniform "
-        f"{args.epochs} fine-tune epochs per budget; dna one {args.dna_search_epochs}-epoch search, then "
-        f"{dna_finetune_epochs(args.epochs, args.dna_search_epochs, len(args.budgets))} fine-tune epochs per budget. "
+        f"Peers on the seed: {'; '.join(peer_text[p] for p in args.peers) or 'none'}. "
         f"Data: {load_data(args.data).source}."
     )
     lines = [
@@ -300,7 +311,7 @@ def to_markdown(args: argparse.Namespace, runs: list[dict], summary: dict) -> st
                 )
     lines += [
         "",
-        "## Matched MACs (per DNAD member: SNPS = the SNPS set's best member at or below its MACs; random = one "
+        "## Matched MACs (per DNAD member: SNPS = the SNPS set's best member at or below 1.1x its MACs; random = one "
         "random genotype of the same space at or below its MACs)",
         "",
         "| seed | DNAD member | MACs | DNAD | SNPS | random cells (MACs) |",
@@ -330,8 +341,12 @@ def to_markdown(args: argparse.Namespace, runs: list[dict], summary: dict) -> st
         "",
         _verdict("DNAD - random cells", summary["dnad_minus_random"]),
         _verdict("DNAD - SNPS", summary["dnad_minus_snps"]),
-        "- Supernet step time, last member / first member (target <= 0.5): "
+        "- Supernet training step time (re-measured), last member over first member and over the dense supernet the "
+        "search starts from (target <= 0.5): "
         + "; ".join(f"{k}: {', '.join('-' if v is None else f'{v:.2f}' for v in vals)}" for k, vals in ratios.items())
+        + ".",
+        "- Dense supernet step seconds (re-measured) per seed: "
+        + ", ".join(f"{run['dense_step_seconds']:.3f}" for run in runs if "dense_step_seconds" in run)
         + ".",
         "",
         "Step times on a shared, loaded CPU are noisy; the re-measured column times one training step (median of 5) of "
