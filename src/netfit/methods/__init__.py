@@ -1,6 +1,7 @@
 """Search methods. Each module registers itself in ``METHODS``; see ``base.Method`` for the interface."""
 
 from . import dna as _dna  # noqa: F401  (registers "dna")
+from . import dnad as _dnad  # noqa: F401  (registers "dnad", "snps")
 from . import odn as _odn  # noqa: F401  (registers "odn")
 from . import random_search as _random_search  # noqa: F401  (registers "random")
 from . import spider as _spider  # noqa: F401  (registers "spider")

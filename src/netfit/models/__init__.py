@@ -1,6 +1,7 @@
 """The model zoo: built-in networks as arch specs, the registries, and the timm bridge."""
 
 from . import cnn as _cnn  # noqa: F401  (registers cnn_small, cnn1d)
+from . import darts as _darts  # noqa: F401  (registers the "darts" cell-network family)
 from . import graph as _graph  # noqa: F401  (registers the "graph" family for user models)
 from . import mobilenetv2 as _mobilenetv2  # noqa: F401  (registers mobilenetv2*)
 from . import resnet as _resnet  # noqa: F401  (registers resnet*)

@@ -1,0 +1,410 @@
+"""DNAD/SNPS benchmark: the Pareto sets of one SNPS and one DNAD run, random cells at matched MACs, step times.
+
+    python -m benchmarks.dnad --data mnist1d --model resnet18_1d --width 0.25 --seeds 0 1 2
+
+Per seed: train the seed network (inside the SNPS run), run SNPS and DNAD (teacher: that trained seed) on the same
+split with the same space, controller, search epochs and member epochs; train one random genotype of the same
+space at each DNAD member's MACs for the same epochs; optionally `uniform` and `dna` on the seed at the run's
+budgets (`--peers`). Step times: each member's supernet step time measured during the search (callback window)
+and re-measured afterwards on the supernet rebuilt at that member's structure (median of a few steps, one batch).
+Results go to benchmarks/results/dnad_<data>.json/.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from netfit.api import adapt, train_model
+from netfit.cost import count_cost
+from netfit.data import load_data
+from netfit.export import load_model
+from netfit.methods.dnad import DEFAULT_OPS, SNAPSHOT_FILE
+from netfit.models import build_model, create_model
+from netfit.space.darts import build_supernet, random_genotype
+
+from .common import dna_finetune_epochs, environment, mean_std, write_results
+
+
+def _value(raw: str):
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def _options(args: argparse.Namespace) -> dict:
+    extra = {k: _value(v) for k, v in args.x}
+    return {
+        "ops": args.ops,
+        "cells": args.cells,
+        "channels": args.channels,
+        "search_epochs": args.search_epochs,
+        **extra,
+    }
+
+
+def _members(summary: dict, out: Path) -> list[dict]:
+    """A set's members from result.json, with the in-run step times of the run's snapshot file."""
+    snapshots = json.loads((out / SNAPSHOT_FILE).read_text())["snapshots"]
+    keys = ("reason", "step", "pairs", "val_acc", "selected_for")
+    return [
+        {
+            "id": r["id"],
+            "accuracy": r["accuracy"],
+            "macs": r["macs"],
+            "params": r["params"],
+            "genotype": r["arch"]["genotype"],
+            "step_seconds": snap["step_seconds"],
+            **{k: r["info"].get(k) for k in keys},
+        }
+        for r, snap in zip(summary["candidates"], snapshots)
+    ]
+
+
+def supernet_step_seconds(
+    genotype: list | None, args: argparse.Namespace, shape: tuple[int, ...], repeats: int = 5
+) -> float:
+    """Median seconds of one training step (forward, sparsity, backward, Adam) of the supernet cut to ``genotype``."""
+    torch.manual_seed(0)
+    net = build_supernet(shape, 10, args.ops.split(","), args.cells, args.channels)
+    for cell, nodes in zip(net.cells, genotype or []):  # None: the dense supernet the search starts from
+        for node, pairs in zip(cell.nodes, nodes):
+            for i, pair in enumerate(node.all_pairs):
+                if list(pair) not in pairs:
+                    node.delete(i)
+    opt = torch.optim.AdamW(net.parameters(), lr=5e-4)
+    x, y = torch.randn(args.batch_size, *shape), torch.randint(0, 10, (args.batch_size,))
+    times = []
+    for _ in range(repeats + 1):
+        started = time.perf_counter()
+        s = net.sparsity()
+        loss = F.cross_entropy(net(x), y) * (1 + 0.01 * s) + 0.001 * s
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times[1:])  # the first step allocates
+
+
+def _adapt(args, data, method: str, out: Path, seed: int, seed_dir: Path, **kwargs) -> dict:
+    """One netfit run from the case's seed (the first run trains it), resumed when its directory exists."""
+    if out != seed_dir.parent:
+        model, where = args.model, {"seed_weights": seed_dir}
+    else:
+        model = create_model(
+            args.model, num_classes=data.num_classes, in_chans=data.input_shape[0], width_mult=args.width
+        )
+        where = {"train_seed": True, "seed_epochs": args.seed_epochs}
+    result = adapt(
+        model,
+        data,
+        ",".join(f"{b}%" for b in args.budgets),
+        method,
+        out=out,
+        resume=(out / "run.json").exists(),
+        seed=seed,
+        progress=False,
+        train={"batch_size": args.batch_size, "lr": args.lr, "grad_clip": args.grad_clip, "optimizer": args.optimizer},
+        **where,
+        **kwargs,
+    )
+    return result.summary
+
+
+def run_seed(args: argparse.Namespace, seed: int, root: Path) -> dict:
+    data = load_data(args.data)
+    seed_dir = root / f"seed-{seed}" / "seed"
+    dnad = None
+    for method in ("snps", "dnad"):
+        out = root / (f"seed-{seed}" if method == "snps" else f"dnad-{seed}")  # the first run keeps the seed
+        dnad = _adapt(args, data, method, out, seed, seed_dir, epochs=args.epochs, method_options=_options(args))
+    # random genotypes of the same space at each DNAD member's MACs, trained for the same epochs from scratch
+    space = build_supernet(tuple(data.input_shape), data.num_classes, args.ops.split(","), args.cells, args.channels)
+    rng = np.random.default_rng([seed, 7])
+    for m in _members(dnad, root / f"dnad-{seed}"):
+        genotype = random_genotype(space, m["macs"], rng)
+        torch.manual_seed(seed)
+        model = build_model({**space.plain_arch(), "genotype": genotype})
+        train = {"batch_size": args.batch_size, "lr": args.lr, "grad_clip": args.grad_clip, "optimizer": args.optimizer}
+        out = root / f"random-{seed}-{m['id']}"
+        train_model(
+            model, data, out=out, epochs=args.epochs, seed=seed, train=train, progress=False, resume=out.exists()
+        )
+    for peer in args.peers:
+        epochs, opts = args.epochs, {}
+        if peer == "dna":  # one search for all budgets: each fine-tune gives up its share (the harness's rule)
+            opts = {"search_epochs": args.dna_search_epochs}
+            epochs = dna_finetune_epochs(args.epochs, args.dna_search_epochs, len(args.budgets))
+        _adapt(args, data, peer, root / f"{peer}-{seed}", seed, seed_dir, epochs=epochs, method_options=opts)
+    return collect_seed(args, seed, root)
+
+
+def _summary(out: Path) -> dict | None:
+    path = out / "result.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def collect_seed(args: argparse.Namespace, seed: int, root: Path) -> dict:
+    """One seed's results read back from its run directories; parts not finished yet are left out (so an
+    interrupted benchmark still reports what it measured, ``--collect``)."""
+    shape = tuple(load_data(args.data).input_shape)
+    dirs = {"snps": root / f"seed-{seed}", "dnad": root / f"dnad-{seed}"}
+    runs = {method: _summary(out) for method, out in dirs.items()}
+    members = {method: _members(summary, dirs[method]) if summary else [] for method, summary in runs.items()}
+    random_rows = []
+    for m in members["dnad"]:
+        out = root / f"random-{seed}-{m['id']}"
+        if (out / "model.safetensors").exists():
+            model = load_model(out)
+            cost = count_cost(model, shape)
+            accuracy = json.loads((out / "arch.json").read_text())["meta"]["accuracy"]
+            random_rows.append({"matched": m["id"], "accuracy": accuracy, "macs": cost.macs, "params": cost.params})
+    peers = {}
+    for peer in args.peers:
+        summary = _summary(root / f"{peer}-{seed}")
+        if summary:
+            keys = ("id", "target", "accuracy", "macs", "params")
+            peers[peer] = [{k: r[k] for k in keys} for r in summary["candidates"]]
+    seed_summary = runs["snps"] or runs["dnad"]
+    return {
+        "seed": seed,
+        "seed_network": seed_summary["seed"] if seed_summary else None,
+        **members,
+        "random": random_rows,
+        "peers": peers,
+        "dense_step_seconds": supernet_step_seconds(None, args, shape),
+        "remeasured_step_seconds": {
+            method: [supernet_step_seconds(m["genotype"], args, shape) for m in rows]
+            for method, rows in members.items()
+        },
+        "seconds": {method: s["timing"]["search_seconds"] for method, s in runs.items() if s},
+    }
+
+
+MATCH_SLACK = 1.1  # a member "matches" MACs m when it costs at most 1.1 m
+
+
+def _front_at(members: list[dict], macs: float) -> float | None:
+    """The best accuracy of a set's members at or below ``MATCH_SLACK`` x ``macs`` (None: no member that small)."""
+    fitting = [m["accuracy"] for m in members if m["macs"] <= MATCH_SLACK * macs]
+    return max(fitting) if fitting else None
+
+
+def matched(run: dict) -> list[dict]:
+    """Per DNAD member: its accuracy, the SNPS set's best at or below its MACs, the random cell at its MACs."""
+    rows = []
+    for m, r in zip(run["dnad"], run["random"]):  # random cells are trained in the order of the DNAD members
+        rows.append(
+            {
+                "id": m["id"],
+                "macs": m["macs"],
+                "dnad": m["accuracy"],
+                "snps": _front_at(run["snps"], m["macs"]),
+                "random": r["accuracy"],
+                "random_macs": r["macs"],
+            }
+        )
+    return rows
+
+
+def step_ratio(times: list[float | None]) -> float | None:
+    """Last plateau's step time over the first's (members without a time are skipped)."""
+    timed = [t for t in times if t]
+    return timed[-1] / timed[0] if len(timed) > 1 else None
+
+
+def summarise(runs: list[dict]) -> dict:
+    rows = [row for run in runs for row in matched(run)]
+    vs_random = [r["dnad"] - r["random"] for r in rows]
+    vs_snps = [r["dnad"] - r["snps"] for r in rows if r["snps"] is not None]
+    ratios = {  # last member's re-measured step time over the first member's and over the dense supernet's
+        f"{method}_{ref}": [
+            step_ratio([run["dense_step_seconds"] if ref == "dense" else None, *run["remeasured_step_seconds"][method]])
+            if ref == "dense" or len(run[method]) > 1
+            else None
+            for run in runs
+        ]
+        for method in ("snps", "dnad")
+        for ref in ("first", "dense")
+    }
+    return {
+        "dnad_minus_random": {
+            "mean_std": mean_std(vs_random) if vs_random else None,
+            "all_at_or_above": all(d >= 0 for d in vs_random),
+            "points": len(vs_random),
+        },
+        "dnad_minus_snps": {
+            "mean_std": mean_std(vs_snps) if vs_snps else None,
+            "all_at_or_above": all(d >= 0 for d in vs_snps),
+            "points": len(vs_snps),
+        },
+        "step_time_ratio_last_over_first": ratios,
+    }
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
+
+
+def _ms(values: list[float], scale: float = 100.0, unit: str = "") -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    m, sd = mean_std(values)
+    return f"{scale * m:.2f}{unit}" + (f" ± {scale * sd:.2f}" if len(values) > 1 else "")
+
+
+def _verdict(name: str, d: dict) -> str:
+    if not d["mean_std"]:
+        return f"- {name} at matched MACs: no matched points."
+    m, sd = d["mean_std"]
+    return (
+        f"- {name} at matched MACs: {100 * m:+.2f} points mean (std {100 * sd:.2f} over {d['points']} points); "
+        f"at or above at every point: {'yes' if d['all_at_or_above'] else 'no'}."
+    )
+
+
+def to_markdown(args: argparse.Namespace, runs: list[dict], summary: dict) -> str:
+    seeds = [r["seed_network"] for r in runs if r["seed_network"]]
+    seed_acc = [s["accuracy"] for s in seeds]
+    peer_text = {
+        "uniform": f"uniform, {args.epochs} fine-tune epochs per budget",
+        "dna": f"dna, one {args.dna_search_epochs}-epoch search, then "
+        f"{dna_finetune_epochs(args.epochs, args.dna_search_epochs, len(args.budgets))} fine-tune epochs per budget",
+    }
+    setup = (
+        f"Seeds {[r['seed'] for r in runs]}. Seed network: {args.seed_epochs} epochs, "
+        f"{seeds[0]['macs'] if seeds else 0:,} MACs, test accuracy {_ms(seed_acc)}%. Space: {args.cells} cells, "
+        f"C = {args.channels}, 4 nodes, ops {args.ops}. Search: {args.search_epochs} epochs per run, controller "
+        f"{json.dumps(dict(args.x))} (the rest published defaults). Every member and every random cell: "
+        f"{args.epochs} epochs from scratch, batch {args.batch_size}, {args.optimizer} lr {args.lr}, "
+        f"grad clip {args.grad_clip}. "
+        f"Peers on the seed: {'; '.join(peer_text[p] for p in args.peers) or 'none'}. "
+        f"Data: {load_data(args.data).source}."
+    )
+    lines = [
+        f"# DNAD / SNPS on {args.data} (teacher and budget reference: {args.model} x{args.width})",
+        "",
+        setup,
+        "",
+        "## Members (test accuracy; MACs of one forward pass at batch 1, FLOPs = 2 x MACs)",
+        "",
+        "| seed | set | member | reason | live pairs | MACs | params | accuracy | step s (in run) | step s (re-run) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for run in runs:
+        for method in ("snps", "dnad"):
+            for m, t in zip(run[method], run["remeasured_step_seconds"][method]):
+                in_run = f"{m['step_seconds']:.3f}" if m["step_seconds"] else "-"
+                lines.append(
+                    f"| {run['seed']} | {method} | {m['id']} | {m['reason']} | {m['pairs']} | {m['macs']:,} | "
+                    f"{m['params']:,} | {_pct(m['accuracy'])} | {in_run} | {t:.3f} |"
+                )
+    lines += [
+        "",
+        "## Matched MACs (per DNAD member: SNPS = the SNPS set's best member at or below 1.1x its MACs; random = one "
+        "random genotype of the same space at or below its MACs)",
+        "",
+        "| seed | DNAD member | MACs | DNAD | SNPS | random cells (MACs) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for run in runs:
+        for r in matched(run):
+            lines.append(
+                f"| {run['seed']} | {r['id']} | {r['macs']:,} | {_pct(r['dnad'])} | {_pct(r['snps'])} | "
+                f"{_pct(r['random'])} ({r['random_macs']:,}) |"
+            )
+    for peer in args.peers:
+        lines += [
+            "",
+            f"## {peer} on the seed (same budgets)",
+            "",
+            "| seed | budget | MACs | accuracy |",
+            "|---|---|---|---|",
+        ]
+        for run in runs:
+            for r in run["peers"].get(peer, []):
+                lines.append(f"| {run['seed']} | {r['target']} | {r['macs']:,} | {_pct(r['accuracy'])} |")
+    ratios = summary["step_time_ratio_last_over_first"]
+    lines += [
+        "",
+        "## Targets",
+        "",
+        _verdict("DNAD - random cells", summary["dnad_minus_random"]),
+        _verdict("DNAD - SNPS", summary["dnad_minus_snps"]),
+        "- Supernet training step time (re-measured), last member over first member and over the dense supernet the "
+        "search starts from (target <= 0.5): "
+        + "; ".join(f"{k}: {', '.join('-' if v is None else f'{v:.2f}' for v in vals)}" for k, vals in ratios.items())
+        + ".",
+        "- Dense supernet step seconds (re-measured) per seed: "
+        + ", ".join(f"{run['dense_step_seconds']:.3f}" for run in runs if "dense_step_seconds" in run)
+        + ".",
+        "",
+        "Step times on a shared, loaded CPU are noisy; the re-measured column times one training step (median of 5) of "
+        "the supernet rebuilt at each member's structure, back to back.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data", default="mnist1d")
+    parser.add_argument("--model", default="resnet18_1d")
+    parser.add_argument("--width", type=float, default=0.25)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--budgets", type=int, nargs="+", default=[50, 25, 10])
+    parser.add_argument("--seed-epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--search-epochs", type=int, default=10)
+    parser.add_argument("--dna-search-epochs", type=int, default=7)
+    parser.add_argument("--ops", default=DEFAULT_OPS)
+    parser.add_argument("--cells", type=int, default=8)
+    parser.add_argument("--channels", type=int, default=16)
+    parser.add_argument("-x", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"), help="method option")
+    parser.add_argument("--peers", nargs="*", default=["uniform", "dna"], choices=["uniform", "dna"])
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--grad-clip", type=float, default=None)
+    parser.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"])
+    parser.add_argument("--root", type=Path, default=None)
+    parser.add_argument("--tag", default="", help="suffix of the result files (seeds run in parallel processes)")
+    parser.add_argument("--collect", action="store_true", help="only read back what --root holds (no training)")
+    parser.add_argument("--combine", nargs="+", type=Path, help="merge the runs of these result JSONs (same settings)")
+    args = parser.parse_args()
+    name = f"dnad_{args.data}{args.tag}"
+    if args.combine:
+        payloads = [json.loads(p.read_text()) for p in args.combine]
+        runs = sorted((r for p in payloads for r in p["runs"]), key=lambda r: r["seed"])
+        saved = {**payloads[0]["settings"], "seeds": [r["seed"] for r in runs], "tag": ""}
+        args = argparse.Namespace(**{**saved, "x": [tuple(kv) for kv in saved["x"]]})
+        payload = {**payloads[0], "settings": saved, "summary": summarise(runs), "runs": runs}
+        write_results(f"dnad_{args.data}", payload, to_markdown(args, runs, payload["summary"]))
+        return
+    root = args.root or Path(tempfile.mkdtemp(prefix="netfit-dnad-"))
+    runs = []
+    for s in args.seeds:
+        runs.append(collect_seed(args, s, root) if args.collect else run_seed(args, s, root))
+        summary = summarise(runs)  # written after every seed: an interrupted benchmark keeps what it measured
+        payload = {
+            "benchmark": "dnad",
+            "settings": {**vars(args), "root": str(root), "combine": None},
+            "environment": environment(),
+            "summary": summary,
+            "runs": runs,
+        }
+        write_results(name, payload, to_markdown(args, runs, summary))
+    print(to_markdown(args, runs, summarise(runs)))
+
+
+if __name__ == "__main__":
+    main()
