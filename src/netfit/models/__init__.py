@@ -1,5 +1,6 @@
 """The model zoo: built-in networks as arch specs, the registries, and the timm bridge."""
 
+from . import blocknet as _blocknet  # noqa: F401  (registers the "blocknet" family of block-wise searches)
 from . import cnn as _cnn  # noqa: F401  (registers cnn_small, cnn1d)
 from . import graph as _graph  # noqa: F401  (registers the "graph" family for user models)
 from . import mobilenetv2 as _mobilenetv2  # noqa: F401  (registers mobilenetv2*)
