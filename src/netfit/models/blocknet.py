@@ -56,7 +56,9 @@ class BlockNetFamily:
             spec = {
                 "stride": b0.depthwise[0].stride[0],
                 "width": b0.project[0].out_channels,
-                "blocks": [{"hidden": b.depthwise[0].out_channels, "kernel": b.depthwise[0].kernel_size[0]} for b in stage],
+                "blocks": [
+                    {"hidden": b.depthwise[0].out_channels, "kernel": b.depthwise[0].kernel_size[0]} for b in stage
+                ],
             }
             natural = spec["stride"] == 1 and b0.expand[0].in_channels == spec["width"]
             if b0.use_residual != natural:

@@ -36,9 +36,7 @@ class InvertedResidual(nn.Module):
         super().__init__()
         if not expand and hidden != cin:
             raise ValueError(f"a block without expansion needs hidden == input width ({hidden} != {cin})")
-        self.expand = (
-            nn.Sequential(*conv_bn(ndim, cin, hidden, 1), nn.ReLU6(inplace=True)) if expand else nn.Identity()
-        )
+        self.expand = nn.Sequential(*conv_bn(ndim, cin, hidden, 1), nn.ReLU6(inplace=True)) if expand else nn.Identity()
         self.depthwise = nn.Sequential(
             *conv_bn(ndim, hidden, hidden, kernel, stride, groups=hidden), nn.ReLU6(inplace=True)
         )
