@@ -208,8 +208,9 @@ def test_resume_between_blocks(tmp_path, small, monkeypatch):
     ckpt0 = (out / "ckpt" / "blockwise-block0.pt").stat().st_mtime_ns
     resumed = adapt("cnn_small", small, "50%", "blockwise", out=out, method_options=TINY, resume=True, **FAST)
     assert (out / "ckpt" / "blockwise-block0.pt").stat().st_mtime_ns == ckpt0  # block 0 was not trained again
-    assert _tables(out) == [{**t, "train_seconds": u["train_seconds"], "rate_seconds": u["rate_seconds"]}
-                            for t, u in zip(_tables(tmp_path / "ref"), _tables(out))]  # fmt: skip
+    timings = ("train_seconds", "rate_seconds")  # everything but the measured times is the same
+    same = [{k: v for k, v in t.items() if k not in timings} for t in _tables(out)]
+    assert same == [{k: v for k, v in t.items() if k not in timings} for t in _tables(tmp_path / "ref")]
     key = [(r["id"], r["macs"], r["info"]["blocks"]) for r in reference.summary["candidates"]]
     assert key == [(r["id"], r["macs"], r["info"]["blocks"]) for r in resumed.summary["candidates"]]
 
