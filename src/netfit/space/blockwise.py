@@ -310,7 +310,7 @@ def rate_block(
 
     def visit(prefix: Path, recal: torch.Tensor, held_out: torch.Tensor) -> None:
         if len(prefix) >= space.min_layers:
-            losses[prefix] = float((held_out - targets).abs().sum()) / targets.numel() / scale
+            losses[prefix] = _rating(held_out, targets, scale)
         if len(prefix) == space.max_layers:
             return
         for op in space.ops:
@@ -324,6 +324,11 @@ def rate_block(
     finally:
         supernet.train(was_training)
     return {path: losses[path] for path in space.candidates()}
+
+
+def _rating(out: torch.Tensor, targets: torch.Tensor, scale: float) -> float:
+    """mean |s - t| / std(t)."""
+    return float((out - targets).abs().sum()) / targets.numel() / scale
 
 
 def _recalibrate_layer(layer: nn.Module, inputs: torch.Tensor, seed: int, batch_size: int) -> torch.Tensor:
@@ -354,7 +359,7 @@ def rate_naively(
     batch_size: int = 256,
 ) -> dict[Path, float]:
     """The reference rating ``rate_block`` reproduces: per candidate, ``recalibrate_norms`` of the whole path
-    (the supernet set to it), then its loss on the held-out data. Kept for tests and the benchmark."""
+    (the supernet set to it), then its loss on the held-out data; the reference the tests hold it to."""
     scale = float(targets.float().std()) or 1.0
     losses = {}
     for path in supernet.space.candidates():
@@ -362,7 +367,7 @@ def rate_naively(
         recalibrate_norms(supernet, _Features(recal_inputs), len(recal_inputs), batch_size, seed)
         supernet.eval()
         out = torch.cat([supernet(x, path) for x in inputs.split(batch_size)])
-        losses[path] = float((out - targets).abs().sum()) / targets.numel() / scale
+        losses[path] = _rating(out, targets, scale)
     supernet.path = supernet.space.largest()
     return losses
 
