@@ -23,6 +23,7 @@ from netfit.space.block_search import top_k
 from netfit.space.blockwise import BlockSpace, BlockSupernet, TeacherBlocks, rate_block, rate_naively
 
 TINY = {"expansions": [3], "kernels": [3, 5], "max_layers": 2, "top_k": 2, "recal_samples": 64, "rate_samples": 64}
+ONE = {**TINY, "top_k": 1}
 FAST = {"epochs": 1, "seed_epochs": 1, "progress": False, "train": {"batch_size": 32}}
 
 
@@ -189,7 +190,7 @@ def test_adapt_end_to_end(tmp_path, small):
 def test_resume_between_blocks(tmp_path, small, monkeypatch):
     from netfit.methods import blockwise as module
 
-    reference = adapt("cnn_small", small, "50%", "blockwise", out=tmp_path / "ref", method_options=TINY, **FAST)
+    reference = adapt("cnn_small", small, "50%", "blockwise", out=tmp_path / "ref", method_options=ONE, **FAST)
     real = module.rate_block
     calls = []
 
@@ -202,11 +203,11 @@ def test_resume_between_blocks(tmp_path, small, monkeypatch):
     monkeypatch.setattr(module, "rate_block", crash_on_second_block)
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
-        adapt("cnn_small", small, "50%", "blockwise", out=out, method_options=TINY, **FAST)
+        adapt("cnn_small", small, "50%", "blockwise", out=out, method_options=ONE, **FAST)
     monkeypatch.setattr(module, "rate_block", real)
     assert (out / "blockwise" / "block0.json").exists() and not (out / "blockwise" / "block1.json").exists()
     ckpt0 = (out / "ckpt" / "blockwise-block0.pt").stat().st_mtime_ns
-    resumed = adapt("cnn_small", small, "50%", "blockwise", out=out, method_options=TINY, resume=True, **FAST)
+    resumed = adapt("cnn_small", small, "50%", "blockwise", out=out, method_options=ONE, resume=True, **FAST)
     assert (out / "ckpt" / "blockwise-block0.pt").stat().st_mtime_ns == ckpt0  # block 0 was not trained again
     timings = ("train_seconds", "rate_seconds")  # everything but the measured times is the same
     same = [{k: v for k, v in t.items() if k not in timings} for t in _tables(out)]
