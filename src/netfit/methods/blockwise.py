@@ -256,7 +256,7 @@ class Blockwise:
                     "blocks": [tables[b]["candidates"][c]["id"] for b, c in enumerate(combo.choices)],
                     "predicted_loss": round(combo.loss, 6),
                     "block_losses": [round(losses[b][c], 6) for b, c in enumerate(combo.choices)],
-                    f"predicted_{metric}": combo.cost + fixed,
+                    f"predicted_{metric}": round(combo.cost + fixed) if metric != "latency_ms" else combo.cost + fixed,
                     "search_seconds": round(seconds, 4),
                     "search_nodes": stats.nodes,
                     "space_size": space_size(losses),

@@ -384,7 +384,7 @@ def layer_costs(
         for op in space.ops:
             layer = BlockSupernet.make_layer(ndim, in_shape[0], out_shape[0], stride, position, op).eval()
             cost = count_cost(layer, shape)
-            row = {"macs": float(cost.macs), "params": float(cost.params)}
+            row: dict[str, float] = {"macs": cost.macs, "params": cost.params}
             if latency is not None:
                 row["latency_ms"] = measure(layer, shape, "latency_ms", **latency)
             out[(position, op)] = row
