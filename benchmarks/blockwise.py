@@ -216,14 +216,28 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--root", type=Path, default=None)
+    parser.add_argument("--tag", default="", help="suffix of the results name (seeds run as separate processes)")
+    parser.add_argument("--merge", type=Path, nargs="+", help="only combine the runs of these result JSONs")
     args = parser.parse_args()
+    if args.merge:  # seeds measured by separate processes, one table
+        payloads = [json.loads(p.read_text()) for p in args.merge]
+        runs = sorted((r for p in payloads for r in p["runs"]), key=lambda r: r["seed"])
+        settings = payloads[0]["settings"] | {
+            "seeds": [r["seed"] for r in runs],
+            "merged_from": [str(p) for p in args.merge],
+        }
+        saved = argparse.Namespace(**settings)
+        write_results(
+            f"blockwise_{args.data}", payloads[0] | {"settings": settings, "runs": runs}, to_markdown(saved, runs)
+        )
+        return
     torch.set_num_threads(1)
     root = args.root or Path(tempfile.mkdtemp(prefix="netfit-blockwise-"))
     runs = []
     for s in args.seeds:  # written after every seed: an interrupted benchmark keeps what it measured
         runs.append(run_seed(args, s, root))
         payload = {"benchmark": "blockwise", "settings": vars(args) | {"root": str(root)}, "environment": environment()}
-        write_results(f"blockwise_{args.data}", payload | {"runs": runs}, to_markdown(args, runs))
+        write_results(f"blockwise_{args.data}{args.tag}", payload | {"runs": runs}, to_markdown(args, runs))
     print(to_markdown(args, runs))
 
 
