@@ -187,7 +187,7 @@ def test_adapt_end_to_end(tmp_path, small):
     assert arch_of(model) == rows[0]["arch"]
 
 
-def test_resume_between_blocks(tmp_path, small, monkeypatch):
+def test_resume_between_blocks_and_retrains(tmp_path, small, monkeypatch):
     from netfit.methods import blockwise as module
 
     reference = adapt("cnn_small", small, "50%", "blockwise", out=tmp_path / "ref", method_options=ONE, **FAST)
@@ -207,8 +207,21 @@ def test_resume_between_blocks(tmp_path, small, monkeypatch):
     monkeypatch.setattr(module, "rate_block", real)
     assert (out / "blockwise" / "block0.json").exists() and not (out / "blockwise" / "block1.json").exists()
     ckpt0 = (out / "ckpt" / "blockwise-block0.pt").stat().st_mtime_ns
-    resumed = adapt("cnn_small", small, "50%", "blockwise", out=out, method_options=ONE, resume=True, **FAST)
+    real_finetune = module.finetune
+
+    def crash_after_first_retrain(*args, **kwargs):
+        real_finetune(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, "finetune", crash_after_first_retrain)
+    with pytest.raises(KeyboardInterrupt):  # resumes between blocks, then stops after the first retrain
+        adapt("cnn_small", small, "50%", "blockwise", out=out, method_options=ONE, resume=True, **FAST)
+    monkeypatch.setattr(module, "finetune", real_finetune)
     assert (out / "ckpt" / "blockwise-block0.pt").stat().st_mtime_ns == ckpt0  # block 0 was not trained again
+    retrained = {p.name: p.stat().st_mtime_ns for p in (out / "ckpt").glob("bw-*.pt")}
+    assert retrained
+    resumed = adapt("cnn_small", small, "50%", "blockwise", out=out, method_options=ONE, resume=True, **FAST)
+    assert retrained == {p.name: p.stat().st_mtime_ns for p in (out / "ckpt").glob("bw-*.pt")}  # not trained again
     timings = ("train_seconds", "rate_seconds")  # everything but the measured times is the same
     same = [{k: v for k, v in t.items() if k not in timings} for t in _tables(out)]
     assert same == [{k: v for k, v in t.items() if k not in timings} for t in _tables(tmp_path / "ref")]
