@@ -62,7 +62,7 @@ def run_seed(args: argparse.Namespace, seed: int, root: Path) -> dict:
     data = load_data(args.data)
     model = create_model(args.model, num_classes=data.num_classes, in_chans=data.input_shape[0], width_mult=args.width)
     common = {"seed": seed, "progress": False, "train": {"batch_size": args.batch_size, "lr": args.lr}}
-    options = {"block_epochs": args.block_epochs, "top_k": 1}
+    options = {"block_epochs": args.block_epochs, "top_k": 1, "block_lr": args.block_lr}
     started = time.perf_counter()
     bw = adapt(
         model,
@@ -161,7 +161,8 @@ def to_markdown(args: argparse.Namespace, runs: list[dict]) -> str:
         f"# blockwise on {args.data} with {args.model} (width x{args.width})",
         "",
         f"Seeds {[r['seed'] for r in runs]}; teacher (seed network) trained {args.seed_epochs} epochs; block supernets "
-        f"{args.block_epochs} epochs each; every retrained network {args.epochs} epochs from scratch; uniform "
+        f"{args.block_epochs} epochs each (AdamW lr {args.block_lr}); every retrained network {args.epochs} epochs "
+        f"from scratch; uniform "
         f"{args.epochs + args.block_epochs} epochs from the teacher. Budget {args.budget} of the teacher's MACs.",
         f"Data: {load_data(args.data).source}.",
         "",
@@ -210,6 +211,7 @@ def main() -> None:
     parser.add_argument("--seed-epochs", type=int, default=15)
     parser.add_argument("--block-epochs", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--block-lr", type=float, default=0.01)
     parser.add_argument("--archs", type=int, default=8)
     parser.add_argument("--randoms", type=int, default=3)
     parser.add_argument("--k", type=int, nargs="+", default=[1, 5])
@@ -222,10 +224,8 @@ def main() -> None:
     if args.merge:  # seeds measured by separate processes, one table
         payloads = [json.loads(p.read_text()) for p in args.merge]
         runs = sorted((r for p in payloads for r in p["runs"]), key=lambda r: r["seed"])
-        settings = payloads[0]["settings"] | {
-            "seeds": [r["seed"] for r in runs],
-            "merged_from": [str(p) for p in args.merge],
-        }
+        merged = {"seeds": [r["seed"] for r in runs], "merged_from": [str(p) for p in args.merge]}
+        settings = {"block_lr": args.block_lr} | payloads[0]["settings"] | merged  # runs before --block-lr existed
         saved = argparse.Namespace(**settings)
         write_results(
             f"blockwise_{args.data}", payloads[0] | {"settings": settings, "runs": runs}, to_markdown(saved, runs)

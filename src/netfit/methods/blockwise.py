@@ -84,7 +84,7 @@ class Blockwise:
     min_layers: int = 1
     max_layers: int = 3
     block_epochs: int | None = None
-    block_lr: float = 2e-3
+    block_lr: float = 1e-2
     recal_samples: int = 256
     rate_samples: int = 512
     top_k: int = 2
