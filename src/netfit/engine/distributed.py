@@ -2,15 +2,40 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
 
+_independent = False  # inside ``independent()``: this rank works alone
+
+
+@contextlib.contextmanager
+def independent() -> Iterator[None]:
+    """Within this block every rank does its own job (e.g. one block of a block-wise search each): the rank
+    trains and evaluates as a single process (no DDP, no collectives, no sharding) and writes its own
+    checkpoints and log lines. Ranks meet again after the block (gather their results there)."""
+    global _independent
+    previous, _independent = _independent, True
+    try:
+        yield
+    finally:
+        _independent = previous
+
 
 def dist_env() -> tuple[int, int, int]:
-    """(rank, world_size, local_rank) from torchrun's environment variables; (0, 1, 0) without them."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+    """(rank, world_size, local_rank) from torchrun's environment variables; (0, 1, 0) without them
+    (and (0, 1, local_rank) inside ``independent()``)."""
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if _independent:
+        return 0, 1, local_rank
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), local_rank
+
+
+def _collective() -> bool:
+    return dist.is_initialized() and not _independent
 
 
 def default_device() -> torch.device:
@@ -42,13 +67,13 @@ def is_main() -> bool:
 
 def barrier() -> None:
     """Wait for every rank (a no-op in a single process)."""
-    if dist.is_initialized():
+    if _collective():
         dist.barrier()
 
 
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     """Sum numbers over ranks (a no-op in a single process)."""
-    if not dist.is_initialized():
+    if not _collective():
         return values
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
@@ -57,7 +82,7 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
 
 def union_keys(keys: list[str]) -> list[str]:
     """Sorted union of every rank's keys, so all ranks all-reduce the same list in the same order."""
-    if not dist.is_initialized():
+    if not _collective():
         return sorted(keys)
     gathered: list[list[str] | None] = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, keys)

@@ -1,5 +1,6 @@
 """Search methods. Each module registers itself in ``METHODS``; see ``base.Method`` for the interface."""
 
+from . import blockwise as _blockwise  # noqa: F401  (registers "blockwise")
 from . import dna as _dna  # noqa: F401  (registers "dna")
 from . import dnad as _dnad  # noqa: F401  (registers "dnad", "snps")
 from . import odn as _odn  # noqa: F401  (registers "odn")

@@ -1,5 +1,6 @@
 """The model zoo: built-in networks as arch specs, the registries, and the timm bridge."""
 
+from . import blocknet as _blocknet  # noqa: F401  (registers the "blocknet" family of block-wise searches)
 from . import cnn as _cnn  # noqa: F401  (registers cnn_small, cnn1d)
 from . import darts as _darts  # noqa: F401  (registers the "darts" cell-network family)
 from . import graph as _graph  # noqa: F401  (registers the "graph" family for user models)

@@ -20,17 +20,27 @@ _CONFIG = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3
 
 
 class InvertedResidual(nn.Module):
+    """MBConv: (1x1 expand to ``hidden``) -> depthwise ``kernel`` -> 1x1 project, 1-D or 2-D (``ndim``)."""
+
     def __init__(
-        self, cin: int, hidden: int, cout: int, stride: int, kernel: int, expand: bool, residual: bool | None = None
+        self,
+        cin: int,
+        hidden: int,
+        cout: int,
+        stride: int,
+        kernel: int,
+        expand: bool,
+        residual: bool | None = None,
+        ndim: int = 2,
     ) -> None:
         super().__init__()
         if not expand and hidden != cin:
             raise ValueError(f"a block without expansion needs hidden == input width ({hidden} != {cin})")
-        self.expand = nn.Sequential(*conv_bn(2, cin, hidden, 1), nn.ReLU6(inplace=True)) if expand else nn.Identity()
+        self.expand = nn.Sequential(*conv_bn(ndim, cin, hidden, 1), nn.ReLU6(inplace=True)) if expand else nn.Identity()
         self.depthwise = nn.Sequential(
-            *conv_bn(2, hidden, hidden, kernel, stride, groups=hidden), nn.ReLU6(inplace=True)
+            *conv_bn(ndim, hidden, hidden, kernel, stride, groups=hidden), nn.ReLU6(inplace=True)
         )
-        self.project = conv_bn(2, hidden, cout, 1)
+        self.project = conv_bn(ndim, hidden, cout, 1)
         self.use_residual = stride == 1 and cin == cout if residual is None else residual
         if self.use_residual and (stride != 1 or cin != cout):
             raise ValueError(f"a residual block needs stride 1 and equal widths (got {cin} -> {cout}, stride {stride})")

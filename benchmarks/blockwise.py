@@ -1,0 +1,245 @@
+"""Block-wise NAS benchmark: does the summed block rating rank retrained networks, does the search beat random
+architectures at the same MACs, and how fast is the exact search on a >= 10^9 space?
+
+    python -m benchmarks.blockwise --data mnist1d --model resnet18_1d --width 0.25 --seeds 0 1 2
+
+Per seed: train the seed network (the teacher), run ``blockwise`` at ``--budget`` (top-1, trained ``--epochs``),
+then from its per-block tables
+* ``--archs`` random architectures of the space spread over the cost range (one per MACs quantile of a random
+  sample) are trained from scratch with the same epochs: Kendall tau of (- summed rating) vs test accuracy;
+* ``--randoms`` random architectures within 3% of the chosen one's MACs, same epochs: chosen vs random;
+* ``uniform`` (width, from the same seed) at the same budget with the post-seed epochs blockwise spent
+  (``--block-epochs`` + ``--epochs``);
+* the exact search is timed on the tables (one core) for several budgets and k.
+Results: benchmarks/results/blockwise_<data>.json/.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.stats import kendalltau
+
+from netfit.api import adapt, train_model
+from netfit.cost import count_cost
+from netfit.data import load_data
+from netfit.export import load_model
+from netfit.methods.blockwise import _assemble, _template
+from netfit.models import build_model, create_model
+from netfit.space.block_search import SearchStats, space_size, top_k
+from netfit.space.blockwise import TeacherBlocks
+
+from .common import environment, mean_std, write_results
+
+MATCH = 0.03  # random architectures "at matched MACs": within 3% of the chosen network's MACs
+
+
+def _tables(run_dir: Path) -> list[dict]:
+    files = sorted((run_dir / "blockwise").glob("block*.json"), key=lambda p: int(p.stem[5:]))
+    return [json.loads(f.read_text()) for f in files]
+
+
+def _arch(template: dict, cut: TeacherBlocks, tables: list[dict], choices) -> dict:
+    paths = [tuple(tuple(op) for op in t["candidates"][c]["layers"]) for t, c in zip(tables, choices)]
+    return _assemble(template, cut, paths)
+
+
+def _train(arch: dict, data, out: Path, args, seed: int) -> dict:
+    torch.manual_seed(seed)
+    model = build_model(arch)
+    train = {"batch_size": args.batch_size, "lr": args.lr}
+    row = train_model(model, data, out=out, epochs=args.epochs, seed=seed, train=train, progress=False)
+    return {"accuracy": row["accuracy"], "macs": row["macs"], "params": row["params"]}
+
+
+def run_seed(args: argparse.Namespace, seed: int, root: Path) -> dict:
+    data = load_data(args.data)
+    model = create_model(args.model, num_classes=data.num_classes, in_chans=data.input_shape[0], width_mult=args.width)
+    common = {"seed": seed, "progress": False, "train": {"batch_size": args.batch_size, "lr": args.lr}}
+    options = {"block_epochs": args.block_epochs, "top_k": 1, "block_lr": args.block_lr}
+    started = time.perf_counter()
+    bw = adapt(
+        model,
+        data,
+        args.budget,
+        "blockwise",
+        out=root / f"bw-{seed}",
+        epochs=args.epochs,
+        seed_epochs=args.seed_epochs,
+        train_seed=True,
+        method_options=options,
+        **common,
+    )
+    bw_seconds = time.perf_counter() - started
+    (chosen,) = bw.summary["candidates"]
+    tables = _tables(root / f"bw-{seed}")
+    teacher = load_model(root / f"bw-{seed}" / "seed")
+    cut = TeacherBlocks(teacher, data.input_shape)
+    template = _template(cut, teacher, data.num_classes, True)
+    losses = [[r["loss"] for r in t["candidates"]] for t in tables]
+    macs = [[r["macs"] for r in t["candidates"]] for t in tables]
+    rng = np.random.default_rng(seed)
+    pool = {tuple(int(rng.integers(len(t))) for t in tables) for _ in range(4000)}
+    pool = sorted(pool, key=lambda ch: sum(m[c] for m, c in zip(macs, ch)))
+    spread = [pool[int(q * (len(pool) - 1))] for q in np.linspace(0, 1, args.archs)]
+    ranked = []
+    for i, ch in enumerate(spread):
+        row = _train(_arch(template, cut, tables, ch), data, root / f"rank-{seed}-{i}", args, seed)
+        ranked.append({"choices": list(ch), "rating": sum(ls[c] for ls, c in zip(losses, ch)), **row})
+    tau = kendalltau([-r["rating"] for r in ranked], [r["accuracy"] for r in ranked])
+    fixed = _stem_head_macs(template, cut, tables, spread[0], data.input_shape)
+    target = chosen["macs"]
+    near = [ch for ch in pool if abs(fixed + sum(m[c] for m, c in zip(macs, ch)) - target) <= MATCH * target]
+    randoms = []
+    for i, ch in enumerate(near[:: max(1, len(near) // args.randoms)][: args.randoms]):
+        row = _train(_arch(template, cut, tables, ch), data, root / f"random-{seed}-{i}", args, seed)
+        randoms.append({"choices": list(ch), "rating": sum(ls[c] for ls, c in zip(losses, ch)), **row})
+    uni = adapt(
+        args.model,
+        data,
+        args.budget,
+        "uniform",
+        out=root / f"uniform-{seed}",
+        epochs=args.epochs + args.block_epochs,
+        seed_weights=root / f"bw-{seed}" / "seed",
+        **common,
+    )
+    (urow,) = uni.summary["candidates"]
+    return {
+        "seed": seed,
+        "teacher": {k: bw.summary["seed"][k] for k in ("macs", "params", "accuracy")},
+        "chosen": {k: chosen[k] for k in ("macs", "params", "accuracy")} | {"blocks": chosen["info"]["blocks"]},
+        "blockwise_seconds": round(bw_seconds, 1),
+        "blocks": [
+            {"train_seconds": t["train_seconds"], "rate_seconds": t["rate_seconds"], "candidates": len(t["candidates"])}
+            for t in tables
+        ],
+        "ranking": {"tau": float(tau.statistic), "p": float(tau.pvalue), "archs": ranked},
+        "random_same_macs": randoms,
+        "uniform": {k: urow[k] for k in ("macs", "params", "accuracy")},
+        "search": _time_search(losses, macs, args.k),
+    }
+
+
+def _stem_head_macs(template: dict, cut: TeacherBlocks, tables: list[dict], choices, shape) -> float:
+    """What the block tables leave out (stem and head): one assembled network's MACs minus its blocks'."""
+    blocks = sum(t["candidates"][c]["macs"] for t, c in zip(tables, choices))
+    return count_cost(build_model(_arch(template, cut, tables, choices)), shape).macs - blocks
+
+
+def _time_search(losses, macs, ks: list[int]) -> list[dict]:
+    """Exact top-k on the real tables at 20..90% of the blocks' largest summed MACs (median of 5 runs)."""
+    largest = sum(max(m) for m in macs)
+    rows = []
+    for frac in (0.2, 0.35, 0.5, 0.7, 0.9):
+        for k in ks:
+            times, stats = [], SearchStats()
+            for _ in range(5):
+                stats = SearchStats()
+                t0 = time.perf_counter()
+                top_k(losses, macs, frac * largest, k, stats=stats)
+                times.append(time.perf_counter() - t0)
+            rows.append({"fraction": frac, "k": k, "seconds": float(np.median(times)), "nodes": stats.nodes})
+    return [{"space_size": space_size(losses), **r} for r in rows]
+
+
+def to_markdown(args: argparse.Namespace, runs: list[dict]) -> str:
+    def pct(values: list[float]) -> str:
+        m, s = mean_std(values)
+        return f"{100 * m:.2f} ± {100 * s:.2f}%" if len(values) > 1 else f"{100 * m:.2f}%"
+
+    taus = [r["ranking"]["tau"] for r in runs]
+    rand = [float(np.mean([x["accuracy"] for x in r["random_same_macs"]])) for r in runs if r["random_same_macs"]]
+    search = [row for r in runs for row in r["search"]]
+    lines = [
+        f"# blockwise on {args.data} with {args.model} (width x{args.width})",
+        "",
+        f"Seeds {[r['seed'] for r in runs]}; teacher (seed network) trained {args.seed_epochs} epochs; block supernets "
+        f"{args.block_epochs} epochs each (AdamW lr {args.block_lr}); every retrained network {args.epochs} epochs "
+        f"from scratch; uniform "
+        f"{args.epochs + args.block_epochs} epochs from the teacher. Budget {args.budget} of the teacher's MACs.",
+        f"Data: {load_data(args.data).source}.",
+        "",
+        "| network | test accuracy | MACs | params |",
+        "|---|---|---|---|",
+        f"| teacher (seed) | {pct([r['teacher']['accuracy'] for r in runs])} | {runs[0]['teacher']['macs']:,} | "
+        f"{runs[0]['teacher']['params']:,} |",
+        f"| blockwise, chosen (top-1) | {pct([r['chosen']['accuracy'] for r in runs])} | "
+        f"{_join(runs, 'chosen', 'macs')} | {_join(runs, 'chosen', 'params')} |",
+        f"| random architectures of the space, MACs within {MATCH:.0%} (mean of {args.randoms}) | "
+        f"{pct(rand) if rand else 'none found'} | | |",
+        f"| uniform width, same budget | {pct([r['uniform']['accuracy'] for r in runs])} | "
+        f"{_join(runs, 'uniform', 'macs')} | {_join(runs, 'uniform', 'params')} |",
+        "",
+        f"**Ranking.** Kendall tau of (- summed block rating) vs test accuracy over {args.archs} random architectures "
+        f"spread over the cost range: {', '.join(f'{t:.3f}' for t in taus)} (per seed; target >= 0.6).",
+        "",
+        "**Time per block** (train, rate every candidate; seconds): "
+        + "; ".join(
+            f"seed {r['seed']}: " + ", ".join(f"{b['train_seconds']:.0f}+{b['rate_seconds']:.0f}" for b in r["blocks"])
+            for r in runs
+        ),
+        "",
+        f"**Exact search** on the real tables ({search[0]['space_size']:.2e} combinations), one CPU core: median "
+        f"{np.median([x['seconds'] for x in search]) * 1e3:.1f} ms, "
+        f"worst {max(x['seconds'] for x in search) * 1e3:.1f} ms over budgets 20-90% of the largest and k in "
+        f"{args.k} (target < 1 s).",
+        "",
+        "MACs of one forward pass at batch 1 (conv/linear); FLOPs = 2 x MACs.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _join(runs: list[dict], entry: str, key: str) -> str:
+    return ", ".join(f"{r[entry][key]:,}" for r in runs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data", default="mnist1d")
+    parser.add_argument("--model", default="resnet18_1d")
+    parser.add_argument("--width", type=float, default=0.25)
+    parser.add_argument("--budget", default="50%")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seed-epochs", type=int, default=15)
+    parser.add_argument("--block-epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--block-lr", type=float, default=0.01)
+    parser.add_argument("--archs", type=int, default=8)
+    parser.add_argument("--randoms", type=int, default=3)
+    parser.add_argument("--k", type=int, nargs="+", default=[1, 5])
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--root", type=Path, default=None)
+    parser.add_argument("--tag", default="", help="suffix of the results name (seeds run as separate processes)")
+    parser.add_argument("--merge", type=Path, nargs="+", help="only combine the runs of these result JSONs")
+    args = parser.parse_args()
+    if args.merge:  # seeds measured by separate processes, one table
+        payloads = [json.loads(p.read_text()) for p in args.merge]
+        runs = sorted((r for p in payloads for r in p["runs"]), key=lambda r: r["seed"])
+        merged = {"seeds": [r["seed"] for r in runs], "merged_from": [str(p) for p in args.merge]}
+        settings = {"block_lr": args.block_lr} | payloads[0]["settings"] | merged  # runs before --block-lr existed
+        saved = argparse.Namespace(**settings)
+        write_results(
+            f"blockwise_{args.data}", payloads[0] | {"settings": settings, "runs": runs}, to_markdown(saved, runs)
+        )
+        return
+    torch.set_num_threads(1)
+    root = args.root or Path(tempfile.mkdtemp(prefix="netfit-blockwise-"))
+    runs = []
+    for s in args.seeds:  # written after every seed: an interrupted benchmark keeps what it measured
+        runs.append(run_seed(args, s, root))
+        payload = {"benchmark": "blockwise", "settings": vars(args) | {"root": str(root)}, "environment": environment()}
+        write_results(f"blockwise_{args.data}{args.tag}", payload | {"runs": runs}, to_markdown(args, runs))
+    print(to_markdown(args, runs))
+
+
+if __name__ == "__main__":
+    main()
