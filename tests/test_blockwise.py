@@ -5,6 +5,7 @@ import copy
 import dataclasses
 import itertools
 import json
+import os
 import subprocess
 import sys
 
@@ -271,12 +272,15 @@ def test_torchrun_blocks_on_two_ranks(tmp_path, digits):
     base = [sys.executable, "-m", "netfit.cli", "adapt", "--seed-weights", str(seed), "--data", "digits"]
     base += ["--method", "blockwise", "--budget", "50%", "--epochs", "1", "--batch-size", "64", "-q"]
     base += [x for k, v in {**TINY, "top_k": 1}.items() for x in ("-x", f"{k}={json.dumps(v)}")]
+    # torchrun gives each rank one thread; the single process gets one too, or its float sums differ slightly
+    # and the block trainings drift apart.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     results = {}
     for procs in (1, 2):
         cmd = [*base, "--out", str(tmp_path / f"p{procs}")]
         if procs == 2:
             cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", *cmd[1:]]
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
         assert done.returncode == 0, done.stderr[-2000:]
         results[procs] = json.loads((tmp_path / f"p{procs}" / "result.json").read_text())
     one, two = (_tables(tmp_path / f"p{p}") for p in (1, 2))
