@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from netfit.api import adapt, train_model
+from netfit.cli import option_value
 from netfit.cost import count_cost
 from netfit.data import load_data
 from netfit.export import load_model
@@ -34,15 +35,8 @@ from netfit.space.darts import build_supernet, random_genotype
 from .common import dna_finetune_epochs, environment, mean_std, write_results
 
 
-def _value(raw: str):
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError:
-        return raw
-
-
 def _options(args: argparse.Namespace) -> dict:
-    extra = {k: _value(v) for k, v in args.x}
+    extra = {k: option_value(v) for k, v in args.x}
     return {
         "ops": args.ops,
         "cells": args.cells,

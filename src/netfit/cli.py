@@ -54,11 +54,16 @@ def _parse_options(pairs: list[str]) -> dict[str, Any]:
         key, sep, raw = pair.partition("=")
         if not sep or not key.strip():
             raise NetfitError(f"method option {pair!r} must look like KEY=VALUE, e.g. -x variant=depth")
-        try:
-            options[key.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            options[key.strip()] = raw
+        options[key.strip()] = option_value(raw)
     return options
+
+
+def option_value(raw: str) -> Any:
+    """A method option's value: a JSON literal (number, true/false, null, list) or else the string itself."""
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
 
 
 def _parse_shape(text: str) -> tuple[int, ...]:

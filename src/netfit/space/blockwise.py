@@ -25,7 +25,7 @@ from ..engine import StepOutput
 from ..errors import NetfitError, UnsupportedLayerError
 from ..models import StagedNet
 from ..models.mobilenetv2 import InvertedResidual
-from .norms import recalibrate_norms
+from .norms import recalibrate_norms, recalibration_batches
 
 Op = tuple[int, int]  # one MBConv layer: (expansion, kernel)
 Path = tuple[Op, ...]  # one candidate of a block: its layers' ops in order (its depth is the length)
@@ -334,8 +334,7 @@ def _rating(out: torch.Tensor, targets: torch.Tensor, scale: float) -> float:
 def _recalibrate_layer(layer: nn.Module, inputs: torch.Tensor, seed: int, batch_size: int) -> torch.Tensor:
     """``recalibrate_norms`` of one layer, returning its outputs of that pass (batch statistics, as the next
     layer sees them when a whole candidate is recalibrated) at their samples' positions."""
-    order = torch.randperm(len(inputs), generator=torch.Generator().manual_seed(seed))  # recalibrate_norms' draw
-    batches = [b for b in order.split(batch_size) if len(b) > 1]
+    batches = recalibration_batches(len(inputs), len(inputs), batch_size, seed)
     seen: list[torch.Tensor] = []
     handle = layer.register_forward_hook(lambda m, a, out: seen.append(out))
     try:

@@ -39,6 +39,13 @@ def frozen_norm_statistics(model: nn.Module) -> Iterator[None]:
             m.momentum = momentum
 
 
+def recalibration_batches(n: int, samples: int, batch_size: int, seed: int) -> list[torch.Tensor]:
+    """The sample indices ``recalibrate_norms`` feeds, batch by batch: a seeded draw of ``samples`` of ``n``,
+    without batches of one (batch statistics need two samples)."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:samples]
+    return [batch for batch in order.split(batch_size) if len(batch) > 1]
+
+
 @torch.no_grad()
 def recalibrate_norms(
     model: nn.Module, data: Any, samples: int = RECALIBRATION_SAMPLES, batch_size: int = 128, seed: int = 0
@@ -54,7 +61,6 @@ def recalibrate_norms(
     if not norms:
         return 0
     x_all, _ = data.train.tensors
-    order = torch.randperm(len(x_all), generator=torch.Generator().manual_seed(seed))[:samples]
     device = next(model.parameters()).device
     was_training = model.training
     saved = [m.momentum for m in norms]
@@ -64,9 +70,8 @@ def recalibrate_norms(
         m.momentum = None  # cumulative moving average: the plain mean over the batches seen
         m.train()
     try:
-        for batch in order.split(batch_size):
-            if len(batch) > 1:
-                model(data.prepare(x_all[batch].to(device), train=False))
+        for batch in recalibration_batches(len(x_all), samples, batch_size, seed):
+            model(data.prepare(x_all[batch].to(device), train=False))
     finally:
         for m, momentum in zip(norms, saved):
             m.momentum = momentum
@@ -74,4 +79,4 @@ def recalibrate_norms(
     return len(norms)
 
 
-__all__ = ["RECALIBRATION_SAMPLES", "frozen_norm_statistics", "recalibrate_norms"]
+__all__ = ["RECALIBRATION_SAMPLES", "frozen_norm_statistics", "recalibrate_norms", "recalibration_batches"]
