@@ -513,3 +513,33 @@ def test_architecture_step_and_weight_gradients(one_level):
     assert len(grads[0]) == len(grads[1])
     same = all(torch.equal(a, b) for a, b in zip(grads[0], grads[1]))
     assert same != one_level
+
+
+@pytest.mark.parametrize("every_budget", [True, False])
+def test_sandwich_trains_sub_networks_of_every_budget_or_one(every_budget, monkeypatch):
+    """every_budget: each step draws ``samples`` sub-networks from EVERY budget's chains, each run on its own
+    share of the batch; otherwise from one budget's chains (round-robin) on the whole batch."""
+    from netfit.engine import StepContext, TrainConfig
+
+    model, shape = _model("cnn_small")
+    net = ElasticNet(grow(model, shape, 1.5, 0.5, np.random.default_rng(0)), shape, units=4)
+    limits = [1e5, 5e4, 2e4]
+    method = DNA(samples=2, warmup_epochs=1, every_budget=every_budget)
+    arch = method.init_arch(net, limits, ["macs"] * 3, [len(s) for s in model.stages])
+    drawn, batches = [], []
+    sample, run_sliced = net.sample, net.run_sliced
+    monkeypatch.setattr(net, "sample", lambda w, d, gen: drawn.append(w) or sample(w, d, gen))
+    monkeypatch.setattr(net, "run_sliced", lambda sub, x: batches.append(len(x)) or run_sliced(sub, x))
+    x, y = torch.randn(15, *shape), torch.randint(0, 10, (15,))
+    net.attach()
+    try:
+        method.step_fn(net, arch, limits, ["macs"] * 3, 0)(
+            StepContext(net.model.train(), net.model, x, y, 0, 4, TrainConfig(), torch.device("cpu"))
+        )
+    finally:
+        net.detach()
+    rows = [next(r for r in range(3) if w is arch.width[r] or torch.equal(w, arch.width[r])) for w in drawn]
+    if every_budget:
+        assert rows == [0, 0, 1, 1, 2, 2] and batches == [15] + [5] * 6  # the smallest on the whole batch
+    else:
+        assert rows == [1, 1] and batches == [15] * 3  # step 4 -> budget 4 % 3 = 1

@@ -2,9 +2,9 @@
 
 1. Grow the trained seed function-preservingly (channels ordered by importance, Net2Net-widened to
    ``grow_width`` x, ``grow_depth`` x more identity blocks per stage) into the elastic space.
-2. Train the supernet with the sandwich rule (largest, smallest and ``samples`` sub-nets drawn from the
-   architecture distribution per step, the smaller ones distilled in place from the largest) and, after
-   ``warmup_epochs``, update the Markov keep logits of one budget per step on the expected network:
+2. Train the supernet with the sandwich rule (largest, smallest and ``samples`` sub-nets drawn from every
+   budget's architecture distribution per step, the smaller ones distilled in place from the largest) and,
+   after ``warmup_epochs``, update the Markov keep logits of every budget on its expected network:
    cross-entropy + ``cost_weight`` x the dead-zone budget loss on the differentiable expected cost.
 3. Per budget: the expected widths and depths, scaled together to the largest network within the budget,
    materialised as a plain dense network, its batch norms recalibrated (the supernet's statistics belong to
@@ -84,6 +84,11 @@ class DNA:
             moves the architecture logits. One-level was better and steadier in measurement (docs/methods/dna.md).
         split_batch: the architecture pass splits each batch between all budgets, so every budget's logits
             move at every step; False: one budget per step (round-robin) on the whole batch.
+        every_budget: the sandwich's ``samples`` sub-nets are drawn from EVERY budget's chains at every step, each
+            budget's on its share of the batch, so each budget's own sub-networks train all through the search;
+            False: from one budget per step (round-robin) on the whole batch, which left the sub-networks of the
+            smallest budgets under-trained when the search moved them away from the smallest network
+            (docs/methods/dna.md).
         latency_table: for latency budgets, search on a per-layer latency table measured on the budget's device
             and backend (``netfit.space.latency_table``); False: on MACs scaled by the seed's latency per MAC.
         finetune_warmup: the fraction of each fine-tune spent warming the learning rate up linearly from 0: the
@@ -121,6 +126,7 @@ class DNA:
     latency_table: bool = True
     finetune_warmup: float = 0.25
     inherit: bool = True
+    every_budget: bool = True
 
     def __post_init__(self) -> None:
         if self.grow_width < 1 or self.grow_depth < 0 or self.units < 2 or self.samples < 0:
@@ -205,9 +211,10 @@ class DNA:
         """The search step for ``engine.train``: largest pass (CE; the only one updating BN statistics), then
         after warm-up the architecture gradient on the expected network of every budget on its share of the
         batch (``split_batch``; else of one budget, round-robin), then the smallest and ``samples`` sub-nets
-        sampled from one budget's chains (round-robin), distilled in place from the largest."""
+        sampled from every budget's chains on its share of the batch (``every_budget``; else from one budget's,
+        round-robin), distilled in place from the largest."""
         warmup, samples, cost_weight, one_level = self.warmup_epochs, self.samples, self.cost_weight, self.one_level
-        split_batch = self.split_batch
+        split_batch, every_budget = self.split_batch, self.every_budget
 
         def step(ctx) -> StepOutput:
             row = ctx.step % len(limits)
@@ -245,10 +252,18 @@ class DNA:
                         "expected_cost_ratio_max": max(ratios),
                     }
                 gen = torch.Generator().manual_seed(seed * 1_000_003 + ctx.step)
-                subnets = [net.smallest()] + [net.sample(arch.width[row], arch.depth[row], gen) for _ in range(samples)]
+                rows = range(len(limits)) if every_budget else [row]
+                index = torch.arange(len(ctx.y)).tensor_split(len(rows))
+                passes = [(net.smallest(), slice(None), 1.0)] + [
+                    (net.sample(arch.width[r], arch.depth[r], gen), idx, len(idx) / len(ctx.y))
+                    for r, idx in zip(rows, index)
+                    if len(idx)
+                    for _ in range(samples)
+                ]
                 net.set_full()
-                for sub in subnets:
-                    ctx.backward(kd_loss(_run_subnet(net, sub, ctx), teacher) / len(subnets))
+                for sub, idx, share in passes:
+                    loss_sub = kd_loss(_run_subnet(net, sub, ctx.x[idx], ctx), teacher[idx])
+                    ctx.backward(loss_sub * share / (1 + samples))
             net.set_full()
             return StepOutput(loss.detach(), teacher, out_metrics)
 
@@ -382,13 +397,13 @@ def _uniform_logits(net: ElasticNet, depth_logits: torch.Tensor, goal: float, me
     return logits(lo)
 
 
-def _run_subnet(net: ElasticNet, sub, ctx) -> torch.Tensor:
-    """A sub-network's logits: sliced (its own cost) on one process; gated through the DDP wrapper under
-    torchrun, whose gradient reduction only sees passes through the wrapper."""
+def _run_subnet(net: ElasticNet, sub, x: torch.Tensor, ctx) -> torch.Tensor:
+    """A sub-network's logits on ``x``: sliced (its own cost) on one process; gated through the DDP wrapper
+    under torchrun, whose gradient reduction only sees passes through the wrapper."""
     if not is_distributed():
-        return net.run_sliced(sub, ctx.x)
+        return net.run_sliced(sub, x)
     net.set_hard(sub)
-    return ctx.model(ctx.x)
+    return ctx.model(x)
 
 
 def _average_grads(arch: ArchParams) -> None:
