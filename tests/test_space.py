@@ -303,6 +303,38 @@ def test_slice_halves_every_prunable_group(factory, shape) -> None:
     assert [g.size for g in again] == [len(keep[g.id]) if g.id in keep else g.size for g in groups]
 
 
+@pytest.mark.parametrize(
+    ("factory", "shape"),
+    [(ResNet, (2, 3, 16, 16)), (MobileBlock, (2, 3, 8, 8)), (CatNet, (2, 3, 6, 6)), (FlatNet, (2, 1, 8, 8))],
+)
+def test_sliced_view_equals_slice_channels_and_leaves_the_model_alone(factory, shape) -> None:
+    """The supernet's cheap skeleton: the same sliced network as slice_channels (tensors, attributes, outputs),
+    the same selections as channel_selections, the original unchanged, and only untouched modules shared."""
+    from netfit.space.prune import channel_selections, sliced_view
+
+    model = factory().eval()
+    x = torch.randn(*shape)
+    groups = trace_channel_groups(model, x)
+    keep = {g.id: keep_top(l1_importance(model, g), max(1, g.size // 2)) for g in groups if g.prunable}
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    expected = slice_channels(model, groups, keep)
+    view, selections = sliced_view(model, groups, keep)
+    assert {k: v.shape for k, v in view.state_dict().items()} == {k: v.shape for k, v in expected.state_dict().items()}
+    for name, module in expected.named_modules():
+        other = view.get_submodule(name)
+        for attr in ("in_channels", "out_channels", "groups", "in_features", "out_features", "num_features"):
+            assert getattr(other, attr, None) == getattr(module, attr, None), (name, attr)
+    torch.testing.assert_close(view(x), expected(x))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert selections.keys() == channel_selections(model, groups, keep).keys()
+    one = next(g for g in groups if g.prunable)  # slicing one group: only its layers and their ancestors copied
+    part, _ = sliced_view(model, groups, {one.id: keep[one.id]})
+    touched = {m.module for m in one.members}
+    for name, module in model.named_modules():
+        copied = any(t == name or t.startswith(f"{name}.") or not name for t in touched)
+        assert (part.get_submodule(name) is module) != copied, name
+
+
 def test_slice_shapes_and_attributes() -> None:
     model = MobileBlock()
     groups = trace_channel_groups(model, torch.randn(1, 3, 8, 8))

@@ -35,7 +35,7 @@ from ..cost import count_cost
 from ..models import StagedNet
 from .channels import _CONVS, _dim_size
 from .latency_table import LatencyTable
-from .prune import channel_selections, slice_channels
+from .prune import sliced_view
 from .subnet import SubnetSpace
 
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm)
@@ -277,11 +277,12 @@ class ElasticNet:
             return self._skeletons[key]
         widths = self.widths(arch)
         keep = {g.id: torch.arange(widths[g.id]) for g in self.gated if widths[g.id] < g.size}
-        skeleton = slice_channels(self._template, self.space.groups, keep) if keep else copy.deepcopy(self._template)
+        # "stages" is copied too: truncating a stage below replaces its entry in the skeleton's own list
+        skeleton, selections = sliced_view(self._template, self.space.groups, keep, ["stages"] if arch.depths else [])
         if arch.depths:
             for s, depth in enumerate(arch.depths):
                 skeleton.stages[s] = nn.Sequential(*list(skeleton.stages[s])[:depth])
-        self._skeletons[key] = (skeleton, channel_selections(self._template, self.space.groups, keep))
+        self._skeletons[key] = (skeleton, selections)
         if len(self._skeletons) > 8:
             self._skeletons.popitem(last=False)
         return self._skeletons[key]
