@@ -230,12 +230,9 @@ class DNA:
                     grads = [p.grad for p in params]
                     for p in params:  # backward accumulates in place: park the sandwich grads out of its reach
                         p.grad = None
-                    rows = range(len(limits)) if split_batch else [row]
-                    chunks = zip(rows, ctx.x.tensor_split(len(rows)), ctx.y.tensor_split(len(rows)))
                     ratios, budget_losses = [], []
-                    for r, x, y in chunks:
-                        if not len(y):
-                            continue
+                    for r, part in _batch_shares(range(len(limits)) if split_batch else [row], len(ctx.y)):
+                        x, y = ctx.x[part], ctx.y[part]
                         net.set_soft(arch.width[r], arch.depth[r])
                         expected = net.expected_cost(arch.width[r], arch.depth[r])[metrics[r]]
                         budget = dead_zone_loss(expected, limits[r])
@@ -252,17 +249,14 @@ class DNA:
                         "expected_cost_ratio_max": max(ratios),
                     }
                 gen = torch.Generator().manual_seed(seed * 1_000_003 + ctx.step)
-                rows = range(len(limits)) if every_budget else [row]
-                index = torch.arange(len(ctx.y)).tensor_split(len(rows))
-                passes = [(net.smallest(), slice(None), 1.0)] + [
-                    (net.sample(arch.width[r], arch.depth[r], gen), idx, len(idx) / len(ctx.y))
-                    for r, idx in zip(rows, index)
-                    if len(idx)
-                    for _ in range(samples)
+                shares = _batch_shares(range(len(limits)) if every_budget else [row], len(ctx.y))
+                passes = [(net.smallest(), slice(None))] + [
+                    (net.sample(arch.width[r], arch.depth[r], gen), part) for r, part in shares for _ in range(samples)
                 ]
                 net.set_full()
-                for sub, idx, share in passes:
-                    loss_sub = kd_loss(_run_subnet(net, sub, ctx.x[idx], ctx), teacher[idx])
+                for sub, part in passes:
+                    share = len(teacher[part]) / len(teacher)
+                    loss_sub = kd_loss(_run_subnet(net, sub, ctx.x[part], ctx), teacher[part])
                     ctx.backward(loss_sub * share / (1 + samples))
             net.set_full()
             return StepOutput(loss.detach(), teacher, out_metrics)
@@ -395,6 +389,19 @@ def _uniform_logits(net: ElasticNet, depth_logits: torch.Tensor, goal: float, me
             else:
                 hi = mid
     return logits(lo)
+
+
+def _batch_shares(rows, size: int) -> list[tuple[int, slice]]:
+    """Each budget row's share of a batch of ``size`` samples: consecutive slices of ``tensor_split``'s sizes (the
+    first ``size % len(rows)`` one sample larger); rows left without a sample are dropped."""
+    base, extra = divmod(size, len(rows))
+    shares, start = [], 0
+    for i, row in enumerate(rows):
+        stop = start + base + (i < extra)
+        if stop > start:
+            shares.append((row, slice(start, stop)))
+        start = stop
+    return shares
 
 
 def _run_subnet(net: ElasticNet, sub, x: torch.Tensor, ctx) -> torch.Tensor:

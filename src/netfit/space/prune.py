@@ -120,9 +120,14 @@ def slice_channels(
         ChannelGroupError: an unknown group id or malformed indices.
         UnsupportedLayerError: shrinking a non-prunable group, or a GroupNorm that cannot take the new width.
     """
+    return remap_channels(model, groups, _shrinking(groups, keep))
+
+
+def _shrinking(groups: Sequence[ChannelGroup], keep: Mapping[int, torch.Tensor | Sequence[int]]) -> dict:
+    """``keep`` checked (sorted, distinct, in range), without the groups it keeps whole."""
     by_id = _by_id(groups, keep)
     index = {gid: _check_keep(by_id[gid], idx) for gid, idx in keep.items()}
-    return remap_channels(model, groups, {gid: idx for gid, idx in index.items() if len(idx) < by_id[gid].size})
+    return {gid: idx for gid, idx in index.items() if len(idx) < by_id[gid].size}
 
 
 Outgoing = Literal["keep", "split", "zero"]
@@ -180,9 +185,7 @@ def sliced_view(
     which stays unchanged. Several times cheaper than the deep copy of ``slice_channels`` on a network with
     many blocks, which a supernet pays for every sampled sub-network.
     """
-    by_id = _by_id(groups, keep)
-    index = {gid: _check_keep(by_id[gid], idx) for gid, idx in keep.items()}
-    plan = _remap_plan(model, groups, {g: i for g, i in index.items() if len(i) < by_id[g].size}, "keep")
+    plan = _remap_plan(model, groups, _shrinking(groups, keep), "keep")
     new = _copy_paths(model, {name for name, _ in plan} | set(copied))
     for (name, role), (source, _) in plan.items():
         _slice_module(name, new.get_submodule(name), role, source)
