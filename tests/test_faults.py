@@ -19,7 +19,7 @@ METHODS = {
     "uniform": ("50%", {}),
     "random": ("50%", {"samples": 2}),
     "dna": ("50%,150%", {"search_epochs": 2, "warmup_epochs": 1, "units": 4}),
-    "odn": ("100%", {"target_acc": 1.0, "warmup_epochs": 1}),
+    "odn": ("100%", {"target_acc": 1.0, "warmup_epochs": 1, "depth_epochs": 2}),
 }
 # what must agree between two runs: the architecture (info, cost) and the metrics
 TOLERANCE = 1e-6  # accuracy; CPU runs with the same seed are bitwise reproducible here

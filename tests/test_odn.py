@@ -1,6 +1,7 @@
 """ODN: exits, deployment parity, the stopping rule and resume."""
 
 import copy
+import json
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from netfit.methods.odn import ODN, ExitNet, deploy_prefix
 from netfit.models import create_model
 
 FAST = {"epochs": 2, "seed_epochs": 2, "progress": False, "train": {"batch_size": 64}}
+QUICK = {"warmup_epochs": 1, "depth_epochs": 2}  # tests cap every depth at 2 epochs (the default trains to a plateau)
 
 
 @pytest.mark.parametrize(
@@ -38,7 +40,7 @@ def test_stops_at_first_depth_reaching_target(tmp_path, digits):
         "100%",
         "odn",
         out=tmp_path / "easy",
-        method_options={"target_acc": 0.05, "warmup_epochs": 1},
+        method_options={"target_acc": 0.05, **QUICK},
         **FAST,
     )
     assert [r["info"]["depth"] for r in easy.summary["candidates"]] == [1]
@@ -49,7 +51,7 @@ def test_stops_at_first_depth_reaching_target(tmp_path, digits):
         "100%",
         "odn",
         out=tmp_path / "hard",
-        method_options={"target_acc": 1.0, "warmup_epochs": 1},
+        method_options={"target_acc": 1.0, **QUICK},
         **FAST,
     )
     rows = hard.summary["candidates"]
@@ -59,16 +61,14 @@ def test_stops_at_first_depth_reaching_target(tmp_path, digits):
 
 
 def test_budget_caps_depth(tmp_path, digits):
-    result = adapt(
-        "cnn_small", digits, "60%", "odn", out=tmp_path, method_options={"target_acc": 1.0, "warmup_epochs": 1}, **FAST
-    )
+    result = adapt("cnn_small", digits, "60%", "odn", out=tmp_path, method_options={"target_acc": 1.0, **QUICK}, **FAST)
     rows = result.summary["candidates"]
     assert all(r["within_budget"] for r in rows)
     assert len(rows) < 4
 
 
 def test_resume_skips_finished_depths(tmp_path, digits, monkeypatch):
-    options = {"target_acc": 1.0, "warmup_epochs": 1}
+    options = {"target_acc": 1.0, **QUICK}
     calls = []
     real = ODN._train_depth
 
@@ -91,8 +91,64 @@ def test_resume_skips_finished_depths(tmp_path, digits, monkeypatch):
         assert (tmp_path / "ckpt" / name).stat().st_mtime_ns == mtime
 
 
-def test_bad_target():
+# scripted validation accuracy per depth; after the script every epoch scores 0.1 (no improvement)
+CURVES = {1: [0.50, 0.60, 0.62, 0.61, 0.62, 0.60, 0.99], 2: [0.70, 0.80, 0.90, 0.85, 0.90, 0.89, 0.99]}
+
+
+def test_each_depth_trains_to_its_plateau(tmp_path, digits, monkeypatch):
+    """Depth 1 peaks at epoch 3 and stops 3 epochs later (patience 3, never seeing its 0.99); its lr drops x0.6
+    after 2 epochs without improvement; depth 2 reaches the target 0.85, is chosen, and deeper ones never train."""
+    from netfit.engine import trainer
+
+    real, served = trainer.evaluate, {}
+
+    def scripted(model, data, split, **kwargs):
+        if not isinstance(model, ExitNet) or model.depth not in CURVES:  # the seed and the all-exit warm-up
+            return real(model, data, split, **kwargs)
+        i = served[model.depth] = served.get(model.depth, -1) + 1
+        curve = CURVES[model.depth]
+        return {"accuracy": curve[i] if i < len(curve) else 0.1, "loss": 1.0}
+
+    monkeypatch.setattr(trainer, "evaluate", scripted)
+    options = {"target_acc": 0.85, "warmup_epochs": 1, "depth_epochs": 20, "patience": 3, "lr_patience": 2}
+    result = adapt("cnn_small", digits, "100%", "odn", out=tmp_path, method_options=options, **FAST)
+    rows = [r["info"] for r in result.summary["candidates"]]
+    assert [(r["depth"], r["epochs"], r["val_acc"], r["plateaued"]) for r in rows] == [
+        (1, 6, 0.62, True),
+        (2, 6, 0.90, True),
+    ]
+    assert not rows[0]["reached"] and rows[1]["reached"] and rows[1]["chosen"]
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    lrs = [e["lr"] for e in log if e["event"] == "epoch" and e["phase"] == "odn-depth1"]
+    assert lrs == pytest.approx([lrs[0]] * 5 + [lrs[0] * 0.6])
+    depth2 = [e["lr"] for e in log if e["event"] == "epoch" and e["phase"] == "odn-depth2"]
+    assert depth2[0] == pytest.approx(lrs[0] / 2)  # the paper's halving per extra depth
+
+
+def test_depth_cap_ends_a_depth_that_still_improves(tmp_path, digits, monkeypatch):
+    from netfit.engine import trainer
+
+    real, served = trainer.evaluate, {}
+
+    def rising(model, data, split, **kwargs):
+        if not isinstance(model, ExitNet) or model.depth != 1:
+            return real(model, data, split, **kwargs)
+        served[1] = served.get(1, 0) + 1
+        return {"accuracy": 0.1 * served[1], "loss": 1.0}
+
+    monkeypatch.setattr(trainer, "evaluate", rising)
+    options = {"target_acc": 0.95, "warmup_epochs": 1, "depth_epochs": 4}
+    result = adapt("cnn_small", digits, "60%", "odn", out=tmp_path, method_options=options, **FAST)
+    first = result.summary["candidates"][0]["info"]
+    assert (first["epochs"], first["plateaued"], first["val_acc"]) == (4, False, pytest.approx(0.4))
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [({"target_acc": 99.0}, "target_acc"), ({"target_drop": -0.1}, "target_drop"), ({"depth_epochs": 0}, "depth")],
+)
+def test_bad_options(options, message):
     from netfit.errors import NetfitError
 
-    with pytest.raises(NetfitError, match="target_acc"):
-        ODN(target_acc=99.0)
+    with pytest.raises(NetfitError, match=message):
+        ODN(**options)

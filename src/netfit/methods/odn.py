@@ -1,8 +1,9 @@
 """ODN, Optimally Deep Networks: find the shallowest prefix of a deep network that reaches a target accuracy.
 
 Every block of the seed gets an exit head (global average pool + linear). All exits are warmed up jointly;
-then depth d = 1, 2, ... is trained (lr halved per extra depth, x0.6 on a plateau, stop after ``patience``
-epochs without improvement) until its best validation accuracy reaches the target. The chosen depth is
+then depth d = 1, 2, ... is trained to its plateau (lr halved per extra depth, x0.6 after ``lr_patience`` epochs
+without improvement, stop after ``patience`` epochs without improvement or at ``depth_epochs``) until its best
+validation accuracy reaches the target (the seed's validation accuracy - ``target_drop``). The chosen depth is
 fine-tuned and only blocks 1..d plus head d are deployed, as a plain built-in network. Every trained depth is a
 candidate, so the run also yields the accuracy-vs-cost front over depths. With a budget, depths whose prefix
 exceeds it are never trained ("the deepest prefix within the budget").
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..budget import check_feasible
-from ..engine import StepOutput, evaluate
+from ..engine import StepOutput, TrainResult, evaluate
 from ..errors import NetfitError, UnsupportedLayerError
 from ..models import StagedNet, arch_of, build_model
 from .base import METHODS, Candidate, Seed, Target
@@ -97,9 +98,11 @@ class ODN:
     """Progressive depth expansion (ODN) with the paper's plateau rules as defaults.
 
     Options:
-        target_acc: validation accuracy to reach (fraction); default: the seed's validation accuracy - 0.005.
+        target_acc: absolute validation accuracy to reach (fraction); overrides ``target_drop``.
+        target_drop: the target relative to the seed: its validation accuracy minus this (default 0.5 points).
         warmup_epochs: joint training of all exits before the depth search.
         patience: epochs without validation improvement that end a depth (the plateau).
+        depth_epochs: the most epochs one depth trains if it never plateaus.
         lr_patience, lr_factor: multiply the lr by ``lr_factor`` after ``lr_patience`` epochs without improvement.
         finetune_epochs: fine-tuning of the chosen depth (default: the run's epochs).
     """
@@ -107,8 +110,10 @@ class ODN:
     name: ClassVar[str] = "odn"
     description: ClassVar[str] = "progressive depth expansion to the shallowest prefix reaching a target accuracy"
     target_acc: float | None = None
+    target_drop: float = 0.005
     warmup_epochs: int = 3
     patience: int = 8
+    depth_epochs: int = 40
     lr_patience: int = 5
     lr_factor: float = 0.6
     finetune_epochs: int | None = None
@@ -116,13 +121,17 @@ class ODN:
     def __post_init__(self) -> None:
         if self.target_acc is not None and not 0 < self.target_acc <= 1:
             raise NetfitError(f"odn target_acc must be a fraction in (0, 1], got {self.target_acc}")
+        if not 0 <= self.target_drop < 1:
+            raise NetfitError(f"odn target_drop must be a fraction in [0, 1), got {self.target_drop}")
+        if self.depth_epochs < 1 or self.patience < 1:
+            raise NetfitError(f"odn depth_epochs and patience must be >= 1, got {self.depth_epochs}, {self.patience}")
 
     def search(self, seed: Seed, data, targets: list[Target], run) -> list[Candidate]:
         target = targets[0]
         net = ExitNet(copy.deepcopy(seed.model), seed.input_shape, data.num_classes).to(run.device)
         goal = self.target_acc
         if goal is None:
-            goal = evaluate(seed.model, data, "val", device=run.device)["accuracy"] - 0.005
+            goal = evaluate(seed.model, data, "val", device=run.device)["accuracy"] - self.target_drop
         run.log.write("odn", target_acc=goal, depths=len(net.blocks))
         warm = run.train(net, data, "odn-warmup", epochs=self.warmup_epochs, step_fn=_joint_step).model
         warm_state = copy.deepcopy(warm.state_dict())
@@ -133,14 +142,17 @@ class ODN:
         candidates = []
         for depth in range(1, deepest + 1):
             lr = run.config.lr * 0.5 ** (depth - 1)  # the paper halves the lr for every extra depth
-            model, best = self._train_depth(warm, warm_state, depth, data, run, f"odn-depth{depth}", lr)
-            info = {"depth": depth, "val_acc": best, "target_acc": goal, "reached": best >= goal}
+            trained = self._train_depth(warm, warm_state, depth, data, run, f"odn-depth{depth}", lr, self.depth_epochs)
+            best, model = trained.best_val_acc, trained.model
+            info = {"depth": depth, "val_acc": best, "target_acc": goal, "reached": best >= goal, **_spent(trained)}
+            info["plateaued"] = _plateaued(trained.history, self.patience)  # else the cap ended it early
             chosen = best >= goal or depth == deepest
             if chosen:
-                model, tuned = self._train_depth(
+                tuned = self._train_depth(
                     model, model.state_dict(), depth, data, run, f"odn-finetune{depth}", lr * 0.1, self.finetune_epochs
                 )
-                info.update(chosen=True, finetuned_val_acc=tuned)
+                model = tuned.model
+                info.update(chosen=True, finetuned_val_acc=tuned.best_val_acc, finetune=_spent(tuned))
             run.log.write("odn-depth", **info)
             candidates.append(Candidate(f"depth{depth}", deploy_prefix(model, seed.model, depth), target, info))
             if chosen:
@@ -149,7 +161,7 @@ class ODN:
 
     def _train_depth(
         self, template: ExitNet, state: dict, depth: int, data, run, phase: str, lr: float, epochs: int | None = None
-    ) -> tuple[ExitNet, float]:
+    ) -> TrainResult:
         model = copy.deepcopy(template)
         model.load_state_dict(state)
         model.depth = depth
@@ -161,8 +173,18 @@ class ODN:
             "early_stop_patience": self.patience,
             "keep_best": True,
         }
-        result = run.train(model, data, phase, epochs=epochs, overrides=overrides)
-        return result.model, result.best_val_acc
+        return run.train(model, data, phase, epochs=epochs, overrides=overrides)
+
+
+def _plateaued(history: list[dict], patience: int) -> bool:
+    """Whether the last ``patience`` epochs brought no better validation accuracy (the trainer's stopping rule)."""
+    accs = [r["val_acc"] for r in history]
+    return len(accs) - (accs.index(max(accs)) + 1) >= patience
+
+
+def _spent(result: TrainResult) -> dict:
+    """Epochs and seconds a (possibly early-stopped) training took, for the per-depth report."""
+    return {"epochs": len(result.history), "seconds": round(sum(r["seconds"] for r in result.history), 2)}
 
 
 def _joint_step(ctx) -> StepOutput:
