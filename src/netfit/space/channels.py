@@ -9,6 +9,7 @@ Whatever the analysis does not understand makes the groups it touches non-prunab
 
 from __future__ import annotations
 
+import itertools
 import math
 import operator
 from dataclasses import dataclass, field
@@ -80,39 +81,46 @@ class ChannelGroup:
         return [m for m in self.members if m.role == "out"]
 
 
+Seg = tuple[int | None, int, int]  # (group id or None, channels, repeat)
+
+
 @dataclass
 class _Chan:
     """Channel layout of one tensor: channel dim and segments ``(group id or None, channels, repeat)``."""
 
     dim: int
-    segs: list[tuple[int | None, int, int]]
+    segs: list[Seg]
 
     @property
     def total(self) -> int:
         return sum(count * rep for _, count, rep in self.segs)
 
-    def structure(self) -> list[tuple[int, int]]:
-        return [(count, rep) for _, count, rep in self.segs]
-
 
 @dataclass
 class _Groups:
-    """Union-find over channel groups with their members, flags and reasons."""
+    """Union-find over channel groups with their members, flags and reasons.
+
+    A group can also be SPLIT into consecutive pieces (new groups) when a finer layout of its channels meets it
+    (a concatenation added to one conv's output): the old root is retired, ``pieces`` maps it to the new
+    groups, and ``resolve`` rewrites any recorded segment of it into the pieces.
+    """
 
     parent: list[int] = field(default_factory=list)
     size: list[int] = field(default_factory=list)
     prunable: list[bool] = field(default_factory=list)
     reasons: list[list[str]] = field(default_factory=list)
     members: list[list[tuple[float, Member]]] = field(default_factory=list)
-    owner: dict[tuple[str, str, int], int] = field(default_factory=dict)
+    order: list[tuple[int, ...]] = field(default_factory=list)  # sort key: creation order, pieces after parents
+    pieces: dict[int, list[int]] = field(default_factory=dict)  # retired root -> its pieces, in channel order
     seq: int = 0
 
-    def new(self, size: int, reason: str = "") -> int:
+    def new(self, size: int, reason: str = "", order: tuple[int, ...] | None = None) -> int:
         self.parent.append(len(self.parent))
         self.size.append(size)
         self.prunable.append(not reason)
         self.reasons.append([reason] if reason else [])
         self.members.append([])
+        self.order.append((len(self.parent) - 1,) if order is None else order)
         return len(self.parent) - 1
 
     def find(self, gid: int) -> int:
@@ -122,7 +130,7 @@ class _Groups:
         return gid
 
     def union(self, a: int, b: int) -> None:
-        a, b = sorted((self.find(a), self.find(b)))
+        a, b = sorted((self.find(a), self.find(b)), key=self.order.__getitem__)
         if a == b:
             return
         self.parent[b] = a
@@ -133,22 +141,48 @@ class _Groups:
             self.block(a, f"channel counts {self.size[a]} and {self.size[b]} were joined")
 
     def block(self, gid: int, reason: str) -> None:
-        root = self.find(gid)
-        self.prunable[root] = False
-        if reason not in self.reasons[root]:
-            self.reasons[root].append(reason)
+        for root, _, _ in self.resolve([(gid, self.size[gid], 1)]):
+            self.prunable[root] = False
+            if reason not in self.reasons[root]:
+                self.reasons[root].append(reason)
 
     def add(self, gid: int, member: Member, after: float | None = None) -> float:
         """Record ``member`` in group ``gid``; ``after`` places it right behind that earlier member."""
-        key = (member.module, member.role, member.offset)
-        if key in self.owner:  # a module called twice: both calls see the same channels
-            self.union(self.owner[key], gid)
-        else:
-            self.owner[key] = gid
         seq = self.seq if after is None else after + 0.5
         self.members[self.find(gid)].append((seq, member))
         self.seq += 1
         return seq
+
+    def resolve(self, segs: list[Seg]) -> list[Seg]:
+        """``segs`` with every group replaced by its root, and split groups by their pieces."""
+        out: list[Seg] = []
+        for gid, count, rep in segs:
+            root = None if gid is None else self.find(gid)
+            if root in self.pieces:
+                out += self.resolve([(p, self.size[p], rep) for p in self.pieces[root]])
+            else:
+                out.append((root, count, rep))
+        return out
+
+    def split(self, gid: int, sizes: list[int]) -> None:
+        """Replace group ``gid`` by consecutive pieces of ``sizes`` channels, each with a copy of every member
+        (its offset moved to the piece's first channel), the same flag and reasons."""
+        root, start = self.find(gid), 0
+        assert root not in self.pieces and sum(sizes) == self.size[root]
+        self.pieces[root] = []
+        for i, n in enumerate(sizes):
+            piece = self.new(n, order=(*self.order[root], i))
+            self.prunable[piece], self.reasons[piece] = self.prunable[root], list(self.reasons[root])
+            self.members[piece] = [
+                (seq, Member(m.module, m.role, m.offset + start * m.repeat, m.repeat)) for seq, m in self.members[root]
+            ]
+            self.pieces[root].append(piece)
+            start += n
+        self.members[root] = []
+
+    def live(self, gid: int) -> bool:
+        """A group of the result: a root that was not split."""
+        return self.find(gid) == gid and gid not in self.pieces
 
 
 def _shape(node: Any) -> tuple[int, ...] | None:
@@ -180,6 +214,7 @@ class _Propagator:
         self.env: dict[fx.Node, Any] = {}
         self.seen_input = False
         self.made_at: dict[int, float] = {}  # id(_Chan) of a fresh conv/linear output -> its "out" member seq
+        self.called: dict[tuple[str, str], list[Seg]] = {}  # (module, role) -> the channels it saw first
 
     def run(self) -> _Groups:
         for node in self.gm.graph.nodes:
@@ -197,17 +232,28 @@ class _Propagator:
                     self.g.block(gid, reason)
 
     def add_members(self, chan: _Chan, module: str, role: str) -> None:
+        if (module, role) in self.called:  # a module called twice: both calls see the same channels
+            reason = f"module '{module}' is called on tensors whose channels are laid out differently"
+            self.equate(self.called[(module, role)], chan.segs, reason)
+            return
+        self.called[(module, role)] = chan.segs
         # a norm applied straight to a producer's output is listed right after it (l1_importance pairs them)
         after = self.made_at.get(id(chan)) if role == "norm" else None
         offset = 0
-        for gid, count, rep in chan.segs:
+        for gid, count, rep in self.g.resolve(chan.segs):
             if gid is not None:
                 self.g.add(gid, Member(module, role, offset, rep), after)
             offset += count * rep
 
     def new_chan(self, dim: int, size: int, module: str, reason: str = "") -> _Chan:
+        if (module, "out") in self.called:  # a module called twice makes the same channels
+            chan = _Chan(dim, self.called[(module, "out")])
+            if reason:
+                self.block(chan, reason)
+            return chan
         gid = self.g.new(size, reason)
         chan = _Chan(dim, [(gid, size, 1)])
+        self.called[(module, "out")] = chan.segs
         self.made_at[id(chan)] = self.g.add(gid, Member(module, "out"))
         return chan
 
@@ -353,13 +399,46 @@ class _Propagator:
 
     # ---- op rules ------------------------------------------------------------------------------------
     def unify(self, a: _Chan, b: _Chan, node: fx.Node) -> None:
-        pairs = list(zip(a.segs, b.segs, strict=True)) if a.structure() == b.structure() else None
-        if pairs is None or any((x is None) != (y is None) for (x, _, _), (y, _, _) in pairs):
-            self.block([a, b], f"{self.where(node)} joins tensors whose channels are laid out differently")
-            return
-        for (x, _, _), (y, _, _) in pairs:
-            if x is not None and y is not None:
+        self.equate(a.segs, b.segs, f"{self.where(node)} joins tensors whose channels are laid out differently")
+
+    def equate(self, a: list[Seg], b: list[Seg], reason: str) -> None:
+        """Make two layouts of the same channels one: groups are split to the common refinement of both
+        layouts' boundaries (a concatenation meeting one conv's output splits that conv's group), then the
+        pieces facing each other are joined. Blocks (with ``reason``) what cannot be matched: a cut inside the
+        features of one channel, pieces of different repeats, channels facing an untracked tensor."""
+        while True:
+            a, b = self.g.resolve(a), self.g.resolve(b)
+            if _span(a) != _span(b):
+                self.block(_Chan(0, a + b), reason)
+                return
+            cuts = _edges(a) | _edges(b)
+            done = [self.cut_once(segs, cuts) for segs in (a, b)]
+            if None in done:
+                self.block(_Chan(0, a + b), reason)
+                return
+            if not any(done):
+                break
+        for (x, xc, xr), (y, yc, yr) in zip(_atoms(a, cuts), _atoms(b, cuts), strict=True):
+            if x is not None and y is not None and (xc, xr) == (yc, yr):
                 self.g.union(x, y)
+            elif x is not None or y is not None:
+                self.block(_Chan(0, [(x, xc, xr), (y, yc, yr)]), reason)
+
+    def cut_once(self, segs: list[Seg], cuts: set[int]) -> bool | None:
+        """Split the first group of ``segs`` that a position in ``cuts`` (in features) falls inside: True if
+        one was split, False if none needs it, None if a cut falls inside the features of one channel."""
+        start = 0
+        for gid, count, rep in segs:
+            end = start + count * rep
+            inner = sorted(p for p in cuts if start < p < end)
+            if gid is not None and inner:
+                if any((p - start) % rep for p in inner):
+                    return None
+                edges = [0, *((p - start) // rep for p in inner), count]
+                self.g.split(gid, [hi - lo for lo, hi in itertools.pairwise(edges)])
+                return True
+            start = end
+        return False
 
     def binary(self, node: fx.Node) -> _Chan | None:
         out = _shape(node)
@@ -409,7 +488,7 @@ class _Propagator:
             if len(chans) != len(parts):
                 self.block(chans, f"{self.where(node)} concatenates channels with an untracked tensor")
             return _Chan(chans[0].dim, chans[0].segs)
-        segs: list[tuple[int | None, int, int]] = []
+        segs: list[Seg] = []
         for part, info in zip(parts, infos, strict=True):
             segs += info.segs if isinstance(info, _Chan) else [(None, _shape(part)[dim], 1)]
         return _Chan(dim, segs)
@@ -468,11 +547,29 @@ class _Propagator:
     def split(self, node: fx.Node, name: str, inp: _Chan, ndim: int) -> list[_Chan | None] | None:
         dim = _norm_dim(_arg(node, _SPLIT_DIM_ARG[name], "dim", 0), ndim)
         parts = node.meta.get("tensor_meta")
-        if dim == inp.dim or not isinstance(parts, (tuple, list)):
-            self.block(inp, f"{self.where(node)} splits the channel dim")
+        if not isinstance(parts, (tuple, list)):
+            self.block(inp, f"{self.where(node)} is not understood (it may mix or resize channels)")
             return None
-        new_dim = inp.dim - (name == "unbind" and dim < inp.dim)
-        return [_Chan(new_dim, inp.segs) for _ in parts]
+        if dim != inp.dim:
+            new_dim = inp.dim - (name == "unbind" and dim < inp.dim)
+            return [_Chan(new_dim, inp.segs) for _ in parts]
+        sizes = [p.shape[dim] if hasattr(p, "shape") else -1 for p in parts]
+        count = _arg(node, 1, "chunks" if name == "chunk" else "sections")
+        if name not in ("chunk", "tensor_split") or count != len(parts) or len(set(sizes)) != 1:
+            reason = f"{self.where(node)} splits the channel dim at fixed positions (chunk(n) into equal parts can)"
+            self.block(inp, reason)
+            return None
+        # equal parts of a width-independent count: channel j of every part is pruned together
+        cuts = {sizes[0] * k for k in range(len(parts) + 1)}
+        while (done := self.cut_once(self.g.resolve(inp.segs), cuts)) is True:
+            pass
+        if done is None:
+            self.block(inp, f"{self.where(node)} splits the channel dim inside a channel's features")
+            return None
+        chans = [_Chan(dim, _between(self.g.resolve(inp.segs), lo, lo + sizes[0])) for lo in sorted(cuts)[:-1]]
+        for other in chans[1:]:
+            self.equate(chans[0].segs, other.segs, f"{self.where(node)} splits channels laid out differently")
+        return chans
 
     def getitem(self, node: fx.Node, inp: Any) -> Any:
         index = node.args[1]
@@ -500,6 +597,47 @@ class _Propagator:
             else:
                 i, j = i + 1, j + (0 if isinstance(item, int) else 1)
         return _Chan(j + d - i, inp.segs)
+
+
+def _span(segs: list[Seg]) -> int:
+    return sum(count * rep for _, count, rep in segs)
+
+
+def _edges(segs: list[Seg]) -> set[int]:
+    """Feature positions where the segments start and end."""
+    edges, pos = {0}, 0
+    for _, count, rep in segs:
+        pos += count * rep
+        edges.add(pos)
+    return edges
+
+
+def _atoms(segs: list[Seg], cuts: set[int]) -> list[Seg]:
+    """``segs`` cut at every position of ``cuts``: groups are not cut (the caller split them), untracked runs
+    become one ``(None, features, 1)`` atom per interval."""
+    atoms, start = [], 0
+    for gid, count, rep in segs:
+        end = start + count * rep
+        if gid is not None:
+            atoms.append((gid, count, rep))
+        else:
+            edges = [start, *sorted(p for p in cuts if start < p < end), end]
+            atoms += [(None, hi - lo, 1) for lo, hi in itertools.pairwise(edges)]
+        start = end
+    return atoms
+
+
+def _between(segs: list[Seg], lo: int, hi: int) -> list[Seg]:
+    """The segments covering features [lo, hi), which are segment edges (untracked runs are cut as needed)."""
+    out, start = [], 0
+    for gid, count, rep in segs:
+        end = start + count * rep
+        if gid is not None and lo <= start and end <= hi:
+            out.append((gid, count, rep))
+        elif gid is None and max(lo, start) < min(hi, end):
+            out.append((None, min(hi, end) - max(lo, start), 1))
+        start = end
+    return out
 
 
 def _trace(model: nn.Module, example_input: torch.Tensor) -> fx.GraphModule:
@@ -542,7 +680,7 @@ def _check_sizes(model: nn.Module, g: _Groups) -> None:
     """Block groups whose members do not fit inside (or overlap in) the module dimension they claim."""
     spans: dict[tuple[str, str], list[tuple[int, int, int]]] = {}
     for gid in range(len(g.parent)):
-        for _, m in g.members[gid] if g.find(gid) == gid else []:
+        for _, m in g.members[gid] if g.live(gid) else []:
             spans.setdefault((m.module, m.role), []).append((m.offset, m.offset + g.size[gid] * m.repeat, gid))
     for (name, role), ranges in spans.items():
         size, end = _dim_size(model.get_submodule(name), role), 0
@@ -572,8 +710,8 @@ def trace_channel_groups(model: nn.Module, example_input: torch.Tensor) -> list[
     g = _Propagator(gm).run()
     _check_sizes(gm, g)
     groups: list[ChannelGroup] = []
-    for gid in range(len(g.parent)):
-        if g.find(gid) != gid:
+    for gid in sorted(range(len(g.parent)), key=g.order.__getitem__):
+        if not g.live(gid):
             continue
         members = list(dict.fromkeys(m for _, m in sorted(g.members[gid], key=operator.itemgetter(0))))
         reason = "; ".join(g.reasons[gid])
