@@ -29,6 +29,21 @@ def _norm_gamma(module: nn.Module, member: Member, size: int) -> torch.Tensor | 
     return weight.detach().float().abs()[member.offset : member.offset + size].cpu()
 
 
+def _paired_norm(group: ChannelGroup, producer: Member, modules: dict[str, nn.Module]) -> Member | None:
+    """The affine norm listed right after ``producer`` (before any other layer's in/out member). When a group
+    holds several channel ranges of one layer (pieces of a split group that were joined again), its members
+    come as ``conv@0, conv@8, bn@0, bn@8``: the norm at the producer's own offset is preferred."""
+    later = group.members[group.members.index(producer) + 1 :]
+    norms = []
+    for follower in later:
+        if follower.role in ("out", "in") and follower.module != producer.module:
+            break
+        if follower.role == "norm" and getattr(modules[follower.module], "weight", None) is not None:
+            norms.append(follower)
+    same = [m for m in norms if m.offset == producer.offset]
+    return (same or norms or [None])[0]
+
+
 def l1_importance(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
     """Importance of each channel of ``group`` (shape ``[group.size]``, larger = more important).
 
@@ -48,14 +63,9 @@ def l1_importance(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
     for member in producers:
         dim = 0 if member.role == "out" else 1
         score = _scaled(_weight_l1(modules[member.module], member, group.size, dim))
-        later = group.members[group.members.index(member) + 1 :]
-        for follower in later:
-            if follower.role in ("out", "in"):
-                break
-            gamma = _norm_gamma(modules[follower.module], follower, group.size) if follower.role == "norm" else None
-            if gamma is not None:
-                score = score * _scaled(gamma)
-                break
+        norm = _paired_norm(group, member, modules)
+        if norm is not None:
+            score = score * _scaled(_norm_gamma(modules[norm.module], norm, group.size))
         total += score
     return total
 
