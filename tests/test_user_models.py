@@ -281,6 +281,32 @@ def test_inception_residual_splits_the_stem() -> None:
         assert ("head", "in", offset) in _members(group)
 
 
+class SharedNet(nn.Module):
+    """One layer called on a single conv's output and on a concatenation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(1, 4, 3)
+        self.shared, self.bn1, self.bn2 = nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8), nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u = self.bn1(self.shared(self.a(x)))
+        v = self.bn2(self.shared(torch.cat([self.b(x), F.pad(self.c(x), (1, 1, 1, 1))], 1)))
+        return self.fc((u + v).mean((2, 3)))
+
+
+def test_layer_called_on_one_group_and_on_a_concatenation() -> None:
+    model = SharedNet().eval()
+    groups = _trace(model)
+    assert _members(_group_of(groups, "b")) == {("a", "out", 0), ("shared", "in", 0), ("b", "out", 0)}
+    assert _members(_group_of(groups, "c")) == {("a", "out", 4), ("shared", "in", 4), ("c", "out", 0)}
+    assert all(g.prunable for g in groups[1:-1])
+    keep = {g.id: torch.tensor([1, 2]) for g in groups if g.prunable}
+    x = torch.randn(2, *SHAPE)
+    torch.testing.assert_close(sliced_view(model, groups, keep)[0](x), slice_channels(model, groups, keep)(x))
+
+
 def test_fixed_split_sizes_freeze_only_what_they_split() -> None:
     groups = _trace(FixedSplitNet())
     conv = _group_of(groups, "conv")

@@ -4,6 +4,9 @@ Layers whose channels must change together (a conv and the BN after it, all conv
 the consumers of a concatenation, a flatten feeding a Linear...) are found by tracing the model with torch.fx,
 recording every tensor's shape with ``ShapeProp`` and propagating channel-group ids along the graph. Every
 tensor carries a ``_Chan``: which dim holds its channels and the run of groups (segments) that fill that dim.
+When two layouts of the same channels meet (a concatenation added to, or gated by, one conv's output; the equal
+parts of a ``chunk``; a layer called twice) the coarser groups are split at the finer layout's boundaries and the
+pieces facing each other joined, so a layer dimension can be covered by several groups at different offsets.
 Whatever the analysis does not understand makes the groups it touches non-prunable, with a reason.
 """
 
