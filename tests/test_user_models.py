@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from netfit.cost import count_cost, count_macs
 from netfit.space import ChannelGroup, keep_top, l1_importance, slice_channels, trace_channel_groups
@@ -17,163 +16,22 @@ from netfit.space.elastic import Arch, ElasticNet
 from netfit.space.grow import grow, max_difference
 from netfit.space.prune import sliced_view
 from netfit.space.subnet import SubnetSpace
+from user_zoo import (
+    SHAPE,
+    ChunkNet,
+    DenseNet,
+    EfficientNet,
+    FixedSplitNet,
+    GhostNet,
+    InceptionNet,
+    MobileNetV2,
+    MobileNetV3,
+    ResNet,
+    SENet,
+    SharedNet,
+)
 
-SHAPE = (1, 8, 8)
-
-
-def cbr(cin: int, cout: int, k: int = 1, groups: int = 1) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, k, padding=k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout), nn.ReLU()
-    )
-
-
-class ConcatSEBlock(nn.Module):
-    """Two conv branches concatenated, a squeeze-excite gate on the concatenation, a 1x1 projection residual."""
-
-    def __init__(self, cin: int, c: int, gate=nn.Hardsigmoid, act=nn.SiLU, linear_se: bool = False) -> None:
-        super().__init__()
-        self.a = nn.Sequential(nn.Conv2d(cin, c // 2, 3, padding=1, bias=False), nn.BatchNorm2d(c // 2), act())
-        self.b = nn.Sequential(nn.Conv2d(cin, c // 2, 1, bias=False), nn.BatchNorm2d(c // 2), act())
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.linear_se = linear_se
-        if linear_se:
-            self.reduce, self.expand = nn.Linear(c, c // 4), nn.Linear(c // 4, c)
-        else:
-            self.reduce, self.expand = nn.Conv2d(c, c // 4, 1), nn.Conv2d(c // 4, c, 1)
-        self.se_act, self.gate = act(), gate()
-        self.proj = nn.Sequential(nn.Conv2d(cin, c, 1, bias=False), nn.BatchNorm2d(c))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.cat([self.a(x), self.b(x)], 1)
-        s = self.pool(y)
-        if self.linear_se:
-            s = self.expand(self.se_act(self.reduce(s.flatten(1))))[:, :, None, None]
-        else:
-            s = self.expand(self.se_act(self.reduce(s)))
-        return y * self.gate(s) + self.proj(x)
-
-
-class SENet(nn.Module):
-    def __init__(self, cin: int = 1, classes: int = 10) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(cin, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.SiLU())
-        self.b1 = ConcatSEBlock(16, 32)
-        self.b2 = ConcatSEBlock(32, 48, gate=nn.Sigmoid, act=nn.ReLU, linear_se=True)
-        self.b3 = ConcatSEBlock(48, 64)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(64, classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.pool(self.b3(self.b2(self.b1(self.stem(x))))).flatten(1))
-
-
-class Ghost(nn.Module):
-    """GhostNet module: a primary conv, a cheap depthwise conv on it, both concatenated, plus the input."""
-
-    def __init__(self, c: int) -> None:
-        super().__init__()
-        self.primary = cbr(c, c // 2)
-        self.cheap = cbr(c // 2, c // 2, 3, groups=c // 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.primary(x)
-        return torch.cat([y, self.cheap(y)], 1) + x
-
-
-class GhostNet(nn.Module):
-    def __init__(self, cin: int = 1, classes: int = 10) -> None:
-        super().__init__()
-        self.stem = cbr(cin, 16, 3)
-        self.g1, self.g2 = Ghost(16), Ghost(16)
-        self.fc = nn.Linear(16, classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.g2(self.g1(self.stem(x))).mean((2, 3)))
-
-
-class DenseNet(nn.Module):
-    """A dense block (every layer reads the concatenation of all earlier outputs) and a transition."""
-
-    def __init__(self, cin: int = 1, classes: int = 10, growth: int = 6, layers: int = 3) -> None:
-        super().__init__()
-        self.stem = nn.Conv2d(cin, 8, 3, padding=1)
-        c, self.layers = 8, nn.ModuleList()
-        for _ in range(layers):
-            self.layers.append(nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(), nn.Conv2d(c, growth, 3, padding=1)))
-            c += growth
-        self.norm = nn.BatchNorm2d(c)
-        self.trans = nn.Conv2d(c, 12, 1)
-        self.fc = nn.Linear(12 * 4 * 4, classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feats = [self.stem(x)]
-        for layer in self.layers:
-            feats.append(layer(torch.cat(feats, 1)))
-        y = self.trans(F.relu(self.norm(torch.cat(feats, 1))))
-        return self.fc(F.avg_pool2d(y, 2).flatten(1))
-
-
-class Inception(nn.Module):
-    """Parallel 1x1, 3x3, double 3x3 and pool branches concatenated, plus the input (Inception-ResNet)."""
-
-    def __init__(self, c: int) -> None:
-        super().__init__()
-        self.b1 = cbr(c, 6)
-        self.b3 = nn.Sequential(cbr(c, 4), cbr(4, 4, 3))
-        self.b5 = nn.Sequential(cbr(c, 2), cbr(2, 3, 3), cbr(3, 3, 3))
-        self.bp = cbr(c, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        branches = [self.b1(x), self.b3(x), self.b5(x), self.bp(F.max_pool2d(x, 3, 1, 1))]
-        return torch.cat(branches, 1) + x
-
-
-class InceptionNet(nn.Module):
-    def __init__(self, cin: int = 1, classes: int = 10) -> None:
-        super().__init__()
-        self.stem = cbr(cin, 16, 3)
-        self.i1, self.i2 = Inception(16), Inception(16)
-        self.head = nn.Conv2d(16, 24, 1)
-        self.fc = nn.Linear(24, classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.head(self.i2(self.i1(self.stem(x))))
-        return self.fc(torch.flatten(F.adaptive_avg_pool2d(y, 1), 1))
-
-
-class ChunkNet(nn.Module):
-    """A GLU (chunk, gate one half by the other) and a ShuffleNet-style chunk-transform-concat with a residual."""
-
-    def __init__(self, cin: int = 1, classes: int = 10) -> None:
-        super().__init__()
-        self.stem = cbr(cin, 16, 3)
-        self.glu = nn.Conv2d(16, 32, 1)
-        self.branch = cbr(8, 8, 3)
-        self.fc = nn.Linear(16, classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a, b = self.glu(self.stem(x)).chunk(2, dim=1)
-        y = a * torch.sigmoid(b)
-        left, right = y.chunk(2, 1)
-        return self.fc((torch.cat([left, self.branch(right)], 1) + y).mean((2, 3)))
-
-
-class FixedSplitNet(nn.Module):
-    """Splitting the channels at hard-coded sizes: they cannot change, everything else still can."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = cbr(1, 8, 3)
-        self.conv = nn.Conv2d(8, 16, 1)
-        self.head = nn.Conv2d(6, 4, 1)
-        self.fc = nn.Linear(4, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a, _ = torch.split(self.conv(self.stem(x)), [6, 10], dim=1)
-        return self.fc(self.head(a).mean((2, 3)))
-
-
-MODELS = [SENet, GhostNet, DenseNet, InceptionNet, ChunkNet]
+MODELS = [SENet, GhostNet, DenseNet, InceptionNet, ChunkNet, ResNet, MobileNetV2, MobileNetV3, EfficientNet]
 
 
 def _model(factory) -> nn.Module:
@@ -209,7 +67,17 @@ def _members(group: ChannelGroup) -> set[tuple[str, str, int]]:
 
 @pytest.mark.parametrize(
     ("factory", "prunable", "total"),
-    [(SENet, 10, 12), (GhostNet, 1, 3), (DenseNet, 5, 7), (InceptionNet, 11, 13), (ChunkNet, 2, 4)],
+    [
+        (SENet, 10, 12),
+        (GhostNet, 1, 3),
+        (DenseNet, 5, 7),
+        (InceptionNet, 11, 13),
+        (ChunkNet, 2, 4),
+        (ResNet, 9, 11),
+        (MobileNetV2, 9, 11),
+        (MobileNetV3, 12, 14),
+        (EfficientNet, 14, 16),
+    ],
 )
 def test_only_input_and_logits_are_frozen(factory, prunable, total) -> None:
     groups = _trace(factory())
@@ -279,21 +147,6 @@ def test_inception_residual_splits_the_stem() -> None:
         group = _group_of(groups, f"i1.{branch}")
         assert group is _group_of(groups, "stem.0", "out", offset) is _group_of(groups, f"i2.{branch}")
         assert ("head", "in", offset) in _members(group)
-
-
-class SharedNet(nn.Module):
-    """One layer called on a single conv's output and on a concatenation."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.a, self.b, self.c = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(1, 4, 3)
-        self.shared, self.bn1, self.bn2 = nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8), nn.BatchNorm2d(8)
-        self.fc = nn.Linear(8, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        u = self.bn1(self.shared(self.a(x)))
-        v = self.bn2(self.shared(torch.cat([self.b(x), F.pad(self.c(x), (1, 1, 1, 1))], 1)))
-        return self.fc((u + v).mean((2, 3)))
 
 
 def test_layer_called_on_one_group_and_on_a_concatenation() -> None:
