@@ -215,3 +215,31 @@ def test_a_failing_budget_is_recorded_and_the_others_still_run(monkeypatch, tmp_
         "uniform@150",
     ]
     assert calls == []
+
+
+def test_user_models_netfit_side_and_table():
+    """The netfit half of benchmarks/user_models.py (Torch-Pruning is not installed in CI: its row is faked)."""
+    from benchmarks import user_models
+
+    models, shape = user_models.zoo()
+    senet = user_models.netfit_side(models["SENet"], shape)
+    assert (senet["prunable"], senet["groups"]) == (10, 12) and senet["smallest_runs"]
+    assert senet["smallest_fraction"] == senet["smallest_macs"] / senet["seed_macs"] <= 0.1
+    assert {f["reason"] for f in senet["frozen"]} == set(user_models.BOUNDARY)
+    fixed = user_models.netfit_side(models["FixedSplitNet"], shape)
+    assert (fixed["prunable"], fixed["groups"]) == (2, 5)
+    tp_row = {
+        "groups": 8, "prunable": 7, "smallest_fraction": 0.4, "smallest_runs": True, "eligible_list": [],
+        "one_shot": {"smallest_fraction": 0.9, "smallest_runs": True},
+        "structural": {"smallest_fraction": 0.002, "smallest_runs": True, "refused": []},
+    }  # fmt: skip
+    payload = {
+        "settings": {"steps": 100},
+        "environment": {"device": "CPU", "torch": "x"},
+        "netfit": {"SENet": senet, "FixedSplitNet": fixed},
+        "torch_pruning": {"version": "1.6.1", "rows": {"SENet": tp_row, "FixedSplitNet": {"error": "tracing: boom"}}},
+    }
+    table = user_models.to_markdown(payload)
+    assert "| SENet | 1,979,648 | 10/12 | 0.2 | 7/8 | 40.0 | 90.0 | 0.2 | only input and logits |" in table
+    assert "| FixedSplitNet | 14,376 | 2/5 | 13.9 | error | error | error | error | 'split' at node" in table
+    assert "netfit 0.22% (met)" in table and "- FixedSplitNet: `tracing: boom`" in table
