@@ -161,7 +161,7 @@ def _is_residual(piece: Piece) -> bool:
         return False
     a, b = node.args
     branch = b if a is x else a if b is x else None
-    return branch in piece.nodes and _shape(branch) == _shape(x) == _shape(node)
+    return branch in piece.nodes and _shape(x) is not None and _shape(branch) == _shape(x) == _shape(node)
 
 
 def _is_activation(piece: Piece) -> bool:
