@@ -9,7 +9,6 @@ identity-initialised extra blocks, depth gates) works on it unchanged; ``netfit.
 
 from __future__ import annotations
 
-import torch
 from torch import fx, nn
 
 from .graph import GraphFamily
@@ -26,10 +25,7 @@ class GraphStagedNet(StagedNet):
         nn.Module.__init__(self)  # not StagedNet's: there is no Head with an ``fc``, and weights must not be re-drawn
         self.stem = stem
         self.stages = nn.ModuleList(stages)
-        self.head = head
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.forward_features(x))
+        self.head = head  # StagedNet's forward: stem, stages, head
 
 
 @FAMILIES.register("staged_graph")

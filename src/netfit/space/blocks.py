@@ -28,6 +28,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from ..errors import NetfitError
 from ..models import StagedNet, arch_of
 from ..models.staged_graph import GraphStagedNet
+from .compare import max_difference
 
 _ADDS = {operator.add, operator.iadd, torch.add}
 _ACTIVATION_MODULES = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.LeakyReLU)
@@ -85,7 +86,7 @@ def stage_blocks(model: nn.Module, input_shape: Sequence[int]) -> nn.Module:
     staged = build_staged(plan).to(_device(model))
     try:
         arch_of(staged)  # the exported network must be describable as JSON
-        difference = _max_difference(model, staged, input_shape)
+        difference = max_difference(model, staged, input_shape)
     except NetfitError as e:
         warnings.warn(f"depth search skipped: the model's blocks cannot be exported ({e})", stacklevel=2)
         return model
@@ -148,7 +149,8 @@ def _plan(gm: fx.GraphModule, pieces: list[Piece]) -> StagePlan:
 
 
 def _join(pieces: list[Piece], input: fx.Node) -> Piece:
-    return Piece(input, [n for p in pieces for n in p.nodes], any(p.residual for p in pieces))
+    """Consecutive non-residual pieces as one (stem, head or a stage's first block)."""
+    return Piece(input, [n for p in pieces for n in p.nodes])
 
 
 def _is_residual(piece: Piece) -> bool:
@@ -201,15 +203,3 @@ def _shape(node: object) -> tuple[int, ...] | None:
 
 def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
-
-
-def _max_difference(a: nn.Module, b: nn.Module, input_shape: Sequence[int]) -> float:
-    """Largest output difference on a random batch in eval mode; ``a``'s train/eval modes are restored."""
-    modes = [(m, m.training) for m in a.modules()]
-    x = torch.randn(4, *input_shape, generator=torch.Generator().manual_seed(0)).to(_device(a))
-    try:
-        with torch.no_grad():
-            return float((a.eval()(x) - b.eval()(x)).abs().max())
-    finally:
-        for module, training in modes:
-            module.training = training

@@ -26,6 +26,7 @@ from ..errors import NetfitError
 from ..models import StagedNet, arch_of, build_model
 from .blocks import stage_blocks
 from .channels import _BATCH_NORMS, trace_channel_groups
+from .compare import max_difference
 from .importance import l1_importance
 from .inherit import inherit_weights
 from .prune import Outgoing, remap_channels
@@ -124,14 +125,6 @@ def _deepen_or_warn(model: nn.Module, input_shape: Sequence[int], fraction: floa
     return staged
 
 
-def max_difference(a: nn.Module, b: nn.Module, input_shape: Sequence[int], batch: int = 8) -> float:
-    """Largest absolute output difference of two models on the same random batch, in eval mode."""
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, *input_shape, generator=gen).to(next(a.parameters()).device)
-    with torch.no_grad():
-        return float((a.eval()(x) - b.eval()(x)).abs().max())
-
-
 def grow(
     model: nn.Module,
     input_shape: Sequence[int],
@@ -152,3 +145,6 @@ def grow(
     if diff > PRESERVE_TOL:
         raise NetfitError(f"growth changed the network's outputs by {diff:.3g}; grow with width=1, depth=0")
     return grown
+
+
+__all__ = ["deepen", "grow", "max_difference", "order_channels", "widen"]
