@@ -158,6 +158,22 @@ def test_a_model_without_residual_blocks_keeps_width_only_search():
     assert ElasticNet(grown, SHAPE, units=4).depths is None
 
 
+def test_blocks_of_a_model_that_cannot_be_exported_are_not_cut():
+    class MishNet(PlainNet):  # Mish is not a layer the graph spec can rebuild
+        def __init__(self) -> None:
+            super().__init__()
+            self.res = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.Mish())
+
+        def forward(self, x):
+            h = self.body(x)
+            return self.fc((h + self.res(h)).mean((2, 3)))
+
+    model = MishNet().eval()
+    assert find_stages(model, SHAPE).depths == [1]
+    with pytest.warns(UserWarning, match="depth search skipped: the model's blocks cannot be exported"):
+        assert stage_blocks(model, SHAPE) is model
+
+
 @pytest.mark.parametrize("factory", USER_MODELS)
 def test_truncated_blocks_are_gone_from_the_exported_graph(factory, tmp_path):
     staged = stage_blocks(_randomized(factory()), SHAPE)
