@@ -388,21 +388,22 @@ def test_dna_adapts_a_user_model(tmp_path, digits):
             h = self.body(x)
             return self.fc(torch.flatten(torch.relu(h + self.res(h)), 1))
 
-    with pytest.warns(UserWarning, match="depth growth skipped"):
-        result = adapt(
-            Digits(),
-            digits,
-            "40%",
-            "dna",
-            out=tmp_path / "u",
-            train_seed=True,
-            method_options={"search_epochs": 1, "warmup_epochs": 0, "units": 4},
-            **FAST,
-        )
+    result = adapt(
+        Digits(),
+        digits,
+        "40%",
+        "dna",
+        out=tmp_path / "u",
+        train_seed=True,
+        method_options={"search_epochs": 1, "warmup_epochs": 0, "units": 4},
+        **FAST,
+    )
     (cand,) = result.summary["candidates"]
     limit = 0.4 * result.summary["seed"]["macs"]
     # one coupled group of 16 channels: 9 channels cost 0.345 x the seed, 10 channels 0.418 x (over budget)
     assert cand["macs"] == pytest.approx(0.345 * result.summary["seed"]["macs"], rel=0.01) and cand["macs"] <= limit
+    # its residual block made it a staged network: one seed block, one grown (identity) block, the seed's kept
+    assert cand["arch"]["family"] == "staged_graph" and cand["info"]["depths"] == [1]
 
 
 def test_dna_resumes_an_interrupted_search_to_the_same_result(tmp_path, digits, monkeypatch):

@@ -33,6 +33,7 @@ from ..errors import BudgetInfeasibleError, NetfitError
 from ..export import load_model
 from ..fileio import atomic_write_text
 from ..models import StagedNet, build_model
+from ..models.staged import Head
 from ..space.block_search import SearchStats, space_size, top_k
 from ..space.blockwise import (
     BlockSpace,
@@ -277,7 +278,9 @@ def _template(cut: TeacherBlocks, teacher: nn.Module, num_classes: int, staged: 
     """The blocknet spec around the blocks: a conv stem reaching block 0's input shape, and the teacher's head
     (a plain pool + linear head when the blocks were named in a user model)."""
     stride = cut.stem_stride
-    head = teacher.head.describe() if staged and isinstance(teacher, StagedNet) else {"neck": 0, "dropout": 0.0}
+    # a user model cut into stages (staged_graph) has a traced head, described as the plain one
+    built_in = staged and isinstance(teacher, StagedNet) and isinstance(teacher.head, Head)
+    head = teacher.head.describe() if built_in else {"neck": 0, "dropout": 0.0}
     return {
         "family": "blocknet",
         "num_classes": num_classes,

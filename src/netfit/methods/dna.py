@@ -16,6 +16,7 @@ See docs/methods/dna.md for the design and where it departs from the paper.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from ..engine import Callback, StepOutput, evaluate
 from ..engine.distributed import barrier, is_distributed, is_main
 from ..errors import BudgetInfeasibleError, NetfitError
 from ..fileio import atomic_write_text
+from ..space.blocks import stage_blocks
 from ..space.elastic import ElasticNet
 from ..space.grow import grow
 from ..space.latency_table import LatencyTable, measure_table
@@ -141,6 +143,7 @@ class DNA:
             raise NetfitError("dna needs arch_lr > 0, cost_weight > 0, warmup_epochs >= 0 and search_lr_scale > 0")
 
     def search(self, seed: Seed, data, targets: list[Target], run) -> list[Candidate]:
+        seed = _staged_seed(seed, run)
         grown = grow(
             seed.model, seed.input_shape, self.grow_width, self.grow_depth, run.rng("dna-grow"), self.grow_copies
         )
@@ -325,6 +328,16 @@ class DNA:
             **_growth_vs_seed(model, seed.model),
         }
         return model, info
+
+
+def _staged_seed(seed: Seed, run) -> Seed:
+    """A user model with skippable residual blocks cut into stages (the same function), so its depth is searched
+    and its candidates export as the "staged_graph" family; any other seed as it is."""
+    staged = stage_blocks(seed.model, seed.input_shape)
+    if staged is seed.model:
+        return seed
+    run.log.write("dna-blocks", depths=[len(stage) for stage in staged.stages])
+    return dataclasses.replace(seed, model=staged)
 
 
 def _top_up(net: ElasticNet, widths: dict[int, int], depths, metric: str, limit: float, ratios: dict) -> dict:

@@ -7,6 +7,7 @@ from . import graph as _graph  # noqa: F401  (registers the "graph" family for u
 from . import mobilenetv2 as _mobilenetv2  # noqa: F401  (registers mobilenetv2*)
 from . import resnet as _resnet  # noqa: F401  (registers resnet*)
 from . import spidernet as _spidernet  # noqa: F401  (registers the "spidernet" family)
+from . import staged_graph as _staged_graph  # noqa: F401  (registers "staged_graph": user models cut into stages)
 from .registry import FAMILIES, MODELS, arch_of, build_model, create_model, default_arch, list_models, scale_width
 from .staged import StagedNet
 

@@ -1,4 +1,5 @@
-"""StagedNet: the common shape of every built-in network (stem -> stages of blocks -> head).
+"""StagedNet: the common shape of every built-in network (stem -> stages of blocks -> head), and of user models
+cut into stages of residual blocks (``staged_graph``).
 
 Within a stage every block after the first keeps the shape (stride 1, in == out), so a stage's block list can be
 truncated or extended freely; methods rely on this for depth changes and per-block exits.

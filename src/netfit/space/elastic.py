@@ -3,7 +3,9 @@
 Width: the channels of every prunable group (already ordered, most important first) are cut into ``units``
 consecutive units. Unit 0 is always kept; unit u is kept with probability sigmoid(a_u) given that unit u-1 is
 kept, so P(width >= u) = prod_{j<=u} sigmoid(a_j) (DMCP's Markov chain). Depth: the blocks of a stage that
-keep their input shape form the same kind of chain, so a stage always keeps a leading run of blocks.
+keep their input shape form the same kind of chain, so a stage always keeps a leading run of blocks. A user
+model with residual blocks is first cut into stages (``netfit.space.blocks.stage_blocks``); one without them
+has width gates only.
 
 Gates act through forward hooks on a plain model: a channel is switched off by scaling it at the input of
 every layer that consumes it (which removes it exactly as slicing would), and a skipped block returns its
@@ -33,6 +35,7 @@ from torch.func import functional_call
 
 from ..cost import count_cost
 from ..models import StagedNet
+from .blocks import stage_blocks
 from .channels import _CONVS, _dim_size
 from .latency_table import LatencyTable
 from .prune import sliced_view
@@ -70,7 +73,8 @@ class ElasticNet:
     """Gates over a (grown, channel-ordered) model; see the module docstring.
 
     Args:
-        model: the network whose channels and blocks are gated; its channels must be ordered (``grow``).
+        model: the network whose channels and blocks are gated; its channels must be ordered (``grow``). A user
+            model with residual blocks is gated as a copy cut into stages (``self.model``).
         input_shape: one sample's shape.
         units: width gates per channel group (fewer for groups with fewer channels).
         min_depths: blocks per stage that are never skipped (default: the leading blocks that change shape).
@@ -85,6 +89,7 @@ class ElasticNet:
     def __init__(
         self, model: nn.Module, input_shape: Sequence[int], units: int = 16, min_depths: Sequence[int] | None = None
     ) -> None:
+        model = stage_blocks(model, input_shape)
         self.model = model
         self.input_shape = tuple(input_shape)
         self.space = SubnetSpace(model, input_shape)

@@ -4,8 +4,9 @@
   a Markov width gate that keeps "the first k channels" then keeps the important ones.
 * ``widen`` copies existing channels (Net2Net) and starts the copies' outgoing weights at zero, so the network
   and every leading slice of it compute exactly what they did.
-* ``deepen`` appends identity-initialised blocks to every stage of a built-in staged network: the new block's
-  last normalisation layer starts at zero, so its residual branch adds nothing.
+* ``deepen`` appends identity-initialised blocks to every stage of a staged network (built-in, or a user model
+  cut into stages of residual blocks by ``netfit.space.blocks``): the new block's last normalisation layer
+  starts at zero, so its residual branch adds nothing.
 
 ``grow`` does all three and checks on random input that the outputs did not change.
 """
@@ -23,12 +24,18 @@ from torch import nn
 
 from ..errors import NetfitError
 from ..models import StagedNet, arch_of, build_model
+from .blocks import stage_blocks
 from .channels import _BATCH_NORMS, trace_channel_groups
+from .compare import max_difference
 from .importance import l1_importance
 from .inherit import inherit_weights
 from .prune import Outgoing, remap_channels
 
 PRESERVE_TOL = 1e-4
+NO_BLOCKS = (
+    "depth growth skipped: the model has no residual block with an identity shortcut (x + f(x)) whose copies "
+    "could be appended; its width is adapted and its depth kept"
+)
 
 
 def _example(model: nn.Module, input_shape: Sequence[int]) -> torch.Tensor:
@@ -74,10 +81,11 @@ def widen(
 def deepen(model: nn.Module, fraction: float) -> tuple[nn.Module, list[int]]:
     """Append ``ceil(fraction * blocks)`` identity-initialised copies of each stage's last block.
 
-    Returns the deeper model and the seed's blocks per stage. Only built-in staged networks have stages.
+    Returns the deeper model and the seed's blocks per stage. Only staged networks have stages (a user model:
+    ``netfit.space.blocks.stage_blocks`` first).
     """
     if not isinstance(model, StagedNet):
-        raise NetfitError("depth growth needs a built-in staged model (netfit list models)")
+        raise NetfitError("depth growth needs a staged model: a built-in one or a user model with residual blocks")
     arch = arch_of(model)
     seed_depths = [len(s["blocks"]) for s in arch["stages"]]
     for stage, n in zip(arch["stages"], seed_depths):
@@ -94,12 +102,27 @@ def deepen(model: nn.Module, fraction: float) -> tuple[nn.Module, list[int]]:
     return deeper.eval(), seed_depths
 
 
-def max_difference(a: nn.Module, b: nn.Module, input_shape: Sequence[int], batch: int = 8) -> float:
-    """Largest absolute output difference of two models on the same random batch, in eval mode."""
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, *input_shape, generator=gen).to(next(a.parameters()).device)
-    with torch.no_grad():
-        return float((a.eval()(x) - b.eval()(x)).abs().max())
+def _deepen_or_warn(model: nn.Module, input_shape: Sequence[int], fraction: float) -> nn.Module:
+    """``deepen``'s network, or (with a warning) the model cut into stages when it has blocks, so its depth can
+    still shrink: when it has no residual block, or a copy of a block cannot start as the identity."""
+    staged = stage_blocks(model, input_shape)
+    if not isinstance(staged, StagedNet):
+        warnings.warn(NO_BLOCKS, stacklevel=3)
+        return model
+    try:
+        deeper, _ = deepen(staged, fraction)
+    except NetfitError as e:
+        reason = str(e)
+    else:
+        diff = max_difference(staged, deeper, input_shape)
+        if diff <= PRESERVE_TOL:
+            return deeper
+        reason = (
+            f"blocks appended with their last BatchNorm at zero change the outputs by {diff:.3g} (they are not "
+            "the identity, e.g. an activation after the add that changes its input)"
+        )
+    warnings.warn(f"depth growth skipped: {reason}; blocks can still be removed", stacklevel=3)
+    return staged
 
 
 def grow(
@@ -115,13 +138,13 @@ def grow(
     outputs differ from the seed's."""
     grown = order_channels(model, input_shape)
     if depth > 0:
-        if isinstance(grown, StagedNet):
-            grown, _ = deepen(grown, depth)
-        else:
-            warnings.warn("depth growth skipped: only built-in staged models have stages of blocks", stacklevel=2)
+        grown = _deepen_or_warn(grown, input_shape, depth)
     if width > 1:
         grown = widen(grown, input_shape, width, rng, outgoing)
     diff = max_difference(model, grown, input_shape)
     if diff > PRESERVE_TOL:
         raise NetfitError(f"growth changed the network's outputs by {diff:.3g}; grow with width=1, depth=0")
     return grown
+
+
+__all__ = ["deepen", "grow", "max_difference", "order_channels", "widen"]

@@ -1,4 +1,4 @@
-"""Sub-networks of a seed: a width per traced channel group and, for built-in staged nets, blocks per stage.
+"""Sub-networks of a seed: a width per traced channel group and, for staged nets, blocks per stage.
 
 Both baselines (uniform, random) and the materialisation of searched architectures use this one space, so
 the only difference between methods is which point of it they pick. Channels are inherited from the seed by
@@ -105,7 +105,8 @@ class SubnetSpace:
 
 
 def truncate_depth(model: nn.Module, depths: Sequence[int]) -> nn.Module:
-    """Keep the first ``depths[i]`` blocks of stage i of a built-in StagedNet; weights inherited by name."""
+    """Keep the first ``depths[i]`` blocks of stage i of a StagedNet (built-in or ``staged_graph``); weights
+    inherited by name."""
     arch = arch_of(model)
     if len(depths) != len(arch["stages"]) or any(
         not 1 <= d <= len(s["blocks"]) for d, s in zip(depths, arch["stages"])
