@@ -19,6 +19,7 @@ from netfit.space import (
     slice_channels,
     trace_channel_groups,
 )
+from user_zoo import randomise_bn
 
 # ---- small models ---------------------------------------------------------------------------------------
 
@@ -144,17 +145,6 @@ def _group_of(groups: list[ChannelGroup], module: str, role: str = "out") -> Cha
 
 def _members(group: ChannelGroup) -> set[tuple[str, str, int, int]]:
     return {(m.module, m.role, m.offset, m.repeat) for m in group.members}
-
-
-def _randomise_bn(model: nn.Module) -> None:
-    """Non-trivial BN statistics so slicing mistakes show up in the outputs."""
-    gen = torch.Generator().manual_seed(0)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.weight.data = torch.rand(m.num_features, generator=gen) + 0.5
-            m.bias.data = torch.randn(m.num_features, generator=gen)
-            m.running_mean = torch.randn(m.num_features, generator=gen)
-            m.running_var = torch.rand(m.num_features, generator=gen) + 0.5
 
 
 # ---- tracing --------------------------------------------------------------------------------------------
@@ -365,7 +355,7 @@ def test_slice_flatten_linear_and_concat_columns() -> None:
 def test_function_preservation(factory, shape) -> None:
     torch.manual_seed(0)
     model = factory().eval()
-    _randomise_bn(model)
+    randomise_bn(model)
     x = torch.randn(*shape)
     groups = trace_channel_groups(model, x)
     keep = {}

@@ -18,27 +18,10 @@ from netfit.space.blocks import find_stages, stage_blocks
 from netfit.space.elastic import ElasticNet
 from netfit.space.grow import deepen, grow, max_difference
 from netfit.space.subnet import truncate_depth
+from user_zoo import BasicBlock
 
 SHAPE = (1, 8, 8)
 FAST = {"epochs": 1, "seed_epochs": 1, "progress": False, "train": {"batch_size": 64}}
-
-
-class BasicBlock(nn.Module):
-    """conv-bn-relu-conv-bn, add, relu; a 1x1 conv-bn projection shortcut when the shape changes."""
-
-    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.proj = None
-        if stride != 1 or cin != cout:
-            self.proj = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x):
-        out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
-        return F.relu(out + (x if self.proj is None else self.proj(x)))
 
 
 class UserResNet(nn.Module):
@@ -142,7 +125,8 @@ def test_blocks_are_found_and_the_staged_model_computes_the_same(factory):
     assert plan.depths == [2, 3]
     first, second = plan.stages
     assert all(b.residual for b in first) and [b.residual for b in second] == [False, True, True]
-    assert any("layer2.0.proj" in n or "blocks.2.proj" in n for n in _names(second[0]))  # projection: not skippable
+    # the projection block is not skippable: it opens stage 2
+    assert any("layer2.0.shortcut" in n or "blocks.2.proj" in n for n in _names(second[0]))
     assert _names(plan.stem) <= {"stem.0", "stem.1", "stem.2", "conv"} and "fc" in _names(plan.head)
     staged = stage_blocks(model, SHAPE)
     assert isinstance(staged, GraphStagedNet) and [len(s) for s in staged.stages] == [2, 3]

@@ -29,6 +29,7 @@ from user_zoo import (
     ResNet,
     SENet,
     SharedNet,
+    randomise_bn,
 )
 
 MODELS = [SENet, GhostNet, DenseNet, InceptionNet, ChunkNet, ResNet, MobileNetV2, MobileNetV3, EfficientNet]
@@ -37,15 +38,7 @@ MODELS = [SENet, GhostNet, DenseNet, InceptionNet, ChunkNet, ResNet, MobileNetV2
 def _model(factory) -> nn.Module:
     """A model with non-trivial norm statistics, so slicing mistakes show up in the outputs."""
     torch.manual_seed(0)
-    model = factory().eval()
-    gen = torch.Generator().manual_seed(0)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.weight.data = torch.rand(m.num_features, generator=gen) + 0.5
-            m.bias.data = torch.randn(m.num_features, generator=gen)
-            m.running_mean = torch.randn(m.num_features, generator=gen)
-            m.running_var = torch.rand(m.num_features, generator=gen) + 0.5
-    return model
+    return randomise_bn(factory().eval())
 
 
 def _trace(model: nn.Module) -> list[ChannelGroup]:

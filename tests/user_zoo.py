@@ -344,3 +344,15 @@ ZOO: dict[str, type[nn.Module]] = {
     "MobileNetV3": MobileNetV3,
     "EfficientNet": EfficientNet,
 }
+
+
+def randomise_bn(model: nn.Module) -> nn.Module:
+    """Non-trivial BN statistics, so slicing mistakes show up in the outputs."""
+    gen = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.weight.data = torch.rand(m.num_features, generator=gen) + 0.5
+            m.bias.data = torch.randn(m.num_features, generator=gen)
+            m.running_mean = torch.randn(m.num_features, generator=gen)
+            m.running_var = torch.rand(m.num_features, generator=gen) + 0.5
+    return model
