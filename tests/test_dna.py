@@ -206,13 +206,17 @@ def test_hard_gates_compute_the_sliced_network(name):
 def test_sliced_runs_match_the_gated_network_in_outputs_and_gradients(name):
     """run_sliced computes the sub-network on slices of the supernet's parameters: the masked pass's outputs
     and gradients, and the supernet's normalisation statistics stay as they were."""
+    torch.manual_seed(0)
     model, shape = _model(name)
     for m in model.modules():
         if isinstance(m, nn.Dropout):
             m.p = 0.0
     net = ElasticNet(grow(model, shape, 1.5, 0.5, np.random.default_rng(0)), shape, units=8)
+    # float64: with a batch of 4, a train-mode norm whose batch variance is tiny amplifies float32 rounding (the
+    # two passes sum in different orders) into gradient differences of a few percent for some weights
+    net.model.double()
     gen = torch.Generator().manual_seed(3)
-    x = torch.randn(4, *shape)
+    x = torch.randn(4, *shape, dtype=torch.float64)
     archs = [net.smallest()] + [
         net.sample(torch.randn(net.num_width_logits) + 1, torch.randn(net.num_depth_logits), gen) for _ in range(2)
     ]
@@ -236,11 +240,9 @@ def test_sliced_runs_match_the_gated_network_in_outputs_and_gradients(name):
                 gated, gated_grads = outputs_and_grads(lambda: net.model(x))
         finally:
             net.detach()
-        assert torch.allclose(sliced, gated, atol=1e-5)
-        # Gradients sum many more terms than outputs, in an order that differs between sliced and masked convs
-        # and with the thread count: each is compared relative to its tensor's scale.
-        for a, b in zip(sliced_grads, gated_grads):
-            assert (a - b).abs().max() <= 1e-5 + 1e-4 * b.abs().max()
+        assert torch.allclose(sliced, gated, atol=1e-10)
+        for a, b in zip(sliced_grads, gated_grads):  # each relative to its tensor's scale
+            assert (a - b).abs().max() <= 1e-10 + 1e-8 * b.abs().max()
 
 
 def test_sampling_follows_the_markov_chains():
