@@ -51,7 +51,9 @@ def run_seed(args: argparse.Namespace, seed: int, root: Path) -> dict:
     chosen = next(r for r in summary["candidates"] if r["info"].get("chosen"))
     seed_dir = root / f"odn-{seed}" / "seed"
     depths = [r["info"] for r in summary["candidates"]]
-    trained_epochs = args.warmup + sum(d["epochs"] for d in depths) + chosen["info"]["finetune"]["epochs"]
+    trained_epochs = args.warmup + sum(d["epochs"] for d in depths) + chosen["info"]["finetune_epochs"]
+    log = [json.loads(line) for line in (root / f"odn-{seed}" / "log.jsonl").read_text().splitlines()]
+    seconds = {e["depth"]: e["seconds"] for e in log if e["event"] == "odn-depth"}
     t0 = time.perf_counter()
     uni = adapt(
         args.model,
@@ -83,7 +85,9 @@ def run_seed(args: argparse.Namespace, seed: int, root: Path) -> dict:
             "peak_memory_bytes": peak_memory(prefix, shape).peak_bytes,
             "target_acc": chosen["info"]["target_acc"],
             "depths_tried": [
-                {k: d[k] for k in ("depth", "val_acc", "epochs", "seconds", "plateaued", "reached")} for d in depths
+                {k: d[k] for k in ("depth", "val_acc", "epochs", "plateaued", "reached")}
+                | {"seconds": seconds[d["depth"]]}
+                for d in depths
             ],
             "epochs": trained_epochs,
             "seconds": round(odn_seconds, 1),

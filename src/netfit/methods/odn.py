@@ -144,7 +144,8 @@ class ODN:
             lr = run.config.lr * 0.5 ** (depth - 1)  # the paper halves the lr for every extra depth
             trained = self._train_depth(warm, warm_state, depth, data, run, f"odn-depth{depth}", lr, self.depth_epochs)
             best, model = trained.best_val_acc, trained.model
-            info = {"depth": depth, "val_acc": best, "target_acc": goal, "reached": best >= goal, **_spent(trained)}
+            info = {"depth": depth, "val_acc": best, "target_acc": goal, "reached": best >= goal}
+            info["epochs"], timing = len(trained.history), {"seconds": _seconds(trained)}
             info["plateaued"] = _plateaued(trained.history, self.patience)  # else the cap ended it early
             chosen = best >= goal or depth == deepest
             if chosen:
@@ -152,8 +153,9 @@ class ODN:
                     model, model.state_dict(), depth, data, run, f"odn-finetune{depth}", lr * 0.1, self.finetune_epochs
                 )
                 model = tuned.model
-                info.update(chosen=True, finetuned_val_acc=tuned.best_val_acc, finetune=_spent(tuned))
-            run.log.write("odn-depth", **info)
+                info.update(chosen=True, finetuned_val_acc=tuned.best_val_acc, finetune_epochs=len(tuned.history))
+                timing["finetune_seconds"] = _seconds(tuned)
+            run.log.write("odn-depth", **info, **timing)  # wall time in the log only: info is reproducible
             candidates.append(Candidate(f"depth{depth}", deploy_prefix(model, seed.model, depth), target, info))
             if chosen:
                 break
@@ -182,9 +184,8 @@ def _plateaued(history: list[dict], patience: int) -> bool:
     return len(accs) - (accs.index(max(accs)) + 1) >= patience
 
 
-def _spent(result: TrainResult) -> dict:
-    """Epochs and seconds a (possibly early-stopped) training took, for the per-depth report."""
-    return {"epochs": len(result.history), "seconds": round(sum(r["seconds"] for r in result.history), 2)}
+def _seconds(result: TrainResult) -> float:
+    return round(sum(r["seconds"] for r in result.history), 2)
 
 
 def _joint_step(ctx) -> StepOutput:
