@@ -34,7 +34,7 @@ def run_seed(args: argparse.Namespace, seed: int, root: Path) -> dict:
     model = create_model(args.model, num_classes=data.num_classes, in_chans=data.input_shape[0], width_mult=args.width)
     common = {"seed": seed, "progress": False, "train": {"batch_size": args.batch_size, "lr": args.lr}}
     t0 = time.perf_counter()
-    odn = adapt(
+    odn = adapt(  # resumes a killed benchmark's run from its checkpoints
         model,
         data,
         "100%",
@@ -44,6 +44,7 @@ def run_seed(args: argparse.Namespace, seed: int, root: Path) -> dict:
         seed_epochs=args.seed_epochs,
         train_seed=True,
         method_options={"warmup_epochs": args.warmup, "depth_epochs": args.depth_epochs, "patience": args.patience},
+        resume=_started(root / f"odn-{seed}"),
         **common,
     )
     odn_seconds = time.perf_counter() - t0
@@ -54,6 +55,10 @@ def run_seed(args: argparse.Namespace, seed: int, root: Path) -> dict:
     trained_epochs = args.warmup + sum(d["epochs"] for d in depths) + chosen["info"]["finetune_epochs"]
     log = [json.loads(line) for line in (root / f"odn-{seed}" / "log.jsonl").read_text().splitlines()]
     seconds = {e["depth"]: e["seconds"] for e in log if e["event"] == "odn-depth"}
+    # training seconds summed over epochs (a resumed run's session timers would miss the killed session's part)
+    trained = [e for e in log if e["event"] == "epoch"]
+    seed_seconds = sum(e["seconds"] for e in trained if e["phase"] == "seed")
+    odn_train_seconds = sum(e["seconds"] for e in trained if e["phase"].startswith("odn"))
     t0 = time.perf_counter()
     uni = adapt(
         args.model,
@@ -63,6 +68,7 @@ def run_seed(args: argparse.Namespace, seed: int, root: Path) -> dict:
         out=root / f"uniform-{seed}",
         epochs=trained_epochs,
         seed_weights=seed_dir,
+        resume=_started(root / f"uniform-{seed}"),
         **common,
     )
     uniform_seconds = time.perf_counter() - t0
@@ -91,8 +97,8 @@ def run_seed(args: argparse.Namespace, seed: int, root: Path) -> dict:
             ],
             "epochs": trained_epochs,
             "seconds": round(odn_seconds, 1),
-            "search_seconds": summary["timing"]["search_seconds"],
-            "seed_seconds": summary["timing"]["seed_seconds"],
+            "search_seconds": round(odn_train_seconds, 1),
+            "seed_seconds": round(seed_seconds, 1),
         },
         "uniform_same_macs": {
             "accuracy": urow["accuracy"],
@@ -217,16 +223,22 @@ def main() -> None:
         write_results(f"odn_{args.data}", payload, to_markdown(saved, payload["runs"]))
         return
     root = args.root or Path(tempfile.mkdtemp(prefix="netfit-odn-"))
-    runs = [run_seed(args, s, root) for s in args.seeds]
-    payload = {
-        "benchmark": "odn",
-        "settings": vars(args) | {"root": str(root)},
-        "environment": environment(),
-        "paper": PAPER.get(args.data),
-        "runs": runs,
-    }
-    write_results(f"odn_{args.data}", payload, to_markdown(args, runs))
+    runs = []
+    for seed in args.seeds:  # results are written after every seed, so a cut-off benchmark keeps what it did
+        runs.append(run_seed(args, seed, root))
+        payload = {
+            "benchmark": "odn",
+            "settings": vars(args) | {"root": str(root)},
+            "environment": environment(),
+            "paper": PAPER.get(args.data),
+            "runs": runs,
+        }
+        write_results(f"odn_{args.data}", payload, to_markdown(args, runs))
     print(to_markdown(args, runs))
+
+
+def _started(out: Path) -> bool:
+    return (out / "run.json").exists()
 
 
 if __name__ == "__main__":
