@@ -58,6 +58,10 @@ def test_stops_at_first_depth_reaching_target(tmp_path, digits):
     assert [r["info"]["depth"] for r in rows] == [1, 2, 3, 4]
     assert [r["macs"] for r in rows] == sorted(r["macs"] for r in rows)
     assert rows[-1]["info"]["chosen"] and not any(r["info"]["reached"] for r in rows)
+    log = [json.loads(line) for line in (tmp_path / "hard" / "log.jsonl").read_text().splitlines()]
+    first_lr = {e["phase"]: e["lr"] for e in reversed(log) if e["event"] == "epoch" and e["epoch"] == 1}
+    base = first_lr["odn-depth1"]  # every later depth restarts at half of it, as the public code does
+    assert [first_lr[f"odn-depth{d}"] for d in (2, 3, 4)] == pytest.approx([base / 2] * 3)
 
 
 def test_budget_caps_depth(tmp_path, digits):
@@ -122,7 +126,7 @@ def test_each_depth_trains_to_its_plateau(tmp_path, digits, monkeypatch):
     lrs = [e["lr"] for e in log if e["event"] == "epoch" and e["phase"] == "odn-depth1"]
     assert lrs == pytest.approx([lrs[0]] * 5 + [lrs[0] * 0.6])
     depth2 = [e["lr"] for e in log if e["event"] == "epoch" and e["phase"] == "odn-depth2"]
-    assert depth2[0] == pytest.approx(lrs[0] / 2)  # the paper's halving per extra depth
+    assert depth2[0] == pytest.approx(lrs[0] / 2)  # the public code: the base lr / 2 past depth 1
 
 
 def test_depth_cap_ends_a_depth_that_still_improves(tmp_path, digits, monkeypatch):

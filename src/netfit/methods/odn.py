@@ -1,7 +1,7 @@
 """ODN, Optimally Deep Networks: find the shallowest prefix of a deep network that reaches a target accuracy.
 
 Every block of the seed gets an exit head (global average pool + linear). All exits are warmed up jointly;
-then depth d = 1, 2, ... is trained to its plateau (lr halved per extra depth, x0.6 after ``lr_patience`` epochs
+then depth d = 1, 2, ... is trained to its plateau (lr halved after depth 1, x0.6 after ``lr_patience`` epochs
 without improvement, stop after ``patience`` epochs without improvement or at ``depth_epochs``) until its best
 validation accuracy reaches the target (the seed's validation accuracy - ``target_drop``). The chosen depth is
 fine-tuned and only blocks 1..d plus head d are deployed, as a plain built-in network. Every trained depth is a
@@ -141,7 +141,7 @@ class ODN:
         deepest = max(d for d, c in enumerate(costs, start=1) if c <= target.limit)
         candidates = []
         for depth in range(1, deepest + 1):
-            lr = run.config.lr * 0.5 ** (depth - 1)  # the paper halves the lr for every extra depth
+            lr = run.config.lr if depth == 1 else run.config.lr / 2  # the public code: base lr / 2 past depth 1
             trained = self._train_depth(warm, warm_state, depth, data, run, f"odn-depth{depth}", lr, self.depth_epochs)
             best, model = trained.best_val_acc, trained.model
             info = {"depth": depth, "val_acc": best, "target_acc": goal, "reached": best >= goal}
