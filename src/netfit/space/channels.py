@@ -3,7 +3,8 @@
 Layers whose channels must change together (a conv and the BN after it, all convs joined by residual additions,
 the consumers of a concatenation, a flatten feeding a Linear...) are found by tracing the model with torch.fx,
 recording every tensor's shape with ``ShapeProp`` and propagating channel-group ids along the graph. Every
-tensor carries a ``_Chan``: which dim holds its channels and the run of groups (segments) that fill that dim.
+tensor carries a ``Layout`` (``layout.py``, with the union-find of groups): which dim holds its channels and
+the run of groups (segments) that fill that dim.
 When two layouts of the same channels meet (a concatenation added to, or gated by, one conv's output; the equal
 parts of a ``chunk``; a layer called twice) the coarser groups are split at the finer layout's boundaries and the
 pieces facing each other joined, so a layer dimension can be covered by several groups at different offsets.
@@ -15,7 +16,7 @@ from __future__ import annotations
 import itertools
 import math
 import operator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -24,6 +25,7 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from ..errors import NetfitError, UnsupportedLayerError
+from .layout import Groups, Layout, Seg, seg_atoms, seg_between, seg_edges, seg_span
 
 ROLES = ("out", "in", "norm", "dw")
 
@@ -84,110 +86,6 @@ class ChannelGroup:
         return [m for m in self.members if m.role == "out"]
 
 
-Seg = tuple[int | None, int, int]  # (group id or None, channels, repeat)
-
-
-@dataclass
-class _Chan:
-    """Channel layout of one tensor: channel dim and segments ``(group id or None, channels, repeat)``."""
-
-    dim: int
-    segs: list[Seg]
-
-    @property
-    def total(self) -> int:
-        return sum(count * rep for _, count, rep in self.segs)
-
-
-@dataclass
-class _Groups:
-    """Union-find over channel groups with their members, flags and reasons.
-
-    A group can also be SPLIT into consecutive pieces (new groups) when a finer layout of its channels meets it
-    (a concatenation added to one conv's output): the old root is retired, ``pieces`` maps it to the new
-    groups, and ``resolve`` rewrites any recorded segment of it into the pieces.
-    """
-
-    parent: list[int] = field(default_factory=list)
-    size: list[int] = field(default_factory=list)
-    prunable: list[bool] = field(default_factory=list)
-    reasons: list[list[str]] = field(default_factory=list)
-    members: list[list[tuple[float, Member]]] = field(default_factory=list)
-    order: list[tuple[int, ...]] = field(default_factory=list)  # sort key: creation order, pieces after parents
-    pieces: dict[int, list[int]] = field(default_factory=dict)  # retired root -> its pieces, in channel order
-    seq: int = 0
-
-    def new(self, size: int, reason: str = "", order: tuple[int, ...] | None = None) -> int:
-        self.parent.append(len(self.parent))
-        self.size.append(size)
-        self.prunable.append(not reason)
-        self.reasons.append([reason] if reason else [])
-        self.members.append([])
-        self.order.append((len(self.parent) - 1,) if order is None else order)
-        return len(self.parent) - 1
-
-    def find(self, gid: int) -> int:
-        while self.parent[gid] != gid:
-            self.parent[gid] = self.parent[self.parent[gid]]
-            gid = self.parent[gid]
-        return gid
-
-    def union(self, a: int, b: int) -> None:
-        a, b = sorted((self.find(a), self.find(b)), key=self.order.__getitem__)
-        if a == b:
-            return
-        self.parent[b] = a
-        self.prunable[a] = self.prunable[a] and self.prunable[b]
-        self.reasons[a] += [r for r in self.reasons[b] if r not in self.reasons[a]]
-        self.members[a] += self.members[b]
-        if self.size[a] != self.size[b]:  # cannot happen for consistent shapes; stay safe
-            self.block(a, f"channel counts {self.size[a]} and {self.size[b]} were joined")
-
-    def block(self, gid: int, reason: str) -> None:
-        for root, _, _ in self.resolve([(gid, self.size[gid], 1)]):
-            self.prunable[root] = False
-            if reason not in self.reasons[root]:
-                self.reasons[root].append(reason)
-
-    def add(self, gid: int, member: Member, after: float | None = None) -> float:
-        """Record ``member`` in group ``gid``; ``after`` places it right behind that earlier member."""
-        seq = self.seq if after is None else after + 0.5
-        self.members[self.find(gid)].append((seq, member))
-        self.seq += 1
-        return seq
-
-    def resolve(self, segs: list[Seg]) -> list[Seg]:
-        """``segs`` with every group replaced by its root, and split groups by their pieces."""
-        out: list[Seg] = []
-        for gid, count, rep in segs:
-            root = None if gid is None else self.find(gid)
-            if root in self.pieces:
-                out += self.resolve([(p, self.size[p], rep) for p in self.pieces[root]])
-            else:
-                out.append((root, count, rep))
-        return out
-
-    def split(self, gid: int, sizes: list[int]) -> None:
-        """Replace group ``gid`` by consecutive pieces of ``sizes`` channels, each with a copy of every member
-        (its offset moved to the piece's first channel), the same flag and reasons."""
-        root, start = self.find(gid), 0
-        assert root not in self.pieces and sum(sizes) == self.size[root]
-        self.pieces[root] = []
-        for i, n in enumerate(sizes):
-            piece = self.new(n, order=(*self.order[root], i))
-            self.prunable[piece], self.reasons[piece] = self.prunable[root], list(self.reasons[root])
-            self.members[piece] = [
-                (seq, Member(m.module, m.role, m.offset + start * m.repeat, m.repeat)) for seq, m in self.members[root]
-            ]
-            self.pieces[root].append(piece)
-            start += n
-        self.members[root] = []
-
-    def live(self, gid: int) -> bool:
-        """A group of the result: a root that was not split."""
-        return self.find(gid) == gid and gid not in self.pieces
-
-
 def _shape(node: Any) -> tuple[int, ...] | None:
     meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
     return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
@@ -209,17 +107,17 @@ def _arg(node: fx.Node, index: int, name: str, default: Any = None) -> Any:
 
 
 class _Propagator:
-    """Walks the traced graph once, in topological order, assigning a ``_Chan`` (or None) to every node."""
+    """Walks the traced graph once, in topological order, assigning a ``Layout`` (or None) to every node."""
 
     def __init__(self, gm: fx.GraphModule) -> None:
         self.gm = gm
-        self.g = _Groups()
+        self.g = Groups()
         self.env: dict[fx.Node, Any] = {}
         self.seen_input = False
-        self.made_at: dict[int, float] = {}  # id(_Chan) of a fresh conv/linear output -> its "out" member seq
+        self.made_at: dict[int, float] = {}  # id(Layout) of a fresh conv/linear output -> its "out" member seq
         self.called: dict[tuple[str, str], list[Seg]] = {}  # (module, role) -> the channels it saw first
 
-    def run(self) -> _Groups:
+    def run(self) -> Groups:
         for node in self.gm.graph.nodes:
             self.env[node] = self.visit(node)
         return self.g
@@ -229,12 +127,12 @@ class _Propagator:
         if isinstance(chan, list):
             for item in chan:
                 self.block(item, reason)
-        elif isinstance(chan, _Chan):
+        elif isinstance(chan, Layout):
             for gid, _, _ in chan.segs:
                 if gid is not None:
                     self.g.block(gid, reason)
 
-    def add_members(self, chan: _Chan, module: str, role: str) -> None:
+    def add_members(self, chan: Layout, module: str, role: str) -> None:
         if (module, role) in self.called:  # a module called twice: both calls see the same channels
             reason = f"module '{module}' is called on tensors whose channels are laid out differently"
             self.equate(self.called[(module, role)], chan.segs, reason)
@@ -248,14 +146,14 @@ class _Propagator:
                 self.g.add(gid, Member(module, role, offset, rep), after)
             offset += count * rep
 
-    def new_chan(self, dim: int, size: int, module: str, reason: str = "") -> _Chan:
+    def new_chan(self, dim: int, size: int, module: str, reason: str = "") -> Layout:
         if (module, "out") in self.called:  # a module called twice makes the same channels
-            chan = _Chan(dim, self.called[(module, "out")])
+            chan = Layout(dim, self.called[(module, "out")])
             if reason:
                 self.block(chan, reason)
             return chan
         gid = self.g.new(size, reason)
-        chan = _Chan(dim, [(gid, size, 1)])
+        chan = Layout(dim, [(gid, size, 1)])
         self.called[(module, "out")] = chan.segs
         self.made_at[id(chan)] = self.g.add(gid, Member(module, "out"))
         return chan
@@ -265,15 +163,15 @@ class _Propagator:
             return f"module '{node.target}' ({type(self.gm.get_submodule(node.target)).__name__})"
         return f"'{_op_name(node)}' at node '{node.name}'"
 
-    def tensor_args(self, node: fx.Node) -> tuple[list[_Chan], list[fx.Node]]:
+    def tensor_args(self, node: fx.Node) -> tuple[list[Layout], list[fx.Node]]:
         """Channel-tracked inputs and untracked tensor inputs (parameters, unknown outputs) of ``node``."""
-        chans: list[_Chan] = []
+        chans: list[Layout] = []
         opaque: list[fx.Node] = []
 
         def collect(arg: Any) -> None:
             if isinstance(arg, fx.Node):
                 info = self.env.get(arg)
-                if isinstance(info, _Chan):
+                if isinstance(info, Layout):
                     chans.append(info)
                 elif _shape(arg) is not None:
                     opaque.append(arg)
@@ -282,7 +180,7 @@ class _Propagator:
         fx.node.map_aggregate((node.args, node.kwargs), collect)
         return chans, opaque
 
-    def fallback(self, node: fx.Node, mixing: bool = False) -> _Chan | None:
+    def fallback(self, node: fx.Node, mixing: bool = False) -> Layout | None:
         """Pass one input's channels through an op that keeps them; otherwise block what it touches."""
         chans, opaque = self.tensor_args(node)
         out = _shape(node)
@@ -311,20 +209,20 @@ class _Propagator:
             return self.call_module(node)
         return self.call_op(node)
 
-    def placeholder(self, node: fx.Node) -> _Chan | None:
+    def placeholder(self, node: fx.Node) -> Layout | None:
         shape = _shape(node)
         if self.seen_input or shape is None or len(shape) < 2:
             return None
         self.seen_input = True
         gid = self.g.new(shape[1], "these are the model input channels")
-        return _Chan(1, [(gid, shape[1], 1)])
+        return Layout(1, [(gid, shape[1], 1)])
 
     def call_module(self, node: fx.Node) -> Any:
         name = str(node.target)
         module = self.gm.get_submodule(name)
         src = next((a for a in (*node.args, *node.kwargs.values()) if isinstance(a, fx.Node)), None)
         inp = self.env.get(src) if src is not None else None
-        inp = inp if isinstance(inp, _Chan) else None
+        inp = inp if isinstance(inp, Layout) else None
         in_shape, out = _shape(src), _shape(node)
         if isinstance(module, _CONVS):
             return self.conv(node, module, inp)
@@ -345,7 +243,7 @@ class _Propagator:
             return None
         return self.fallback(node, mixing=isinstance(module, _MIXING_MODULES))
 
-    def conv(self, node: fx.Node, conv: nn.Module, inp: _Chan | None) -> _Chan:
+    def conv(self, node: fx.Node, conv: nn.Module, inp: Layout | None) -> Layout:
         name, out_dim = str(node.target), 1
         fits = inp is not None and inp.dim == 1 and inp.total == conv.in_channels
         if inp is not None and not fits:
@@ -358,12 +256,12 @@ class _Propagator:
             if not fits:
                 return None
             self.add_members(inp, name, "dw")
-            return _Chan(inp.dim, inp.segs)  # a new object: a later norm pairs with the dw, not the producer
+            return Layout(inp.dim, inp.segs)  # a new object: a later norm pairs with the dw, not the producer
         reason = f"{self.where(node)} has groups={conv.groups} (only 1 or depthwise can be resized)"
         self.block(inp, reason)
         return self.new_chan(out_dim, conv.out_channels, name, reason)
 
-    def norm(self, node: fx.Node, module: nn.Module, inp: _Chan | None, in_shape: tuple) -> _Chan | None:
+    def norm(self, node: fx.Node, module: nn.Module, inp: Layout | None, in_shape: tuple) -> Layout | None:
         if inp is None:
             return None
         if isinstance(module, nn.LayerNorm):
@@ -375,7 +273,7 @@ class _Propagator:
             self.block(inp, f"{self.where(node)} normalises over more than the channel dim")
             return None
         self.add_members(inp, str(node.target), "norm")
-        return _Chan(inp.dim, inp.segs)  # a new object: only the first norm pairs with the producer
+        return Layout(inp.dim, inp.segs)  # a new object: only the first norm pairs with the producer
 
     def call_op(self, node: fx.Node) -> Any:
         name = _op_name(node)
@@ -387,7 +285,7 @@ class _Propagator:
             return self.cat(node)
         if name in _BINARY_OPS:
             return self.binary(node)
-        if not isinstance(inp, _Chan):
+        if not isinstance(inp, Layout):
             return self.fallback(node)
         in_shape, out = _shape(src), _shape(node)
         if name in _RESHAPE_OPS and out is not None:
@@ -401,7 +299,7 @@ class _Propagator:
         return self.fallback(node, mixing=name in _MIXING_OPS)
 
     # ---- op rules ------------------------------------------------------------------------------------
-    def unify(self, a: _Chan, b: _Chan, node: fx.Node) -> None:
+    def unify(self, a: Layout, b: Layout, node: fx.Node) -> None:
         self.equate(a.segs, b.segs, f"{self.where(node)} joins tensors whose channels are laid out differently")
 
     def equate(self, a: list[Seg], b: list[Seg], reason: str) -> None:
@@ -411,21 +309,21 @@ class _Propagator:
         features of one channel, pieces of different repeats, channels facing an untracked tensor."""
         while True:
             a, b = self.g.resolve(a), self.g.resolve(b)
-            if _span(a) != _span(b):
-                self.block(_Chan(0, a + b), reason)
+            if seg_span(a) != seg_span(b):
+                self.block(Layout(0, a + b), reason)
                 return
-            cuts = _edges(a) | _edges(b)
+            cuts = seg_edges(a) | seg_edges(b)
             done = [self.cut_once(segs, cuts) for segs in (a, b)]
             if None in done:
-                self.block(_Chan(0, a + b), reason)
+                self.block(Layout(0, a + b), reason)
                 return
             if not any(done):
                 break
-        for (x, xc, xr), (y, yc, yr) in zip(_atoms(a, cuts), _atoms(b, cuts), strict=True):
+        for (x, xc, xr), (y, yc, yr) in zip(seg_atoms(a, cuts), seg_atoms(b, cuts), strict=True):
             if x is not None and y is not None and (xc, xr) == (yc, yr):
                 self.g.union(x, y)
             elif x is not None or y is not None:
-                self.block(_Chan(0, [(x, xc, xr), (y, yc, yr)]), reason)
+                self.block(Layout(0, [(x, xc, xr), (y, yc, yr)]), reason)
 
     def cut_once(self, segs: list[Seg], cuts: set[int]) -> bool | None:
         """Split the first group of ``segs`` that a position in ``cuts`` (in features) falls inside: True if
@@ -443,18 +341,18 @@ class _Propagator:
             start = end
         return False
 
-    def binary(self, node: fx.Node) -> _Chan | None:
+    def binary(self, node: fx.Node) -> Layout | None:
         out = _shape(node)
         if out is None:
             return self.fallback(node)
-        tracked: list[tuple[int, int, _Chan]] = []  # (channel dim in the output, channel count, chan)
+        tracked: list[tuple[int, int, Layout]] = []  # (channel dim in the output, channel count, chan)
         opaque: list[tuple[fx.Node, tuple[int, ...]]] = []
         for arg in node.args[:2]:
             shape = _shape(arg)
             if shape is None:
                 continue  # a Python scalar or a size
             info, lead = self.env.get(arg), len(out) - len(shape)
-            if isinstance(info, _Chan):
+            if isinstance(info, Layout):
                 tracked.append((info.dim + lead, shape[info.dim], info))
             else:
                 opaque.append((arg, (1,) * lead + shape))
@@ -473,13 +371,13 @@ class _Propagator:
             if shape[dim] != 1:
                 reason = f"{self.where(node)} combines the channels with '{arg.name}' (an unknown layer or parameter)"
                 self.block(main, reason)
-        return _Chan(dim, main.segs)
+        return Layout(dim, main.segs)
 
-    def cat(self, node: fx.Node) -> _Chan | None:
+    def cat(self, node: fx.Node) -> Layout | None:
         parts, out = list(_arg(node, 0, "tensors", [])), _shape(node)
         dim = _norm_dim(_arg(node, 1, "dim", 0), len(out)) if out is not None else -1
         infos = [self.env.get(p) if isinstance(p, fx.Node) else None for p in parts]
-        chans = [c for c in infos if isinstance(c, _Chan)]
+        chans = [c for c in infos if isinstance(c, Layout)]
         if not chans:
             return None
         if any(c.dim != chans[0].dim for c in chans):
@@ -490,13 +388,13 @@ class _Propagator:
                 self.unify(chans[0], other, node)
             if len(chans) != len(parts):
                 self.block(chans, f"{self.where(node)} concatenates channels with an untracked tensor")
-            return _Chan(chans[0].dim, chans[0].segs)
+            return Layout(chans[0].dim, chans[0].segs)
         segs: list[Seg] = []
         for part, info in zip(parts, infos, strict=True):
-            segs += info.segs if isinstance(info, _Chan) else [(None, _shape(part)[dim], 1)]
-        return _Chan(dim, segs)
+            segs += info.segs if isinstance(info, Layout) else [(None, _shape(part)[dim], 1)]
+        return Layout(dim, segs)
 
-    def reshape(self, node: fx.Node, inp: _Chan | None, in_shape: tuple, out: tuple) -> _Chan | None:
+    def reshape(self, node: fx.Node, inp: Layout | None, in_shape: tuple, out: tuple) -> Layout | None:
         """Follow the channels through a view: kept as a dim, flattened (repeat grows) or unflattened."""
         if inp is None:
             return None
@@ -505,11 +403,11 @@ class _Propagator:
         k = next((i for i in range(len(out)) if math.prod(out[:i]) == before and out[i] != 1), None)
         chan = None
         if k is not None and out[k] == count:
-            chan = _Chan(k, inp.segs)
+            chan = Layout(k, inp.segs)
         elif k is not None and out[k] == count * after and math.prod(out[k + 1 :]) == 1:
-            chan = _Chan(k, [(g, c, rep * after) for g, c, rep in inp.segs])
+            chan = Layout(k, [(g, c, rep * after) for g, c, rep in inp.segs])
         elif k is not None and count % out[k] == 0 and all(rep % (count // out[k]) == 0 for _, _, rep in inp.segs):
-            chan = _Chan(k, [(g, c, rep // (count // out[k])) for g, c, rep in inp.segs])
+            chan = Layout(k, [(g, c, rep // (count // out[k])) for g, c, rep in inp.segs])
         if chan is None:
             self.block(inp, f"{self.where(node)} reshapes in a way that mixes channels")
             return None
@@ -521,21 +419,21 @@ class _Propagator:
                 self.block(inp, f"{self.where(node)} hard-codes the channel count {sizes[k]} (use -1 or x.size())")
         return chan
 
-    def permute(self, node: fx.Node, name: str, inp: _Chan, ndim: int) -> _Chan:
+    def permute(self, node: fx.Node, name: str, inp: Layout, ndim: int) -> Layout:
         args = list(node.args[1:])
         if name == "permute":
             order = list(args[0]) if len(args) == 1 and isinstance(args[0], (tuple, list)) else args
             order = order or list(node.kwargs.get("dims", ()))
-            return _Chan([_norm_dim(i, ndim) for i in order].index(inp.dim), inp.segs)
+            return Layout([_norm_dim(i, ndim) for i in order].index(inp.dim), inp.segs)
         if name == "movedim":
             src, dst = _norm_dim(args[0], ndim), _norm_dim(args[1], ndim)
             order = [i for i in range(ndim) if i != src]
             order.insert(dst, src)
-            return _Chan(order.index(inp.dim), inp.segs)
+            return Layout(order.index(inp.dim), inp.segs)
         a, b = (0, 1) if name == "t" else (_norm_dim(args[0], ndim), _norm_dim(args[1], ndim))
-        return _Chan({a: b, b: a}.get(inp.dim, inp.dim), inp.segs)
+        return Layout({a: b, b: a}.get(inp.dim, inp.dim), inp.segs)
 
-    def reduce(self, node: fx.Node, inp: _Chan, in_shape: tuple, out: tuple) -> _Chan | None:
+    def reduce(self, node: fx.Node, inp: Layout, in_shape: tuple, out: tuple) -> Layout | None:
         dims, keep = _arg(node, 1, "dim"), bool(_arg(node, 2, "keepdim", False))
         if dims is None or not isinstance(dims, (int, tuple, list)):
             return None  # a full reduction: a scalar with no channels
@@ -544,10 +442,10 @@ class _Propagator:
             return None  # channels summed away: nothing downstream depends on their count
         dim = inp.dim if keep else inp.dim - sum(i < inp.dim for i in dims)
         if dim < len(out) and out[dim] == in_shape[inp.dim]:
-            return _Chan(dim, inp.segs)
+            return Layout(dim, inp.segs)
         return self.fallback(node)
 
-    def split(self, node: fx.Node, name: str, inp: _Chan, ndim: int) -> list[_Chan | None] | None:
+    def split(self, node: fx.Node, name: str, inp: Layout, ndim: int) -> list[Layout | None] | None:
         dim = _norm_dim(_arg(node, _SPLIT_DIM_ARG[name], "dim", 0), ndim)
         parts = node.meta.get("tensor_meta")
         if not isinstance(parts, (tuple, list)):
@@ -555,7 +453,7 @@ class _Propagator:
             return None
         if dim != inp.dim:
             new_dim = inp.dim - (name == "unbind" and dim < inp.dim)
-            return [_Chan(new_dim, inp.segs) for _ in parts]
+            return [Layout(new_dim, inp.segs) for _ in parts]
         sizes = [p.shape[dim] if hasattr(p, "shape") else -1 for p in parts]
         count = _arg(node, 1, "chunks" if name == "chunk" else "sections")
         if name not in ("chunk", "tensor_split") or count != len(parts) or len(set(sizes)) != 1:
@@ -569,7 +467,7 @@ class _Propagator:
         if done is None:
             self.block(inp, f"{self.where(node)} splits the channel dim inside a channel's features")
             return None
-        chans = [_Chan(dim, _between(self.g.resolve(inp.segs), lo, lo + sizes[0])) for lo in sorted(cuts)[:-1]]
+        chans = [Layout(dim, seg_between(self.g.resolve(inp.segs), lo, lo + sizes[0])) for lo in sorted(cuts)[:-1]]
         for other in chans[1:]:
             self.equate(chans[0].segs, other.segs, f"{self.where(node)} splits channels laid out differently")
         return chans
@@ -578,7 +476,7 @@ class _Propagator:
         index = node.args[1]
         if isinstance(inp, list):
             return inp[index] if isinstance(index, int) else None
-        if not isinstance(inp, _Chan) or _shape(node) is None:
+        if not isinstance(inp, Layout) or _shape(node) is None:
             return None
         items = list(index) if isinstance(index, tuple) else [index]
         ndim, d, i, j = len(_shape(node.args[0])), inp.dim, 0, 0
@@ -586,61 +484,20 @@ class _Propagator:
             if item is Ellipsis:
                 skip = ndim - i - sum(x is not None and x is not Ellipsis for x in items[pos + 1 :])
                 if i <= d < i + skip:
-                    return _Chan(j + d - i, inp.segs)
+                    return Layout(j + d - i, inp.segs)
                 i, j = i + skip, j + skip
             elif item is None:
                 j += 1
             elif isinstance(item, slice) and item == slice(None):
                 if i == d:
-                    return _Chan(j, inp.segs)
+                    return Layout(j, inp.segs)
                 i, j = i + 1, j + 1
             elif i == d or not isinstance(item, (int, slice)):
                 self.block(inp, f"{self.where(node)} indexes into the channel dim")
                 return None
             else:
                 i, j = i + 1, j + (0 if isinstance(item, int) else 1)
-        return _Chan(j + d - i, inp.segs)
-
-
-def _span(segs: list[Seg]) -> int:
-    return sum(count * rep for _, count, rep in segs)
-
-
-def _edges(segs: list[Seg]) -> set[int]:
-    """Feature positions where the segments start and end."""
-    edges, pos = {0}, 0
-    for _, count, rep in segs:
-        pos += count * rep
-        edges.add(pos)
-    return edges
-
-
-def _atoms(segs: list[Seg], cuts: set[int]) -> list[Seg]:
-    """``segs`` cut at every position of ``cuts``: groups are not cut (the caller split them), untracked runs
-    become one ``(None, features, 1)`` atom per interval."""
-    atoms, start = [], 0
-    for gid, count, rep in segs:
-        end = start + count * rep
-        if gid is not None:
-            atoms.append((gid, count, rep))
-        else:
-            edges = [start, *sorted(p for p in cuts if start < p < end), end]
-            atoms += [(None, hi - lo, 1) for lo, hi in itertools.pairwise(edges)]
-        start = end
-    return atoms
-
-
-def _between(segs: list[Seg], lo: int, hi: int) -> list[Seg]:
-    """The segments covering features [lo, hi), which are segment edges (untracked runs are cut as needed)."""
-    out, start = [], 0
-    for gid, count, rep in segs:
-        end = start + count * rep
-        if gid is not None and lo <= start and end <= hi:
-            out.append((gid, count, rep))
-        elif gid is None and max(lo, start) < min(hi, end):
-            out.append((None, min(hi, end) - max(lo, start), 1))
-        start = end
-    return out
+        return Layout(j + d - i, inp.segs)
 
 
 def _trace(model: nn.Module, example_input: torch.Tensor) -> fx.GraphModule:
@@ -679,7 +536,7 @@ def _dim_size(module: nn.Module, role: str) -> int | None:
     return getattr(module, "num_features", getattr(module, "num_channels", None))
 
 
-def _check_sizes(model: nn.Module, g: _Groups) -> None:
+def _check_sizes(model: nn.Module, g: Groups) -> None:
     """Block groups whose members do not fit inside (or overlap in) the module dimension they claim."""
     spans: dict[tuple[str, str], list[tuple[int, int, int]]] = {}
     for gid in range(len(g.parent)):
