@@ -16,6 +16,7 @@ import json
 import statistics
 import tempfile
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,12 @@ from .common import RESULTS, environment, mean_std, write_results
 
 METHODS = ("dna", "uniform", "random")
 LEGACY = {"baseline_epochs": None, "dna_option": [], "name": ""}  # settings older result files lack
+
+
+def _phase_seconds(run_dir: Path, phase: str) -> float:
+    """Total wall seconds of the epochs of ``phase`` from the run log."""
+    rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    return sum(r["seconds"] for r in rows if r.get("event") == "epoch" and r.get("phase") == phase)
 
 
 def _epoch_seconds(run_dir: Path, phase: str) -> float:
@@ -107,26 +114,33 @@ def summarize(args: argparse.Namespace, seed: int, root: Path) -> dict:
             for method, summary in summaries.items()
         },
         "seconds": {m: round(_wall_seconds(root / f"{m}-{seed}"), 1) for m in METHODS},
+        "seed_seconds": round(_phase_seconds(dna_dir, "seed"), 1),
         "seed_epoch_seconds": round(seed_epoch, 2),
         "search_epoch_seconds": round(search_epoch, 2),
         "search_vs_seed_training": round(args.search_epochs * search_epoch / (args.seed_epochs * seed_epoch), 3),
         "step_vs_dense_seed_step": step_ratios(
-            load_model(dna_dir / "seed"), load_data(args.data), args.batch_size, seed
+            load_model(dna_dir / "seed"), load_data(args.data), args.batch_size, seed, args
         ),
     }
 
 
-def step_ratios(model: torch.nn.Module, data, batch_size: int, seed: int, repeats: int = 6) -> dict:
+def step_ratios(
+    model: torch.nn.Module, data, batch_size: int, seed: int, args: argparse.Namespace, repeats: int = 6
+) -> dict:
     """Training-step wall time of the DNA supernet grown from ``model`` relative to ``model``'s own dense step,
     measured side by side here: one pass of the grown supernet (largest, soft), of a sampled sub-net (masked
     by the gates, and sliced as the search runs it on one process), of the smallest (sliced), and the whole
-    search step (largest + architecture pass + smallest + one sample)."""
+    search step (largest + architecture pass + smallest + one sample). The supernet is grown as the run's DNA
+    grew it (its options, its budgets)."""
     model = model.train()
     shape = data.input_shape
-    method = DNA(warmup_epochs=0)
-    grown = grow(model, shape, method.grow_width, method.grow_depth, np.random.default_rng(seed))
+    method = DNA(**(dict(args.dna_option) | {"warmup_epochs": 0}))
+    seed_macs = count_cost(model, shape).macs
+    budgets = [types.SimpleNamespace(limit=b / 100 * seed_macs) for b in args.budgets]
+    width, depth = method.growth(types.SimpleNamespace(metric_value=seed_macs), budgets)
+    grown = grow(model, shape, width, depth, np.random.default_rng(seed))
     net = ElasticNet(grown, shape, units=method.units)
-    limits = [0.25 * count_cost(model, shape).macs]
+    limits = [0.25 * seed_macs]
     arch = method.init_arch(net, limits, ["macs"], [len(s) for s in model.stages] if net.depths else None)
     x = data.prepare(data.train.tensors[0][:batch_size], train=True)
     y = data.train.tensors[1][:batch_size]
@@ -218,14 +232,24 @@ def to_markdown(args: argparse.Namespace, runs: list[dict]) -> str:
         "Training-step wall time relative to the dense seed's step (batch "
         f"{args.batch_size}, forward + backward, median of 6, measured side by side in one process): "
         + ", ".join(f"{k.replace('_', ' ')} {v:.2f}x" for k, v in steps.items() if k != "dense_seed")
-        + ". The supernet is the grown network (1.5x width, +50% blocks); one search step = largest + soft + "
+        + ". The supernet is grown (1.5x width, +50% blocks) only when a budget exceeds the seed or the DNA options "
+        "say so; one search step = largest + soft + "
         "smallest + 1 sample (sub-nets sliced since the sliced runs; earlier results masked them).",
         f"Search epoch / seed epoch (from the run logs): {epoch[0]:.2f}x; DNA search wall time / training the seed "
         f"once: {ratio[0]:.2f}x.",
+        "Whole-run wall time (search + every fine-tune, from the run logs, mean of seeds): "
+        + ", ".join(f"dna / {m} {_run_ratio(runs, m):.2f}x" for m in METHODS[1:])
+        + (" (older runs, without the seed's time, left out)." if any("seed_seconds" not in r for r in runs) else "."),
         "MACs of one forward pass at batch 1 (conv/linear); FLOPs = 2 x MACs. Accuracy on the held-out test split.",
         "",
     ]
     return "\n".join(lines)
+
+
+def _run_ratio(runs: list[dict], method: str) -> float:
+    """DNA's whole-run wall time over ``method``'s; DNA's run also trained the seed once, which is left out."""
+    timed = [(r["seconds"]["dna"] - r["seed_seconds"]) / r["seconds"][method] for r in runs if "seed_seconds" in r]
+    return statistics.fmean(timed) if timed else float("nan")
 
 
 def main() -> None:

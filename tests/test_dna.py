@@ -302,7 +302,22 @@ def test_dna_hits_every_budget_in_one_search(dna_run):
         assert not near_chance(cand["accuracy"], 10)  # trained: above chance even with one fine-tune epoch
     log = _log(dna_run.out)
     assert sum(1 for e in log if e["event"] == "dna-arch") == 2 * 3  # per search epoch and budget
-    assert sum(1 for e in log if e["event"] == "dna-space") == 1  # one supernet for all budgets
+    (space,) = [e for e in log if e["event"] == "dna-space"]  # one supernet for all budgets
+    assert (space["grow_width"], space["grow_depth"]) == (1.5, 0.5)  # the 150% budget needs a grown space
+
+
+def test_dna_grows_its_space_only_when_a_budget_needs_it():
+    """Condense-only budgets get the seed itself as the largest network (growth only makes the sandwich dearer);
+    a budget above the seed, or an explicit option, grows it."""
+    seed = types.SimpleNamespace(metric_value=1000.0)
+
+    def targets(*limits):
+        return [types.SimpleNamespace(limit=limit) for limit in limits]
+
+    assert DNA().growth(seed, targets(500, 1000)) == (1.0, 0.0)
+    assert DNA().growth(seed, targets(500, 1001)) == (1.5, 0.5)
+    assert DNA(grow_width=1.2).growth(seed, targets(500)) == (1.2, 0.0)
+    assert DNA(grow_depth=1.0).growth(seed, targets(2000)) == (1.5, 1.0)
 
 
 def test_dna_searches_at_its_own_learning_rate(dna_run):

@@ -202,14 +202,19 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    """Three stages of two basic blocks (16, 32, 64 channels); stages 2 and 3 open with a projection."""
+    """A CIFAR-style ResNet of basic blocks: by default three stages of two (16, 32, 64 channels); every stage
+    after the first opens with a strided projection. ``stages=(16, 32, 64, 128)`` is ResNet-18 at width 0.25."""
 
-    def __init__(self, cin: int = 1, classes: int = 10) -> None:
+    def __init__(self, cin: int = 1, classes: int = 10, stages: tuple[int, ...] = (16, 32, 64), depth: int = 2) -> None:
         super().__init__()
-        self.stem = cbr(cin, 16, 3)
-        widths = [(16, 16, 1), (16, 16, 1), (16, 32, 2), (32, 32, 1), (32, 64, 2), (64, 64, 1)]
-        self.blocks = nn.Sequential(*(BasicBlock(i, o, s) for i, o, s in widths))
-        self.fc = nn.Linear(64, classes)
+        self.stem = cbr(cin, stages[0], 3)
+        blocks, prev = [], stages[0]
+        for i, width in enumerate(stages):
+            for j in range(depth):
+                blocks.append(BasicBlock(prev, width, 2 if i and not j else 1))
+                prev = width
+        self.blocks = nn.Sequential(*blocks)
+        self.fc = nn.Linear(prev, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(F.adaptive_avg_pool2d(self.blocks(self.stem(x)), 1).flatten(1))

@@ -1,7 +1,8 @@
 """DNA: differentiable, bi-directional adaption of an existing network's width and depth (``--method dna``).
 
 1. Grow the trained seed function-preservingly (channels ordered by importance, Net2Net-widened to
-   ``grow_width`` x, ``grow_depth`` x more identity blocks per stage) into the elastic space.
+   ``grow_width`` x, ``grow_depth`` x more identity blocks per stage) into the elastic space; when no budget
+   exceeds the seed's cost, by default nothing is grown and the largest network is the seed itself.
 2. Train the supernet with the sandwich rule (largest, smallest and ``samples`` sub-nets drawn from every
    budget's architecture distribution per step, the smaller ones distilled in place from the largest) and,
    after ``warmup_epochs``, update the Markov keep logits of every budget on its expected network:
@@ -66,8 +67,11 @@ class DNA:
     """Differentiable width and depth adaption of the seed, condensing or expanding it to each budget.
 
     Options:
-        grow_width: width of the elastic space relative to the seed (1 = condense only).
-        grow_depth: extra identity blocks per stage, as a fraction of the seed's blocks (0 = no deeper nets).
+        grow_width: width of the elastic space relative to the seed (1 = condense only); default: 1.5 when a
+            budget exceeds the seed's cost, else 1 (a space larger than every budget only makes each search
+            step dearer: the sandwich trains its largest network at every step).
+        grow_depth: extra identity blocks per stage, as a fraction of the seed's blocks (0 = no deeper nets);
+            default: 0.5 when a budget exceeds the seed's cost, else 0.
         grow_copies: how the widened channels' copies start: "zero" (consumers read them with weight 0, so
             every leading slice of the supernet is the seed's own sub-network) or "split" (Net2Net).
         units: width gates (Markov steps) per channel group.
@@ -109,8 +113,8 @@ class DNA:
         "differentiable Markov width/depth gates on the function-preservingly grown seed, sandwich-trained, "
         "expected-cost budget loss; condenses or expands"
     )
-    grow_width: float = 1.5
-    grow_depth: float = 0.5
+    grow_width: float | None = None
+    grow_depth: float | None = None
     grow_copies: str = "zero"
     units: int = 16
     search_epochs: int | None = None
@@ -131,7 +135,7 @@ class DNA:
     every_budget: bool = True
 
     def __post_init__(self) -> None:
-        if self.grow_width < 1 or self.grow_depth < 0 or self.units < 2 or self.samples < 0:
+        if (self.grow_width or 1) < 1 or (self.grow_depth or 0) < 0 or self.units < 2 or self.samples < 0:
             raise NetfitError("dna needs grow_width >= 1, grow_depth >= 0, units >= 2 and samples >= 0")
         if self.grow_copies not in ("zero", "split"):
             raise NetfitError(f"dna grow_copies must be 'zero' or 'split', got {self.grow_copies!r}")
@@ -144,9 +148,8 @@ class DNA:
 
     def search(self, seed: Seed, data, targets: list[Target], run) -> list[Candidate]:
         seed = _staged_seed(seed, run)
-        grown = grow(
-            seed.model, seed.input_shape, self.grow_width, self.grow_depth, run.rng("dna-grow"), self.grow_copies
-        )
+        grow_width, grow_depth = self.growth(seed, targets)
+        grown = grow(seed.model, seed.input_shape, grow_width, grow_depth, run.rng("dna-grow"), self.grow_copies)
         net = ElasticNet(grown, seed.input_shape, units=self.units)
         seed_depths = [len(s) for s in seed.model.stages] if net.depths else None
         if self.latency_table and targets[0].metric == "latency_ms":
@@ -158,6 +161,8 @@ class DNA:
         arch = self.init_arch(net, limits, metrics, seed_depths)
         run.log.write(
             "dna-space",
+            grow_width=grow_width,
+            grow_depth=grow_depth,
             gates=len(net.gated),
             units=net.num_units,
             depths=net.depths,
@@ -182,6 +187,14 @@ class DNA:
                 model = finetune(from_scratch(model), data, run, cid, teacher, self.kd_weight)
             candidates.append(Candidate(cid, model, target, info))
         return candidates
+
+    def growth(self, seed: Seed, targets: list[Target]) -> tuple[float, float]:
+        """(grow_width, grow_depth): the options where given, else 1.5 and 0.5 when some budget exceeds the
+        seed's cost and 1 and 0 (condense only) when none does."""
+        expand = any(t.limit > seed.metric_value for t in targets)
+        width = self.grow_width if self.grow_width is not None else (1.5 if expand else 1.0)
+        depth = self.grow_depth if self.grow_depth is not None else (0.5 if expand else 0.0)
+        return width, depth
 
     # ----- search
     @staticmethod
