@@ -138,7 +138,10 @@ def markdown(rows: list[dict], args: argparse.Namespace, env: dict) -> str:
             f"{n}: {' '.join(map(str, d))}"
             for n, d in sorted({(r["network"], tuple(r["space_depths"])) for r in rows if r["space_depths"]})
         )
-        + " blocks per stage (growth for the 150% budget).",
+        + " blocks per stage (growth for the 150% budget). `uniform` gives the same networks and accuracies on "
+        "both (the same traced channel groups in the same L1 order): the two paths see one network. DNA's two runs "
+        "are not bit-identical (different module structures, so a different order of random draws and of "
+        "floating-point sums): compare their difference with the spread over seeds.",
         "",
         "| budget | entry | network | test accuracy % | MACs % of seed | params | depths per seed | n |",
         "|---|---|---|---|---|---|---|---|",
