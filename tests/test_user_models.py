@@ -244,12 +244,16 @@ def test_growth_keeps_the_function(factory) -> None:
 # ---- end to end ------------------------------------------------------------------------------------------
 
 
-def test_adapt_concat_se_network_to_a_tenth(tmp_path, digits) -> None:
+@pytest.mark.parametrize(
+    "method, options", [("uniform", {}), ("dna", {"search_epochs": 1, "warmup_epochs": 0, "units": 4})]
+)
+def test_adapt_concat_se_network_to_a_tenth(tmp_path, digits, method, options) -> None:
     from netfit.api import adapt
     from netfit.export import load_model
 
     fast = {"epochs": 1, "seed_epochs": 2, "progress": False, "train": {"batch_size": 64}}
-    result = adapt(SENet(), digits, "10%", "uniform", out=tmp_path, train_seed=True, **fast)
+    torch.manual_seed(0)
+    result = adapt(SENet(), digits, "10%", method, out=tmp_path, train_seed=True, method_options=options, **fast)
     (row,) = result.summary["candidates"]
     assert row["within_budget"] and row["arch"]["family"] == "graph"
     loaded = load_model(tmp_path / row["weights"])
