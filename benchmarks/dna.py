@@ -119,25 +119,36 @@ def summarize(args: argparse.Namespace, seed: int, root: Path) -> dict:
         "search_epoch_seconds": round(search_epoch, 2),
         "search_vs_seed_training": round(args.search_epochs * search_epoch / (args.seed_epochs * seed_epoch), 3),
         "step_vs_dense_seed_step": step_ratios(
-            load_model(dna_dir / "seed"), load_data(args.data), args.batch_size, seed, args
+            load_model(dna_dir / "seed"),
+            load_data(args.data),
+            args.batch_size,
+            seed,
+            args.budgets,
+            dict(args.dna_option),
         ),
     }
 
 
 def step_ratios(
-    model: torch.nn.Module, data, batch_size: int, seed: int, args: argparse.Namespace, repeats: int = 6
+    model: torch.nn.Module,
+    data,
+    batch_size: int,
+    seed: int,
+    budgets: list[float],
+    options: dict | None = None,
+    repeats: int = 6,
 ) -> dict:
     """Training-step wall time of the DNA supernet grown from ``model`` relative to ``model``'s own dense step,
     measured side by side here: one pass of the grown supernet (largest, soft), of a sampled sub-net (masked
     by the gates, and sliced as the search runs it on one process), of the smallest (sliced), and the whole
-    search step (largest + architecture pass + smallest + one sample). The supernet is grown as the run's DNA
-    grew it (its options, its budgets)."""
+    search step (largest + architecture pass + smallest + one sample). The supernet is grown as a DNA run with
+    these ``options`` and ``budgets`` (percent of the seed's MACs) grows it."""
     model = model.train()
     shape = data.input_shape
-    method = DNA(**(dict(args.dna_option) | {"warmup_epochs": 0}))
+    method = DNA(**((options or {}) | {"warmup_epochs": 0}))
     seed_macs = count_cost(model, shape).macs
-    budgets = [types.SimpleNamespace(limit=b / 100 * seed_macs) for b in args.budgets]
-    width, depth = method.growth(types.SimpleNamespace(metric_value=seed_macs), budgets)
+    targets = [types.SimpleNamespace(limit=b / 100 * seed_macs) for b in budgets]
+    width, depth = method.growth(types.SimpleNamespace(metric_value=seed_macs), targets)
     grown = grow(model, shape, width, depth, np.random.default_rng(seed))
     net = ElasticNet(grown, shape, units=method.units)
     limits = [0.25 * seed_macs]

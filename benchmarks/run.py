@@ -379,7 +379,9 @@ def _dna_step_ratios(base: Path, case: Case, suite: Suite, seed: int) -> dict:
 
         from .dna import step_ratios
 
-        ratios = step_ratios(load_model(base / "seed"), load_data(case.data), suite.batch_size, seed)
+        options = {"search_epochs": case.dna_search_epochs}
+        model, data = load_model(base / "seed"), load_data(case.data)
+        ratios = step_ratios(model, data, suite.batch_size, seed, case.budgets_for("dna"), options)
         path.write_text(json.dumps(ratios, indent=2))
     return json.loads(path.read_text())
 
