@@ -141,8 +141,9 @@ def step_ratios(
     """Training-step wall time of the DNA supernet grown from ``model`` relative to ``model``'s own dense step,
     measured side by side here: one pass of the grown supernet (largest, soft), of a sampled sub-net (masked
     by the gates, and sliced as the search runs it on one process), of the smallest (sliced), and the whole
-    search step (largest + architecture pass + smallest + one sample). The supernet is grown as a DNA run with
-    these ``options`` and ``budgets`` (percent of the seed's MACs) grows it."""
+    search step with every budget (largest + architecture pass + smallest + samples; averaged over
+    ``arch_every`` steps). The supernet is grown as a DNA run with these ``options`` and ``budgets`` (percent of
+    the seed's MACs) grows it."""
     model = model.train()
     shape = data.input_shape
     method = DNA(**((options or {}) | {"warmup_epochs": 0}))
@@ -151,12 +152,21 @@ def step_ratios(
     width, depth = method.growth(types.SimpleNamespace(metric_value=seed_macs), targets)
     grown = grow(model, shape, width, depth, np.random.default_rng(seed))
     net = ElasticNet(grown, shape, units=method.units)
-    limits = [0.25 * seed_macs]
-    arch = method.init_arch(net, limits, ["macs"], [len(s) for s in model.stages] if net.depths else None)
+    limits, metrics = [t.limit for t in targets], ["macs"] * len(targets)
+    arch = method.init_arch(net, limits, metrics, [len(s) for s in model.stages] if net.depths else None)
     x = data.prepare(data.train.tensors[0][:batch_size], train=True)
     y = data.train.tensors[1][:batch_size]
-    ctx = StepContext(grown, grown, x, y, 0, 0, TrainConfig(), torch.device("cpu"))
-    step = method.step_fn(net, arch, limits, ["macs"], seed)
+    # arch_every consecutive steps: one with the architecture pass, the others without
+    contexts = [
+        StepContext(grown, grown, x, y, 0, i, TrainConfig(), torch.device("cpu")) for i in range(method.arch_every)
+    ]
+    step = method.step_fn(net, arch, limits, metrics, seed)
+
+    def search_steps() -> None:
+        for ctx in contexts:
+            grown.zero_grad(set_to_none=True)
+            step(ctx)
+
     sample = net.sample(arch.width[0], arch.depth[0], torch.Generator().manual_seed(seed))
 
     def pass_of(network: torch.nn.Module, setup=lambda: None, forward=None):
@@ -176,9 +186,10 @@ def step_ratios(
             "sampled_masked": pass_of(grown, lambda: net.set_hard(sample)),
             "sampled_sliced": pass_of(grown, net.set_full, lambda inputs: net.run_sliced(sample, inputs)),
             "smallest_sliced": pass_of(grown, net.set_full, lambda inputs: net.run_sliced(net.smallest(), inputs)),
-            "dna_search_step": lambda: (grown.zero_grad(set_to_none=True), step(ctx)),
+            "dna_search_step": search_steps,
         }
         seconds = {name: _median_seconds(fn, repeats) for name, fn in timings.items()}
+        seconds["dna_search_step"] /= len(contexts)
     finally:
         net.detach()
     return {name: round(value / seconds["dense_seed"], 3) for name, value in seconds.items()}

@@ -88,6 +88,8 @@ class DNA:
         one_level: the expected-network pass also trains the weights (its weight gradients join the sandwich's),
             so the weights learn the budget's own region of the space; False = alternating (DMCP): that pass only
             moves the architecture logits. One-level was better and steadier in measurement (docs/methods/dna.md).
+        arch_every: run the architecture pass (and move the logits) every this many steps only; the other steps
+            train the weights alone, so a search step costs one soft pass less (docs/methods/dna.md, "Costs").
         split_batch: the architecture pass splits each batch between all budgets, so every budget's logits
             move at every step; False: one budget per step (round-robin) on the whole batch.
         every_budget: the sandwich's ``samples`` sub-nets are drawn from EVERY budget's chains at every step, each
@@ -128,6 +130,7 @@ class DNA:
     kd_teacher: str = "seed"
     init_depth_logit: float = 0.0
     one_level: bool = True
+    arch_every: int = 1
     split_batch: bool = True
     latency_table: bool = True
     finetune_warmup: float = 0.25
@@ -143,6 +146,8 @@ class DNA:
             raise NetfitError(f"dna kd_teacher must be one of {', '.join(KD_TEACHERS)}, got {self.kd_teacher!r}")
         if not 0 <= self.finetune_warmup <= 1:
             raise NetfitError(f"dna finetune_warmup is a fraction of the fine-tune, got {self.finetune_warmup}")
+        if self.arch_every < 1:
+            raise NetfitError(f"dna arch_every is a step count >= 1, got {self.arch_every}")
         if self.arch_lr <= 0 or self.cost_weight <= 0 or self.warmup_epochs < 0 or self.search_lr_scale <= 0:
             raise NetfitError("dna needs arch_lr > 0, cost_weight > 0, warmup_epochs >= 0 and search_lr_scale > 0")
 
@@ -230,7 +235,7 @@ class DNA:
         sampled from every budget's chains on its share of the batch (``every_budget``; else from one budget's,
         round-robin), distilled in place from the largest."""
         warmup, samples, cost_weight, one_level = self.warmup_epochs, self.samples, self.cost_weight, self.one_level
-        split_batch, every_budget = self.split_batch, self.every_budget
+        split_batch, every_budget, arch_every = self.split_batch, self.every_budget, self.arch_every
 
         def step(ctx) -> StepOutput:
             row = ctx.step % len(limits)
@@ -241,13 +246,14 @@ class DNA:
             ctx.backward(loss)
             teacher = logits.detach()
             with frozen_norm_statistics(ctx.raw_model):
-                if ctx.epoch >= warmup:  # alternating: this pass's weight gradients are dropped
+                if ctx.epoch >= warmup and ctx.step % arch_every == 0:  # alternating: its weight grads are dropped
                     params = [] if one_level else list(ctx.raw_model.parameters())
                     grads = [p.grad for p in params]
                     for p in params:  # backward accumulates in place: park the sandwich grads out of its reach
                         p.grad = None
                     ratios, budget_losses = [], []
-                    for r, part in _batch_shares(range(len(limits)) if split_batch else [row], len(ctx.y)):
+                    turn = [ctx.step // arch_every % len(limits)]  # round-robin over the steps that run this pass
+                    for r, part in _batch_shares(range(len(limits)) if split_batch else turn, len(ctx.y)):
                         x, y = ctx.x[part], ctx.y[part]
                         net.set_soft(arch.width[r], arch.depth[r])
                         expected = net.expected_cost(arch.width[r], arch.depth[r])[metrics[r]]
