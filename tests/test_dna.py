@@ -245,6 +245,62 @@ def test_sliced_runs_match_the_gated_network_in_outputs_and_gradients(name):
             assert (a - b).abs().max() <= 1e-10 + 1e-8 * b.abs().max()
 
 
+@pytest.mark.parametrize("name", ["resnet18_cifar", "mobilenetv2_cifar", "user"])
+def test_one_soft_pass_per_batch_matches_one_pass_per_budget(name):
+    """set_soft_rows runs every budget's expected network on its share of the batch in one pass: the same
+    outputs and the same gradients (weights and architecture logits) as one set_soft pass per share."""
+    torch.manual_seed(0)
+    model, shape = _model(name)
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+    net = ElasticNet(grow(model, shape, 1.5, 0.5, np.random.default_rng(0)), shape, units=8)
+    net.model.double().train()  # float64: a batch share of 3 makes float32 batch-norm rounding large
+    x = torch.randn(10, *shape, dtype=torch.float64)
+    shares = [slice(0, 4), slice(4, 7), slice(7, 10)]
+    logits = [
+        (torch.randn(net.num_width_logits, dtype=torch.float64), torch.randn(net.num_depth_logits, dtype=torch.float64))
+        for _ in shares
+    ]
+    for w, d in logits:
+        w.requires_grad_(), d.requires_grad_()
+    params = list(net.model.parameters()) + [t for pair in logits for t in pair]
+
+    def outputs_and_grads(run):
+        for p in params:
+            p.grad = None
+        out = run()
+        out.square().sum().backward()
+        return out.detach(), [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in params]
+
+    def one_pass_per_share():
+        outs = []
+        for (w, d), part in zip(logits, shares):
+            net.set_soft(w, d)
+            outs.append(net.model(x[part]))
+        return torch.cat(outs)
+
+    def one_pass():
+        net.set_soft_rows([(w, d, part) for (w, d), part in zip(logits, shares)])
+        return net.model(x)
+
+    stats = {n: b.clone() for n, b in net.model.named_buffers() if "running" in n}
+    net.attach()
+    try:
+        with frozen_norm_statistics(net.model):
+            apart, apart_grads = outputs_and_grads(one_pass_per_share)
+            together, together_grads = outputs_and_grads(one_pass)
+    finally:
+        net.detach()
+    for n, b in net.model.named_buffers():
+        if n in stats:
+            assert torch.equal(b, stats[n]), n  # running statistics untouched
+    assert torch.allclose(apart, together, atol=1e-10)
+    assert any(g.abs().sum() > 0 for g in together_grads[-2 * len(shares) :])  # the logits did get gradients
+    for a, b in zip(apart_grads, together_grads):
+        assert (a - b).abs().max() <= 1e-10 + 1e-8 * b.abs().max()
+
+
 def test_sampling_follows_the_markov_chains():
     net = _elastic("resnet18_cifar")
     width, depth = torch.zeros(net.num_width_logits), torch.zeros(net.num_depth_logits)

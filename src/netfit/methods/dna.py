@@ -251,16 +251,17 @@ class DNA:
                     grads = [p.grad for p in params]
                     for p in params:  # backward accumulates in place: park the sandwich grads out of its reach
                         p.grad = None
-                    ratios, budget_losses = [], []
                     turn = [ctx.step // arch_every % len(limits)]  # round-robin over the steps that run this pass
-                    for r, part in _batch_shares(range(len(limits)) if split_batch else turn, len(ctx.y)):
-                        x, y = ctx.x[part], ctx.y[part]
-                        net.set_soft(arch.width[r], arch.depth[r])
-                        expected = net.expected_cost(arch.width[r], arch.depth[r])[metrics[r]]
-                        budget = dead_zone_loss(expected, limits[r])
-                        ctx.backward((F.cross_entropy(ctx.model(x), y) + cost_weight * budget) * len(y) / len(ctx.y))
-                        ratios.append(expected.item() / limits[r])
-                        budget_losses.append(budget.item())
+                    shares = _batch_shares(range(len(limits)) if split_batch else turn, len(ctx.y))
+                    # every budget's expected network on its share, in one pass (per-sample gates)
+                    net.set_soft_rows([(arch.width[r], arch.depth[r], part) for r, part in shares])
+                    expected = [net.expected_cost(arch.width[r], arch.depth[r])[metrics[r]] for r, _ in shares]
+                    budgets = [dead_zone_loss(e, limits[r]) for e, (r, _) in zip(expected, shares)]
+                    weights = [(part.stop - part.start) / len(ctx.y) for _, part in shares]
+                    budget_loss = sum(w * b for w, b in zip(weights, budgets))
+                    ctx.backward(F.cross_entropy(ctx.model(ctx.x), ctx.y) + cost_weight * budget_loss)
+                    ratios = [e.item() / limits[r] for e, (r, _) in zip(expected, shares)]
+                    budget_losses = [b.item() for b in budgets]
                     for p, grad in zip(params, grads):
                         p.grad = grad
                     if is_distributed():

@@ -10,7 +10,9 @@ has width gates only.
 Gates act through forward hooks on a plain model: a channel is switched off by scaling it at the input of
 every layer that consumes it (which removes it exactly as slicing would), and a skipped block returns its
 input. Three modes: ``full`` (no gates), ``hard`` (a sampled or chosen architecture: 0/1 gates, skipped
-blocks are not computed) and ``soft`` (every gate at its keep probability, for the architecture gradient).
+blocks are not computed) and ``soft`` (every gate at its keep probability, for the architecture gradient;
+``set_soft_rows`` gives each share of a batch its own soft gates, so several budgets' expected networks run in
+one pass, with batch norms normalising each share on its own statistics as separate passes would).
 A hard architecture can also run SLICED (``run_sliced``): the sub-network's own layers on slices of the
 supernet's parameters, so it costs the sub-network's MACs instead of the supernet's, with the same outputs
 and gradients as the masked pass.
@@ -30,13 +32,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
 from ..cost import count_cost
 from ..models import StagedNet
 from .blocks import stage_blocks
-from .channels import _CONVS, _dim_size
+from .channels import _BATCH_NORMS, _CONVS, _dim_size
 from .latency_table import LatencyTable
 from .prune import sliced_view
 from .subnet import SubnetSpace
@@ -109,6 +112,7 @@ class ElasticNet:
         self.offset = {"macs": full.macs - formula["macs"], "params": full.params - formula["params"]}
         self._masks: list[torch.Tensor | None] | None = None
         self._block_gates: list[torch.Tensor | float | None] | None = None
+        self._shares: list[slice] | None = None  # batch shares normalised apart (``set_soft_rows``)
         self._handles: list = []
         self._template = _shape_only(model)  # before any hook is attached: copies carry no gates
         self._skeletons: OrderedDict[tuple, tuple[nn.Module, dict]] = OrderedDict()
@@ -243,9 +247,10 @@ class ElasticNet:
 
     # ----- gating
     def set_full(self) -> None:
-        self._masks, self._block_gates = None, None
+        self._masks, self._block_gates, self._shares = None, None, None
 
     def set_hard(self, arch: Arch) -> None:
+        self._shares = None
         device = _device(self.model)
         self._masks = [
             None if k == len(idx_b) - 1 else (self.unit_index[i] < k).float().to(device)
@@ -253,7 +258,26 @@ class ElasticNet:
         ]
         self._block_gates = [None if j < arch.depths[s] else 0.0 for s, j in self.blocks] if arch.depths else None
 
+    def set_soft_rows(self, rows: Sequence[tuple[torch.Tensor, torch.Tensor, slice]]) -> None:
+        """Soft gates per share of the batch: ``rows`` holds (width logits, depth logits, batch slice) with
+        consecutive slices covering the batch. One gated pass then computes what a ``set_soft`` pass per share
+        computes (same outputs and gradients: each share's batch norms use that share's statistics)."""
+        device = _device(self.model)
+        lengths = torch.tensor([part.stop - part.start for _, _, part in rows], device=device)
+        sample_row = torch.repeat_interleave(torch.arange(len(rows), device=device), lengths)
+        widths = [self.unit_probs(w) for w, _, _ in rows]
+        self._masks = [
+            torch.stack([w[i] for w in widths]).to(device)[:, self.unit_index[i].to(device)][sample_row]
+            for i in range(len(self.gated))
+        ]
+        self._block_gates = None
+        if self.blocks:
+            keep = torch.stack([torch.stack(self.block_probs(d)) for _, d, _ in rows]).to(device)[sample_row]
+            self._block_gates = list(keep.unbind(1))
+        self._shares = [part for _, _, part in rows] if len(rows) > 1 else None
+
     def set_soft(self, width_logits: torch.Tensor, depth_logits: torch.Tensor) -> None:
+        self._shares = None
         device = _device(self.model)
         self._masks = [p.to(device)[self.unit_index[i].to(device)] for i, p in enumerate(self.unit_probs(width_logits))]
         self._block_gates = list(self.block_probs(depth_logits)) if self.blocks else None
@@ -303,6 +327,9 @@ class ElasticNet:
             block = self.model.stages[stage][j]
             block.forward = self._block_gate(block.forward, k)
             self._handles.append(_Restore(block))
+        for norm in (m for m in self.model.modules() if isinstance(m, _BATCH_NORMS)):
+            norm.forward = self._share_norm(norm, norm.forward)
+            self._handles.append(_Restore(norm))
 
     def detach(self) -> None:
         for handle in self._handles:
@@ -320,12 +347,16 @@ class ElasticNet:
             if not masks:
                 return None
             x = args[0]
-            full = x.new_ones(size)
+            per_sample = masks[0][0].dim() == 2  # (batch, channels) from set_soft_rows
+            full = x.new_ones(size, *x.shape[:1]) if per_sample else x.new_ones(size)
             for mask, pos, rep in masks:
-                full = full.index_put((pos.to(x.device),), mask.to(x.dtype).repeat_interleave(rep))
+                mask = mask.to(x.dtype).t() if per_sample else mask.to(x.dtype)
+                full = full.index_put((pos.to(x.device),), mask.repeat_interleave(rep, dim=0))
             shape = [1] * x.dim()
             shape[dim] = size
-            return (x * full.view(shape), *args[1:])
+            if per_sample:
+                shape[0], full = x.shape[0], full.t()
+            return (x * full.reshape(shape), *args[1:])
 
         return hook
 
@@ -336,9 +367,23 @@ class ElasticNet:
                 return forward(x)
             if isinstance(gate, float) and gate == 0.0:
                 return x
+            if isinstance(gate, torch.Tensor) and gate.dim() == 1:  # one gate per sample (set_soft_rows)
+                gate = gate.reshape(-1, *[1] * (x.dim() - 1))
             return x + gate * (forward(x) - x)
 
         return gated
+
+    def _share_norm(self, norm: nn.Module, forward):
+        """A batch norm that, while ``set_soft_rows`` splits the batch, normalises each share with its own batch
+        statistics (leaving the running statistics alone), as one pass per share would."""
+
+        def normed(x: torch.Tensor) -> torch.Tensor:
+            if self._shares is None or not self.model.training:
+                return forward(x)
+            w, b, eps = norm.weight, norm.bias, norm.eps
+            return torch.cat([F.batch_norm(x[part], None, None, w, b, True, 0.0, eps) for part in self._shares])
+
+        return normed
 
     # ----- construction
     def _skippable_blocks(self, min_depths: Sequence[int] | None) -> tuple[list[tuple[int, int]], list[int]]:
@@ -421,7 +466,7 @@ class ElasticNet:
 
 
 class _Restore:
-    """Handle that removes a gated ``forward`` from a block instance."""
+    """Handle that removes a wrapped ``forward`` from a module instance (a gated block, a shared norm)."""
 
     def __init__(self, block: nn.Module) -> None:
         self.block = block
