@@ -246,9 +246,10 @@ def test_sliced_runs_match_the_gated_network_in_outputs_and_gradients(name):
 
 
 @pytest.mark.parametrize("name", ["resnet18_cifar", "mobilenetv2_cifar", "user"])
-def test_one_soft_pass_per_batch_matches_one_pass_per_budget(name):
+def test_one_pass_per_batch_matches_one_pass_per_budget(name):
     """set_soft_rows runs every budget's expected network on its share of the batch in one pass: the same
-    outputs and the same gradients (weights and architecture logits) as one set_soft pass per share."""
+    outputs and gradients (weights and architecture logits) as one set_soft pass per share; set_hard_rows runs
+    one sampled sub-network per share in one masked pass: the same as running each sliced on its share."""
     torch.manual_seed(0)
     model, shape = _model(name)
     for m in model.modules():
@@ -284,21 +285,33 @@ def test_one_soft_pass_per_batch_matches_one_pass_per_budget(name):
         net.set_soft_rows([(w, d, part) for (w, d), part in zip(logits, shares)])
         return net.model(x)
 
+    gen = torch.Generator().manual_seed(1)
+    archs = [net.sample(w.detach() + 1, d.detach(), gen) for w, d in logits[:2]] + [net.smallest()]
+
+    def sliced_per_share():
+        net.set_full()
+        return torch.cat([net.run_sliced(arch, x[part]) for arch, part in zip(archs, shares)])
+
+    def one_masked_pass():
+        net.set_hard_rows(list(zip(archs, shares)))
+        return net.model(x)
+
     stats = {n: b.clone() for n, b in net.model.named_buffers() if "running" in n}
     net.attach()
     try:
         with frozen_norm_statistics(net.model):
-            apart, apart_grads = outputs_and_grads(one_pass_per_share)
-            together, together_grads = outputs_and_grads(one_pass)
+            soft = [outputs_and_grads(one_pass_per_share), outputs_and_grads(one_pass)]
+            hard = [outputs_and_grads(sliced_per_share), outputs_and_grads(one_masked_pass)]
     finally:
         net.detach()
     for n, b in net.model.named_buffers():
         if n in stats:
             assert torch.equal(b, stats[n]), n  # running statistics untouched
-    assert torch.allclose(apart, together, atol=1e-10)
-    assert any(g.abs().sum() > 0 for g in together_grads[-2 * len(shares) :])  # the logits did get gradients
-    for a, b in zip(apart_grads, together_grads):
-        assert (a - b).abs().max() <= 1e-10 + 1e-8 * b.abs().max()
+    assert any(g.abs().sum() > 0 for g in soft[1][1][-2 * len(shares) :])  # the logits did get gradients
+    for (apart, apart_grads), (together, together_grads) in (soft, hard):
+        assert torch.allclose(apart, together, atol=1e-10)
+        for a, b in zip(apart_grads, together_grads):
+            assert (a - b).abs().max() <= 1e-10 + 1e-8 * b.abs().max()
 
 
 def test_sampling_follows_the_markov_chains():
@@ -598,7 +611,7 @@ def test_sandwich_trains_sub_networks_of_every_budget_or_one(every_budget, monke
     model, shape = _model("cnn_small")
     net = ElasticNet(grow(model, shape, 1.5, 0.5, np.random.default_rng(0)), shape, units=4)
     limits = [1e5, 5e4, 2e4]
-    method = DNA(samples=2, warmup_epochs=1, every_budget=every_budget)
+    method = DNA(samples=2, warmup_epochs=1, every_budget=every_budget, sample_pass="sliced")
     arch = method.init_arch(net, limits, ["macs"] * 3, [len(s) for s in model.stages])
     drawn, batches = [], []
     sample, run_sliced = net.sample, net.run_sliced
@@ -617,3 +630,32 @@ def test_sandwich_trains_sub_networks_of_every_budget_or_one(every_budget, monke
         assert rows == [0, 0, 1, 1, 2, 2] and batches == [15] + [5] * 6  # the smallest on the whole batch
     else:
         assert rows == [1, 1] and batches == [15] * 3  # step 4 -> budget 4 % 3 = 1
+
+
+def test_batched_sample_pass_gives_the_sliced_passes_gradients():
+    """sample_pass="batched" runs the i-th sample of every budget in one masked pass with per-sample gates:
+    the search step's weight and logit gradients equal those of one sliced pass per budget and sample."""
+    from netfit.engine import StepContext, TrainConfig
+
+    torch.manual_seed(0)
+    model, shape = _model("resnet18_cifar")
+    net = ElasticNet(grow(model, shape, 1.5, 0.5, np.random.default_rng(0)), shape, units=4)
+    grown = net.model.double()  # float64: batch shares of 5 make float32 batch-norm rounding large
+    limits = [2e6, 1e6, 4e5]
+    x, y = torch.randn(15, *shape, dtype=torch.float64), torch.randint(0, 10, (15,))
+    grads = []
+    for sample_pass in ("sliced", "batched"):
+        method = DNA(samples=2, warmup_epochs=0, sample_pass=sample_pass)
+        arch = method.init_arch(net, limits, ["macs"] * 3, [len(s) for s in model.stages]).double()
+        grown.zero_grad(set_to_none=True)
+        net.attach()
+        try:
+            method.step_fn(net, arch, limits, ["macs"] * 3, 0)(
+                StepContext(grown.train(), grown, x, y, 0, 4, TrainConfig(), torch.device("cpu"))
+            )
+        finally:
+            net.detach()
+        grads.append([p.grad.clone() for p in [*grown.parameters(), *arch.parameters()] if p.grad is not None])
+    assert len(grads[0]) == len(grads[1])
+    for a, b in zip(*grads):
+        assert (a - b).abs().max() <= 1e-10 + 1e-8 * b.abs().max()

@@ -44,6 +44,7 @@ from .uniform import _slug
 
 DEAD_ZONE = 0.95  # a budget T is met when the cost lies in [0.95 T, T]
 KD_TEACHERS = ("seed", "largest", "best")
+SAMPLE_PASSES = ("auto", "sliced", "batched")
 
 
 def dead_zone_loss(cost: torch.Tensor, limit: float) -> torch.Tensor:
@@ -97,6 +98,11 @@ class DNA:
             False: from one budget per step (round-robin) on the whole batch, which left the sub-networks of the
             smallest budgets under-trained when the search moved them away from the smallest network
             (docs/methods/dna.md).
+        sample_pass: how the budgets' sampled sub-networks run (``every_budget``): "sliced" (each on its share,
+            on slices of the supernet's weights: its own MACs, but one pass and one sliced copy per budget),
+            "batched" (all in one masked pass of the supernet with per-sample gates: one pass at the supernet's
+            MACs; same outputs and gradients) or "auto" (batched on CPU, where the passes' fixed costs dominate
+            small networks; sliced on accelerators). docs/methods/dna.md, "Costs and limits".
         latency_table: for latency budgets, search on a per-layer latency table measured on the budget's device
             and backend (``netfit.space.latency_table``); False: on MACs scaled by the seed's latency per MAC.
         finetune_warmup: the fraction of each fine-tune spent warming the learning rate up linearly from 0: the
@@ -131,6 +137,7 @@ class DNA:
     init_depth_logit: float = 0.0
     one_level: bool = True
     arch_every: int = 1
+    sample_pass: str = "auto"
     split_batch: bool = True
     latency_table: bool = True
     finetune_warmup: float = 0.25
@@ -146,6 +153,8 @@ class DNA:
             raise NetfitError(f"dna kd_teacher must be one of {', '.join(KD_TEACHERS)}, got {self.kd_teacher!r}")
         if not 0 <= self.finetune_warmup <= 1:
             raise NetfitError(f"dna finetune_warmup is a fraction of the fine-tune, got {self.finetune_warmup}")
+        if self.sample_pass not in SAMPLE_PASSES:
+            raise NetfitError(f"dna sample_pass must be one of {', '.join(SAMPLE_PASSES)}, got {self.sample_pass!r}")
         if self.arch_every < 1:
             raise NetfitError(f"dna arch_every is a step count >= 1, got {self.arch_every}")
         if self.arch_lr <= 0 or self.cost_weight <= 0 or self.warmup_epochs < 0 or self.search_lr_scale <= 0:
@@ -237,6 +246,9 @@ class DNA:
         warmup, samples, cost_weight, one_level = self.warmup_epochs, self.samples, self.cost_weight, self.one_level
         split_batch, every_budget, arch_every = self.split_batch, self.every_budget, self.arch_every
 
+        def batched(device: torch.device) -> bool:
+            return self.sample_pass == "batched" or (self.sample_pass == "auto" and device.type == "cpu")
+
         def step(ctx) -> StepOutput:
             row = ctx.step % len(limits)
             out_metrics = {}
@@ -273,14 +285,22 @@ class DNA:
                     }
                 gen = torch.Generator().manual_seed(seed * 1_000_003 + ctx.step)
                 shares = _batch_shares(range(len(limits)) if every_budget else [row], len(ctx.y))
-                passes = [(net.smallest(), slice(None))] + [
+                drawn = [
                     (net.sample(arch.width[r], arch.depth[r], gen), part) for r, part in shares for _ in range(samples)
                 ]
                 net.set_full()
-                for sub, part in passes:
-                    share = len(teacher[part]) / len(teacher)
-                    loss_sub = kd_loss(_run_subnet(net, sub, ctx.x[part], ctx), teacher[part])
-                    ctx.backward(loss_sub * share / (1 + samples))
+                ctx.backward(kd_loss(_run_subnet(net, net.smallest(), ctx.x, ctx), teacher) / (1 + samples))
+                if len(shares) > 1 and batched(ctx.device):  # the i-th sample of every budget in one masked pass
+                    for i in range(samples):
+                        net.set_hard_rows(drawn[i::samples])
+                        out = ctx.model(ctx.x)
+                        losses = [kd_loss(out[p], teacher[p]) * _fraction(p, teacher) for _, p in shares]
+                        ctx.backward(sum(losses) / (1 + samples))
+                        net.set_full()
+                else:
+                    for sub, part in drawn:
+                        loss_sub = kd_loss(_run_subnet(net, sub, ctx.x[part], ctx), teacher[part])
+                        ctx.backward(loss_sub * _fraction(part, teacher) / (1 + samples))
             net.set_full()
             return StepOutput(loss.detach(), teacher, out_metrics)
 
@@ -422,6 +442,10 @@ def _uniform_logits(net: ElasticNet, depth_logits: torch.Tensor, goal: float, me
             else:
                 hi = mid
     return logits(lo)
+
+
+def _fraction(part: slice, batch: torch.Tensor) -> float:
+    return len(batch[part]) / len(batch)
 
 
 def _batch_shares(rows, size: int) -> list[tuple[int, slice]]:

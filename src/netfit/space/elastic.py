@@ -11,8 +11,8 @@ Gates act through forward hooks on a plain model: a channel is switched off by s
 every layer that consumes it (which removes it exactly as slicing would), and a skipped block returns its
 input. Three modes: ``full`` (no gates), ``hard`` (a sampled or chosen architecture: 0/1 gates, skipped
 blocks are not computed) and ``soft`` (every gate at its keep probability, for the architecture gradient;
-``set_soft_rows`` gives each share of a batch its own soft gates, so several budgets' expected networks run in
-one pass, with batch norms normalising each share on its own statistics as separate passes would).
+``set_soft_rows`` / ``set_hard_rows`` give each share of a batch its own gates, so several budgets' networks
+run in one pass, with batch norms normalising each share on its own statistics as separate passes would).
 A hard architecture can also run SLICED (``run_sliced``): the sub-network's own layers on slices of the
 supernet's parameters, so it costs the sub-network's MACs instead of the supernet's, with the same outputs
 and gradients as the masked pass.
@@ -262,19 +262,29 @@ class ElasticNet:
         """Soft gates per share of the batch: ``rows`` holds (width logits, depth logits, batch slice) with
         consecutive slices covering the batch. One gated pass then computes what a ``set_soft`` pass per share
         computes (same outputs and gradients: each share's batch norms use that share's statistics)."""
+        units = [self.unit_probs(w) for w, _, _ in rows]
+        blocks = [torch.stack(self.block_probs(d)) for _, d, _ in rows] if self.blocks else None
+        self._set_rows(units, blocks, [part for _, _, part in rows])
+
+    def set_hard_rows(self, rows: Sequence[tuple[Arch, slice]]) -> None:
+        """0/1 gates per share of the batch: one masked pass computes what a ``set_hard`` pass per share does."""
+        units = [[(torch.arange(len(b) - 1) < k).float() for k, b in zip(a.units, self.unit_bounds)] for a, _ in rows]
+        blocks = None
+        if self.blocks:
+            blocks = [torch.tensor([float(j < a.depths[s]) for s, j in self.blocks]) for a, _ in rows]
+        self._set_rows(units, blocks, [part for _, part in rows])
+
+    def _set_rows(self, units: list[list[torch.Tensor]], blocks: list[torch.Tensor] | None, parts: list[slice]) -> None:
+        """Per-sample gates from each row's per-gate unit keep values and block keep values."""
         device = _device(self.model)
-        lengths = torch.tensor([part.stop - part.start for _, _, part in rows], device=device)
-        sample_row = torch.repeat_interleave(torch.arange(len(rows), device=device), lengths)
-        widths = [self.unit_probs(w) for w, _, _ in rows]
+        lengths = torch.tensor([part.stop - part.start for part in parts], device=device)
+        sample_row = torch.repeat_interleave(torch.arange(len(parts), device=device), lengths)
         self._masks = [
-            torch.stack([w[i] for w in widths]).to(device)[:, self.unit_index[i].to(device)][sample_row]
+            torch.stack([u[i] for u in units]).to(device)[:, self.unit_index[i].to(device)][sample_row]
             for i in range(len(self.gated))
         ]
-        self._block_gates = None
-        if self.blocks:
-            keep = torch.stack([torch.stack(self.block_probs(d)) for _, d, _ in rows]).to(device)[sample_row]
-            self._block_gates = list(keep.unbind(1))
-        self._shares = [part for _, _, part in rows] if len(rows) > 1 else None
+        self._block_gates = list(torch.stack(blocks).to(device)[sample_row].unbind(1)) if blocks else None
+        self._shares = parts if len(parts) > 1 else None
 
     def set_soft(self, width_logits: torch.Tensor, depth_logits: torch.Tensor) -> None:
         self._shares = None
