@@ -90,7 +90,8 @@ class DNA:
             so the weights learn the budget's own region of the space; False = alternating (DMCP): that pass only
             moves the architecture logits. One-level was better and steadier in measurement (docs/methods/dna.md).
         arch_every: run the architecture pass (and move the logits) every this many steps only; the other steps
-            train the weights alone, so a search step costs one soft pass less (docs/methods/dna.md, "Costs").
+            train the weights alone and skip its soft pass. 4 made the search cheaper and the smallest budget
+            unstable (docs/methods/dna.md, "Costs and limits")
         split_batch: the architecture pass splits each batch between all budgets, so every budget's logits
             move at every step; False: one budget per step (round-robin) on the whole batch.
         every_budget: the sandwich's ``samples`` sub-nets are drawn from EVERY budget's chains at every step, each
