@@ -202,19 +202,25 @@ def test_hard_gates_compute_the_sliced_network(name):
             assert torch.allclose(gated, sliced(x), atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["resnet18_cifar", "mobilenetv2_cifar", "user"])
-def test_sliced_runs_match_the_gated_network_in_outputs_and_gradients(name):
-    """run_sliced computes the sub-network on slices of the supernet's parameters: the masked pass's outputs
-    and gradients, and the supernet's normalisation statistics stay as they were."""
+def _float64_elastic(name: str) -> tuple[ElasticNet, tuple[int, ...]]:
+    """A seeded elastic supernet without dropout, in float64: with small batches, a train-mode norm whose batch
+    variance is tiny amplifies float32 rounding (two equivalent passes sum in different orders) into gradient
+    differences of a few percent for some weights."""
     torch.manual_seed(0)
     model, shape = _model(name)
     for m in model.modules():
         if isinstance(m, nn.Dropout):
             m.p = 0.0
     net = ElasticNet(grow(model, shape, 1.5, 0.5, np.random.default_rng(0)), shape, units=8)
-    # float64: with a batch of 4, a train-mode norm whose batch variance is tiny amplifies float32 rounding (the
-    # two passes sum in different orders) into gradient differences of a few percent for some weights
     net.model.double()
+    return net, shape
+
+
+@pytest.mark.parametrize("name", ["resnet18_cifar", "mobilenetv2_cifar", "user"])
+def test_sliced_runs_match_the_gated_network_in_outputs_and_gradients(name):
+    """run_sliced computes the sub-network on slices of the supernet's parameters: the masked pass's outputs
+    and gradients, and the supernet's normalisation statistics stay as they were."""
+    net, shape = _float64_elastic(name)
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(4, *shape, dtype=torch.float64)
     archs = [net.smallest()] + [
@@ -250,13 +256,8 @@ def test_one_pass_per_batch_matches_one_pass_per_budget(name):
     """set_soft_rows runs every budget's expected network on its share of the batch in one pass: the same
     outputs and gradients (weights and architecture logits) as one set_soft pass per share; set_hard_rows runs
     one sampled sub-network per share in one masked pass: the same as running each sliced on its share."""
-    torch.manual_seed(0)
-    model, shape = _model(name)
-    for m in model.modules():
-        if isinstance(m, nn.Dropout):
-            m.p = 0.0
-    net = ElasticNet(grow(model, shape, 1.5, 0.5, np.random.default_rng(0)), shape, units=8)
-    net.model.double().train()  # float64: a batch share of 3 makes float32 batch-norm rounding large
+    net, shape = _float64_elastic(name)
+    net.model.train()
     x = torch.randn(10, *shape, dtype=torch.float64)
     shares = [slice(0, 4), slice(4, 7), slice(7, 10)]
     logits = [
