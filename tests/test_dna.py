@@ -344,8 +344,9 @@ def test_dead_zone_loss():
 
 
 def test_bad_options_are_refused():
-    with pytest.raises(NetfitError, match="grow_width"):
-        DNA(grow_width=0.5)
+    for bad in ({"grow_width": 0.5}, {"grow_width": 0.0}, {"grow_depth": -1.0}):
+        with pytest.raises(NetfitError, match="grow_width"):
+            DNA(**bad)
     with pytest.raises(NetfitError, match="arch_lr"):
         DNA(arch_lr=0)
     with pytest.raises(NetfitError, match="search_lr_scale"):

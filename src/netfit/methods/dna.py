@@ -146,7 +146,8 @@ class DNA:
     every_budget: bool = True
 
     def __post_init__(self) -> None:
-        if (self.grow_width or 1) < 1 or (self.grow_depth or 0) < 0 or self.units < 2 or self.samples < 0:
+        width, depth = 1.0 if self.grow_width is None else self.grow_width, self.grow_depth or 0.0
+        if width < 1 or depth < 0 or self.units < 2 or self.samples < 0:
             raise NetfitError("dna needs grow_width >= 1, grow_depth >= 0, units >= 2 and samples >= 0")
         if self.grow_copies not in ("zero", "split"):
             raise NetfitError(f"dna grow_copies must be 'zero' or 'split', got {self.grow_copies!r}")
