@@ -12,6 +12,7 @@ benchmarks/results/dna_<data>_<model>.{json,md}.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import tempfile
@@ -156,16 +157,14 @@ def step_ratios(
     arch = method.init_arch(net, limits, metrics, [len(s) for s in model.stages] if net.depths else None)
     x = data.prepare(data.train.tensors[0][:batch_size], train=True)
     y = data.train.tensors[1][:batch_size]
-    # arch_every consecutive steps: one with the architecture pass, the others without
-    contexts = [
-        StepContext(grown, grown, x, y, 0, i, TrainConfig(), torch.device("cpu")) for i in range(method.arch_every)
-    ]
-    step = method.step_fn(net, arch, limits, metrics, seed)
+    step, steps_taken = method.step_fn(net, arch, limits, metrics, seed), itertools.count()
 
     def search_steps() -> None:
-        for ctx in contexts:
+        """``arch_every`` consecutive steps (one with the architecture pass), each drawing new sub-networks as the
+        search does (repeating one step number would draw the same ones and find their sliced copies cached)."""
+        for _ in range(method.arch_every):
             grown.zero_grad(set_to_none=True)
-            step(ctx)
+            step(StepContext(grown, grown, x, y, 0, next(steps_taken), TrainConfig(), torch.device("cpu")))
 
     sample = net.sample(arch.width[0], arch.depth[0], torch.Generator().manual_seed(seed))
 
@@ -189,7 +188,7 @@ def step_ratios(
             "dna_search_step": search_steps,
         }
         seconds = {name: _median_seconds(fn, repeats) for name, fn in timings.items()}
-        seconds["dna_search_step"] /= len(contexts)
+        seconds["dna_search_step"] /= method.arch_every
     finally:
         net.detach()
     return {name: round(value / seconds["dense_seed"], 3) for name, value in seconds.items()}
@@ -255,8 +254,8 @@ def to_markdown(args: argparse.Namespace, runs: list[dict]) -> str:
         f"{args.batch_size}, forward + backward, median of 6, measured side by side in one process): "
         + ", ".join(f"{k.replace('_', ' ')} {v:.2f}x" for k, v in steps.items() if k != "dense_seed")
         + ". The supernet is grown (1.5x width, +50% blocks) only when a budget exceeds the seed or the DNA options "
-        "say so; one search step = largest + soft + "
-        "smallest + 1 sample (sub-nets sliced since the sliced runs; earlier results masked them).",
+        "say so; one search step = largest + the expected networks of all budgets (one soft pass since the "
+        "condense runs) + smallest + one sample per budget (sliced, or in one batched pass: `sample_pass`).",
         f"Search epoch / seed epoch (from the run logs): {epoch[0]:.2f}x; DNA search wall time / training the seed "
         f"once: {ratio[0]:.2f}x.",
         "Whole-run wall time (search + every fine-tune, from the run logs, mean of seeds): "
