@@ -17,7 +17,6 @@ import json
 import statistics
 import tempfile
 import time
-import types
 from pathlib import Path
 
 import numpy as np
@@ -149,11 +148,11 @@ def step_ratios(
     shape = data.input_shape
     method = DNA(**((options or {}) | {"warmup_epochs": 0}))
     seed_macs = count_cost(model, shape).macs
-    targets = [types.SimpleNamespace(limit=b / 100 * seed_macs) for b in budgets]
-    width, depth = method.growth(types.SimpleNamespace(metric_value=seed_macs), targets)
+    limits = [b / 100 * seed_macs for b in budgets]
+    width, depth = method.growth(limits, seed_macs)
     grown = grow(model, shape, width, depth, np.random.default_rng(seed))
     net = ElasticNet(grown, shape, units=method.units)
-    limits, metrics = [t.limit for t in targets], ["macs"] * len(targets)
+    metrics = ["macs"] * len(limits)
     arch = method.init_arch(net, limits, metrics, [len(s) for s in model.stages] if net.depths else None)
     x = data.prepare(data.train.tensors[0][:batch_size], train=True)
     y = data.train.tensors[1][:batch_size]

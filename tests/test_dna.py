@@ -380,15 +380,10 @@ def test_dna_hits_every_budget_in_one_search(dna_run):
 def test_dna_grows_its_space_only_when_a_budget_needs_it():
     """Condense-only budgets get the seed itself as the largest network (growth only makes the sandwich dearer);
     a budget above the seed, or an explicit option, grows it."""
-    seed = types.SimpleNamespace(metric_value=1000.0)
-
-    def targets(*limits):
-        return [types.SimpleNamespace(limit=limit) for limit in limits]
-
-    assert DNA().growth(seed, targets(500, 1000)) == (1.0, 0.0)
-    assert DNA().growth(seed, targets(500, 1001)) == (1.5, 0.5)
-    assert DNA(grow_width=1.2).growth(seed, targets(500)) == (1.2, 0.0)
-    assert DNA(grow_depth=1.0).growth(seed, targets(2000)) == (1.5, 1.0)
+    assert DNA().growth([500, 1000], 1000) == (1.0, 0.0)
+    assert DNA().growth([500, 1001], 1000) == (1.5, 0.5)
+    assert DNA(grow_width=1.2).growth([500], 1000) == (1.2, 0.0)
+    assert DNA(grow_depth=1.0).growth([2000], 1000) == (1.5, 1.0)
 
 
 def test_dna_searches_at_its_own_learning_rate(dna_run):

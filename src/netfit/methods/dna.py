@@ -164,7 +164,7 @@ class DNA:
 
     def search(self, seed: Seed, data, targets: list[Target], run) -> list[Candidate]:
         seed = _staged_seed(seed, run)
-        grow_width, grow_depth = self.growth(seed, targets)
+        grow_width, grow_depth = self.growth([t.limit for t in targets], seed.metric_value)
         grown = grow(seed.model, seed.input_shape, grow_width, grow_depth, run.rng("dna-grow"), self.grow_copies)
         net = ElasticNet(grown, seed.input_shape, units=self.units)
         seed_depths = [len(s) for s in seed.model.stages] if net.depths else None
@@ -204,10 +204,10 @@ class DNA:
             candidates.append(Candidate(cid, model, target, info))
         return candidates
 
-    def growth(self, seed: Seed, targets: list[Target]) -> tuple[float, float]:
-        """(grow_width, grow_depth): the options where given, else 1.5 and 0.5 when some budget exceeds the
-        seed's cost and 1 and 0 (condense only) when none does."""
-        expand = any(t.limit > seed.metric_value for t in targets)
+    def growth(self, limits: list[float], seed_value: float) -> tuple[float, float]:
+        """(grow_width, grow_depth): the options where given, else 1.5 and 0.5 when some budget's limit exceeds
+        the seed's value of the budget metric and 1 and 0 (condense only) when none does."""
+        expand = any(limit > seed_value for limit in limits)
         width = self.grow_width if self.grow_width is not None else (1.5 if expand else 1.0)
         depth = self.grow_depth if self.grow_depth is not None else (0.5 if expand else 0.0)
         return width, depth
@@ -271,8 +271,7 @@ class DNA:
                     net.set_soft_rows([(arch.width[r], arch.depth[r], part) for r, part in shares])
                     expected = [net.expected_cost(arch.width[r], arch.depth[r])[metrics[r]] for r, _ in shares]
                     budgets = [dead_zone_loss(e, limits[r]) for e, (r, _) in zip(expected, shares)]
-                    weights = [(part.stop - part.start) / len(ctx.y) for _, part in shares]
-                    budget_loss = sum(w * b for w, b in zip(weights, budgets))
+                    budget_loss = sum(_fraction(part, ctx.y) * b for (_, part), b in zip(shares, budgets))
                     ctx.backward(F.cross_entropy(ctx.model(ctx.x), ctx.y) + cost_weight * budget_loss)
                     ratios = [e.item() / limits[r] for e, (r, _) in zip(expected, shares)]
                     budget_losses = [b.item() for b in budgets]
