@@ -32,6 +32,16 @@ def _cpu_name() -> str:
         return platform.processor() or platform.machine()
 
 
+def log_events(run_dir: Path) -> list[dict]:
+    """A run directory's JSONL log (log.jsonl), one dict per event."""
+    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+
+
+def epoch_seconds(run_dir: Path, phase: str) -> list[float]:
+    """Wall seconds of every logged epoch of ``phase`` in a run directory."""
+    return [e["seconds"] for e in log_events(run_dir) if e.get("event") == "epoch" and e.get("phase") == phase]
+
+
 def dna_finetune_epochs(epochs: int, search_epochs: int, budgets: int) -> int:
     """DNA's fine-tune epochs per budget when every other entry trains ``epochs`` per budget: its one search
     serves all ``budgets``, so each fine-tune gives up its share of the search and DNA's total (search + all

@@ -33,22 +33,15 @@ from netfit.models import create_model
 from netfit.space.elastic import ElasticNet
 from netfit.space.grow import grow
 
-from .common import RESULTS, environment, mean_std, write_results
+from .common import RESULTS, environment, epoch_seconds, log_events, mean_std, write_results
 
 METHODS = ("dna", "uniform", "random")
 LEGACY = {"baseline_epochs": None, "dna_option": [], "name": ""}  # settings older result files lack
 
 
-def _phase_seconds(run_dir: Path, phase: str) -> float:
-    """Total wall seconds of the epochs of ``phase`` from the run log."""
-    rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
-    return sum(r["seconds"] for r in rows if r.get("event") == "epoch" and r.get("phase") == phase)
-
-
 def _epoch_seconds(run_dir: Path, phase: str) -> float:
     """Median wall seconds of one epoch of ``phase`` from the run log."""
-    rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
-    seconds = [r["seconds"] for r in rows if r.get("event") == "epoch" and r.get("phase") == phase]
+    seconds = epoch_seconds(run_dir, phase)
     return statistics.median(seconds) if seconds else float("nan")
 
 
@@ -114,7 +107,7 @@ def summarize(args: argparse.Namespace, seed: int, root: Path) -> dict:
             for method, summary in summaries.items()
         },
         "seconds": {m: round(_wall_seconds(root / f"{m}-{seed}"), 1) for m in METHODS},
-        "seed_seconds": round(_phase_seconds(dna_dir, "seed"), 1),
+        "seed_seconds": round(sum(epoch_seconds(dna_dir, "seed")), 1),
         "seed_epoch_seconds": round(seed_epoch, 2),
         "search_epoch_seconds": round(search_epoch, 2),
         "search_vs_seed_training": round(args.search_epochs * search_epoch / (args.seed_epochs * seed_epoch), 3),
@@ -204,7 +197,7 @@ def _median_seconds(fn, repeats: int) -> float:
 
 
 def _wall_seconds(run_dir: Path) -> float:
-    times = [json.loads(line)["time"] for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    times = [e["time"] for e in log_events(run_dir)]
     return max(times) - min(times)
 
 

@@ -22,7 +22,7 @@ from netfit.data import load_data
 from netfit.export import load_model
 from netfit.models import create_model
 
-from .common import RESULTS, environment, mean_std, write_results
+from .common import RESULTS, environment, log_events, mean_std, write_results
 
 PAPER = {  # Optimally Deep Networks, MNIST row (trained on the full 60k MNIST training set)
     "mnist10k": {"model": "ResNet-18", "depth": 2, "accuracy": 0.9931, "params_reduction": 0.9864},
@@ -53,7 +53,7 @@ def run_seed(args: argparse.Namespace, seed: int, root: Path) -> dict:
     seed_dir = root / f"odn-{seed}" / "seed"
     depths = [r["info"] for r in summary["candidates"]]
     trained_epochs = args.warmup + sum(d["epochs"] for d in depths) + chosen["info"]["finetune_epochs"]
-    log = [json.loads(line) for line in (root / f"odn-{seed}" / "log.jsonl").read_text().splitlines()]
+    log = log_events(root / f"odn-{seed}")
     seconds = {e["depth"]: e["seconds"] for e in log if e["event"] == "odn-depth"}
     # training seconds summed over epochs (a resumed run's session timers would miss the killed session's part)
     trained = [e for e in log if e["event"] == "epoch"]

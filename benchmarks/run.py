@@ -37,7 +37,7 @@ from netfit.engine.log import session_seconds
 from netfit.errors import NetfitError
 from netfit.models import create_model
 
-from .common import RESULTS, dna_finetune_epochs, environment, mean_std, write_results
+from .common import RESULTS, dna_finetune_epochs, environment, epoch_seconds, mean_std, write_results
 from .peers import TOOLS, setup
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -390,17 +390,11 @@ def _dna_epoch_ratio(base: Path) -> float | None:
     """Median DNA search epoch over median seed epoch, from the two run logs (same process kind, same data)."""
     import statistics
 
-    def median_epoch(log: Path, phase: str) -> float | None:
-        if not log.exists():
-            return None
-        rows = [json.loads(line) for line in log.read_text().splitlines()]
-        seconds = [r["seconds"] for r in rows if r.get("event") == "epoch" and r.get("phase") == phase]
+    def median_epoch(run_dir: Path, phase: str) -> float | None:
+        seconds = epoch_seconds(run_dir, phase) if (run_dir / "log.jsonl").exists() else []
         return statistics.median(seconds) if seconds else None
 
-    search, seed = (
-        median_epoch(base / "dna" / "log.jsonl", "dna-search"),
-        median_epoch(base / "seed" / "log.jsonl", "train"),
-    )
+    search, seed = median_epoch(base / "dna", "dna-search"), median_epoch(base / "seed", "train")
     return round(search / seed, 2) if search and seed else None
 
 

@@ -24,11 +24,11 @@ from torch import nn
 
 import netfit
 from netfit.api import adapt, train_model
-from netfit.data import load_data
+from netfit.data import DataBundle, load_data
 from netfit.engine import seed_everything
 from netfit.models import create_model
 
-from .common import dna_finetune_epochs, environment, mean_std, write_results
+from .common import dna_finetune_epochs, environment, log_events, mean_std, write_results
 from .user_models import zoo
 
 BUILTIN = ("resnet18_cifar", 0.25)
@@ -47,17 +47,18 @@ def user_copy(seed: nn.Module) -> nn.Module:
     return user.eval()
 
 
-def train_seed(data: str, seed: int, epochs: int, out: Path) -> Path:
+def train_seed(bundle: DataBundle, seed: int, epochs: int, out: Path) -> Path:
     """The built-in seed network of one seed (trained once; reused when its folder is complete)."""
     if not (out / "model.safetensors").exists():
-        bundle = load_data(data)
         seed_everything(seed)
         model = create_model(BUILTIN[0], bundle.num_classes, bundle.input_shape[0], width_mult=BUILTIN[1])
         train_model(model, bundle, out=out, epochs=epochs, seed=seed, progress=False)
     return out
 
 
-def run_entry(model, entry: str, args: argparse.Namespace, seed: int, seed_dir: Path, out: Path) -> dict:
+def run_entry(
+    model, entry: str, bundle: DataBundle, args: argparse.Namespace, seed: int, seed_dir: Path, out: Path
+) -> dict:
     """One method on one network; returns its result summary (reused when the run finished)."""
     if not (out / "result.json").exists():
         options, epochs = {}, args.epochs
@@ -67,7 +68,7 @@ def run_entry(model, entry: str, args: argparse.Namespace, seed: int, seed_dir: 
         weights = seed_dir if isinstance(model, str) else None
         budgets = ",".join(f"{b:g}%" for b in args.budgets)
         adapt(
-            model, args.data, budgets, entry, out=out, epochs=epochs, seed=seed, seed_weights=weights,
+            model, bundle, budgets, entry, out=out, epochs=epochs, seed=seed, seed_weights=weights,
             method_options=options, resume=out.exists(), progress=False,
         )  # fmt: skip
     return json.loads((out / "result.json").read_text())
@@ -75,8 +76,7 @@ def run_entry(model, entry: str, args: argparse.Namespace, seed: int, seed_dir: 
 
 def space_depths(run_dir: Path) -> list[int] | None:
     """The most blocks per stage DNA's search space allowed (its ``dna-space`` log event)."""
-    events = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
-    return next((e["depths"] for e in events if e["event"] == "dna-space"), None)
+    return next((e["depths"] for e in log_events(run_dir) if e["event"] == "dna-space"), None)
 
 
 def rows_of(summary: dict, network: str, entry: str, seed: int, run_dir: Path) -> list[dict]:
@@ -103,20 +103,21 @@ def rows_of(summary: dict, network: str, entry: str, seed: int, run_dir: Path) -
 
 
 def run(args: argparse.Namespace) -> list[dict]:
-    rows = []
+    rows, bundle = [], load_data(args.data)
     for seed in args.seeds:
         root = args.root / f"s{seed}"
-        seed_dir = train_seed(args.data, seed, args.seed_epochs, root / "seed")
+        seed_dir = train_seed(bundle, seed, args.seed_epochs, root / "seed")
         builtin = netfit.load(seed_dir).eval()
         user = user_copy(builtin)
-        x = torch.randn(8, *load_data(args.data).input_shape)
+        x = torch.randn(8, *bundle.input_shape)
         with torch.no_grad():
             torch.testing.assert_close(user(x), builtin(x))
         for entry in ENTRIES:
             for network, model in (("built-in", BUILTIN[0]), ("user", user)):
                 print(f"seed {seed}: {entry} on the {network} ResNet", flush=True)
                 out = root / f"{entry}-{network}"
-                rows += rows_of(run_entry(model, entry, args, seed, seed_dir, out), network, entry, seed, out)
+                summary = run_entry(model, entry, bundle, args, seed, seed_dir, out)
+                rows += rows_of(summary, network, entry, seed, out)
     return rows
 
 
