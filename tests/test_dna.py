@@ -14,6 +14,7 @@ from netfit.api import adapt
 from netfit.cli import main
 from netfit.cost import count_cost
 from netfit.engine.checkpoint import load_checkpoint
+from netfit.engine.norms import frozen_norm_statistics
 from netfit.errors import NetfitError
 from netfit.health import near_chance
 from netfit.methods import dna as dna_module
@@ -23,7 +24,6 @@ from netfit.space.channels import trace_channel_groups
 from netfit.space.elastic import ElasticNet
 from netfit.space.grow import deepen, grow, max_difference, order_channels, widen
 from netfit.space.latency_table import measure_table
-from netfit.space.norms import frozen_norm_statistics
 from netfit.space.prune import remap_channels, slice_channels
 
 FAST = {"epochs": 1, "seed_epochs": 2, "progress": False, "train": {"batch_size": 64}}

@@ -1,5 +1,6 @@
 """The training engine: learning, resume equivalence, NaN detection, hooks, safe checkpoints, DDP."""
 
+import copy
 import math
 import os
 import subprocess
@@ -24,6 +25,7 @@ from netfit.engine import (
     train,
 )
 from netfit.engine.config import LrSchedule
+from netfit.engine.norms import recalibrate_norms
 from netfit.errors import CheckpointError, DataError, NetfitError, TrainingError
 
 
@@ -368,6 +370,7 @@ def test_log_has_one_event_per_epoch(tmp_path):
         ({"early_stop_patience": 0}, "early_stop_patience must be >= 1"),
         ({"momentum": 0.0}, "nesterov needs momentum"),
         ({"keep_best": 1}, "keep_best must be a bool"),
+        ({"precise_bn": -1}, "precise_bn must be >= 0"),
     ],
 )
 def test_config_validation(change, message):
@@ -486,6 +489,29 @@ def test_keep_best_returns_and_stores_best_epoch(tmp_path, keep_best):
         grown = train(linear(), data, cfg.replace(epochs=4), checkpoint=tmp_path / "c.pt", resume=True, **more)
         assert torch.equal(seen[0], quadrant_weights("bad")) and len(grown.history) == 4
         assert torch.equal(grown.model.weight.detach(), quadrant_weights("good"))
+
+
+def test_precise_bn_recalibrates_the_norms_before_every_evaluation():
+    """With ``precise_bn`` the evaluated (and returned) model carries statistics re-estimated on the seeded draw
+    of training samples after its last step, not the running averages of the steps; off, it keeps those."""
+
+    def bn_mlp():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(8, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 4))
+
+    data, cfg = toy_data(), CFG.replace(precise_bn=96)
+    evaluated = []
+    spy = Callback()
+    spy.on_epoch_end = lambda state, row: evaluated.append(state.model[1].running_mean.clone())
+    result = train(bn_mlp(), data, cfg, callbacks=[spy], progress=False)
+    expected = copy.deepcopy(result.model)
+    recalibrate_norms(expected, data, samples=96, batch_size=cfg.batch_size, seed=cfg.seed + cfg.epochs - 1)
+    assert torch.allclose(result.model[1].running_mean, expected[1].running_mean, atol=1e-6)
+    assert torch.allclose(result.model[1].running_var, expected[1].running_var, atol=1e-6)
+    assert torch.equal(evaluated[-1], result.model[1].running_mean) and len(evaluated) == cfg.epochs
+    plain = train(bn_mlp(), data, CFG, progress=False).model
+    assert not torch.allclose(plain[1].running_mean, expected[1].running_mean, atol=1e-3)
+    assert torch.equal(plain[0].weight, result.model[0].weight)  # recalibration never touches the weights
 
 
 @pytest.mark.slow

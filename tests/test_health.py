@@ -7,10 +7,12 @@ import types
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from netfit import api
 from netfit.api import adapt
 from netfit.cli import print_result
+from netfit.engine.norms import recalibrate_norms
 from netfit.errors import TrainingError
 from netfit.health import candidate_warning, fell_far_below, near_chance
 from netfit.methods import METHODS, Candidate
@@ -18,7 +20,6 @@ from netfit.methods.common import finetune
 from netfit.models import create_model
 from netfit.space.elastic import Arch, ElasticNet
 from netfit.space.grow import grow
-from netfit.space.norms import recalibrate_norms
 
 FAST = {"epochs": 1, "seed_epochs": 2, "progress": False, "train": {"batch_size": 64}}
 
@@ -74,6 +75,24 @@ def test_recalibration_is_seeded_and_leaves_weights_alone():
         assert torch.equal(value, b.state_dict()[key]), key
         if key in weights:
             assert torch.equal(value, weights[key]), key
+
+
+def test_recalibration_leaves_norms_off_the_forward_path_alone():
+    class Exit(nn.Module):  # a second branch that this forward never runs, like the blocks past an ODN exit
+        def __init__(self):
+            super().__init__()
+            self.used, self.unused = nn.BatchNorm1d(4), nn.BatchNorm1d(4)
+
+        def forward(self, x):
+            return self.used(x)
+
+    model = Exit()
+    for norm in (model.used, model.unused):
+        norm.running_mean.fill_(5.0)
+        norm.num_batches_tracked.fill_(7)
+    recalibrate_norms(model, _one_batch_data(torch.randn(300, 4)), samples=200)
+    assert torch.equal(model.unused.running_mean, torch.full((4,), 5.0)) and model.unused.num_batches_tracked == 7
+    assert model.used.running_mean.abs().max() < 1.0 and model.used.num_batches_tracked == 2
 
 
 def test_warnings_name_near_chance_and_far_below_seed():

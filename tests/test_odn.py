@@ -5,8 +5,10 @@ import json
 
 import pytest
 import torch
+from torch import nn
 
 from netfit.api import adapt
+from netfit.engine.norms import recalibration_batches
 from netfit.methods.odn import ODN, ExitNet, deploy_prefix
 from netfit.models import create_model
 
@@ -104,11 +106,13 @@ def test_each_depth_trains_to_its_plateau(tmp_path, digits, monkeypatch):
     after 2 epochs without improvement; depth 2 reaches the target 0.85, is chosen, and deeper ones never train."""
     from netfit.engine import trainer
 
-    real, served = trainer.evaluate, {}
+    real, served, tracked = trainer.evaluate, {}, set()
 
     def scripted(model, data, split, **kwargs):
         if not isinstance(model, ExitNet) or model.depth not in CURVES:  # the seed and the all-exit warm-up
             return real(model, data, split, **kwargs)
+        used = [model.stem, *model.blocks[: model.depth]]
+        tracked.update(int(m.num_batches_tracked) for p in used for m in p.modules() if isinstance(m, nn.BatchNorm2d))
         i = served[model.depth] = served.get(model.depth, -1) + 1
         curve = CURVES[model.depth]
         return {"accuracy": curve[i] if i < len(curve) else 0.1, "loss": 1.0}
@@ -122,6 +126,8 @@ def test_each_depth_trains_to_its_plateau(tmp_path, digits, monkeypatch):
         (2, 6, 0.90, True),
     ]
     assert not rows[0]["reached"] and rows[1]["reached"] and rows[1]["chosen"]
+    # every evaluated depth carries the statistics of the recalibration (a few batches), not of its training steps
+    assert tracked == {len(recalibration_batches(len(digits.train), ODN.precise_bn, 64, 0))}
     log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     lrs = [e["lr"] for e in log if e["event"] == "epoch" and e["phase"] == "odn-depth1"]
     assert lrs == pytest.approx([lrs[0]] * 5 + [lrs[0] * 0.6])
@@ -149,7 +155,12 @@ def test_depth_cap_ends_a_depth_that_still_improves(tmp_path, digits, monkeypatc
 
 @pytest.mark.parametrize(
     ("options", "message"),
-    [({"target_acc": 99.0}, "target_acc"), ({"target_drop": -0.1}, "target_drop"), ({"depth_epochs": 0}, "depth")],
+    [
+        ({"target_acc": 99.0}, "target_acc"),
+        ({"target_drop": -0.1}, "target_drop"),
+        ({"depth_epochs": 0}, "depth"),
+        ({"precise_bn": -1}, "precise_bn"),
+    ],
 )
 def test_bad_options(options, message):
     from netfit.errors import NetfitError

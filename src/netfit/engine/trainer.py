@@ -36,6 +36,7 @@ from .distributed import (
     union_keys,
 )
 from .log import ProgressBar, RunLog
+from .norms import recalibrate_norms
 from .seeding import epoch_generator, rng_state, set_rng_state
 
 logger = logging.getLogger("netfit")
@@ -363,6 +364,8 @@ class _Trainer:
             ],
             self.device,
         )
+        if config.precise_bn:  # seeded draw: every rank (and a resumed run) computes the same statistics
+            recalibrate_norms(self.model, self.data, config.precise_bn, config.batch_size, config.seed + state.epoch)
         evaluation = evaluate(self.model, self.data, self.eval_split, batch_size=config.eval_batch_size)
         row = {
             "epoch": state.epoch + 1,

@@ -10,11 +10,11 @@ from torch import nn
 from ..budget import check_feasible
 from ..distill import LogitDistiller
 from ..engine import evaluate
+from ..engine.norms import recalibrate_norms
 from ..errors import TrainingError
 from ..health import fell_far_below, near_chance
 from ..models import arch_of, build_model
 from ..run import Run
-from ..space.norms import recalibrate_norms
 from ..space.subnet import SubnetSpace
 from .base import Seed, Target
 

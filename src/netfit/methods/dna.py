@@ -31,13 +31,13 @@ from ..cost import measure
 from ..distill import kd_loss
 from ..engine import Callback, StepOutput, evaluate
 from ..engine.distributed import barrier, is_distributed, is_main
+from ..engine.norms import frozen_norm_statistics
 from ..errors import BudgetInfeasibleError, NetfitError
 from ..fileio import atomic_write_text
 from ..space.blocks import stage_blocks
 from ..space.elastic import ElasticNet
 from ..space.grow import grow
 from ..space.latency_table import LatencyTable, measure_table
-from ..space.norms import frozen_norm_statistics
 from .base import METHODS, Candidate, Seed, Target
 from .common import cost_fn, finetune, from_scratch, inherited_accuracy
 from .uniform import _slug

@@ -27,12 +27,12 @@ from ..budget import check_feasible
 from ..distill import kd_loss
 from ..engine import StepOutput
 from ..engine.distributed import is_distributed
+from ..engine.norms import recalibrate_norms
 from ..errors import CheckpointError, NetfitError
 from ..export import load_model, save_model
 from ..fileio import atomic_write, atomic_write_text
 from ..models.cell_ops import OPS
 from ..models.spidernet import SPIDER_OPS, SpiderNet, initial_arch
-from ..space.norms import recalibrate_norms
 from ..space.spider import (
     DEADHEAD_THRESHOLD,
     GATE_CLIP,

@@ -22,10 +22,10 @@ from torch import nn
 
 from ..cost import count_cost, measure
 from ..engine import StepOutput
+from ..engine.norms import recalibrate_norms, recalibration_batches
 from ..errors import NetfitError, UnsupportedLayerError
 from ..models import StagedNet
 from ..models.mobilenetv2 import InvertedResidual
-from .norms import recalibrate_norms, recalibration_batches
 
 Op = tuple[int, int]  # one MBConv layer: (expansion, kernel)
 Path = tuple[Op, ...]  # one candidate of a block: its layers' ops in order (its depth is the length)

@@ -10,6 +10,7 @@ statistics on a few hundred training samples (no gradient, no weight change) bef
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterator
 from typing import Any
 
@@ -54,7 +55,8 @@ def recalibrate_norms(
 
     The statistics are reset and then accumulated as an exact average over the batches (momentum None), with
     the rest of the model in eval mode (dropout off) and no gradients. The samples are a seeded draw, so every
-    process of a distributed run (and a resumed run) computes the same statistics. Returns the number of
+    process of a distributed run (and a resumed run) computes the same statistics. Norms the forward pass does
+    not reach keep their statistics. Returns the number of
     batch norms recalibrated (0: nothing to do, the model is left untouched).
     """
     norms = _norms(model)
@@ -63,7 +65,7 @@ def recalibrate_norms(
     x_all, _ = data.train.tensors
     device = next(model.parameters()).device
     was_training = model.training
-    saved = [m.momentum for m in norms]
+    saved = [(m.momentum, copy.deepcopy(m.state_dict())) for m in norms]
     model.eval()
     for m in norms:
         m.reset_running_stats()
@@ -73,8 +75,10 @@ def recalibrate_norms(
         for batch in recalibration_batches(len(x_all), samples, batch_size, seed):
             model(data.prepare(x_all[batch].to(device), train=False))
     finally:
-        for m, momentum in zip(norms, saved):
+        for m, (momentum, state) in zip(norms, saved):
             m.momentum = momentum
+            if m.num_batches_tracked == 0:  # not on the forward path (e.g. blocks past an exit): left as it was
+                m.load_state_dict(state)
         model.train(was_training)
     return len(norms)
 
