@@ -56,8 +56,8 @@ def recalibrate_norms(
     The statistics are reset and then accumulated as an exact average over the batches (momentum None), with
     the rest of the model in eval mode (dropout off) and no gradients. The samples are a seeded draw, so every
     process of a distributed run (and a resumed run) computes the same statistics. Norms the forward pass does
-    not reach keep their statistics. Returns the number of
-    batch norms recalibrated (0: nothing to do, the model is left untouched).
+    not reach keep their statistics. Returns the number of batch norms recalibrated (0: nothing to do, the
+    model is left untouched).
     """
     norms = _norms(model)
     if not norms:
