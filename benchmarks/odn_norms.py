@@ -19,7 +19,7 @@ from netfit.data import load_data
 from netfit.engine import Callback, TrainConfig, evaluate, seed_everything, train
 from netfit.engine.norms import recalibrate_norms
 from netfit.export import load_model
-from netfit.methods.odn import ExitNet, _joint_step
+from netfit.methods.odn import ODN, ExitNet, _joint_step
 
 from .common import environment, write_results
 
@@ -40,18 +40,26 @@ class _BothValidations(Callback):
 def run(args: argparse.Namespace) -> dict:
     data = load_data(args.data)
     seed_everything(0)
+    odn = ODN()  # its default warm-up and lr rules, so the probe trains as the method does
     net = ExitNet(load_model(args.seed_dir), data.input_shape, data.num_classes)
-    warm = train(net, data, TrainConfig(epochs=3, lr=args.lr), step_fn=_joint_step, progress=False).model
+    warmup = TrainConfig(epochs=odn.warmup_epochs, lr=args.lr)
+    warm = train(net, data, warmup, step_fn=_joint_step, progress=False).model
     depths = {}
     for depth in args.depths:
         model = copy.deepcopy(warm)
         model.depth = depth
         probe = _BothValidations(data, args.samples)
         lr = args.lr if depth == 1 else args.lr / 2
-        config = TrainConfig(epochs=args.epochs, lr=lr, schedule="plateau", plateau_factor=0.6, plateau_patience=5)
+        plateau = {"schedule": "plateau", "plateau_factor": odn.lr_factor, "plateau_patience": odn.lr_patience}
+        config = TrainConfig(epochs=args.epochs, lr=lr, **plateau)
         train(model, data, config, callbacks=[probe], progress=False)
         depths[depth] = probe.rows
-    return {"settings": {k: str(v) for k, v in vars(args).items()}, "environment": environment(), "depths": depths}
+    settings = {k: str(v) for k, v in vars(args).items()} | {
+        "warmup_epochs": odn.warmup_epochs,
+        "lr_factor": odn.lr_factor,
+        "lr_patience": odn.lr_patience,
+    }
+    return {"settings": settings, "environment": environment(), "depths": depths}
 
 
 def to_markdown(payload: dict) -> str:
@@ -59,9 +67,10 @@ def to_markdown(payload: dict) -> str:
     lines = [
         f"# ODN depth phases on {s['data']}: validation as trained vs after batch-norm recalibration",
         "",
-        f"Seed {s['seed_dir']}; 3 joint warm-up epochs, then {s['epochs']} epochs per depth at ODN's lr (plateau "
-        f"x0.6 after 5 stale epochs, read from the as-trained accuracy); recalibration on {s['samples']} training "
-        "samples, on a copy (training is unchanged).",
+        f"Seed {s['seed_dir']}; {s['warmup_epochs']} joint warm-up epochs, then {s['epochs']} epochs per "
+        f"depth at ODN's lr (plateau x{s['lr_factor']} after {s['lr_patience']} stale epochs, read "
+        f"from the as-trained accuracy); recalibration on {s['samples']} training samples, on a copy (training is "
+        "unchanged).",
         "",
         "| depth | epoch | as trained % | recalibrated % |",
         "|---|---|---|---|",
