@@ -19,7 +19,7 @@ from netfit.data import load_data
 from netfit.engine import Callback, TrainConfig, evaluate, seed_everything, train
 from netfit.engine.norms import recalibrate_norms
 from netfit.export import load_model
-from netfit.methods.odn import ODN, ExitNet, _joint_step
+from netfit.methods.odn import ODN, ExitNet, _joint_step, depth_lr
 
 from .common import environment, write_results
 
@@ -49,9 +49,8 @@ def run(args: argparse.Namespace) -> dict:
         model = copy.deepcopy(warm)
         model.depth = depth
         probe = _BothValidations(data, args.samples)
-        lr = args.lr if depth == 1 else args.lr / 2
         plateau = {"schedule": "plateau", "plateau_factor": odn.lr_factor, "plateau_patience": odn.lr_patience}
-        config = TrainConfig(epochs=args.epochs, lr=lr, **plateau)
+        config = TrainConfig(epochs=args.epochs, lr=depth_lr(args.lr, depth), **plateau)
         train(model, data, config, callbacks=[probe], progress=False)
         depths[depth] = probe.rows
     settings = {k: str(v) for k, v in vars(args).items()} | {

@@ -150,7 +150,7 @@ class ODN:
         deepest = max(d for d, c in enumerate(costs, start=1) if c <= target.limit)
         candidates = []
         for depth in range(1, deepest + 1):
-            lr = run.config.lr if depth == 1 else run.config.lr / 2  # the public code: base lr / 2 past depth 1
+            lr = depth_lr(run.config.lr, depth)
             trained = self._train_depth(warm, warm_state, depth, data, run, f"odn-depth{depth}", lr, self.depth_epochs)
             best, model = trained.best_val_acc, trained.model
             info = {"depth": depth, "val_acc": best, "target_acc": goal, "reached": best >= goal}
@@ -186,6 +186,11 @@ class ODN:
             "precise_bn": self.precise_bn,
         }
         return run.train(model, data, phase, epochs=epochs, overrides=overrides)
+
+
+def depth_lr(base_lr: float, depth: int) -> float:
+    """A depth phase's starting lr: the base lr at depth 1, half of it at every later depth (the public code)."""
+    return base_lr if depth == 1 else base_lr / 2
 
 
 def _plateaued(history: list[dict], patience: int) -> bool:
