@@ -84,7 +84,8 @@ MNIST_CASES = (
     Case("mnist1d", "resnet18_1d", 0.5, (50, 25, 10, 5, 2, 1, 150), seed_epochs=30, epochs=10, dna_search_epochs=7),
     # seed trained near its plateau (test accuracy 98.58% after 6 epochs, 99.22% after 20; 3 seeds)
     Case("mnist10k", "resnet18_cifar", 0.25, (50, 25, 10, 5, 2, 1, 0.5, 150), 20, epochs=6, dna_search_epochs=8),
-    Case("mnist10k", "mobilenetv2", 0.5, (50, 25, 10, 5, 2, 1, 150), 6, 6, 7),
+    # seed near its plateau (seed 0: test 97.9% after 20 epochs, 98.1% after 40; 94.7% after the earlier 6)
+    Case("mnist10k", "mobilenetv2", 0.5, (50, 25, 10, 5, 2, 1, 150), 20, epochs=6, dna_search_epochs=7),
 )
 SUITES = {
     "quick": Suite(
