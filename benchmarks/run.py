@@ -35,6 +35,7 @@ from netfit.data import load_data
 from netfit.engine import seed_everything
 from netfit.engine.log import session_seconds
 from netfit.errors import NetfitError
+from netfit.health import candidate_warning
 from netfit.models import create_model
 
 from .common import RESULTS, dna_finetune_epochs, environment, epoch_seconds, mean_std, write_results
@@ -255,6 +256,19 @@ def collect(label: str, run_dirs: list[Path], seed_facts: dict) -> list[dict]:
                 }
             )
     return rows
+
+
+def flag_unsound(payload: dict) -> dict:
+    """Give every row without a warning netfit's soundness check (near chance, far below the seed): peers'
+    results carry no warnings of their own, and rows collected before the check have none."""
+    classes = {}
+    for run in payload["runs"]:
+        data = run["case"]["data"]
+        classes.setdefault(data, load_data(data).num_classes)
+        for row in run["rows"]:
+            seed_accuracy = run["seed_network"]["accuracy"]
+            row["warning"] = row.get("warning") or candidate_warning(row["accuracy"], seed_accuracy, classes[data])
+    return payload
 
 
 def failures(out: Path) -> dict[str, str]:
@@ -638,6 +652,7 @@ def main() -> None:
         payload = run_suite(name, suite, args.root, set(args.only) if args.only else None)
         if earlier and not args.fresh:
             payload = merge(earlier, payload)
+    payload = flag_unsound(payload)
     if args.check:
         check(payload)
     markdown = to_markdown(payload)

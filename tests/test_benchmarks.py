@@ -116,6 +116,22 @@ def test_markdown_table_and_plot(tmp_path):
     assert (tmp_path / "p.png").stat().st_size > 1000
 
 
+def test_unsound_rows_are_flagged_whoever_made_them():
+    """Peers' results carry no warnings of their own: the suite flags a chance-level row itself, and keeps the
+    warning a netfit method gave."""
+    payload = _payload()
+    rows = payload["runs"][0]["rows"]  # both seeds share these row objects
+    peer = next(r for r in rows if r["entry"].startswith("torch_pruning") and r["budget_pct"] == 10)
+    peer["accuracy"] = 0.1
+    own = next(r for r in rows if r["entry"] == "uniform" and r["budget_pct"] == 50)
+    own["warning"] = "diverged: ..."
+    bench.flag_unsound(payload)
+    assert peer["warning"].startswith("near chance")
+    assert own["warning"] == "diverged: ..."
+    assert all(r["warning"] is None for r in rows if r is not peer and r is not own)
+    assert "| 10% | torch_pruning:l1-uniform | 10.00 ± 0.00 (2 flagged) |" in bench.to_markdown(payload)
+
+
 def test_check_flags_missing_entries_and_overruns():
     payload = _payload()
     with pytest.raises(AssertionError, match="no result for uniform-scratch at 50%"):
