@@ -265,8 +265,8 @@ def flag_unsound(payload: dict) -> dict:
     for run in payload["runs"]:
         data = run["case"]["data"]
         classes.setdefault(data, load_data(data).num_classes)
+        seed_accuracy = run["seed_network"]["accuracy"]
         for row in run["rows"]:
-            seed_accuracy = run["seed_network"]["accuracy"]
             row["warning"] = row.get("warning") or candidate_warning(row["accuracy"], seed_accuracy, classes[data])
     return payload
 
