@@ -20,6 +20,7 @@ from netfit.api import adapt
 from netfit.cost import peak_memory
 from netfit.data import load_data
 from netfit.export import load_model
+from netfit.methods.odn import DEPTH_SCHEDULES
 from netfit.models import create_model
 
 from .common import RESULTS, environment, log_events, mean_std, write_results
@@ -43,7 +44,12 @@ def run_seed(args: argparse.Namespace, seed: int, root: Path) -> dict:
         epochs=args.epochs,
         seed_epochs=args.seed_epochs,
         train_seed=True,
-        method_options={"warmup_epochs": args.warmup, "depth_epochs": args.depth_epochs, "patience": args.patience},
+        method_options={
+            "warmup_epochs": args.warmup,
+            "depth_epochs": args.depth_epochs,
+            "patience": args.patience,
+            "depth_schedule": _schedule(args),
+        },
         resume=_started(root / f"odn-{seed}"),
         **common,
     )
@@ -135,6 +141,13 @@ def to_markdown(args: argparse.Namespace, runs: list[dict]) -> str:
     def col(part: str, key: str) -> list[float]:
         return [r[part][key] for r in runs]
 
+    cosine = _schedule(args) == "cosine"
+    flags = f" --depth-schedule cosine --depth-epochs {args.depth_epochs}" if cosine else ""
+    per_depth = (
+        f"trained {args.depth_epochs} epochs with the lr annealed to 0 (cosine), its best validation epoch kept"
+        if cosine
+        else f"trained until {args.patience} epochs bring no better validation accuracy (at most {args.depth_epochs})"
+    )
     reduction = [1 - r["odn"]["params"] / r["full"]["params"] for r in runs]
     mem_red = [1 - r["odn"]["peak_memory_bytes"] / r["full"]["peak_memory_bytes"] for r in runs]
     over_seed = [r["odn"]["search_seconds"] / r["odn"]["seed_seconds"] for r in runs]
@@ -142,11 +155,10 @@ def to_markdown(args: argparse.Namespace, runs: list[dict]) -> str:
         f"# ODN on {args.data} with {args.model} (width x{args.width})",
         "",
         f"`python -m benchmarks.odn --data {args.data} --model {args.model} --width {args.width:g} --seeds "
-        f"{' '.join(str(r['seed']) for r in runs)} --seed-epochs {args.seed_epochs}` - test accuracy, mean ± std over "
-        f"seeds. Seed network trained {args.seed_epochs} epochs; ODN: warm-up {args.warmup} epochs, every depth "
-        f"trained until {args.patience} epochs bring no better validation accuracy (at most {args.depth_epochs}), "
-        f"the chosen depth fine-tuned {args.epochs} epochs; uniform trains as many epochs from the same seed as ODN "
-        "did after it.",
+        f"{' '.join(str(r['seed']) for r in runs)} --seed-epochs {args.seed_epochs}{flags}` - test accuracy, mean ± "
+        f"std over seeds. Seed network trained {args.seed_epochs} epochs; ODN: warm-up {args.warmup} epochs, every "
+        f"depth {per_depth}, the chosen depth fine-tuned {args.epochs} epochs; uniform trains as many epochs from the "
+        "same seed as ODN did after it.",
         f"Data: {load_data(args.data).source}. Hardware: {_hardware()}.",
         "",
         "| network | depth (blocks) | test accuracy | MACs | params | params reduction | peak memory reduction |",
@@ -212,15 +224,17 @@ def main() -> None:
     parser.add_argument("--depth-epochs", type=int, default=40, help="cap per depth (ODN's depth_epochs)")
     parser.add_argument("--patience", type=int, default=8, help="epochs without improvement that end a depth")
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--depth-schedule", choices=DEPTH_SCHEDULES, default="plateau")
+    parser.add_argument("--tag", default="", help="suffix of the results name")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--root", type=Path, default=None)
     parser.add_argument("--rewrite", action="store_true", help="only rewrite the markdown from the committed JSON")
     args = parser.parse_args()
     if args.rewrite:
-        payload = json.loads((RESULTS / f"odn_{args.data}.json").read_text())
+        payload = json.loads((RESULTS / f"odn_{args.data}{args.tag}.json").read_text())
         saved = argparse.Namespace(**{**payload["settings"], "root": Path(payload["settings"]["root"])})
-        write_results(f"odn_{args.data}", payload, to_markdown(saved, payload["runs"]))
+        write_results(f"odn_{args.data}{args.tag}", payload, to_markdown(saved, payload["runs"]))
         return
     root = args.root or Path(tempfile.mkdtemp(prefix="netfit-odn-"))
     runs = []
@@ -233,8 +247,12 @@ def main() -> None:
             "paper": PAPER.get(args.data),
             "runs": runs,
         }
-        write_results(f"odn_{args.data}", payload, to_markdown(args, runs))
+        write_results(f"odn_{args.data}{args.tag}", payload, to_markdown(args, runs))
     print(to_markdown(args, runs))
+
+
+def _schedule(args: argparse.Namespace) -> str:
+    return getattr(args, "depth_schedule", "plateau")  # runs saved before the option existed were "plateau"
 
 
 def _started(out: Path) -> bool:

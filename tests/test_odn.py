@@ -153,6 +153,29 @@ def test_depth_cap_ends_a_depth_that_still_improves(tmp_path, digits, monkeypatc
     assert (first["epochs"], first["plateaued"], first["val_acc"]) == (4, False, pytest.approx(0.4))
 
 
+def test_cosine_depth_schedule_trains_every_depth_its_full_anneal(tmp_path, digits, monkeypatch):
+    """depth_schedule=cosine: the flat curve that ends a plateau-scheduled depth after 3 epochs does not end this
+    one; it trains all 5 epochs, its lr annealed from the depth's lr towards 0, and keeps its best epoch."""
+    from netfit.engine import trainer
+
+    real, served = trainer.evaluate, {}
+
+    def flat(model, data, split, **kwargs):
+        if not isinstance(model, ExitNet) or model.depth != 1:
+            return real(model, data, split, **kwargs)
+        served[1] = served.get(1, 0) + 1
+        return {"accuracy": 0.5 if served[1] == 2 else 0.4, "loss": 1.0}
+
+    monkeypatch.setattr(trainer, "evaluate", flat)
+    options = {"target_acc": 0.95, "warmup_epochs": 1, "depth_epochs": 5, "patience": 2, "depth_schedule": "cosine"}
+    result = adapt("cnn_small", digits, "60%", "odn", out=tmp_path, method_options=options, **FAST)
+    first = result.summary["candidates"][0]["info"]
+    assert (first["epochs"], first["val_acc"]) == (5, pytest.approx(0.5))
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    lrs = [e["lr"] for e in log if e["event"] == "epoch" and e["phase"] == "odn-depth1"]
+    assert lrs == sorted(lrs, reverse=True) and lrs[-1] < 0.1 * lrs[0]
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
@@ -160,6 +183,7 @@ def test_depth_cap_ends_a_depth_that_still_improves(tmp_path, digits, monkeypatc
         ({"target_drop": -0.1}, "target_drop"),
         ({"depth_epochs": 0}, "depth"),
         ({"precise_bn": -1}, "precise_bn"),
+        ({"depth_schedule": "step"}, "depth_schedule"),
     ],
 )
 def test_bad_options(options, message):

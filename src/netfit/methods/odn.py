@@ -93,6 +93,9 @@ def deploy_prefix(exit_net: ExitNet, seed_model: StagedNet, depth: int) -> Stage
     return deployed.eval()
 
 
+DEPTH_SCHEDULES = ("plateau", "cosine")
+
+
 @METHODS.register("odn")
 @dataclass
 class ODN:
@@ -105,6 +108,8 @@ class ODN:
         patience: epochs without validation improvement that end a depth (the plateau).
         depth_epochs: the most epochs one depth trains if it never plateaus.
         lr_patience, lr_factor: multiply the lr by ``lr_factor`` after ``lr_patience`` epochs without improvement.
+        depth_schedule: "plateau" (the paper's: the rules above) or "cosine": every depth trains exactly
+            ``depth_epochs`` epochs with the lr annealed to 0 (no patience rules), its best validation epoch kept.
         finetune_epochs: fine-tuning of the chosen depth (default: the run's epochs).
         precise_bn: training samples on which the batch norms' statistics are re-estimated before every
             validation of a depth (0: off). At the constant lr of a depth phase the running averages lag the
@@ -124,6 +129,7 @@ class ODN:
     lr_factor: float = 0.6
     finetune_epochs: int | None = None
     precise_bn: int = 2048
+    depth_schedule: str = "plateau"
 
     def __post_init__(self) -> None:
         if self.target_acc is not None and not 0 < self.target_acc <= 1:
@@ -132,6 +138,10 @@ class ODN:
             raise NetfitError(f"odn target_drop must be a fraction in [0, 1), got {self.target_drop}")
         if self.precise_bn < 0:
             raise NetfitError(f"odn precise_bn must be >= 0 samples, got {self.precise_bn}")
+        if self.depth_schedule not in DEPTH_SCHEDULES:
+            raise NetfitError(
+                f"odn depth_schedule must be one of {', '.join(DEPTH_SCHEDULES)}, got {self.depth_schedule!r}"
+            )
         if self.depth_epochs < 1 or self.patience < 1:
             raise NetfitError(f"odn depth_epochs and patience must be >= 1, got {self.depth_epochs}, {self.patience}")
 
@@ -176,15 +186,16 @@ class ODN:
         model = copy.deepcopy(template)
         model.load_state_dict(state)
         model.depth = depth
-        overrides = {
-            "lr": lr,
-            "schedule": "plateau",
-            "plateau_factor": self.lr_factor,
-            "plateau_patience": self.lr_patience,
-            "early_stop_patience": self.patience,
-            "keep_best": True,
-            "precise_bn": self.precise_bn,
-        }
+        overrides = {"lr": lr, "keep_best": True, "precise_bn": self.precise_bn}
+        if self.depth_schedule == "plateau":
+            overrides |= {
+                "schedule": "plateau",
+                "plateau_factor": self.lr_factor,
+                "plateau_patience": self.lr_patience,
+                "early_stop_patience": self.patience,
+            }
+        else:  # annealed to 0 over the phase: no early stop, whose lr would still be high when it stopped
+            overrides |= {"schedule": "cosine", "early_stop_patience": None}
         return run.train(model, data, phase, epochs=epochs, overrides=overrides)
 
 
