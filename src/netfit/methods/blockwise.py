@@ -85,7 +85,7 @@ class Blockwise:
     min_layers: int = 1
     max_layers: int = 3
     block_epochs: int | None = None
-    block_lr: float = 1e-2
+    block_lr: float = 3e-2  # 0.01 left the 30-epoch supernets short of converged (docs/methods/blockwise.md)
     recal_samples: int = 256
     rate_samples: int = 512
     top_k: int = 2
