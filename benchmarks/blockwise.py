@@ -85,7 +85,8 @@ def run_seed(args: argparse.Namespace, seed: int, root: Path) -> dict:
     losses = [[r["loss"] for r in t["candidates"]] for t in tables]
     macs = [[r["macs"] for r in t["candidates"]] for t in tables]
     rng = np.random.default_rng(seed)
-    pool = {tuple(int(rng.integers(len(t))) for t in tables) for _ in range(4000)}
+    by_depth = [_by_depth(t) for t in tables]
+    pool = {_sample(by_depth, rng) for _ in range(4000)}
     pool = sorted(pool, key=lambda ch: sum(m[c] for m, c in zip(macs, ch)))
     spread = [pool[int(q * (len(pool) - 1))] for q in np.linspace(0, 1, args.archs)]
     ranked = []
@@ -131,6 +132,21 @@ def run_seed(args: argparse.Namespace, seed: int, root: Path) -> dict:
         "uniform": {k: urow[k] for k in ("macs", "params", "accuracy")},
         "search": _time_search(losses, macs, args.k),
     }
+
+
+def _by_depth(table: dict) -> list[list[int]]:
+    """A block's candidate indices grouped by layer count."""
+    depths: dict[int, list[int]] = {}
+    for i, row in enumerate(table["candidates"]):
+        depths.setdefault(len(row["layers"]), []).append(i)
+    return [depths[d] for d in sorted(depths)]
+
+
+def _sample(by_depth: list[list[int]], rng: np.random.Generator) -> tuple[int, ...]:
+    """One architecture as the supernets sampled them: per block a depth uniformly, then one of its candidates.
+    (Uniform over candidate indices would be 216 of 258 three-layer ones: the pool would miss the cheap end.)"""
+    groups = [depths[int(rng.integers(len(depths)))] for depths in by_depth]
+    return tuple(group[int(rng.integers(len(group)))] for group in groups)
 
 
 def _stem_head_macs(template: dict, cut: TeacherBlocks, tables: list[dict], choices, shape) -> float:
