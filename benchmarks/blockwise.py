@@ -9,7 +9,8 @@ then from its per-block tables
   sample) are trained from scratch with the same epochs: Kendall tau of (- summed rating) vs test accuracy;
 * ``--randoms`` random architectures within 3% of the chosen one's MACs, same epochs: chosen vs random;
 * ``uniform`` (width, from the same seed) at the same budget with the post-seed epochs blockwise spent
-  (``--block-epochs`` + ``--epochs``);
+  (``--block-epochs`` + ``--epochs``), and ``dna`` from the same seed: a ``--block-epochs`` search, then
+  ``--epochs`` fine-tune;
 * the exact search is timed on the tables (one core) for several budgets and k.
 Results: benchmarks/results/blockwise_<data>.json/.md.
 """
@@ -113,6 +114,18 @@ def run_seed(args: argparse.Namespace, seed: int, root: Path) -> dict:
         **common,
     )
     (urow,) = uni.summary["candidates"]
+    dna = adapt(  # one search as long as one block's supernet, then the chosen one's epochs: same total as uniform
+        args.model,
+        data,
+        args.budget,
+        "dna",
+        out=root / f"dna-{seed}",
+        epochs=args.epochs,
+        seed_weights=root / f"bw-{seed}" / "seed",
+        method_options={"search_epochs": args.block_epochs},
+        **common,
+    )
+    (drow,) = dna.summary["candidates"]
     return {
         "seed": seed,
         "teacher": {k: bw.summary["seed"][k] for k in ("macs", "params", "accuracy")},
@@ -130,6 +143,7 @@ def run_seed(args: argparse.Namespace, seed: int, root: Path) -> dict:
         },
         "random_same_macs": randoms,
         "uniform": {k: urow[k] for k in ("macs", "params", "accuracy")},
+        "dna": {k: drow[k] for k in ("macs", "params", "accuracy")},
         "search": _time_search(losses, macs, args.k),
     }
 
@@ -185,7 +199,8 @@ def to_markdown(args: argparse.Namespace, runs: list[dict]) -> str:
         f"Seeds {[r['seed'] for r in runs]}; teacher (seed network) trained {args.seed_epochs} epochs; block supernets "
         f"{args.block_epochs} epochs each (AdamW lr {args.block_lr}); every retrained network {args.epochs} epochs "
         f"from scratch; uniform "
-        f"{args.epochs + args.block_epochs} epochs from the teacher. Budget {args.budget} of the teacher's MACs.",
+        f"{args.epochs + args.block_epochs} epochs from the teacher; dna one {args.block_epochs}-epoch search from the "
+        f"teacher, then {args.epochs} fine-tune epochs. Budget {args.budget} of the teacher's MACs.",
         f"Data: {load_data(args.data).source}.",
         "",
         "| network | test accuracy | MACs | params |",
@@ -198,6 +213,14 @@ def to_markdown(args: argparse.Namespace, runs: list[dict]) -> str:
         f"{pct(rand) if rand else 'none found'} | | |",
         f"| uniform width, same budget | {pct([r['uniform']['accuracy'] for r in runs])} | "
         f"{_join(runs, 'uniform', 'macs')} | {_join(runs, 'uniform', 'params')} |",
+        *(  # runs measured before dna was a baseline lack it
+            [
+                f"| dna on the teacher, same budget | {pct([r['dna']['accuracy'] for r in runs])} | "
+                f"{_join(runs, 'dna', 'macs')} | {_join(runs, 'dna', 'params')} |"
+            ]
+            if all("dna" in r for r in runs)
+            else []
+        ),
         "",
         f"**Ranking.** Kendall tau of (- summed block rating) vs test accuracy over {args.archs} random architectures "
         f"spread over the cost range: {', '.join(f'{t:.3f}' for t in taus)} (per seed; target >= 0.6); "
