@@ -4,9 +4,10 @@
 
 Per seed: train the seed network (inside the SNPS run), run SNPS and DNAD (teacher: that trained seed) on the same
 split with the same space, controller, search epochs and member epochs; train one random genotype of the same
-space at each DNAD member's MACs for the same epochs; optionally `uniform` and `dna` on the seed at the run's
-budgets (`--peers`). Step times: each member's supernet step time measured during the search (callback window)
-and re-measured afterwards on the supernet rebuilt at that member's structure (median of a few steps, one batch).
+space at each DNAD member's MACs for the same epochs (from-scratch networks: ``--seed-epochs`` + ``--epochs``);
+optionally `uniform` and `dna` on the seed at the run's budgets (`--peers`). Step times: each member's supernet
+step time measured during the search (callback window) and re-measured afterwards on the supernet rebuilt at that
+member's structure (median of a few steps, one batch).
 Results go to benchmarks/results/dnad_<data>.json/.md.
 """
 
@@ -89,6 +90,12 @@ def supernet_step_seconds(
     return statistics.median(times[1:])  # the first step allocates
 
 
+def _scratch(args: argparse.Namespace) -> int:
+    """Epochs of every network trained from scratch (members, random cells): the seed's plus the peers' fine-tune
+    epochs, so that everyone has trained as long (the search itself is not counted)."""
+    return args.seed_epochs + args.epochs
+
+
 def _adapt(args, data, method: str, out: Path, seed: int, seed_dir: Path, **kwargs) -> dict:
     """One netfit run from the case's seed (the first run trains it), resumed when its directory exists."""
     if out != seed_dir.parent:
@@ -120,7 +127,7 @@ def run_seed(args: argparse.Namespace, seed: int, root: Path) -> dict:
     dnad = None
     for method in ("snps", "dnad"):
         out = root / (f"seed-{seed}" if method == "snps" else f"dnad-{seed}")  # the first run keeps the seed
-        dnad = _adapt(args, data, method, out, seed, seed_dir, epochs=args.epochs, method_options=_options(args))
+        dnad = _adapt(args, data, method, out, seed, seed_dir, epochs=_scratch(args), method_options=_options(args))
     # random genotypes of the same space at each DNAD member's MACs, trained for the same epochs from scratch
     space = build_supernet(tuple(data.input_shape), data.num_classes, args.ops.split(","), args.cells, args.channels)
     rng = np.random.default_rng([seed, 7])
@@ -131,7 +138,7 @@ def run_seed(args: argparse.Namespace, seed: int, root: Path) -> dict:
         train = {"batch_size": args.batch_size, "lr": args.lr, "grad_clip": args.grad_clip, "optimizer": args.optimizer}
         out = root / f"random-{seed}-{m['id']}"
         train_model(
-            model, data, out=out, epochs=args.epochs, seed=seed, train=train, progress=False, resume=out.exists()
+            model, data, out=out, epochs=_scratch(args), seed=seed, train=train, progress=False, resume=out.exists()
         )
     for peer in args.peers:
         epochs, opts = args.epochs, {}
@@ -280,7 +287,8 @@ def to_markdown(args: argparse.Namespace, runs: list[dict], summary: dict) -> st
         f"{seeds[0]['macs'] if seeds else 0:,} MACs, test accuracy {_ms(seed_acc)}%. Space: {args.cells} cells, "
         f"C = {args.channels}, 4 nodes, ops {args.ops}. Search: {args.search_epochs} epochs per run, controller "
         f"{json.dumps(dict(args.x))} (the rest published defaults). Every member and every random cell: "
-        f"{args.epochs} epochs from scratch, batch {args.batch_size}, {args.optimizer} lr {args.lr}, "
+        f"{_scratch(args)} epochs from scratch (the seed's + the peers'), batch {args.batch_size}, "
+        f"{args.optimizer} lr {args.lr}, "
         f"grad clip {args.grad_clip}. "
         f"Peers on the seed: {'; '.join(peer_text[p] for p in args.peers) or 'none'}. "
         f"Data: {load_data(args.data).source}."
