@@ -36,7 +36,7 @@ from netfit.models import build_model, create_model
 from netfit.space.block_search import SearchStats, space_size, top_k
 from netfit.space.blockwise import TeacherBlocks
 
-from .common import environment, mean_std, write_results
+from .common import environment, mean_std, merge_runs, write_results
 
 MATCH = 0.03  # random architectures "at matched MACs": within 3% of the chosen network's MACs
 
@@ -273,14 +273,11 @@ def main() -> None:
     parser.add_argument("--merge", type=Path, nargs="+", help="only combine the runs of these result JSONs")
     args = parser.parse_args()
     if args.merge:  # seeds measured by separate processes, one table
-        payloads = [json.loads(p.read_text()) for p in args.merge]
-        runs = sorted((r for p in payloads for r in p["runs"]), key=lambda r: r["seed"])
+        first, runs = merge_runs(args.merge)
         merged = {"seeds": [r["seed"] for r in runs], "merged_from": [str(p) for p in args.merge]}
-        settings = {"block_lr": args.block_lr} | payloads[0]["settings"] | merged  # runs before --block-lr existed
+        settings = {"block_lr": args.block_lr} | first["settings"] | merged  # runs before --block-lr existed
         saved = argparse.Namespace(**settings)
-        write_results(
-            f"blockwise_{args.data}", payloads[0] | {"settings": settings, "runs": runs}, to_markdown(saved, runs)
-        )
+        write_results(f"blockwise_{args.data}", first | {"settings": settings, "runs": runs}, to_markdown(saved, runs))
         return
     torch.set_num_threads(1)
     root = args.root or Path(tempfile.mkdtemp(prefix="netfit-blockwise-"))

@@ -53,6 +53,13 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def merge_runs(paths: list[Path]) -> tuple[dict, list[dict]]:
+    """Seeds measured by separate processes (one result JSON each, same settings): the first payload and every
+    run, ordered by seed."""
+    payloads = [json.loads(p.read_text()) for p in paths]
+    return payloads[0], sorted((r for p in payloads for r in p["runs"]), key=lambda r: r["seed"])
+
+
 def write_results(name: str, payload: dict, markdown: str, out: Path = RESULTS) -> None:
     """<out>/<name>.json and <name>.md (out: benchmarks/results by default)."""
     out.mkdir(parents=True, exist_ok=True)

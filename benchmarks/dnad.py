@@ -33,7 +33,7 @@ from netfit.methods.dnad import DEFAULT_OPS, SNAPSHOT_FILE
 from netfit.models import build_model, create_model
 from netfit.space.darts import build_supernet, random_genotype
 
-from .common import dna_finetune_epochs, environment, mean_std, write_results
+from .common import dna_finetune_epochs, environment, mean_std, merge_runs, write_results
 
 
 def _options(args: argparse.Namespace) -> dict:
@@ -385,11 +385,10 @@ def main() -> None:
     args = parser.parse_args()
     name = f"dnad_{args.data}{args.tag}"
     if args.combine:
-        payloads = [json.loads(p.read_text()) for p in args.combine]
-        runs = sorted((r for p in payloads for r in p["runs"]), key=lambda r: r["seed"])
-        saved = {**payloads[0]["settings"], "seeds": [r["seed"] for r in runs], "tag": ""}
+        first, runs = merge_runs(args.combine)
+        saved = {**first["settings"], "seeds": [r["seed"] for r in runs], "tag": ""}
         args = argparse.Namespace(**{**saved, "x": [tuple(kv) for kv in saved["x"]]})
-        payload = {**payloads[0], "settings": saved, "summary": summarise(runs), "runs": runs}
+        payload = {**first, "settings": saved, "summary": summarise(runs), "runs": runs}
         write_results(f"dnad_{args.data}", payload, to_markdown(args, runs, payload["summary"]))
         return
     root = args.root or Path(tempfile.mkdtemp(prefix="netfit-dnad-"))

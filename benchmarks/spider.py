@@ -36,7 +36,7 @@ from netfit.models.spidernet import SpiderNet, initial_arch
 from netfit.space.spider import random_arch
 from netfit.trainfree import metric_batch, score
 
-from .common import RESULTS, environment, mean_std, write_results
+from .common import RESULTS, environment, mean_std, merge_runs, write_results
 
 MAX_NODES = 3  # intermediate nodes per cell of a random network
 
@@ -193,6 +193,13 @@ def compare_markdown(args: argparse.Namespace, runs: list[dict]) -> str:
         "tracking at inference, batch 1. Mutations applied per iteration: "
         + "; ".join(f"seed {r['seed']}: {r['spider']['mutations']}" for r in runs),
         "",
+        "SpiderNet's front (every iteration's network, test accuracy @ MACs): "
+        + "; ".join(
+            f"seed {r['seed']}: "
+            + ", ".join(f"{100 * c['accuracy']:.1f}% @ {c['macs']:,.0f}" for c in r["spider"]["front"])
+            for r in runs
+        ),
+        "",
     ]
     return "\n".join(lines)
 
@@ -272,8 +279,17 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--root", type=Path, default=None)
     parser.add_argument("--rewrite", action="store_true", help="only rewrite the markdown from the committed JSON")
+    parser.add_argument("--merge", type=Path, nargs="+", help="compare: only combine these result JSONs' seeds")
     args = parser.parse_args()
     Budget.parse(args.budget)  # fail early on a malformed budget
+    if args.merge:  # seeds measured by separate processes (--tag _pS), one table
+        first, runs = merge_runs(args.merge)
+        settings = first["settings"] | {"seeds": [r["seed"] for r in runs], "tag": args.tag}
+        name = f"spider_compare_{settings['data']}{args.tag}"
+        write_results(
+            name, first | {"settings": settings, "runs": runs}, compare_markdown(argparse.Namespace(**settings), runs)
+        )
+        return
     if args.rewrite:
         name = f"spider_{args.part}_{args.data}{args.tag}"
         payload = json.loads((RESULTS / f"{name}.json").read_text())
@@ -282,6 +298,7 @@ def main() -> None:
         render = tau_markdown(saved, payload) if args.part == "tau" else compare_markdown(saved, payload["runs"])
         write_results(name, payload, render)
         return
+    torch.set_num_threads(1)  # the tables say 1 thread; seeds run side by side as processes
     settings = vars(args) | {"root": str(args.root)}
     if args.part == "tau":
         result = run_tau(args)
