@@ -20,7 +20,7 @@ from netfit.api import adapt
 from netfit.cost import peak_memory
 from netfit.data import load_data
 from netfit.export import load_model
-from netfit.methods.odn import DEPTH_SCHEDULES
+from netfit.methods.odn import DEPTH_SCHEDULES, STARTS
 from netfit.models import create_model
 
 from .common import RESULTS, environment, log_events, mean_std, write_results
@@ -48,7 +48,9 @@ def run_seed(args: argparse.Namespace, seed: int, root: Path) -> dict:
             "warmup_epochs": args.warmup,
             "depth_epochs": args.depth_epochs,
             "patience": args.patience,
-            "depth_schedule": _schedule(args),
+            "depth_schedule": args.depth_schedule,
+            "start": args.start,
+            "depth_lr_factor": args.depth_lr_factor,
         },
         resume=_started(root / f"odn-{seed}"),
         **common,
@@ -116,6 +118,8 @@ def run_seed(args: argparse.Namespace, seed: int, root: Path) -> dict:
     }
 
 
+# what runs saved before these options existed used
+SAVED_DEFAULTS = {"depth_schedule": "plateau", "start": "seed", "depth_lr_factor": 0.5}
 TARGETS = {  # issue 21's targets per data set: what a run must show, checked in the markdown
     "mnist10k": "deployed prefix >= 99.0% test accuracy with >= 96% fewer params than the full network",
     "mnist1d": "deployed prefix within 0.5 points of the full network at <= half its blocks",
@@ -141,8 +145,12 @@ def to_markdown(args: argparse.Namespace, runs: list[dict]) -> str:
     def col(part: str, key: str) -> list[float]:
         return [r[part][key] for r in runs]
 
-    cosine = _schedule(args) == "cosine"
+    args = argparse.Namespace(**(SAVED_DEFAULTS | vars(args)))
+    cosine = args.depth_schedule == "cosine"
     flags = f" --depth-schedule cosine --depth-epochs {args.depth_epochs}" if cosine else ""
+    flags += f" --start {args.start}" if args.start != "seed" else ""
+    flags += f" --depth-lr-factor {args.depth_lr_factor:g}" if args.depth_lr_factor != 0.5 else ""
+    start = "fresh weights of the seed's architecture" if args.start == "scratch" else "the trained seed"
     per_depth = (
         f"trained {args.depth_epochs} epochs with the lr annealed to 0 (cosine), its best validation epoch kept"
         if cosine
@@ -156,8 +164,9 @@ def to_markdown(args: argparse.Namespace, runs: list[dict]) -> str:
         "",
         f"`python -m benchmarks.odn --data {args.data} --model {args.model} --width {args.width:g} --seeds "
         f"{' '.join(str(r['seed']) for r in runs)} --seed-epochs {args.seed_epochs}{flags}` - test accuracy, mean ± "
-        f"std over seeds. Seed network trained {args.seed_epochs} epochs; ODN: warm-up {args.warmup} epochs, every "
-        f"depth {per_depth}, the chosen depth fine-tuned {args.epochs} epochs; uniform trains as many epochs from the "
+        f"std over seeds. Seed network trained {args.seed_epochs} epochs; ODN: warm-up {args.warmup} epochs on "
+        f"{start}, every depth {per_depth} (lr: the base lr at depth 1, {args.depth_lr_factor:g} x it later), the "
+        f"chosen depth fine-tuned {args.epochs} epochs; uniform trains as many epochs from the "
         "same seed as ODN did after it.",
         f"Data: {load_data(args.data).source}. Hardware: {_hardware()}.",
         "",
@@ -225,6 +234,8 @@ def main() -> None:
     parser.add_argument("--patience", type=int, default=8, help="epochs without improvement that end a depth")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--depth-schedule", choices=DEPTH_SCHEDULES, default="plateau")
+    parser.add_argument("--start", choices=STARTS, default="seed", help="ODN's start: the trained seed or scratch")
+    parser.add_argument("--depth-lr-factor", type=float, default=0.5, help="lr of depths >= 2 / the base lr")
     parser.add_argument("--tag", default="", help="suffix of the results name")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=0.05)
@@ -249,10 +260,6 @@ def main() -> None:
         }
         write_results(f"odn_{args.data}{args.tag}", payload, to_markdown(args, runs))
     print(to_markdown(args, runs))
-
-
-def _schedule(args: argparse.Namespace) -> str:
-    return getattr(args, "depth_schedule", "plateau")  # runs saved before the option existed were "plateau"
 
 
 def _started(out: Path) -> bool:

@@ -2,15 +2,17 @@
 
 import copy
 import json
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from netfit.api import adapt
 from netfit.engine.norms import recalibration_batches
-from netfit.methods.odn import ODN, ExitNet, deploy_prefix
-from netfit.models import create_model
+from netfit.methods.odn import ODN, ExitNet, deploy_prefix, depth_lr
+from netfit.models import arch_of, create_model
 
 FAST = {"epochs": 2, "seed_epochs": 2, "progress": False, "train": {"batch_size": 64}}
 QUICK = {"warmup_epochs": 1, "depth_epochs": 2}  # tests cap every depth at 2 epochs (the default trains to a plateau)
@@ -184,6 +186,8 @@ def test_cosine_depth_schedule_trains_every_depth_its_full_anneal(tmp_path, digi
         ({"depth_epochs": 0}, "depth"),
         ({"precise_bn": -1}, "precise_bn"),
         ({"depth_schedule": "step"}, "depth_schedule"),
+        ({"start": "pretrained"}, "start"),
+        ({"depth_lr_factor": 0.0}, "depth_lr_factor"),
     ],
 )
 def test_bad_options(options, message):
@@ -191,3 +195,28 @@ def test_bad_options(options, message):
 
     with pytest.raises(NetfitError, match=message):
         ODN(**options)
+
+
+def test_scratch_start_draws_fresh_weights_of_the_seeds_architecture():
+    """start=scratch: the seed's architecture with new weights, the same for the same run seed (resume);
+    start=seed: the seed's own weights."""
+    trained = create_model("cnn_small", num_classes=10, in_chans=1)
+    seed = SimpleNamespace(model=trained)
+
+    def run(number: int) -> SimpleNamespace:
+        return SimpleNamespace(rng=lambda purpose: np.random.default_rng([number, len(purpose)]))
+
+    fresh, again, other = (ODN(start="scratch")._body(seed, run(n)) for n in (0, 0, 1))
+    assert arch_of(fresh) == arch_of(trained)
+    first = next(iter(trained.state_dict()))
+    assert not torch.equal(fresh.state_dict()[first], trained.state_dict()[first])
+    assert torch.equal(fresh.state_dict()[first], again.state_dict()[first])
+    assert not torch.equal(fresh.state_dict()[first], other.state_dict()[first])
+    kept = ODN()._body(seed, run(0))
+    assert kept is not trained and all(torch.equal(a, b) for a, b in zip(kept.parameters(), trained.parameters()))
+
+
+def test_depth_lr_factor():
+    assert depth_lr(0.1, 1, 0.25) == 0.1
+    assert [depth_lr(0.1, d) for d in (2, 3)] == pytest.approx([0.05, 0.05])
+    assert depth_lr(0.1, 3, 1.0) == pytest.approx(0.1)

@@ -94,6 +94,7 @@ def deploy_prefix(exit_net: ExitNet, seed_model: StagedNet, depth: int) -> Stage
 
 
 DEPTH_SCHEDULES = ("plateau", "cosine")
+STARTS = ("seed", "scratch")
 
 
 @METHODS.register("odn")
@@ -110,6 +111,11 @@ class ODN:
         lr_patience, lr_factor: multiply the lr by ``lr_factor`` after ``lr_patience`` epochs without improvement.
         depth_schedule: "plateau" (the paper's: the rules above) or "cosine": every depth trains exactly
             ``depth_epochs`` epochs with the lr annealed to 0 (no patience rules), its best validation epoch kept.
+        depth_lr_factor: the lr of every depth after the first, as a fraction of the base lr (the public code
+            halves it).
+        start: "seed" (the exits are warmed up on the trained seed's weights) or "scratch" (on fresh weights of
+            the seed's architecture, drawn from the run's seed: the paper trains from initialisation; the trained
+            seed stays the reference of the target).
         finetune_epochs: fine-tuning of the chosen depth (default: the run's epochs).
         precise_bn: training samples on which the batch norms' statistics are re-estimated before every
             validation of a depth (0: off). At the constant lr of a depth phase the running averages lag the
@@ -130,6 +136,8 @@ class ODN:
     finetune_epochs: int | None = None
     precise_bn: int = 2048
     depth_schedule: str = "plateau"
+    depth_lr_factor: float = 0.5
+    start: str = "seed"
 
     def __post_init__(self) -> None:
         if self.target_acc is not None and not 0 < self.target_acc <= 1:
@@ -142,12 +150,16 @@ class ODN:
             raise NetfitError(
                 f"odn depth_schedule must be one of {', '.join(DEPTH_SCHEDULES)}, got {self.depth_schedule!r}"
             )
+        if self.start not in STARTS:
+            raise NetfitError(f"odn start must be one of {', '.join(STARTS)}, got {self.start!r}")
+        if not 0 < self.depth_lr_factor <= 1:
+            raise NetfitError(f"odn depth_lr_factor must be in (0, 1], got {self.depth_lr_factor}")
         if self.depth_epochs < 1 or self.patience < 1:
             raise NetfitError(f"odn depth_epochs and patience must be >= 1, got {self.depth_epochs}, {self.patience}")
 
     def search(self, seed: Seed, data, targets: list[Target], run) -> list[Candidate]:
         target = targets[0]
-        net = ExitNet(copy.deepcopy(seed.model), seed.input_shape, data.num_classes).to(run.device)
+        net = ExitNet(self._body(seed, run), seed.input_shape, data.num_classes).to(run.device)
         goal = self.target_acc
         if goal is None:
             goal = evaluate(seed.model, data, "val", device=run.device)["accuracy"] - self.target_drop
@@ -160,7 +172,7 @@ class ODN:
         deepest = max(d for d, c in enumerate(costs, start=1) if c <= target.limit)
         candidates = []
         for depth in range(1, deepest + 1):
-            lr = depth_lr(run.config.lr, depth)
+            lr = depth_lr(run.config.lr, depth, self.depth_lr_factor)
             trained = self._train_depth(warm, warm_state, depth, data, run, f"odn-depth{depth}", lr, self.depth_epochs)
             best, model = trained.best_val_acc, trained.model
             info = {"depth": depth, "val_acc": best, "target_acc": goal, "reached": best >= goal}
@@ -179,6 +191,14 @@ class ODN:
             if chosen:
                 break
         return candidates
+
+    def _body(self, seed: Seed, run) -> nn.Module:
+        """The network whose exits are warmed up: the trained seed, or its architecture freshly initialised."""
+        if self.start == "seed":
+            return copy.deepcopy(seed.model)
+        with torch.random.fork_rng(devices=[]):  # the same weights after a resume
+            torch.manual_seed(int(run.rng("odn-init").integers(2**31)))
+            return build_model(arch_of(seed.model))
 
     def _train_depth(
         self, template: ExitNet, state: dict, depth: int, data, run, phase: str, lr: float, epochs: int | None = None
@@ -199,9 +219,10 @@ class ODN:
         return run.train(model, data, phase, epochs=epochs, overrides=overrides)
 
 
-def depth_lr(base_lr: float, depth: int) -> float:
-    """A depth phase's starting lr: the base lr at depth 1, half of it at every later depth (the public code)."""
-    return base_lr if depth == 1 else base_lr / 2
+def depth_lr(base_lr: float, depth: int, factor: float = 0.5) -> float:
+    """A depth phase's starting lr: the base lr at depth 1, ``factor`` x it at every later depth (the public code:
+    half)."""
+    return base_lr if depth == 1 else base_lr * factor
 
 
 def _plateaued(history: list[dict], patience: int) -> bool:
