@@ -59,7 +59,8 @@ def _measure(model: torch.nn.Module, shape) -> dict:
 def _train_scratch(arch: dict, data, epochs: int, seed: int, args: argparse.Namespace) -> tuple[SpiderNet, dict]:
     torch.manual_seed(seed)
     model = SpiderNet(arch)
-    config = TrainConfig(epochs=epochs, seed=seed, batch_size=args.batch_size, lr=args.lr).validate()
+    clip = getattr(args, "grad_clip", None)  # runs saved before the option existed had none
+    config = TrainConfig(epochs=epochs, seed=seed, batch_size=args.batch_size, lr=args.lr, grad_clip=clip).validate()
     model = train(model, data, config, progress=False).model
     return model, {
         "val_acc": evaluate(model, data, "val")["accuracy"],
@@ -79,7 +80,8 @@ def _random_within(template: dict, rng: np.random.Generator, limit: float, metri
 def run_seed(args: argparse.Namespace, seed: int, root: Path) -> dict:
     data = load_data(args.data)
     shape = data.input_shape
-    common = {"seed": seed, "progress": False, "train": {"batch_size": args.batch_size, "lr": args.lr}}
+    train = {"batch_size": args.batch_size, "lr": args.lr} | ({"grad_clip": args.grad_clip} if args.grad_clip else {})
+    common = {"seed": seed, "progress": False, "train": train}
     out = root / f"spider-{seed}"
     spider = adapt(
         args.model,
@@ -167,8 +169,8 @@ def compare_markdown(args: argparse.Namespace, runs: list[dict]) -> str:
         f"SpiderNet: {args.channels} initial channels, {args.reductions} reduction cells, {args.iterations} "
         f"iterations, {args.epochs} epochs in all, supernet weights at lr_scale {args.lr_scale} x the run's lr "
         f"{args.lr}; its result is its last iteration's network. Random search: networks of the same space within "
-        f"the budget, each trained {args.epochs} epochs from scratch at lr {args.lr}, until it used SpiderNet's "
-        "search wall time; best on validation."
+        f"the budget, each trained {args.epochs} epochs from scratch at lr {args.lr}{_clip(args)}, until it used "
+        "SpiderNet's search wall time; best on validation."
         + (
             f" DNA: the trained seed, {args.dna_search_epochs} search + {args.epochs - args.dna_search_epochs} "
             "fine-tune epochs."
@@ -239,7 +241,8 @@ def tau_markdown(args: argparse.Namespace, result: dict) -> str:
         f"Random networks of SpiderNet's space ({args.channels} initial channels, {args.reductions} reduction cells, "
         f"up to {MAX_NODES} intermediate nodes per cell, each op kept with p = 0.5); metrics at initialisation on "
         f"{args.metric_samples} training samples; each network then trained {args.epochs} epochs from scratch "
-        f"(seed {args.seeds[0]}), test accuracy. Scale: {load_data(args.data).source}; CPU.",
+        f"(seed {args.seeds[0]}, SGD lr {args.lr}{_clip(args)}), test accuracy. Scale: {load_data(args.data).source}; "
+        "CPU.",
         "",
         "| ranking by | Kendall tau with test accuracy | p-value |",
         "|---|---|---|",
@@ -254,6 +257,11 @@ def tau_markdown(args: argparse.Namespace, result: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _clip(args: argparse.Namespace) -> str:
+    clip = getattr(args, "grad_clip", None)
+    return f", gradient norm clipped at {clip:g}" if clip else ""
 
 
 def main() -> None:
@@ -277,6 +285,7 @@ def main() -> None:
     parser.add_argument("--metric-samples", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--grad-clip", type=float, default=None, help="networks trained from scratch: clip the norm")
     parser.add_argument("--root", type=Path, default=None)
     parser.add_argument("--rewrite", action="store_true", help="only rewrite the markdown from the committed JSON")
     parser.add_argument("--merge", type=Path, nargs="+", help="compare: only combine these result JSONs' seeds")
