@@ -150,8 +150,25 @@ def run_seed(args: argparse.Namespace, seed: int, root: Path) -> dict:
     return row
 
 
+def run_retrain(payload: dict, root: Path) -> None:
+    """Adds ``spider_retrained`` to every run: SpiderNet's final architecture trained from scratch exactly as a
+    random-search network (same epochs, lr, seed). It separates the architecture SpiderNet found from the
+    weight-sharing training it got (extra epochs: not part of the same-time comparison)."""
+    args = argparse.Namespace(**payload["settings"])
+    data = load_data(args.data)
+    for run in payload["runs"]:
+        out = root / f"spider-{run['seed']}"
+        final = json.loads((out / "result.json").read_text())["candidates"][-1]
+        arch = SpiderNet.describe(load_model(out / final["weights"]))
+        started = time.perf_counter()
+        model, accs = _train_scratch(arch, data, args.epochs, run["seed"], args)
+        seconds = round(time.perf_counter() - started, 1)
+        run["spider_retrained"] = {**accs, **_measure(model, data.input_shape), "seconds": seconds}
+        print(json.dumps({"seed": run["seed"], **run["spider_retrained"]}), flush=True)
+
+
 def compare_markdown(args: argparse.Namespace, runs: list[dict]) -> str:
-    entries = [e for e in ("spider", "random", "dna") if e in runs[0]]
+    entries = [e for e in ("spider", "random", "dna", "spider_retrained") if e in runs[0]]
 
     def ms(entry: str, key: str, pct: bool = False) -> str:
         m, s = mean_std([r[entry][key] for r in runs])
@@ -195,6 +212,16 @@ def compare_markdown(args: argparse.Namespace, runs: list[dict]) -> str:
         "tracking at inference, batch 1. Mutations applied per iteration: "
         + "; ".join(f"seed {r['seed']}: {r['spider']['mutations']}" for r in runs),
         "",
+        *(
+            [
+                "spider_retrained: SpiderNet's final architecture trained from scratch like a random-search network "
+                f"({args.epochs} epochs; extra training, outside the same-time comparison; its time column is that "
+                "training's).",
+                "",
+            ]
+            if "spider_retrained" in entries
+            else []
+        ),
         "SpiderNet's front (every iteration's network, test accuracy @ MACs): "
         + "; ".join(
             f"seed {r['seed']}: "
@@ -266,7 +293,7 @@ def _clip(args: argparse.Namespace) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=["compare", "tau"])
+    parser.add_argument("part", choices=["compare", "tau", "retrain"], help="retrain: adds to the compare results")
     parser.add_argument("--data", default="mnist1d")
     parser.add_argument("--model", default="cnn1d")
     parser.add_argument("--budget", default="50%")
@@ -298,6 +325,13 @@ def main() -> None:
         write_results(
             name, first | {"settings": settings, "runs": runs}, compare_markdown(argparse.Namespace(**settings), runs)
         )
+        return
+    if args.part == "retrain":  # SpiderNet's final architectures of a compare run (its --root) from scratch
+        torch.set_num_threads(1)
+        name = f"spider_compare_{args.data}{args.tag}"
+        payload = json.loads((RESULTS / f"{name}.json").read_text())
+        run_retrain(payload, args.root or Path(payload["settings"]["root"]))
+        write_results(name, payload, compare_markdown(argparse.Namespace(**payload["settings"]), payload["runs"]))
         return
     if args.rewrite:
         name = f"spider_{args.part}_{args.data}{args.tag}"
