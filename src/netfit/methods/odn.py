@@ -1,13 +1,13 @@
 """ODN, Optimally Deep Networks: find the shallowest prefix of a deep network that reaches a target accuracy.
 
-Every block of the seed gets an exit head (global average pool + linear). All exits are warmed up jointly;
-then depth d = 1, 2, ... is trained to its plateau (lr halved after depth 1, x0.6 after ``lr_patience`` epochs
-without improvement, stop after ``patience`` epochs without improvement or at ``depth_epochs``; the norms'
-statistics re-estimated before every validation, ``precise_bn``) until its best validation accuracy reaches the
-target (the seed's validation accuracy - ``target_drop``). The chosen depth is fine-tuned and only blocks 1..d
-plus head d are deployed, as a plain built-in network. Every trained depth is a candidate, so the run also
-yields the accuracy-vs-cost front over depths. With a budget, depths whose prefix
-exceeds it are never trained ("the deepest prefix within the budget").
+Every block of the seed gets an exit head (global average pool + linear). All exits are warmed up jointly (on the
+seed's weights, or fresh ones with ``start="scratch"``); then depth d = 1, 2, ... is trained to its plateau (lr x
+``depth_lr_factor`` after depth 1, x0.6 after ``lr_patience`` epochs without improvement, stop after ``patience``
+epochs without improvement or at ``depth_epochs``; the norms' statistics re-estimated before every validation,
+``precise_bn``) until its best validation accuracy reaches the target (the seed's validation accuracy -
+``target_drop``). The chosen depth is fine-tuned and only blocks 1..d plus head d are deployed, as a plain
+built-in network. Every trained depth is a candidate, so the run also yields the accuracy-vs-cost front over
+depths. With a budget, depths whose prefix exceeds it are never trained ("the deepest prefix within the budget").
 """
 
 from __future__ import annotations
