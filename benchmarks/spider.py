@@ -59,8 +59,9 @@ def _measure(model: torch.nn.Module, shape) -> dict:
 def _train_scratch(arch: dict, data, epochs: int, seed: int, args: argparse.Namespace) -> tuple[SpiderNet, dict]:
     torch.manual_seed(seed)
     model = SpiderNet(arch)
-    clip = getattr(args, "grad_clip", None)  # runs saved before the option existed had none
-    config = TrainConfig(epochs=epochs, seed=seed, batch_size=args.batch_size, lr=args.lr, grad_clip=clip).validate()
+    config = TrainConfig(
+        epochs=epochs, seed=seed, batch_size=args.batch_size, lr=args.lr, grad_clip=args.grad_clip
+    ).validate()
     model = train(model, data, config, progress=False).model
     return model, {
         "val_acc": evaluate(model, data, "val")["accuracy"],
@@ -80,7 +81,7 @@ def _random_within(template: dict, rng: np.random.Generator, limit: float, metri
 def run_seed(args: argparse.Namespace, seed: int, root: Path) -> dict:
     data = load_data(args.data)
     shape = data.input_shape
-    train = {"batch_size": args.batch_size, "lr": args.lr} | ({"grad_clip": args.grad_clip} if args.grad_clip else {})
+    train = {"batch_size": args.batch_size, "lr": args.lr, "grad_clip": args.grad_clip}
     common = {"seed": seed, "progress": False, "train": train}
     out = root / f"spider-{seed}"
     spider = adapt(
@@ -154,7 +155,7 @@ def run_retrain(payload: dict, root: Path) -> None:
     """Adds ``spider_retrained`` to every run: SpiderNet's final architecture trained from scratch exactly as a
     random-search network (same epochs, lr, seed). It separates the architecture SpiderNet found from the
     weight-sharing training it got (extra epochs: not part of the same-time comparison)."""
-    args = argparse.Namespace(**payload["settings"])
+    args = saved_args(payload["settings"])
     data = load_data(args.data)
     for run in payload["runs"]:
         out = root / f"spider-{run['seed']}"
@@ -287,8 +288,12 @@ def tau_markdown(args: argparse.Namespace, result: dict) -> str:
 
 
 def _clip(args: argparse.Namespace) -> str:
-    clip = getattr(args, "grad_clip", None)
-    return f", gradient norm clipped at {clip:g}" if clip else ""
+    return f", gradient norm clipped at {args.grad_clip:g}" if args.grad_clip else ""
+
+
+def saved_args(settings: dict) -> argparse.Namespace:
+    """A results JSON's settings as arguments; runs saved before an option existed get what they ran with."""
+    return argparse.Namespace(**({"lr_scale": 1.0, "grad_clip": None} | settings))
 
 
 def main() -> None:
@@ -322,22 +327,20 @@ def main() -> None:
         first, runs = merge_runs(args.merge)
         settings = first["settings"] | {"seeds": [r["seed"] for r in runs], "tag": args.tag}
         name = f"spider_compare_{settings['data']}{args.tag}"
-        write_results(
-            name, first | {"settings": settings, "runs": runs}, compare_markdown(argparse.Namespace(**settings), runs)
-        )
+        write_results(name, first | {"settings": settings, "runs": runs}, compare_markdown(saved_args(settings), runs))
         return
     if args.part == "retrain":  # SpiderNet's final architectures of a compare run (its --root) from scratch
         torch.set_num_threads(1)
         name = f"spider_compare_{args.data}{args.tag}"
         payload = json.loads((RESULTS / f"{name}.json").read_text())
         run_retrain(payload, args.root or Path(payload["settings"]["root"]))
-        write_results(name, payload, compare_markdown(argparse.Namespace(**payload["settings"]), payload["runs"]))
+        write_results(name, payload, compare_markdown(saved_args(payload["settings"]), payload["runs"]))
         return
     if args.rewrite:
         name = f"spider_{args.part}_{args.data}{args.tag}"
         payload = json.loads((RESULTS / f"{name}.json").read_text())
-        # runs made before lr_scale existed trained the supernet at the run's lr
-        saved = argparse.Namespace(**{**vars(args), "lr_scale": 1.0, **payload["settings"]})
+        # runs made before lr_scale existed trained the supernet at the run's lr (the CLI's default is not theirs)
+        saved = saved_args(vars(args) | {"lr_scale": 1.0} | payload["settings"])
         render = tau_markdown(saved, payload) if args.part == "tau" else compare_markdown(saved, payload["runs"])
         write_results(name, payload, render)
         return
