@@ -20,7 +20,7 @@ from netfit.api import adapt
 from netfit.cost import peak_memory
 from netfit.data import load_data
 from netfit.export import load_model
-from netfit.methods.odn import DEPTH_SCHEDULES, STARTS
+from netfit.methods.odn import DEPTH_LR_FACTOR, DEPTH_SCHEDULES, STARTS
 from netfit.models import create_model
 
 from .common import RESULTS, environment, log_events, mean_std, write_results
@@ -119,7 +119,7 @@ def run_seed(args: argparse.Namespace, seed: int, root: Path) -> dict:
 
 
 # what runs saved before these options existed used
-SAVED_DEFAULTS = {"depth_schedule": "plateau", "start": "seed", "depth_lr_factor": 0.5}
+SAVED_DEFAULTS = {"depth_schedule": "plateau", "start": "seed", "depth_lr_factor": DEPTH_LR_FACTOR}
 TARGETS = {  # issue 21's targets per data set: what a run must show, checked in the markdown
     "mnist10k": "deployed prefix >= 99.0% test accuracy with >= 96% fewer params than the full network",
     "mnist1d": "deployed prefix within 0.5 points of the full network at <= half its blocks",
@@ -149,7 +149,7 @@ def to_markdown(args: argparse.Namespace, runs: list[dict]) -> str:
     cosine = args.depth_schedule == "cosine"
     flags = f" --depth-schedule cosine --depth-epochs {args.depth_epochs}" if cosine else ""
     flags += f" --start {args.start}" if args.start != "seed" else ""
-    flags += f" --depth-lr-factor {args.depth_lr_factor:g}" if args.depth_lr_factor != 0.5 else ""
+    flags += f" --depth-lr-factor {args.depth_lr_factor:g}" if args.depth_lr_factor != DEPTH_LR_FACTOR else ""
     start = "fresh weights of the seed's architecture" if args.start == "scratch" else "the trained seed"
     per_depth = (
         f"trained {args.depth_epochs} epochs with the lr annealed to 0 (cosine), its best validation epoch kept"
@@ -235,7 +235,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--depth-schedule", choices=DEPTH_SCHEDULES, default="plateau")
     parser.add_argument("--start", choices=STARTS, default="seed", help="ODN's start: the trained seed or scratch")
-    parser.add_argument("--depth-lr-factor", type=float, default=0.5, help="lr of depths >= 2 / the base lr")
+    parser.add_argument("--depth-lr-factor", type=float, default=DEPTH_LR_FACTOR, help="lr of depths >= 2 / base lr")
     parser.add_argument("--tag", default="", help="suffix of the results name")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=0.05)

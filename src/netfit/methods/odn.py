@@ -95,6 +95,7 @@ def deploy_prefix(exit_net: ExitNet, seed_model: StagedNet, depth: int) -> Stage
 
 DEPTH_SCHEDULES = ("plateau", "cosine")
 STARTS = ("seed", "scratch")
+DEPTH_LR_FACTOR = 0.5  # the public code halves the lr of every depth after the first
 
 
 @METHODS.register("odn")
@@ -136,7 +137,7 @@ class ODN:
     finetune_epochs: int | None = None
     precise_bn: int = 2048
     depth_schedule: str = "plateau"
-    depth_lr_factor: float = 0.5
+    depth_lr_factor: float = DEPTH_LR_FACTOR
     start: str = "seed"
 
     def __post_init__(self) -> None:
@@ -219,7 +220,7 @@ class ODN:
         return run.train(model, data, phase, epochs=epochs, overrides=overrides)
 
 
-def depth_lr(base_lr: float, depth: int, factor: float = 0.5) -> float:
+def depth_lr(base_lr: float, depth: int, factor: float = DEPTH_LR_FACTOR) -> float:
     """A depth phase's starting lr: the base lr at depth 1, ``factor`` x it at every later depth (the public code:
     half)."""
     return base_lr if depth == 1 else base_lr * factor
