@@ -32,6 +32,7 @@ from netfit.cost import count_cost, measure, peak_memory
 from netfit.data import load_data
 from netfit.engine import TrainConfig, evaluate, train
 from netfit.export import load_model
+from netfit.methods.spider import SpiderNetSearch
 from netfit.models.spidernet import SpiderNet, initial_arch
 from netfit.space.spider import random_arch
 from netfit.trainfree import metric_batch, score
@@ -48,6 +49,7 @@ def spider_options(args: argparse.Namespace) -> dict:
         "iterations": args.iterations,
         "mutation_candidates": args.candidates,
         "lr_scale": args.lr_scale,
+        "final_epochs": args.final_epochs,
     }
 
 
@@ -177,6 +179,7 @@ def compare_markdown(args: argparse.Namespace, runs: list[dict]) -> str:
         return f"{100 * m:.2f}{spread}%" if pct else f"{m:,.0f}{spread}"
 
     budget = runs[0]["budget"]
+    per, final = SpiderNetSearch(**spider_options(args)).epoch_split(args.epochs)
     lines = [
         f"# SpiderNet on {args.data}: vs random search of its space{' and vs DNA' if 'dna' in entries else ''} "
         f"(budget {args.budget})",
@@ -185,8 +188,13 @@ def compare_markdown(args: argparse.Namespace, runs: list[dict]) -> str:
         f"{budget['limit']:,.0f} {budget['metric']}; seed {args.model} trained {args.seed_epochs} epochs, "
         f"test accuracy {100 * mean_std([r['seed_net']['accuracy'] for r in runs])[0]:.2f}%.",
         f"SpiderNet: {args.channels} initial channels, {args.reductions} reduction cells, {args.iterations} "
-        f"iterations, {args.epochs} epochs in all, supernet weights at lr_scale {args.lr_scale} x the run's lr "
-        f"{args.lr}; its result is its last iteration's network. Random search: networks of the same space within "
+        f"iterations x {per} epochs, supernet weights at lr_scale {args.lr_scale} x the run's lr {args.lr}; "
+        + (
+            f"then its last network trained alone (plain) for {final} epochs at the same lr, which is its result. "
+            if final
+            else "its result is its last iteration's network. "
+        )
+        + f"Random search: networks of the same space within "
         f"the budget, each trained {args.epochs} epochs from scratch at lr {args.lr}{_clip(args)}, until it used "
         "SpiderNet's search wall time; best on validation."
         + (
@@ -291,9 +299,13 @@ def _clip(args: argparse.Namespace) -> str:
     return f", gradient norm clipped at {args.grad_clip:g}" if args.grad_clip else ""
 
 
-def saved_args(settings: dict) -> argparse.Namespace:
-    """A results JSON's settings as arguments; runs saved before an option existed get what they ran with."""
-    return argparse.Namespace(**({"lr_scale": 1.0, "grad_clip": None} | settings))
+# what runs saved before an option existed ran with (lr_scale: the supernet trained at the run's lr)
+BEFORE_OPTIONS = {"lr_scale": 1.0, "grad_clip": None, "final_epochs": 0}
+
+
+def saved_args(settings: dict, fallback: dict | None = None) -> argparse.Namespace:
+    """A results JSON's settings as arguments; options it lacks from ``BEFORE_OPTIONS``, then ``fallback``."""
+    return argparse.Namespace(**((fallback or {}) | BEFORE_OPTIONS | settings))
 
 
 def main() -> None:
@@ -310,6 +322,7 @@ def main() -> None:
     parser.add_argument("--reductions", type=int, default=2)
     parser.add_argument("--candidates", type=int, default=3, help="edge splits scored per iteration")
     parser.add_argument("--lr-scale", type=float, default=0.2, help="spider's lr_scale (supernet lr / run lr)")
+    parser.add_argument("--final-epochs", type=int, default=None, help="spider's final_epochs (default: its own)")
     parser.add_argument("--tag", default="", help="suffix of the result files (an ablation next to the main run)")
     parser.add_argument("--dna", action="store_true", help="also run DNA on the same seed and budget")
     parser.add_argument("--dna-search-epochs", type=int, default=3)
@@ -339,8 +352,7 @@ def main() -> None:
     if args.rewrite:
         name = f"spider_{args.part}_{args.data}{args.tag}"
         payload = json.loads((RESULTS / f"{name}.json").read_text())
-        # runs made before lr_scale existed trained the supernet at the run's lr (the CLI's default is not theirs)
-        saved = saved_args(vars(args) | {"lr_scale": 1.0} | payload["settings"])
+        saved = saved_args(payload["settings"], fallback=vars(args))
         render = tau_markdown(saved, payload) if args.part == "tau" else compare_markdown(saved, payload["runs"])
         write_results(name, payload, render)
         return

@@ -262,6 +262,42 @@ def test_resume_between_iterations(tmp_path, digits, monkeypatch):
     assert sum(len(c["nodes"]) for c in rows[1]["arch"]["cells"]) <= grown  # it1 grew from the saved supernet
 
 
+def test_final_phase_trains_the_last_network_alone(tmp_path, digits):
+    options = {**TINY, "final_epochs": 1}
+    result = adapt("cnn_small", digits, "100%", "spider", out=tmp_path, method_options=options, **FAST)
+    rows = result.summary["candidates"]
+    assert [r["id"] for r in rows] == ["spider-it0", "spider-it1", "spider-final"]
+    assert rows[2]["arch"] == rows[1]["arch"] and rows[2]["info"]["final_epochs"] == 1
+    assert "iteration" not in rows[2]["info"] and rows[2]["within_budget"]
+    last, final = result.models["spider-it1"].state_dict(), result.models["spider-final"].state_dict()
+    assert any(not torch.equal(last[k], final[k]) for k in last)  # trained further, from the last weights
+
+
+def test_resume_in_the_final_phase(tmp_path, digits, monkeypatch):
+    options = {**TINY, "final_epochs": 1}
+    real = spider_module.finetune
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(spider_module, "finetune", crash)
+    with pytest.raises(KeyboardInterrupt):
+        adapt("cnn_small", digits, "100%", "spider", out=tmp_path, method_options=options, **FAST)
+    monkeypatch.setattr(spider_module, "finetune", real)
+    stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "ckpt").glob("spider-it*.pt")}
+    resumed = adapt("cnn_small", digits, "100%", "spider", out=tmp_path, method_options=options, resume=True, **FAST)
+    assert [r["id"] for r in resumed.summary["candidates"]] == ["spider-it0", "spider-it1", "spider-final"]
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "ckpt").glob("spider-it*.pt")} == stamps
+
+
+@pytest.mark.parametrize(
+    "options, total, expected",
+    [({"iterations": 6}, 40, (5, 10)), ({"iterations": 6, "final_epochs": 0}, 30, (5, 0)), ({}, 1, (1, 0))],
+)
+def test_epochs_split_between_iterations_and_the_final_phase(options, total, expected):
+    assert SpiderNetSearch(**options).epoch_split(total) == expected
+
+
 @pytest.mark.parametrize(
     "options, match",
     [
@@ -272,6 +308,7 @@ def test_resume_between_iterations(tmp_path, digits, monkeypatch):
         ({"gate_init": 0.1}, "gate_init"),
         ({"deadhead_threshold": 1.5}, "deadhead_threshold"),
         ({"iterations": 0}, "iterations"),
+        ({"final_epochs": -1}, "final_epochs"),
         ({"metric_samples": 1}, "metric_samples"),
     ],
 )
