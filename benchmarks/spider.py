@@ -231,7 +231,7 @@ def compare_markdown(args: argparse.Namespace, runs: list[dict]) -> str:
             if "spider_retrained" in entries
             else []
         ),
-        "SpiderNet's front (every iteration's network, test accuracy @ MACs): "
+        "SpiderNet's candidates in order (every iteration's network, then the final phase's; test accuracy @ MACs): "
         + "; ".join(
             f"seed {r['seed']}: "
             + ", ".join(f"{100 * c['accuracy']:.1f}% @ {c['macs']:,.0f}" for c in r["spider"]["front"])
