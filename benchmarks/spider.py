@@ -4,8 +4,9 @@ DNA on the seed; and how well the train-free metrics rank networks of the space 
     python -m benchmarks.spider compare --data mnist1d --model cnn1d --budget 50% --seeds 0 1 2
     python -m benchmarks.spider tau --data mnist1d --networks 20 --epochs 3
 
-``compare``, per seed: train the seed (the budget's reference), run ``spider`` (its last iteration's network is
-its result; every iteration is also on its front), then random search: networks drawn from the same space
+``compare``, per seed: train the seed (the budget's reference), run ``spider`` (its last candidate is its result:
+the final phase's network, or the last iteration's with ``--final-epochs 0``; every iteration is also on its
+front), then random search: networks drawn from the same space
 (``space.spider.random_arch``, the same cells, widths and ops), each within the budget and trained from scratch for
 SpiderNet's total epochs, until the random search has used SpiderNet's search wall time; the best on validation
 is its result. With ``--dna``, DNA adapts the same trained seed to the same budget (search + fine-tune = the same
