@@ -15,6 +15,63 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     return F.kl_div(log_p, q, reduction="batchmean") * t * t
 
 
+class CachedTeacher:
+    """A frozen teacher's logits, remembered per training sample when the step knows the batch's sample ids
+    (``StepContext.ids``: data without random augmentation), so a sample costs one teacher pass per run instead
+    of one per epoch. In eval mode a sample's logits do not depend on the rest of its batch.
+
+    Example:
+        >>> teacher = CachedTeacher(seed_model)
+        >>> target = teacher(ctx.x, ctx.ids)  # ids None: computed every time
+    """
+
+    MAX_VALUES = 2**26  # logits remembered at most (256 MB in float32); larger splits are recomputed every time
+
+    def __init__(self, teacher: nn.Module) -> None:
+        self.teacher = teacher.eval()
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self._logits: torch.Tensor | None = None
+        self._known: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+        teacher = self.teacher.to(x.device)
+        if ids is None:
+            return teacher(x)
+        ids = ids.to(x.device)
+        if self._known is not None:
+            self._logits, self._known = self._logits.to(x.device), self._known.to(x.device)
+        known = torch.zeros_like(ids, dtype=torch.bool)
+        if self._known is not None:
+            inside = ids < len(self._known)
+            known[inside] = self._known[ids[inside]]
+        if bool(known.all()):
+            return self._logits[ids]
+        fresh = teacher(x[~known])
+        if not self._remember(ids[~known], fresh):
+            return teacher(x) if bool(known.any()) else fresh
+        return self._logits[ids]
+
+    def _remember(self, ids: torch.Tensor, logits: torch.Tensor) -> bool:
+        """Store ``logits`` of samples ``ids``, growing the table to the largest id; False when it would be too
+        large (then nothing is remembered)."""
+        size = int(ids.max()) + 1
+        if self._logits is None or len(self._logits) < size:
+            if size * logits.shape[1] > self.MAX_VALUES:
+                return False
+            table, known = (
+                logits.new_zeros(size, logits.shape[1]),
+                torch.zeros(size, dtype=torch.bool, device=ids.device),
+            )
+            if self._logits is not None:
+                table[: len(self._logits)], known[: len(self._known)] = self._logits, self._known
+            self._logits, self._known = table, known
+        self._logits[ids] = logits.to(self._logits.dtype)
+        self._known[ids] = True
+        return True
+
+
 class LogitDistiller:
     """Extra loss for ``engine.train``: ``weight * kd_loss(student, teacher(x))`` with a frozen teacher.
 
@@ -24,14 +81,9 @@ class LogitDistiller:
     """
 
     def __init__(self, teacher: nn.Module, weight: float = 1.0, temperature: float = 4.0) -> None:
-        self.teacher = teacher.eval()
-        for p in self.teacher.parameters():
-            p.requires_grad_(False)
+        self.teacher = CachedTeacher(teacher)
         self.weight = weight
         self.temperature = temperature
 
     def __call__(self, ctx, logits: torch.Tensor) -> torch.Tensor:
-        teacher = self.teacher.to(ctx.x.device)
-        with torch.no_grad():
-            target = teacher(ctx.x)
-        return self.weight * kd_loss(logits, target, self.temperature)
+        return self.weight * kd_loss(logits, self.teacher(ctx.x, ctx.ids), self.temperature)

@@ -65,6 +65,9 @@ class StepContext:
     device: torch.device
     scaler: Any = None
     did_backward: bool = False
+    # the batch's indices into the training split, given only when the batch is a fixed function of them (no
+    # random augmentation), so a frozen model's per-sample outputs may be remembered (distill.CachedTeacher)
+    ids: torch.Tensor | None = None
 
     def backward(self, loss: torch.Tensor) -> None:
         """Backpropagate (AMP-scaled when active); a step function may call it several times per step."""
@@ -396,7 +399,10 @@ class _Trainer:
         if config.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         y = self.y_all[idx].to(device, non_blocking=True)
-        ctx = StepContext(self.ddp_model, self.model, x, y, state.epoch, state.step, config, device, self.scaler)
+        ids = None if getattr(self.data, "augment", None) else idx
+        ctx = StepContext(
+            self.ddp_model, self.model, x, y, state.epoch, state.step, config, device, self.scaler, ids=ids
+        )
         optimizers = (self.optimizer, *self.extra_optimizers)
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)

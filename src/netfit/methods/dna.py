@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..cost import measure
-from ..distill import kd_loss
+from ..distill import CachedTeacher, kd_loss
 from ..engine import Callback, StepOutput, evaluate
 from ..engine.distributed import barrier, is_distributed, is_main
 from ..engine.norms import frozen_norm_statistics
@@ -45,6 +45,7 @@ from .uniform import _slug
 DEAD_ZONE = 0.95  # a budget T is met when the cost lies in [0.95 T, T]
 KD_TEACHERS = ("seed", "largest", "best")
 SAMPLE_PASSES = ("auto", "sliced", "batched")
+INPLACE_TEACHERS = ("largest", "seed")
 
 
 def dead_zone_loss(cost: torch.Tensor, limit: float) -> torch.Tensor:
@@ -82,6 +83,11 @@ class DNA:
         samples: sub-nets drawn from the architecture distribution per step (besides largest and smallest).
         arch_lr: Adam learning rate of the architecture logits.
         cost_weight: weight of the dead-zone budget loss.
+        inplace_teacher: the search's in-place teacher of the smallest and sampled sub-nets: "largest" (the
+            sandwich rule: the largest network trained with cross-entropy every step) or "seed" (the frozen
+            seed, its logits remembered per sample where the data has no random augmentation: the largest
+            network is not run, about a third of a step; grown parts then train only as parts of the sampled
+            and expected networks). docs/methods/dna.md, "Costs and limits".
         kd: distil the fine-tuned candidates from a teacher (``kd_teacher``).
         kd_weight: weight of that distillation loss.
         kd_teacher: "seed", "largest" (the searched supernet's largest network, the sandwich rule's in-place
@@ -135,6 +141,7 @@ class DNA:
     kd: bool = True
     kd_weight: float = 1.0
     kd_teacher: str = "seed"
+    inplace_teacher: str = "largest"
     init_depth_logit: float = 0.0
     one_level: bool = True
     arch_every: int = 1
@@ -155,6 +162,10 @@ class DNA:
             raise NetfitError(f"dna kd_teacher must be one of {', '.join(KD_TEACHERS)}, got {self.kd_teacher!r}")
         if not 0 <= self.finetune_warmup <= 1:
             raise NetfitError(f"dna finetune_warmup is a fraction of the fine-tune, got {self.finetune_warmup}")
+        if self.inplace_teacher not in INPLACE_TEACHERS:
+            raise NetfitError(
+                f"dna inplace_teacher must be one of {', '.join(INPLACE_TEACHERS)}, got {self.inplace_teacher!r}"
+            )
         if self.sample_pass not in SAMPLE_PASSES:
             raise NetfitError(f"dna sample_pass must be one of {', '.join(SAMPLE_PASSES)}, got {self.sample_pass!r}")
         if self.arch_every < 1:
@@ -187,7 +198,7 @@ class DNA:
             smallest=net.cost(net.smallest()),
         )
         # the engine trains in place and returns the same module; keep the space on whatever it returns
-        net.model = net.space.model = self._train_supernet(net, arch, limits, metrics, data, run)
+        net.model = net.space.model = self._train_supernet(net, arch, limits, metrics, data, run, seed.model)
         teacher = self._kd_teacher(net, seed, data, run) if self.kd else None
         candidates = []
         for row, target in enumerate(targets):
@@ -239,8 +250,17 @@ class DNA:
         )
         return ArchParams(width, depth)
 
-    def step_fn(self, net: ElasticNet, arch: ArchParams, limits: list[float], metrics: list[str], seed: int):
-        """The search step for ``engine.train``: largest pass (CE; the only one updating BN statistics), then
+    def step_fn(
+        self,
+        net: ElasticNet,
+        arch: ArchParams,
+        limits: list[float],
+        metrics: list[str],
+        seed: int,
+        frozen: CachedTeacher | None = None,
+    ):
+        """The search step for ``engine.train``: largest pass (CE; the only one updating BN statistics; with a
+        ``frozen`` in-place teacher instead, its logits and no largest pass), then
         after warm-up the architecture gradient on the expected network of every budget on its share of the
         batch (``split_batch``; else of one budget, round-robin), then the smallest and ``samples`` sub-nets
         sampled from every budget's chains on its share of the batch (``every_budget``; else from one budget's,
@@ -254,11 +274,15 @@ class DNA:
         def step(ctx) -> StepOutput:
             row = ctx.step % len(limits)
             out_metrics = {}
-            net.set_full()
-            logits = ctx.model(ctx.x)
-            loss = F.cross_entropy(logits, ctx.y, label_smoothing=ctx.config.label_smoothing)
-            ctx.backward(loss)
-            teacher = logits.detach()
+            logits, loss = None, None
+            if frozen is None:
+                net.set_full()
+                logits = ctx.model(ctx.x)
+                loss = F.cross_entropy(logits, ctx.y, label_smoothing=ctx.config.label_smoothing)
+                ctx.backward(loss)
+                teacher = logits.detach()
+            else:
+                teacher = frozen(ctx.x, ctx.ids)
             with frozen_norm_statistics(ctx.raw_model):
                 if ctx.epoch >= warmup and ctx.step % arch_every == 0:  # alternating: its weight grads are dropped
                     params = [] if one_level else list(ctx.raw_model.parameters())
@@ -290,7 +314,9 @@ class DNA:
                     (net.sample(arch.width[r], arch.depth[r], gen), part) for r, part in shares for _ in range(samples)
                 ]
                 net.set_full()
-                ctx.backward(kd_loss(_run_subnet(net, net.smallest(), ctx.x, ctx), teacher) / (1 + samples))
+                smallest = kd_loss(_run_subnet(net, net.smallest(), ctx.x, ctx), teacher)
+                ctx.backward(smallest / (1 + samples))
+                loss = smallest if loss is None else loss  # what the step reports without a largest pass
                 if len(shares) > 1 and batched(ctx.device):  # the i-th sample of every budget in one masked pass
                     for i in range(samples):
                         net.set_hard_rows(drawn[i::samples])
@@ -303,13 +329,15 @@ class DNA:
                         loss_sub = kd_loss(_run_subnet(net, sub, ctx.x[part], ctx), teacher[part])
                         ctx.backward(loss_sub * _fraction(part, teacher) / (1 + samples))
             net.set_full()
-            return StepOutput(loss.detach(), teacher, out_metrics)
+            return StepOutput(loss.detach(), logits.detach() if logits is not None else None, out_metrics)
 
         return step
 
-    def _train_supernet(self, net: ElasticNet, arch: ArchParams, limits, metrics, data, run) -> nn.Module:
+    def _train_supernet(self, net: ElasticNet, arch: ArchParams, limits, metrics, data, run, seed_model) -> nn.Module:
         epochs = self.search_epochs if self.search_epochs is not None else run.config.epochs
         optimizer = torch.optim.Adam(arch.parameters(), lr=self.arch_lr, betas=(0.5, 0.999))
+        # a copy: the teacher is frozen, and an ungrown supernet may share the seed's modules
+        frozen = CachedTeacher(copy.deepcopy(seed_model)) if self.inplace_teacher == "seed" else None
         net.attach()
         try:
             result = run.train(
@@ -318,7 +346,7 @@ class DNA:
                 "dna-search",
                 epochs=epochs,
                 overrides={"lr": run.config.lr * self.search_lr_scale},
-                step_fn=self.step_fn(net, arch, limits, metrics, run.seed),
+                step_fn=self.step_fn(net, arch, limits, metrics, run.seed, frozen),
                 extra_optimizers=[optimizer],
                 callbacks=[_ArchLog(net, arch, limits, metrics, run)],
             )
