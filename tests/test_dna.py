@@ -353,6 +353,8 @@ def test_bad_options_are_refused():
         DNA(search_lr_scale=0)
     with pytest.raises(NetfitError, match="kd_teacher"):
         DNA(kd_teacher="teacher")
+    with pytest.raises(NetfitError, match="inplace_teacher"):
+        DNA(inplace_teacher="best")
     with pytest.raises(NetfitError, match="finetune_warmup"):
         DNA(finetune_warmup=2)
 
@@ -656,3 +658,45 @@ def test_batched_sample_pass_gives_the_sliced_passes_gradients():
     assert len(grads[0]) == len(grads[1])
     for a, b in zip(*grads):
         assert (a - b).abs().max() <= 1e-10 + 1e-8 * b.abs().max()
+
+
+def test_seed_as_inplace_teacher_drops_only_the_largest_pass():
+    """inplace_teacher=seed: a step's gradients are the sandwich step's without the largest network's
+    cross-entropy (given the same teacher logits), no batch norm statistics move, and no logits are reported."""
+    from netfit.engine import StepContext, TrainConfig
+
+    model, shape = _model("cnn_small")
+    net = ElasticNet(grow(model, shape, 1.0, 0.0, np.random.default_rng(0)), shape, units=4)
+    x, y = torch.randn(16, *shape), torch.randint(0, 10, (16,))
+    limits = [1e5, 5e4]
+    method = DNA(warmup_epochs=0, samples=1)
+    arch = method.init_arch(net, limits, ["macs"] * 2, [len(s) for s in model.stages])
+    model_ = net.model.train()
+
+    def step(frozen=None):
+        model_.zero_grad(set_to_none=True)
+        arch.width.grad = arch.depth.grad = None
+        net.attach()
+        try:
+            out = method.step_fn(net, arch, limits, ["macs"] * 2, 0, frozen)(
+                StepContext(model_, model_, x, y, 0, 3, TrainConfig(), torch.device("cpu"))
+            )
+        finally:
+            net.detach()
+        return out, {n: p.grad.clone() for n, p in model_.named_parameters()}, arch.width.grad.clone()
+
+    stats = {n: b.clone() for n, b in model_.named_buffers()}
+    largest = model_(x)
+    ce = torch.nn.functional.cross_entropy(largest, y)
+    ce_grads = dict(zip([n for n, _ in model_.named_parameters()], torch.autograd.grad(ce, model_.parameters())))
+    for name, value in stats.items():  # the pass above moved them: put them back
+        dict(model_.named_buffers())[name].copy_(value)
+    sandwich, grads, width_grad = step()
+    frozen_out, frozen_grads, frozen_width_grad = step(lambda inputs, ids: largest.detach())
+    assert sandwich.logits is not None and frozen_out.logits is None and torch.isfinite(frozen_out.loss)
+    torch.testing.assert_close(frozen_width_grad, width_grad)
+    for name, grad in grads.items():
+        torch.testing.assert_close(frozen_grads[name] + ce_grads[name], grad, atol=1e-5, rtol=1e-4)
+    before = {n: b.clone() for n, b in model_.named_buffers() if "running" in n}
+    step(lambda inputs, ids: largest.detach())
+    assert before and all(torch.equal(dict(model_.named_buffers())[n], v) for n, v in before.items())

@@ -1,0 +1,71 @@
+"""Distillation: the frozen teacher's logits remembered per training sample (CachedTeacher)."""
+
+import torch
+from torch import nn
+from test_engine import CFG, mlp, toy_data
+
+from netfit.distill import CachedTeacher, LogitDistiller
+from netfit.engine import train
+
+
+class CountingTeacher(nn.Module):
+    """A fixed random teacher that counts the samples it has been run on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.net = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 4))
+        self.rows = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.rows += len(x)
+        return self.net(x)
+
+
+def test_remembers_each_sample_and_gives_the_teachers_logits():
+    teacher = CountingTeacher()
+    cached = CachedTeacher(teacher)
+    x = torch.randn(6, 8)
+    expected = teacher.eval()(x)
+    teacher.rows = 0
+    torch.testing.assert_close(cached(x[:4], torch.tensor([3, 0, 5, 1])), expected[:4])
+    assert teacher.rows == 4
+    # two known samples, one new: only the new one is run
+    torch.testing.assert_close(cached(x[[0, 3, 4]], torch.tensor([3, 1, 7])), expected[[0, 3, 4]])
+    assert teacher.rows == 5
+    torch.testing.assert_close(cached(x[[4, 0]], torch.tensor([7, 3])), expected[[4, 0]])
+    assert teacher.rows == 5
+    # without ids (augmented data) every call runs the teacher
+    torch.testing.assert_close(cached(x[:2]), expected[:2])
+    assert teacher.rows == 7
+    assert not any(p.requires_grad for p in teacher.parameters()) and not teacher.training
+
+
+def test_a_table_past_its_size_limit_is_not_kept(monkeypatch):
+    monkeypatch.setattr(CachedTeacher, "MAX_VALUES", 4 * 10)
+    teacher = CountingTeacher()
+    cached = CachedTeacher(teacher)
+    x = torch.randn(3, 8)
+    expected = teacher.eval()(x)
+    teacher.rows = 0
+    for _ in range(2):
+        torch.testing.assert_close(cached(x, torch.tensor([0, 20, 5])), expected)
+    assert teacher.rows == 6  # id 20 needs 21 x 4 values: nothing remembered
+
+
+class AugmentedToyData(type(toy_data())):
+    augment = "crop"  # the trainer then gives no sample ids (prepare ignores it: same batches)
+
+
+def test_distilled_training_runs_the_teacher_once_per_sample_and_trains_the_same():
+    plain = toy_data()
+    augmented = AugmentedToyData(plain.train, plain.val, plain.test)
+    results = {}
+    for name, data in (("cached", plain), ("every step", augmented)):
+        teacher = CountingTeacher()
+        result = train(mlp(), data, CFG, extra_losses=[LogitDistiller(teacher)], progress=False)
+        results[name] = (teacher.rows, result.model.state_dict())
+    n, epochs = len(plain.train), CFG.epochs
+    assert results["cached"][0] == n and results["every step"][0] == n * epochs
+    for key, value in results["cached"][1].items():
+        torch.testing.assert_close(value, results["every step"][1][key], atol=1e-5, rtol=1e-5)
