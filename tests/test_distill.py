@@ -2,10 +2,10 @@
 
 import torch
 from torch import nn
-from test_engine import CFG, mlp, toy_data
 
 from netfit.distill import CachedTeacher, LogitDistiller
 from netfit.engine import train
+from test_engine import CFG, mlp, toy_data
 
 
 class CountingTeacher(nn.Module):
