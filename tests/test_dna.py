@@ -377,6 +377,7 @@ def test_dna_hits_every_budget_in_one_search(dna_run):
     assert sum(1 for e in log if e["event"] == "dna-arch") == 2 * 3  # per search epoch and budget
     (space,) = [e for e in log if e["event"] == "dna-space"]  # one supernet for all budgets
     assert (space["grow_width"], space["grow_depth"]) == (1.5, 0.5)  # the 150% budget needs a grown space
+    assert space["inplace_teacher"] == "largest"  # auto: the grown largest network trains and teaches
 
 
 def test_dna_grows_its_space_only_when_a_budget_needs_it():
@@ -531,6 +532,8 @@ def test_cli_adapt_with_dna(tmp_path, capsys):
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "dna-50pct" in captured.out
+    (space,) = [e for e in _log(tmp_path / "cli") if e["event"] == "dna-space"]
+    assert space["inplace_teacher"] == "seed"  # auto: condense only, the frozen seed teaches
 
 
 @pytest.mark.parametrize("name", ["resnet18_cifar", "mobilenetv2_cifar"])

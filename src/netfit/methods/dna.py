@@ -45,7 +45,7 @@ from .uniform import _slug
 DEAD_ZONE = 0.95  # a budget T is met when the cost lies in [0.95 T, T]
 KD_TEACHERS = ("seed", "largest", "best")
 SAMPLE_PASSES = ("auto", "sliced", "batched")
-INPLACE_TEACHERS = ("largest", "seed")
+INPLACE_TEACHERS = ("auto", "largest", "seed")
 
 
 def dead_zone_loss(cost: torch.Tensor, limit: float) -> torch.Tensor:
@@ -84,10 +84,11 @@ class DNA:
         arch_lr: Adam learning rate of the architecture logits.
         cost_weight: weight of the dead-zone budget loss.
         inplace_teacher: the search's in-place teacher of the smallest and sampled sub-nets: "largest" (the
-            sandwich rule: the largest network trained with cross-entropy every step) or "seed" (the frozen
+            sandwich rule: the largest network trained with cross-entropy every step), "seed" (the frozen
             seed, its logits remembered per sample where the data has no random augmentation: the largest
             network is not run, about a third of a step; grown parts then train only as parts of the sampled
-            and expected networks). docs/methods/dna.md, "Costs and limits".
+            and expected networks) or "auto": "seed" when no budget exceeds the seed (the largest network IS
+            the seed then), else "largest". docs/methods/dna.md, "Costs and limits".
         kd: distil the fine-tuned candidates from a teacher (``kd_teacher``).
         kd_weight: weight of that distillation loss.
         kd_teacher: "seed", "largest" (the searched supernet's largest network, the sandwich rule's in-place
@@ -141,7 +142,7 @@ class DNA:
     kd: bool = True
     kd_weight: float = 1.0
     kd_teacher: str = "seed"
-    inplace_teacher: str = "largest"
+    inplace_teacher: str = "auto"
     init_depth_logit: float = 0.0
     one_level: bool = True
     arch_every: int = 1
@@ -186,8 +187,10 @@ class DNA:
             t.limit if m == t.metric else seed.macs * t.limit / seed.metric_value for t, m in zip(targets, metrics)
         ]
         arch = self.init_arch(net, limits, metrics, seed_depths)
+        frozen = self._inplace_teacher(seed.model, grown=grow_width > 1 or grow_depth > 0)
         run.log.write(
             "dna-space",
+            inplace_teacher="seed" if frozen is not None else "largest",
             grow_width=grow_width,
             grow_depth=grow_depth,
             gates=len(net.gated),
@@ -198,7 +201,7 @@ class DNA:
             smallest=net.cost(net.smallest()),
         )
         # the engine trains in place and returns the same module; keep the space on whatever it returns
-        net.model = net.space.model = self._train_supernet(net, arch, limits, metrics, data, run, seed.model)
+        net.model = net.space.model = self._train_supernet(net, arch, limits, metrics, data, run, frozen)
         teacher = self._kd_teacher(net, seed, data, run) if self.kd else None
         candidates = []
         for row, target in enumerate(targets):
@@ -333,11 +336,16 @@ class DNA:
 
         return step
 
-    def _train_supernet(self, net: ElasticNet, arch: ArchParams, limits, metrics, data, run, seed_model) -> nn.Module:
+    def _inplace_teacher(self, seed_model: nn.Module, grown: bool) -> CachedTeacher | None:
+        """The frozen seed as the search's in-place teacher (``inplace_teacher``), or None for the largest network.
+        A copy: the teacher is frozen, and an ungrown supernet may share the seed's modules."""
+        if self.inplace_teacher == "seed" or (self.inplace_teacher == "auto" and not grown):
+            return CachedTeacher(copy.deepcopy(seed_model))
+        return None
+
+    def _train_supernet(self, net: ElasticNet, arch: ArchParams, limits, metrics, data, run, frozen) -> nn.Module:
         epochs = self.search_epochs if self.search_epochs is not None else run.config.epochs
         optimizer = torch.optim.Adam(arch.parameters(), lr=self.arch_lr, betas=(0.5, 0.999))
-        # a copy: the teacher is frozen, and an ungrown supernet may share the seed's modules
-        frozen = CachedTeacher(copy.deepcopy(seed_model)) if self.inplace_teacher == "seed" else None
         net.attach()
         try:
             result = run.train(
