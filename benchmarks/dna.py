@@ -135,8 +135,9 @@ def step_ratios(
     measured side by side here: one pass of the grown supernet (largest, soft), of a sampled sub-net (masked
     by the gates, and sliced as the search runs it on one process), of the smallest (sliced), and the whole
     search step with every budget (largest + architecture pass + smallest + samples; averaged over
-    ``arch_every`` steps). The supernet is grown as a DNA run with these ``options`` and ``budgets`` (percent of
-    the seed's MACs) grows it."""
+    ``arch_every`` steps). The supernet is grown, and its in-place teacher chosen, as a DNA run with these
+    ``options`` and ``budgets`` (percent of the seed's MACs) does; a frozen teacher's logits are remembered as in a
+    run where the data has no random augmentation (then the step repeats one batch: steady state)."""
     model = model.train()
     shape = data.input_shape
     method = DNA(**((options or {}) | {"warmup_epochs": 0}))
@@ -149,14 +150,17 @@ def step_ratios(
     arch = method.init_arch(net, limits, metrics, [len(s) for s in model.stages] if net.depths else None)
     x = data.prepare(data.train.tensors[0][:batch_size], train=True)
     y = data.train.tensors[1][:batch_size]
-    step, steps_taken = method.step_fn(net, arch, limits, metrics, seed), itertools.count()
+    frozen = method._inplace_teacher(model, grown=width > 1 or depth > 0)
+    step, steps_taken = method.step_fn(net, arch, limits, metrics, seed, frozen), itertools.count()
+    ids = None if data.augment else torch.arange(batch_size)
 
     def search_steps() -> None:
         """``arch_every`` consecutive steps (one with the architecture pass), each drawing new sub-networks as the
         search does (repeating one step number would draw the same ones and find their sliced copies cached)."""
         for _ in range(method.arch_every):
             grown.zero_grad(set_to_none=True)
-            step(StepContext(grown, grown, x, y, 0, next(steps_taken), TrainConfig(), torch.device("cpu")))
+            ctx = StepContext(grown, grown, x, y, 0, next(steps_taken), TrainConfig(), torch.device("cpu"), ids=ids)
+            step(ctx)
 
     sample = net.sample(arch.width[0], arch.depth[0], torch.Generator().manual_seed(seed))
 
@@ -246,12 +250,13 @@ def to_markdown(args: argparse.Namespace, runs: list[dict]) -> str:
         f"{args.batch_size}, forward + backward, median of 6, measured side by side in one process): "
         + ", ".join(f"{k.replace('_', ' ')} {v:.2f}x" for k, v in steps.items() if k != "dense_seed")
         + ". The supernet is grown (1.5x width, +50% blocks) only when a budget exceeds the seed or the DNA options "
-        "say so; one search step = largest + the expected networks of all budgets (one soft pass since the "
-        "condense runs) + smallest + one sample per budget (sliced, or in one batched pass: `sample_pass`).",
+        "say so; one search step = largest (none where the frozen seed is the in-place teacher: "
+        "`inplace_teacher`) + the expected networks of all budgets (one soft pass since the condense runs) + "
+        "smallest + one sample per budget (sliced, or in one batched pass: `sample_pass`).",
         f"Search epoch / seed epoch (from the run logs): {epoch[0]:.2f}x; DNA search wall time / training the seed "
         f"once: {ratio[0]:.2f}x.",
         "Whole-run wall time (search + every fine-tune, from the run logs, mean of seeds): "
-        + ", ".join(f"dna / {m} {_run_ratio(runs, m):.2f}x" for m in METHODS[1:])
+        + ", ".join(f"dna / {m} {_run_ratio(runs, m)}" for m in METHODS[1:])
         + (" (older runs, without the seed's time, left out)." if any("seed_seconds" not in r for r in runs) else "."),
         "MACs of one forward pass at batch 1 (conv/linear); FLOPs = 2 x MACs. Accuracy on the held-out test split.",
         "",
@@ -259,10 +264,14 @@ def to_markdown(args: argparse.Namespace, runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _run_ratio(runs: list[dict], method: str) -> float:
-    """DNA's whole-run wall time over ``method``'s; DNA's run also trained the seed once, which is left out."""
+def _run_ratio(runs: list[dict], method: str) -> str:
+    """DNA's whole-run wall time over ``method``'s, mean and range over seeds; DNA's run also trained the seed
+    once, which is left out."""
     timed = [(r["seconds"]["dna"] - r["seed_seconds"]) / r["seconds"][method] for r in runs if "seed_seconds" in r]
-    return statistics.fmean(timed) if timed else float("nan")
+    if not timed:
+        return "n/a"
+    spread = f" ({min(timed):.2f}-{max(timed):.2f})" if len(timed) > 1 else ""
+    return f"{statistics.fmean(timed):.2f}x{spread}"
 
 
 def main() -> None:
