@@ -354,7 +354,7 @@ def test_bad_options_are_refused():
     with pytest.raises(NetfitError, match="kd_teacher"):
         DNA(kd_teacher="teacher")
     with pytest.raises(NetfitError, match="inplace_teacher"):
-        DNA(inplace_teacher="best")
+        DNA(inplace_teacher="auto")
     with pytest.raises(NetfitError, match="finetune_warmup"):
         DNA(finetune_warmup=2)
 
@@ -377,7 +377,7 @@ def test_dna_hits_every_budget_in_one_search(dna_run):
     assert sum(1 for e in log if e["event"] == "dna-arch") == 2 * 3  # per search epoch and budget
     (space,) = [e for e in log if e["event"] == "dna-space"]  # one supernet for all budgets
     assert (space["grow_width"], space["grow_depth"]) == (1.5, 0.5)  # the 150% budget needs a grown space
-    assert space["inplace_teacher"] == "largest"  # auto: the grown largest network trains and teaches
+    assert space["inplace_teacher"] == "largest"  # the default: the sandwich rule's in-place teacher
 
 
 def test_dna_grows_its_space_only_when_a_budget_needs_it():
@@ -527,13 +527,14 @@ def test_dna_resumes_an_interrupted_search_to_the_same_result(tmp_path, digits, 
 def test_cli_adapt_with_dna(tmp_path, capsys):
     args = ["adapt", "--model", "cnn_small", "--data", "digits", "--budget", "50%", "--method", "dna"]
     args += ["--epochs", "1", "--seed-epochs", "1", "-x", "search_epochs=1", "-x", "units=4"]
+    args += ["-x", "inplace_teacher=seed"]
     args += ["--out", str(tmp_path / "cli"), "--quiet"]
     code = main(args)
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "dna-50pct" in captured.out
     (space,) = [e for e in _log(tmp_path / "cli") if e["event"] == "dna-space"]
-    assert space["inplace_teacher"] == "seed"  # auto: condense only, the frozen seed teaches
+    assert space["inplace_teacher"] == "seed"
 
 
 @pytest.mark.parametrize("name", ["resnet18_cifar", "mobilenetv2_cifar"])

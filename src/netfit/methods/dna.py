@@ -45,7 +45,7 @@ from .uniform import _slug
 DEAD_ZONE = 0.95  # a budget T is met when the cost lies in [0.95 T, T]
 KD_TEACHERS = ("seed", "largest", "best")
 SAMPLE_PASSES = ("auto", "sliced", "batched")
-INPLACE_TEACHERS = ("auto", "largest", "seed")
+INPLACE_TEACHERS = ("largest", "seed")
 
 
 def dead_zone_loss(cost: torch.Tensor, limit: float) -> torch.Tensor:
@@ -84,11 +84,12 @@ class DNA:
         arch_lr: Adam learning rate of the architecture logits.
         cost_weight: weight of the dead-zone budget loss.
         inplace_teacher: the search's in-place teacher of the smallest and sampled sub-nets: "largest" (the
-            sandwich rule: the largest network trained with cross-entropy every step), "seed" (the frozen
+            sandwich rule: the largest network trained with cross-entropy every step) or "seed" (the frozen
             seed, its logits remembered per sample where the data has no random augmentation: the largest
-            network is not run, about a third of a step; grown parts then train only as parts of the sampled
-            and expected networks) or "auto": "seed" when no budget exceeds the seed (the largest network IS
-            the seed then), else "largest". docs/methods/dna.md, "Costs and limits".
+            network is not run, about a quarter of a search step; grown parts then train only as parts of the
+            sampled and expected networks). "seed" made condense-only runs 1.3-1.4x cheaper, and was as accurate
+            from a seed near its plateau but erratic from a briefly trained one (docs/methods/dna.md, "Costs
+            and limits").
         kd: distil the fine-tuned candidates from a teacher (``kd_teacher``).
         kd_weight: weight of that distillation loss.
         kd_teacher: "seed", "largest" (the searched supernet's largest network, the sandwich rule's in-place
@@ -142,7 +143,7 @@ class DNA:
     kd: bool = True
     kd_weight: float = 1.0
     kd_teacher: str = "seed"
-    inplace_teacher: str = "auto"
+    inplace_teacher: str = "largest"
     init_depth_logit: float = 0.0
     one_level: bool = True
     arch_every: int = 1
@@ -187,7 +188,7 @@ class DNA:
             t.limit if m == t.metric else seed.macs * t.limit / seed.metric_value for t, m in zip(targets, metrics)
         ]
         arch = self.init_arch(net, limits, metrics, seed_depths)
-        frozen = self._inplace_teacher(seed.model, grown=grow_width > 1 or grow_depth > 0)
+        frozen = self._inplace_teacher(seed.model)
         run.log.write(
             "dna-space",
             inplace_teacher="seed" if frozen is not None else "largest",
@@ -336,12 +337,10 @@ class DNA:
 
         return step
 
-    def _inplace_teacher(self, seed_model: nn.Module, grown: bool) -> CachedTeacher | None:
+    def _inplace_teacher(self, seed_model: nn.Module) -> CachedTeacher | None:
         """The frozen seed as the search's in-place teacher (``inplace_teacher``), or None for the largest network.
         A copy: the teacher is frozen, and an ungrown supernet may share the seed's modules."""
-        if self.inplace_teacher == "seed" or (self.inplace_teacher == "auto" and not grown):
-            return CachedTeacher(copy.deepcopy(seed_model))
-        return None
+        return CachedTeacher(copy.deepcopy(seed_model)) if self.inplace_teacher == "seed" else None
 
     def _train_supernet(self, net: ElasticNet, arch: ArchParams, limits, metrics, data, run, frozen) -> nn.Module:
         epochs = self.search_epochs if self.search_epochs is not None else run.config.epochs
