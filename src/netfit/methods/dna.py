@@ -87,9 +87,9 @@ class DNA:
             sandwich rule: the largest network trained with cross-entropy every step) or "seed" (the frozen
             seed, its logits remembered per sample where the data has no random augmentation: the largest
             network is not run, about a quarter of a search step; grown parts then train only as parts of the
-            sampled and expected networks). "seed" made condense-only runs 1.3-1.4x cheaper, and was as accurate
-            from a seed near its plateau but erratic from a briefly trained one (docs/methods/dna.md, "Costs
-            and limits").
+            sampled and expected networks). "seed" made condense-only runs 1.2-1.4x cheaper; as accurate on the
+            x0.5 1-D ResNet, but on the x0.25 one some searched networks' fine-tunes diverged at the full lr
+            (docs/methods/dna.md, "Costs and limits").
         kd: distil the fine-tuned candidates from a teacher (``kd_teacher``).
         kd_weight: weight of that distillation loss.
         kd_teacher: "seed", "largest" (the searched supernet's largest network, the sandwich rule's in-place
