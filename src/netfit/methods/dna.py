@@ -342,7 +342,9 @@ class DNA:
         A copy: the teacher is frozen, and an ungrown supernet may share the seed's modules."""
         return CachedTeacher(copy.deepcopy(seed_model)) if self.inplace_teacher == "seed" else None
 
-    def _train_supernet(self, net: ElasticNet, arch: ArchParams, limits, metrics, data, run, frozen) -> nn.Module:
+    def _train_supernet(
+        self, net: ElasticNet, arch: ArchParams, limits, metrics, data, run, frozen: CachedTeacher | None
+    ) -> nn.Module:
         epochs = self.search_epochs if self.search_epochs is not None else run.config.epochs
         optimizer = torch.optim.Adam(arch.parameters(), lr=self.arch_lr, betas=(0.5, 0.999))
         net.attach()
