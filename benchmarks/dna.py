@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from netfit.api import adapt
 from netfit.cost import count_cost
 from netfit.data import load_data
-from netfit.engine import StepContext, TrainConfig
+from netfit.engine import StepContext, TrainConfig, fixed_batch_ids
 from netfit.export import load_model
 from netfit.methods.dna import DNA
 from netfit.models import create_model
@@ -152,7 +152,7 @@ def step_ratios(
     y = data.train.tensors[1][:batch_size]
     frozen = method._inplace_teacher(model)
     step, steps_taken = method.step_fn(net, arch, limits, metrics, seed, frozen), itertools.count()
-    ids = None if data.augment else torch.arange(batch_size)
+    ids = fixed_batch_ids(data, torch.arange(batch_size))
 
     def search_steps() -> None:
         """``arch_every`` consecutive steps (one with the architecture pass), each drawing new sub-networks as the

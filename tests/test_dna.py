@@ -693,8 +693,9 @@ def test_seed_as_inplace_teacher_drops_only_the_largest_pass():
     largest = model_(x)
     ce = torch.nn.functional.cross_entropy(largest, y)
     ce_grads = dict(zip([n for n, _ in model_.named_parameters()], torch.autograd.grad(ce, model_.parameters())))
+    buffers = dict(model_.named_buffers())
     for name, value in stats.items():  # the pass above moved them: put them back
-        dict(model_.named_buffers())[name].copy_(value)
+        buffers[name].copy_(value)
     sandwich, grads, width_grad = step()
     frozen_out, frozen_grads, frozen_width_grad = step(lambda inputs, ids: largest.detach())
     assert sandwich.logits is not None and frozen_out.logits is None and torch.isfinite(frozen_out.loss)
@@ -703,4 +704,4 @@ def test_seed_as_inplace_teacher_drops_only_the_largest_pass():
         torch.testing.assert_close(frozen_grads[name] + ce_grads[name], grad, atol=1e-5, rtol=1e-4)
     before = {n: b.clone() for n, b in model_.named_buffers() if "running" in n}
     step(lambda inputs, ids: largest.detach())
-    assert before and all(torch.equal(dict(model_.named_buffers())[n], v) for n, v in before.items())
+    assert before and all(torch.equal(buffers[n], v) for n, v in before.items())

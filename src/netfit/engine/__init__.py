@@ -13,6 +13,7 @@ from .trainer import (
     TrainResult,
     TrainState,
     evaluate,
+    fixed_batch_ids,
     train,
 )
 
@@ -28,6 +29,7 @@ __all__ = [
     "TrainResult",
     "TrainState",
     "evaluate",
+    "fixed_batch_ids",
     "load_checkpoint",
     "save_checkpoint",
     "seed_everything",

@@ -65,8 +65,8 @@ class StepContext:
     device: torch.device
     scaler: Any = None
     did_backward: bool = False
-    # the batch's indices into the training split, given only when the batch is a fixed function of them (no
-    # random augmentation), so a frozen model's per-sample outputs may be remembered (distill.CachedTeacher)
+    # the batch's indices into the training split, given only when the batch is a fixed function of them
+    # (fixed_batch_ids), so a frozen model's per-sample outputs may be remembered (distill.CachedTeacher)
     ids: torch.Tensor | None = None
 
     def backward(self, loss: torch.Tensor) -> None:
@@ -77,6 +77,12 @@ class StepContext:
     def _backward(self, loss: torch.Tensor) -> None:
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
         self.did_backward = True
+
+
+def fixed_batch_ids(data: Any, idx: torch.Tensor) -> torch.Tensor | None:
+    """``StepContext.ids`` for a training batch of samples ``idx``: ``idx`` when the data has no random
+    augmentation (the batch is then a fixed function of its ids), else None."""
+    return None if getattr(data, "augment", None) else idx
 
 
 StepFn = Callable[[StepContext], StepOutput]
@@ -399,7 +405,7 @@ class _Trainer:
         if config.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         y = self.y_all[idx].to(device, non_blocking=True)
-        ids = None if getattr(self.data, "augment", None) else idx
+        ids = fixed_batch_ids(self.data, idx)
         ctx = StepContext(
             self.ddp_model, self.model, x, y, state.epoch, state.step, config, device, self.scaler, ids=ids
         )
