@@ -3,14 +3,15 @@ architectures at the same MACs, and how fast is the exact search on a >= 10^9 sp
 
     python -m benchmarks.blockwise --data mnist1d --model resnet18_1d --width 0.25 --seeds 0 1 2
 
-Per seed: train the seed network (the teacher), run ``blockwise`` at ``--budget`` (top-1, trained ``--epochs``),
-then from its per-block tables
+Per seed: train the seed network (the teacher), run ``blockwise`` once for all ``--budgets`` (top-1 per budget,
+trained ``--epochs``), then from its per-block tables
 * ``--archs`` random architectures of the space spread over the cost range (one per MACs quantile of a random
   sample) are trained from scratch with the same epochs: Kendall tau of (- summed rating) vs test accuracy;
-* ``--randoms`` random architectures within 3% of the chosen one's MACs, same epochs: chosen vs random;
-* ``uniform`` (width, from the same seed) at the same budget with the post-seed epochs blockwise spent
-  (``--block-epochs`` + ``--epochs``), and ``dna`` from the same seed: a ``--block-epochs`` search, then
-  ``--epochs`` fine-tune;
+* per budget, ``--randoms`` random architectures within 3% of the chosen one's MACs, same epochs: chosen vs
+  random;
+* ``uniform`` (width, from the same seed) at the same budgets with the post-seed epochs blockwise spent
+  (``--block-epochs`` + ``--epochs``), and ``dna`` from the same seed: one ``--block-epochs`` search for all
+  budgets, then ``--epochs`` fine-tune per budget;
 * the exact search is timed on the tables (one core) for several budgets and k.
 Results: benchmarks/results/blockwise_<data>.json/.md.
 """
@@ -63,12 +64,13 @@ def run_seed(args: argparse.Namespace, seed: int, root: Path) -> dict:
     data = load_data(args.data)
     model = create_model(args.model, num_classes=data.num_classes, in_chans=data.input_shape[0], width_mult=args.width)
     common = {"seed": seed, "progress": False, "train": {"batch_size": args.batch_size, "lr": args.lr}}
-    options = {"block_epochs": args.block_epochs, "top_k": 1, "block_lr": args.block_lr}
+    options = {"block_epochs": args.block_epochs, "top_k": 1, "block_lr": args.block_lr, "expansions": args.expansions}
+    budgets = ",".join(args.budgets)  # one run of each method serves every budget
     started = time.perf_counter()
     bw = adapt(
         model,
         data,
-        args.budget,
+        budgets,
         "blockwise",
         out=root / f"bw-{seed}",
         epochs=args.epochs,
@@ -78,7 +80,6 @@ def run_seed(args: argparse.Namespace, seed: int, root: Path) -> dict:
         **common,
     )
     bw_seconds = time.perf_counter() - started
-    (chosen,) = bw.summary["candidates"]
     tables = _tables(root / f"bw-{seed}")
     teacher = load_model(root / f"bw-{seed}" / "seed")
     cut = TeacherBlocks(teacher, data.input_shape)
@@ -89,35 +90,38 @@ def run_seed(args: argparse.Namespace, seed: int, root: Path) -> dict:
     by_depth = [_by_depth(t) for t in tables]
     pool = {_sample(by_depth, rng) for _ in range(4000)}
     pool = sorted(pool, key=lambda ch: sum(m[c] for m, c in zip(macs, ch)))
+
+    def train_choices(ch, name: str) -> dict:
+        row = _train(_arch(template, cut, tables, ch), data, root / name, args, seed)
+        return {"choices": list(ch), "rating": sum(ls[c] for ls, c in zip(losses, ch)), **row}
+
     spread = [pool[int(q * (len(pool) - 1))] for q in np.linspace(0, 1, args.archs)]
-    ranked = []
-    for i, ch in enumerate(spread):
-        row = _train(_arch(template, cut, tables, ch), data, root / f"rank-{seed}-{i}", args, seed)
-        ranked.append({"choices": list(ch), "rating": sum(ls[c] for ls, c in zip(losses, ch)), **row})
-    tau = kendalltau([-r["rating"] for r in ranked], [r["accuracy"] for r in ranked])
-    by_macs = kendalltau([r["macs"] for r in ranked], [r["accuracy"] for r in ranked])  # the free proxy to beat
-    fixed = _stem_head_macs(template, cut, tables, spread[0], data.input_shape)
-    target = chosen["macs"]
-    near = [ch for ch in pool if abs(fixed + sum(m[c] for m, c in zip(macs, ch)) - target) <= MATCH * target]
-    randoms = []
-    for i, ch in enumerate(near[:: max(1, len(near) // args.randoms)][: args.randoms]):
-        row = _train(_arch(template, cut, tables, ch), data, root / f"random-{seed}-{i}", args, seed)
-        randoms.append({"choices": list(ch), "rating": sum(ls[c] for ls, c in zip(losses, ch)), **row})
+    ranked = [train_choices(ch, f"rank-{seed}-{i}") for i, ch in enumerate(spread)]
+    ranking = None
+    if len(ranked) > 1:  # --archs 0: the rating's rank correlation is not measured in this run
+        tau = kendalltau([-r["rating"] for r in ranked], [r["accuracy"] for r in ranked])
+        by_macs = kendalltau([r["macs"] for r in ranked], [r["accuracy"] for r in ranked])  # the free proxy to beat
+        ranking = {
+            "tau": float(tau.statistic),
+            "p": float(tau.pvalue),
+            "tau_macs": float(by_macs.statistic),
+            "archs": ranked,
+        }
+    fixed = _stem_head_macs(template, cut, tables, pool[0], data.input_shape)
     uni = adapt(
         args.model,
         data,
-        args.budget,
+        budgets,
         "uniform",
         out=root / f"uniform-{seed}",
         epochs=args.epochs + args.block_epochs,
         seed_weights=root / f"bw-{seed}" / "seed",
         **common,
     )
-    (urow,) = uni.summary["candidates"]
     dna = adapt(  # one search as long as one block's supernet, then the chosen one's epochs: same total as uniform
         args.model,
         data,
-        args.budget,
+        budgets,
         "dna",
         out=root / f"dna-{seed}",
         epochs=args.epochs,
@@ -125,27 +129,47 @@ def run_seed(args: argparse.Namespace, seed: int, root: Path) -> dict:
         method_options={"search_epochs": args.block_epochs},
         **common,
     )
-    (drow,) = dna.summary["candidates"]
+    per_budget = []
+    for b, budget in enumerate(args.budgets):
+        (chosen,) = _of_budget(bw.summary, budget)
+        target = chosen["macs"]
+        near = [ch for ch in pool if abs(fixed + sum(m[c] for m, c in zip(macs, ch)) - target) <= MATCH * target]
+        picks = near[:: max(1, len(near) // args.randoms)][: args.randoms]
+        (urow,) = _of_budget(uni.summary, budget)
+        (drow,) = _of_budget(dna.summary, budget)
+        per_budget.append(
+            {
+                "budget": budget,
+                "chosen": {k: chosen[k] for k in ("macs", "params", "accuracy")} | {"blocks": chosen["info"]["blocks"]},
+                "random_same_macs": [train_choices(ch, f"random-{seed}-{b}-{i}") for i, ch in enumerate(picks)],
+                "uniform": {k: urow[k] for k in ("macs", "params", "accuracy")},
+                "dna": {k: drow[k] for k in ("macs", "params", "accuracy")},
+            }
+        )
     return {
         "seed": seed,
         "teacher": {k: bw.summary["seed"][k] for k in ("macs", "params", "accuracy")},
-        "chosen": {k: chosen[k] for k in ("macs", "params", "accuracy")} | {"blocks": chosen["info"]["blocks"]},
+        "budgets": per_budget,
         "blockwise_seconds": round(bw_seconds, 1),
         "blocks": [
             {"train_seconds": t["train_seconds"], "rate_seconds": t["rate_seconds"], "candidates": len(t["candidates"])}
             for t in tables
         ],
-        "ranking": {
-            "tau": float(tau.statistic),
-            "p": float(tau.pvalue),
-            "tau_macs": float(by_macs.statistic),
-            "archs": ranked,
-        },
-        "random_same_macs": randoms,
-        "uniform": {k: urow[k] for k in ("macs", "params", "accuracy")},
-        "dna": {k: drow[k] for k in ("macs", "params", "accuracy")},
+        "ranking": ranking,
         "search": _time_search(losses, macs, args.k),
     }
+
+
+def _of_budget(summary: dict, budget: str) -> list[dict]:
+    return [c for c in summary["candidates"] if c["target"] == budget]
+
+
+def _budget_rows(run: dict, settings_budget: str | None) -> list[dict]:
+    """A run's per-budget results; runs measured before --budgets existed hold one budget at the top level."""
+    if "budgets" in run:
+        return run["budgets"]
+    keys = ("chosen", "random_same_macs", "uniform", "dna")
+    return [{"budget": settings_budget} | {k: run[k] for k in keys if k in run}]
 
 
 def _by_depth(table: dict) -> list[list[int]]:
@@ -190,8 +214,8 @@ def to_markdown(args: argparse.Namespace, runs: list[dict]) -> str:
         m, s = mean_std(values)
         return f"{100 * m:.2f} ± {100 * s:.2f}%" if len(values) > 1 else f"{100 * m:.2f}%"
 
-    taus = [r["ranking"]["tau"] for r in runs]
-    rand = [float(np.mean([x["accuracy"] for x in r["random_same_macs"]])) for r in runs if r["random_same_macs"]]
+    budgets = getattr(args, "budgets", None) or [args.budget]
+    rows = [_budget_rows(r, budgets[0]) for r in runs]  # rows[seed][budget]
     search = [row for r in runs for row in r["search"]]
     lines = [
         f"# blockwise on {args.data} with {args.model} (width x{args.width})",
@@ -200,31 +224,46 @@ def to_markdown(args: argparse.Namespace, runs: list[dict]) -> str:
         f"{args.block_epochs} epochs each (AdamW lr {args.block_lr}); every retrained network {args.epochs} epochs "
         f"from scratch; uniform "
         f"{args.epochs + args.block_epochs} epochs from the teacher; dna one {args.block_epochs}-epoch search from the "
-        f"teacher, then {args.epochs} fine-tune epochs. Budget {args.budget} of the teacher's MACs.",
+        f"teacher (all budgets), then {args.epochs} fine-tune epochs per budget. Budgets {', '.join(budgets)} of the "
+        "teacher's MACs.",
         f"Data: {load_data(args.data).source}.",
         "",
-        "| network | test accuracy | MACs | params |",
-        "|---|---|---|---|",
-        f"| teacher (seed) | {pct([r['teacher']['accuracy'] for r in runs])} | {runs[0]['teacher']['macs']:,} | "
+        "| budget | network | test accuracy | MACs | params |",
+        "|---|---|---|---|---|",
+        f"| - | teacher (seed) | {pct([r['teacher']['accuracy'] for r in runs])} | {runs[0]['teacher']['macs']:,} | "
         f"{runs[0]['teacher']['params']:,} |",
-        f"| blockwise, chosen (top-1) | {pct([r['chosen']['accuracy'] for r in runs])} | "
-        f"{_join(runs, 'chosen', 'macs')} | {_join(runs, 'chosen', 'params')} |",
-        f"| random architectures of the space, MACs within {MATCH:.0%} (mean of {args.randoms}) | "
-        f"{pct(rand) if rand else 'none found'} | | |",
-        f"| uniform width, same budget | {pct([r['uniform']['accuracy'] for r in runs])} | "
-        f"{_join(runs, 'uniform', 'macs')} | {_join(runs, 'uniform', 'params')} |",
-        *(  # runs measured before dna was a baseline lack it
-            [
-                f"| dna on the teacher, same budget | {pct([r['dna']['accuracy'] for r in runs])} | "
-                f"{_join(runs, 'dna', 'macs')} | {_join(runs, 'dna', 'params')} |"
-            ]
-            if all("dna" in r for r in runs)
-            else []
-        ),
-        "",
+    ]
+    for b, budget in enumerate(budgets):
+        at = [seed_rows[b] for seed_rows in rows]
+        rand = [float(np.mean([x["accuracy"] for x in r["random_same_macs"]])) for r in at if r["random_same_macs"]]
+        lines += [
+            f"| {budget} | blockwise, chosen (top-1) | {pct([r['chosen']['accuracy'] for r in at])} | "
+            f"{_join(at, 'chosen', 'macs')} | {_join(at, 'chosen', 'params')} |",
+            f"| {budget} | random architectures of the space, MACs within {MATCH:.0%} (mean of {args.randoms}) | "
+            f"{pct(rand) if rand else 'none found'} | | |",
+            f"| {budget} | uniform width | {pct([r['uniform']['accuracy'] for r in at])} | "
+            f"{_join(at, 'uniform', 'macs')} | {_join(at, 'uniform', 'params')} |",
+            *(  # runs measured before dna was a baseline lack it
+                [
+                    f"| {budget} | dna on the teacher | {pct([r['dna']['accuracy'] for r in at])} | "
+                    f"{_join(at, 'dna', 'macs')} | {_join(at, 'dna', 'params')} |"
+                ]
+                if all("dna" in r for r in at)
+                else []
+            ),
+        ]
+    ranked = [r for r in runs if r["ranking"]]
+    taus = ", ".join(f"{r['ranking']['tau']:.3f}" for r in ranked)
+    ranking = (
         f"**Ranking.** Kendall tau of (- summed block rating) vs test accuracy over {args.archs} random architectures "
-        f"spread over the cost range: {', '.join(f'{t:.3f}' for t in taus)} (per seed; target >= 0.6); "
-        f"of MACs alone, the free proxy: {', '.join(_tau_macs(r) for r in runs)}.",
+        f"spread over the cost range: {taus} (per seed; target "
+        f">= 0.6); of MACs alone, the free proxy: {', '.join(_tau_macs(r) for r in ranked)}."
+        if ranked
+        else "**Ranking.** Not measured in this run (`--archs 0`); see blockwise_mnist1d.md."
+    )
+    lines += [
+        "",
+        ranking,
         "",
         "**Time per block** (train, rate every candidate; seconds): "
         + "; ".join(
@@ -257,12 +296,13 @@ def main() -> None:
     parser.add_argument("--data", default="mnist1d")
     parser.add_argument("--model", default="resnet18_1d")
     parser.add_argument("--width", type=float, default=0.25)
-    parser.add_argument("--budget", default="50%")
+    parser.add_argument("--budgets", nargs="+", default=["50%"], help="each as netfit reads it, e.g. 50%%")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--seed-epochs", type=int, default=15)
     parser.add_argument("--block-epochs", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--block-lr", type=float, default=0.03)
+    parser.add_argument("--expansions", type=int, nargs="+", default=[3, 6], help="MBConv expansions of the space")
     parser.add_argument("--archs", type=int, default=8)
     parser.add_argument("--randoms", type=int, default=3)
     parser.add_argument("--k", type=int, nargs="+", default=[1, 5])
