@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from .common import RESULTS
-from .run import _headline, by_case
+from .suite_report import _headline, by_case
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 START, END = "<!-- benchmark-results:start -->", "<!-- benchmark-results:end -->"

@@ -2,11 +2,15 @@
 
 import sys
 import types
+from dataclasses import asdict, replace
 
 import pytest
 
 from benchmarks import run as bench
+from benchmarks.common import environment
 from benchmarks.peers import TOOLS, Tool
+from benchmarks.suite import SUITES, Case, check, entries
+from benchmarks.suite_report import _run_times, plot, to_markdown
 from netfit.api import adapt, train_model
 from netfit.errors import NetfitError
 from netfit.space.subnet import SubnetSpace
@@ -70,7 +74,7 @@ def test_peer_options_are_checked(stand_in_tool, options, message):
 
 
 def _payload(over_budget: bool = False) -> dict:
-    suite = bench.SUITES["quick"]
+    suite = SUITES["quick"]
     case = suite.cases[0]
     rows = [
         {"entry": entry, "budget_pct": b, "accuracy": acc, "macs": int(b * 1000), "params": 10 * b,
@@ -79,17 +83,17 @@ def _payload(over_budget: bool = False) -> dict:
         for b in case.budgets_for(entry)
     ]  # fmt: skip
     runs = [
-        {"case": bench.asdict(case), "seed": s, "seed_network": {"macs": 100_000, "params": 1000, "accuracy": 0.95},
+        {"case": asdict(case), "seed": s, "seed_network": {"macs": 100_000, "params": 1000, "accuracy": 0.95},
          "rows": rows, "failed": {"nni-l1@10": "RuntimeError: boom"}, "dna_epoch_ratio": 3.0, "throughput": {},
          "dna_step_ratios": {"dense_seed": 1.0, "supernet_largest": 2.5, "dna_search_step": 7.0}}
         for s in (0, 1)
     ]  # fmt: skip
-    return {"suite": "quick", "settings": bench.asdict(suite), "environment": bench.environment(), "runs": runs}
+    return {"suite": "quick", "settings": asdict(suite), "environment": environment(), "runs": runs}
 
 
 def test_markdown_table_and_plot(tmp_path):
     payload = _payload()
-    markdown = bench.to_markdown(payload)
+    markdown = to_markdown(payload)
     assert "## digits_cnn_small_w1" in markdown
     assert "| 50% | dna | 92.00 ± 0.00 | -3.00 | - | 50,000 | 500 | 2 |" in markdown
     assert markdown.index("| 50% | dna") < markdown.index("| 50% | uniform")  # best first
@@ -100,7 +104,7 @@ def test_markdown_table_and_plot(tmp_path):
     assert "| 150% | 92.00 ± 0.00 | uniform 90.00 ± 0.00 | - | +2.00 | - |" in markdown
     # an entry that ran on one seed only shows no spread rather than a made-up 0.00
     payload["runs"][1]["rows"] = [r for r in payload["runs"][1]["rows"] if ":" not in r["entry"]]
-    assert "| torch_pruning:l1-uniform 91.00 (1 seed) |" in bench.to_markdown(payload)
+    assert "| torch_pruning:l1-uniform 91.00 (1 seed) |" in to_markdown(payload)
     assert "`nni-l1` at 10%: RuntimeError: boom" in markdown
     assert "search epoch / dense seed epoch: 3.00x" in markdown
     assert "supernet largest 2.50x, dna search step 7.00x." in markdown
@@ -109,10 +113,10 @@ def test_markdown_table_and_plot(tmp_path):
         for row in run["rows"]:
             if row["entry"] == "uniform":
                 row |= {"val_acc_inherited": 0.8, "warning": "near chance: ..." if row["budget_pct"] == 10 else None}
-    markdown = bench.to_markdown(payload)
+    markdown = to_markdown(payload)
     assert "| 50% | uniform | 90.00 ± 0.00 | -5.00 | 80.0 |" in markdown
     assert "| 10% | uniform | 90.00 ± 0.00 (2 flagged) |" in markdown
-    bench.plot(payload, tmp_path / "p.png")
+    plot(payload, tmp_path / "p.png")
     assert (tmp_path / "p.png").stat().st_size > 1000
 
 
@@ -129,29 +133,29 @@ def test_unsound_rows_are_flagged_whoever_made_them():
     assert peer["warning"].startswith("near chance")
     assert own["warning"] == "diverged: ..."
     assert all(r["warning"] is None for r in rows if r is not peer and r is not own)
-    assert "| 10% | torch_pruning:l1-uniform | 10.00 ± 0.00 (2 flagged) |" in bench.to_markdown(payload)
+    assert "| 10% | torch_pruning:l1-uniform | 10.00 ± 0.00 (2 flagged) |" in to_markdown(payload)
 
 
 def test_check_flags_missing_entries_and_overruns():
     payload = _payload()
     with pytest.raises(AssertionError, match="no result for uniform-scratch at 50%"):
-        bench.check(payload)
+        check(payload)
     payload = _payload(over_budget=True)
     for run in payload["runs"]:
         run["rows"] = [r for r in run["rows"] if r["entry"] == "dna"]
-        run["failed"] = {name.replace(":", "-"): "x" for name in bench.entries(bench.SUITES["quick"]) if name != "dna"}
+        run["failed"] = {name.replace(":", "-"): "x" for name in entries(SUITES["quick"]) if name != "dna"}
     with pytest.raises(AssertionError, match="over budget"):
-        bench.check(payload)
+        check(payload)
 
 
 def test_results_merge_by_case_and_seed():
     earlier = _payload()
-    stale = bench.replace(bench.SUITES["quick"].cases[1], epochs=99)  # a case since reconfigured
-    earlier["runs"].append(dict(earlier["runs"][0], case=bench.asdict(stale), seed=0))
+    stale = replace(SUITES["quick"].cases[1], epochs=99)  # a case since reconfigured
+    earlier["runs"].append(dict(earlier["runs"][0], case=asdict(stale), seed=0))
     new = _payload()
     new["runs"] = [dict(new["runs"][1], seed=2, seed_network={"macs": 100_000, "params": 1000, "accuracy": 0.5})]
     merged = bench.merge(earlier, new)
-    assert [(bench.Case(**r["case"]).key, r["seed"]) for r in merged["runs"]] == [
+    assert [(Case(**r["case"]).key, r["seed"]) for r in merged["runs"]] == [
         ("digits_cnn_small_w1", 0), ("digits_cnn_small_w1", 1), ("digits_cnn_small_w1", 2)
     ]  # fmt: skip
     assert merged["settings"]["seeds"] == [0, 1, 2]
@@ -171,7 +175,7 @@ def test_a_partial_rerun_keeps_the_other_entries_of_the_same_seed_network():
     assert sorted({r["entry"] for r in rerun["rows"]}) == sorted({r["entry"] for r in earlier["runs"][0]["rows"]})
     assert "dna" not in rerun["carried_over"] and rerun["carried_over"]
     assert rerun["failed"] == earlier["runs"][0]["failed"]
-    assert "Carried over from an earlier invocation" in bench.to_markdown(merged)
+    assert "Carried over from an earlier invocation" in to_markdown(merged)
     # another seed network: nothing is carried over
     other = dict(partial["runs"][0], seed_network={"macs": 1, "params": 1, "accuracy": 0.1})
     merged = bench.merge(earlier, dict(partial, runs=[other]))
@@ -185,19 +189,19 @@ def test_run_time_sums_an_entrys_split_runs():
         {"seed": 0, "rows": [row | {"run": "nni-l1@50"}, row | {"run": "nni-l1@10"}]},
         {"seed": 1, "rows": [row | {"run": "nni-l1", "search_over_seed": 2.0}] * 2},  # one run, two budgets
     ]
-    assert bench._run_times(runs) == {"nni:l1": [3.0, 2.0]}
+    assert _run_times(runs) == {"nni:l1": [3.0, 2.0]}
 
 
 def test_case_selection():
-    suite = bench.select_cases(bench.SUITES["mnist"], ["mnist1d"])
+    suite = bench.select_cases(SUITES["mnist"], ["mnist1d"])
     assert [c.key for c in suite.cases] == ["mnist1d_resnet18_1d_w0.25", "mnist1d_resnet18_1d_w0.5"]
     with pytest.raises(SystemExit, match="no case matches"):
-        bench.select_cases(bench.SUITES["mnist"], ["imagenet"])
+        bench.select_cases(SUITES["mnist"], ["imagenet"])
 
 
 def test_every_case_gives_everyone_the_same_epochs():
-    for suite in bench.SUITES.values():
-        assert set(bench.entries(suite)) >= {"uniform", "uniform-scratch", "random", "dna"}
+    for suite in SUITES.values():
+        assert set(entries(suite)) >= {"uniform", "uniform-scratch", "random", "dna"}
         for case in suite.cases:
             budgets = len(case.budgets)
             dna_total = case.dna_search_epochs + budgets * case.dna_finetune_epochs
@@ -218,7 +222,7 @@ def test_a_failing_budget_is_recorded_and_the_others_still_run(monkeypatch, tmp_
         return None
 
     monkeypatch.setattr(bench, "_netfit_process", fake)
-    suite = bench.SUITES["quick"]
+    suite = SUITES["quick"]
     case = suite.cases[0]  # budgets 50, 10, 150
     done = bench.run_entry("uniform", case, suite, 0, tmp_path / "seed", tmp_path / "uniform")
     assert calls == [[50, 10, 150], [50], [10], [150]]
