@@ -39,8 +39,8 @@ from torch.func import functional_call
 from ..cost import count_cost
 from ..models import StagedNet
 from .blocks import stage_blocks
-from .channels import _BATCH_NORMS, _CONVS, _dim_size
 from .latency_table import LatencyTable
+from .layers import BATCH_NORMS, CONVS, dim_size
 from .prune import sliced_view
 from .subnet import SubnetSpace
 
@@ -337,7 +337,7 @@ class ElasticNet:
             block = self.model.stages[stage][j]
             block.forward = self._block_gate(block.forward, k)
             self._handles.append(_Restore(block))
-        for norm in (m for m in self.model.modules() if isinstance(m, _BATCH_NORMS)):
+        for norm in (m for m in self.model.modules() if isinstance(m, BATCH_NORMS)):
             norm.forward = self._share_norm(norm, norm.forward)
             self._handles.append(_Restore(norm))
 
@@ -425,18 +425,18 @@ class ElasticNet:
         block_of = {f"stages.{s}.{j}.": k for k, (s, j) in enumerate(self.blocks)}
         layers = []
         for name, module in self.model.named_modules():
-            if name not in shapes or not isinstance(module, (*_CONVS, nn.Linear, *_NORMS)):
+            if name not in shapes or not isinstance(module, (*CONVS, nn.Linear, *_NORMS)):
                 continue
             block = next((k for prefix, k in block_of.items() if name.startswith(prefix)), None)
             if isinstance(module, _NORMS):
                 if not any(p.requires_grad for p in module.parameters(recurse=False)):
                     continue
                 layer = _Layer("norm", 0.0, 2.0 if module.bias is not None else 1.0, False, block=block)
-                _fill(layer, "out", members.get((name, "norm"), []), _dim_size(module, "norm"))
+                _fill(layer, "out", members.get((name, "norm"), []), dim_size(module, "norm"))
                 layers.append(layer)
                 continue
             out = shapes[name]
-            conv = isinstance(module, _CONVS)
+            conv = isinstance(module, CONVS)
             cout = module.out_channels if conv else module.out_features
             positions = out.numel() / cout
             kernel = math.prod(module.kernel_size) if conv else 1
@@ -454,7 +454,7 @@ class ElasticNet:
             if depthwise:
                 _fill(layer, "out", members[(name, "dw")], cout)
             else:
-                _fill(layer, "in", members.get((name, "in"), []), _dim_size(module, "in"))
+                _fill(layer, "in", members.get((name, "in"), []), dim_size(module, "in"))
                 _fill(layer, "out", members.get((name, "out"), []), cout)
             layers.append(layer)
         return layers
@@ -470,8 +470,8 @@ class ElasticNet:
         out = {}
         for name, parts in entries.items():
             module = modules[name]
-            dim = 1 if isinstance(module, _CONVS) else -1
-            out[name] = (dim, _dim_size(module, "in"), parts)
+            dim = 1 if isinstance(module, CONVS) else -1
+            out[name] = (dim, dim_size(module, "in"), parts)
         return out
 
 
@@ -531,7 +531,7 @@ def _io_shapes(model: nn.Module, input_shape: Sequence[int]) -> tuple[dict[str, 
     handles = [
         m.register_forward_hook(record(name))
         for name, m in model.named_modules()
-        if isinstance(m, (*_CONVS, nn.Linear, *_NORMS))
+        if isinstance(m, (*CONVS, nn.Linear, *_NORMS))
     ]
     try:
         with torch.no_grad():

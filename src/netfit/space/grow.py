@@ -25,10 +25,11 @@ from torch import nn
 from ..errors import NetfitError
 from ..models import StagedNet, arch_of, build_model
 from .blocks import stage_blocks
-from .channels import _BATCH_NORMS, trace_channel_groups
+from .channels import trace_channel_groups
 from .compare import max_difference
 from .importance import l1_importance
 from .inherit import inherit_weights
+from .layers import BATCH_NORMS
 from .prune import Outgoing, remap_channels
 
 PRESERVE_TOL = 1e-4
@@ -94,7 +95,7 @@ def deepen(model: nn.Module, fraction: float) -> tuple[nn.Module, list[int]]:
     inherit_weights(deeper, model)
     for stage, n in zip(deeper.stages, seed_depths):
         for block in list(stage)[n:]:
-            norms = [m for m in block.modules() if isinstance(m, _BATCH_NORMS)]
+            norms = [m for m in block.modules() if isinstance(m, BATCH_NORMS)]
             if not norms:
                 raise NetfitError(f"cannot identity-initialise a {type(block).__name__}: it has no BatchNorm")
             nn.init.zeros_(norms[-1].weight)

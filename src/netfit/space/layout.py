@@ -1,4 +1,4 @@
-"""Channel layouts and the union-find of channel groups that the tracer (``channels.py``) builds.
+"""Channel layouts and the union-find of channel groups that the tracer (``channels.py``, ``propagate.py``) builds.
 
 A tensor's channel dim is described by segments ``(group id or None, channels, repeat)``. Groups are joined
 (union-find) when layers must change together, and split into consecutive pieces when a finer layout of the
@@ -9,12 +9,33 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from .channels import Member
+import torch
 
 Seg = tuple[int | None, int, int]  # (group id or None, channels, repeat)
+
+
+@dataclass(frozen=True)
+class Member:
+    """One module dimension that follows a channel group.
+
+    Attributes:
+        module: qualified module name (as in ``model.get_submodule``).
+        role: "out" (conv out channels / linear out_features), "in" (conv in channels / linear in_features),
+            "norm" (BatchNorm/InstanceNorm/LayerNorm/GroupNorm channels) or "dw" (depthwise conv: in and out).
+        offset: where the group's channels start in that dimension (concatenation).
+        repeat: consecutive features per channel (a flattened C x S map feeding a Linear has repeat S).
+    """
+
+    module: str
+    role: str
+    offset: int = 0
+    repeat: int = 1
+
+    def indices(self, channels: torch.Tensor) -> torch.Tensor:
+        """Positions in the module dimension covered by ``channels`` (group-local indices) of the group."""
+        channels = torch.as_tensor(channels, dtype=torch.long).reshape(-1, 1)
+        return (self.offset + channels * self.repeat + torch.arange(self.repeat)).reshape(-1)
 
 
 @dataclass

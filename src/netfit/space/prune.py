@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from ..errors import UnsupportedLayerError
-from .channels import _BATCH_NORMS, _CONVS, _INSTANCE_NORMS, ChannelGroup, ChannelGroupError, Member, _dim_size
+from .channels import ChannelGroup, ChannelGroupError, Member
+from .layers import BATCH_NORMS, CONVS, INSTANCE_NORMS, dim_size
 
 
 def _check_keep(group: ChannelGroup, idx: torch.Tensor | Sequence[int]) -> torch.Tensor:
@@ -89,11 +90,11 @@ def _slice_norm(name: str, module: nn.Module, idx: torch.Tensor) -> None:
 
 
 def _slice_module(name: str, module: nn.Module, role: str, idx: torch.Tensor) -> None:
-    if isinstance(module, _CONVS) and (role == "out" or (role == "in" and module.groups == 1) or role == "dw"):
+    if isinstance(module, CONVS) and (role == "out" or (role == "in" and module.groups == 1) or role == "dw"):
         _slice_conv(module, role, idx)
     elif isinstance(module, nn.Linear) and role in ("in", "out"):
         _slice_linear(module, role, idx)
-    elif role == "norm" and isinstance(module, (*_BATCH_NORMS, *_INSTANCE_NORMS, nn.LayerNorm, nn.GroupNorm)):
+    elif role == "norm" and isinstance(module, (*BATCH_NORMS, *INSTANCE_NORMS, nn.LayerNorm, nn.GroupNorm)):
         _slice_norm(name, module, idx)
     else:
         raise UnsupportedLayerError(
@@ -237,7 +238,7 @@ def _remap_plan(
     plan = {}
     for (name, role), members in entries.items():
         module = model.get_submodule(name)
-        size = _dim_size(module, role)
+        size = dim_size(module, role)
         if size is None:
             raise UnsupportedLayerError(f"cannot slice '{name}' ({type(module).__name__}): unknown channel dim")
         source, scale, pos = [], [], 0

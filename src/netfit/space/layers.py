@@ -1,0 +1,21 @@
+"""The layer kinds whose channels netfit follows (convs, norms), and the size of the layer dimension a
+channel group claims. Shared by the tracer, pruning, growth and the elastic supernet."""
+
+from __future__ import annotations
+
+from torch import nn
+
+CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+INSTANCE_NORMS = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
+
+
+def dim_size(module: nn.Module, role: str) -> int | None:
+    """Channels of ``module`` along ``role``'s dimension ("out", "in", "dw" or "norm"); None if it has none."""
+    if role == "out":
+        return getattr(module, "out_channels", getattr(module, "out_features", None))
+    if role in ("in", "dw"):
+        return getattr(module, "in_channels", getattr(module, "in_features", None))
+    if isinstance(module, nn.LayerNorm):
+        return module.normalized_shape[-1]
+    return getattr(module, "num_features", getattr(module, "num_channels", None))
