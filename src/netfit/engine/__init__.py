@@ -2,9 +2,7 @@
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig, TrainConfigError
-from .log import RunLog
-from .seeding import seed_everything
-from .trainer import (
+from .hooks import (
     Callback,
     ExtraLoss,
     StepContext,
@@ -12,10 +10,11 @@ from .trainer import (
     StepOutput,
     TrainResult,
     TrainState,
-    evaluate,
     fixed_batch_ids,
-    train,
 )
+from .log import RunLog
+from .seeding import seed_everything
+from .trainer import evaluate, train
 
 __all__ = [
     "Callback",

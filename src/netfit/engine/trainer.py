@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,101 +33,23 @@ from .distributed import (
     is_main,
     union_keys,
 )
+from .hooks import (
+    Callback,
+    ExtraLoss,
+    StepContext,
+    StepFn,
+    StepOutput,
+    TrainResult,
+    TrainState,
+    check_finite,
+    fixed_batch_ids,
+    scalar,
+)
 from .log import ProgressBar, RunLog
 from .norms import recalibrate_norms
 from .seeding import epoch_generator, rng_state, set_rng_state
 
 logger = logging.getLogger("netfit")
-
-
-@dataclass
-class StepOutput:
-    """What a step function returns: the loss, optionally the logits (for train accuracy) and metrics to log."""
-
-    loss: torch.Tensor
-    logits: torch.Tensor | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
-class StepContext:
-    """One training step's inputs. ``model`` may be DDP-wrapped; ``raw_model`` never is."""
-
-    model: nn.Module
-    raw_model: nn.Module
-    x: torch.Tensor
-    y: torch.Tensor
-    epoch: int
-    step: int
-    config: TrainConfig
-    device: torch.device
-    scaler: Any = None
-    did_backward: bool = False
-    # the batch's indices into the training split, given only when the batch is a fixed function of them
-    # (fixed_batch_ids), so a frozen model's per-sample outputs may be remembered (distill.CachedTeacher)
-    ids: torch.Tensor | None = None
-
-    def backward(self, loss: torch.Tensor) -> None:
-        """Backpropagate (AMP-scaled when active); a step function may call it several times per step."""
-        _check_finite(_scalar(loss), self)
-        self._backward(loss)
-
-    def _backward(self, loss: torch.Tensor) -> None:
-        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
-        self.did_backward = True
-
-
-def fixed_batch_ids(data: Any, idx: torch.Tensor) -> torch.Tensor | None:
-    """``StepContext.ids`` for a training batch of samples ``idx``: ``idx`` when the data has no random
-    augmentation (the batch is then a fixed function of its ids), else None."""
-    return None if getattr(data, "augment", None) else idx
-
-
-StepFn = Callable[[StepContext], StepOutput]
-ExtraLoss = Callable[[StepContext, torch.Tensor], torch.Tensor]
-
-
-@dataclass
-class TrainState:
-    """What callbacks see. ``extra`` is saved in checkpoints (tensors, numbers, strings, lists, dicts only)."""
-
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    config: TrainConfig
-    scheduler: Any = None  # the per-step lr controller (warm-up x schedule x plateau factor)
-    epoch: int = 0  # completed epochs
-    step: int = 0  # completed optimizer steps
-    history: list[dict] = field(default_factory=list)
-    extra: dict = field(default_factory=dict)
-    stop: bool = False  # a callback sets this to end training after the current epoch
-
-
-class Callback:
-    """Hooks into the loop; ``state_dict`` must hold only tensors, numbers, strings, lists and dicts."""
-
-    def on_train_start(self, state: TrainState) -> None: ...
-
-    def on_epoch_start(self, state: TrainState) -> None: ...
-
-    def on_step_end(self, state: TrainState, out: StepOutput) -> None: ...
-
-    def on_epoch_end(self, state: TrainState, metrics: dict) -> None: ...
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None: ...
-
-
-@dataclass
-class TrainResult:
-    """A finished training: the model (unwrapped, on its device), the per-epoch history, the best evaluation
-    accuracy, and ``final``, the history row of the returned weights (the best epoch's with keep_best)."""
-
-    model: nn.Module
-    history: list[dict]
-    best_val_acc: float
-    final: dict
 
 
 def _make_optimizer(model: nn.Module, config: TrainConfig, param_filter) -> torch.optim.Optimizer:
@@ -159,20 +79,6 @@ def _default_step(extra_losses: Sequence[ExtraLoss]) -> StepFn:
         return StepOutput(loss, logits, metrics)
 
     return step
-
-
-def _scalar(value: torch.Tensor | float) -> float:
-    return float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
-
-
-def _check_finite(value: float, ctx: StepContext, metrics: dict | None = None) -> None:
-    if not math.isfinite(value):
-        kind = "nan" if math.isnan(value) else "inf"
-        terms = ", ".join(f"{k}={_scalar(v):.4g}" for k, v in (metrics or {}).items()) or "n/a"
-        raise TrainingError(
-            f"loss became {kind} at epoch {ctx.epoch + 1} step {ctx.step} (terms: {terms}); lower the learning rate "
-            "(--lr) or enable --grad-clip; the last checkpoint is intact"
-        )
 
 
 def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
@@ -352,12 +258,12 @@ class _Trainer:
             for idx in batches:
                 out, y = self.step(idx, generator)
                 n = len(y)
-                sums["loss"] += _scalar(out.loss) * n
+                sums["loss"] += scalar(out.loss) * n
                 sums["n"] += n
                 if out.logits is not None:
                     sums["correct"] += float((out.logits.detach().argmax(1) == y).sum())
                 for k, v in out.metrics.items():
-                    metric_sums[k] = metric_sums.get(k, 0.0) + _scalar(v) * n
+                    metric_sums[k] = metric_sums.get(k, 0.0) + scalar(v) * n
                     metric_counts[k] = metric_counts.get(k, 0.0) + n
                 for cb in self.callbacks:
                     cb.on_step_end(state, out)
@@ -414,7 +320,7 @@ class _Trainer:
             opt.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=self.amp_dtype, enabled=self.use_amp):
             out = self.step_fn(ctx)
-        _check_finite(_scalar(out.loss), ctx, out.metrics)  # before any update: the weights stay finite
+        check_finite(scalar(out.loss), ctx, out.metrics)  # before any update: the weights stay finite
         if not ctx.did_backward:
             ctx._backward(out.loss)
         if self.scaler is not None:
