@@ -56,7 +56,9 @@ def _train(arch: dict, data, out: Path, args, seed: int) -> dict:
     torch.manual_seed(seed)
     model = build_model(arch)
     train = {"batch_size": args.batch_size, "lr": args.lr}
-    row = train_model(model, data, out=out, epochs=args.epochs, seed=seed, train=train, progress=False)
+    row = train_model(
+        model, data, out=out, epochs=args.epochs, seed=seed, train=train, resume=args.resume, progress=False
+    )
     return {"accuracy": row["accuracy"], "macs": row["macs"], "params": row["params"]}
 
 
@@ -64,6 +66,7 @@ def run_seed(args: argparse.Namespace, seed: int, root: Path) -> dict:
     data = load_data(args.data)
     model = create_model(args.model, num_classes=data.num_classes, in_chans=data.input_shape[0], width_mult=args.width)
     common = {"seed": seed, "progress": False, "train": {"batch_size": args.batch_size, "lr": args.lr}}
+    common["resume"] = args.resume  # finished runs in --root are read back, not trained again
     options = {"block_epochs": args.block_epochs, "top_k": 1, "block_lr": args.block_lr, "expansions": args.expansions}
     budgets = ",".join(args.budgets)  # one run of each method serves every budget
     started = time.perf_counter()
@@ -134,6 +137,8 @@ def run_seed(args: argparse.Namespace, seed: int, root: Path) -> dict:
         (chosen,) = _of_budget(bw.summary, budget)
         target = chosen["macs"]
         near = [ch for ch in pool if abs(fixed + sum(m[c] for m, c in zip(macs, ch)) - target) <= MATCH * target]
+        if len(near) < args.randoms:  # near the space's cheap end the pool has few: draw more, for this budget only
+            near += _draw_near(by_depth, macs, fixed, target, args.randoms - len(near), [seed, b])
         picks = near[:: max(1, len(near) // args.randoms)][: args.randoms]
         (urow,) = _of_budget(uni.summary, budget)
         (drow,) = _of_budget(dna.summary, budget)
@@ -158,6 +163,27 @@ def run_seed(args: argparse.Namespace, seed: int, root: Path) -> dict:
         "ranking": ranking,
         "search": _time_search(losses, macs, args.k),
     }
+
+
+def _draw_near(by_depth, macs, fixed: float, target: float, n: int, rng_seed: list[int]) -> list[tuple[int, ...]]:
+    """Up to ``n`` architectures drawn as ``_sample`` does whose MACs (blocks + ``fixed``) are within MATCH of
+    ``target`` (vectorised: near the cheap end of the space only a few in 10^4 draws qualify)."""
+    rng, found, draws = np.random.default_rng(rng_seed), [], 100_000
+    for _ in range(20):  # 2 million draws at most
+        choices = []
+        for depths in by_depth:  # per block a depth uniformly, then one of its candidates uniformly
+            sizes = np.array([len(group) for group in depths])
+            depth = rng.integers(len(depths), size=draws)
+            within = (rng.random(draws) * sizes[depth]).astype(int)
+            starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+            choices.append(np.concatenate(depths)[starts[depth] + within])
+        total = sum(np.asarray(m)[c] for m, c in zip(macs, choices))
+        for k in np.flatnonzero(np.abs(fixed + total - target) <= MATCH * target):
+            found.append(tuple(int(c[k]) for c in choices))
+        found = list(dict.fromkeys(found))
+        if len(found) >= n:
+            break
+    return found[:n]
 
 
 def _of_budget(summary: dict, budget: str) -> list[dict]:
@@ -309,6 +335,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--root", type=Path, default=None)
+    parser.add_argument("--resume", action="store_true", help="continue (or read back) the runs in --root")
     parser.add_argument("--tag", default="", help="suffix of the results name (seeds run as separate processes)")
     parser.add_argument("--merge", type=Path, nargs="+", help="only combine the runs of these result JSONs")
     args = parser.parse_args()
