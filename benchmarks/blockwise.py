@@ -251,7 +251,8 @@ def to_markdown(args: argparse.Namespace, runs: list[dict]) -> str:
         f"from scratch; uniform "
         f"{args.epochs + args.block_epochs} epochs from the teacher; dna one {args.block_epochs}-epoch search from the "
         f"teacher (all budgets), then {args.epochs} fine-tune epochs per budget. Budgets {', '.join(budgets)} of the "
-        "teacher's MACs.",
+        f"teacher's MACs. Space: MBConv expansions {getattr(args, 'expansions', [3, 6])} x kernels [3, 5, 7], "
+        "1-3 layers per block.",
         f"Data: {load_data(args.data).source}.",
         "",
         "| budget | network | test accuracy | MACs | params |",
@@ -344,7 +345,9 @@ def main() -> None:
         merged = {"seeds": [r["seed"] for r in runs], "merged_from": [str(p) for p in args.merge]}
         settings = {"block_lr": args.block_lr} | first["settings"] | merged  # runs before --block-lr existed
         saved = argparse.Namespace(**settings)
-        write_results(f"blockwise_{args.data}", first | {"settings": settings, "runs": runs}, to_markdown(saved, runs))
+        write_results(
+            f"blockwise_{args.data}{args.tag}", first | {"settings": settings, "runs": runs}, to_markdown(saved, runs)
+        )
         return
     torch.set_num_threads(1)
     root = args.root or Path(tempfile.mkdtemp(prefix="netfit-blockwise-"))
