@@ -1,0 +1,147 @@
+"""DNA's search step: one sandwich-rule step over the elastic supernet plus the architecture pass on every
+budget's expected network (``DNA.step_fn``). The options (warm-up, samples, passes, teacher) are the ``DNA``
+method's; the step is here so that the method reads as its three phases."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+from ..distill import CachedTeacher, kd_loss
+from ..engine import StepFn, StepOutput
+from ..engine.distributed import is_distributed
+from ..engine.norms import frozen_norm_statistics
+from ..space.elastic import ElasticNet
+
+if TYPE_CHECKING:
+    from .dna import DNA, ArchParams
+
+DEAD_ZONE = 0.95  # a budget T is met when the cost lies in [0.95 T, T]
+
+
+def dead_zone_loss(cost: torch.Tensor, limit: float) -> torch.Tensor:
+    """log(E/T) above the budget, log(0.95 T / E) below the dead zone, 0 inside it."""
+    log_cost = torch.log(cost)
+    return F.relu(log_cost - math.log(limit)) + F.relu(math.log(DEAD_ZONE * limit) - log_cost)
+
+
+def search_step(
+    opts: DNA,
+    net: ElasticNet,
+    arch: ArchParams,
+    limits: list[float],
+    metrics: list[str],
+    seed: int,
+    frozen: CachedTeacher | None = None,
+) -> StepFn:
+    """The search step for ``engine.train``: largest pass (CE; the only one updating BN statistics; with a
+    ``frozen`` in-place teacher instead, its logits and no largest pass), then
+    after warm-up the architecture gradient on the expected network of every budget on its share of the
+    batch (``split_batch``; else of one budget, round-robin), then the smallest and ``samples`` sub-nets
+    sampled from every budget's chains on its share of the batch (``every_budget``; else from one budget's,
+    round-robin), distilled in place from the largest."""
+    warmup, samples, cost_weight, one_level = opts.warmup_epochs, opts.samples, opts.cost_weight, opts.one_level
+    split_batch, every_budget, arch_every = opts.split_batch, opts.every_budget, opts.arch_every
+
+    def batched(device: torch.device) -> bool:
+        return opts.sample_pass == "batched" or (opts.sample_pass == "auto" and device.type == "cpu")
+
+    def step(ctx) -> StepOutput:
+        row = ctx.step % len(limits)
+        out_metrics = {}
+        logits, loss = None, None
+        if frozen is None:
+            net.set_full()
+            logits = ctx.model(ctx.x)
+            loss = F.cross_entropy(logits, ctx.y, label_smoothing=ctx.config.label_smoothing)
+            ctx.backward(loss)
+            teacher = logits.detach()
+        else:
+            teacher = frozen(ctx.x, ctx.ids)
+        with frozen_norm_statistics(ctx.raw_model):
+            if ctx.epoch >= warmup and ctx.step % arch_every == 0:  # alternating: its weight grads are dropped
+                params = [] if one_level else list(ctx.raw_model.parameters())
+                grads = [p.grad for p in params]
+                for p in params:  # backward accumulates in place: park the sandwich grads out of its reach
+                    p.grad = None
+                turn = [ctx.step // arch_every % len(limits)]  # round-robin over the steps that run this pass
+                shares = _batch_shares(range(len(limits)) if split_batch else turn, len(ctx.y))
+                # every budget's expected network on its share, in one pass (per-sample gates)
+                net.set_soft_rows([(arch.width[r], arch.depth[r], part) for r, part in shares])
+                expected = [net.expected_cost(arch.width[r], arch.depth[r])[metrics[r]] for r, _ in shares]
+                budgets = [dead_zone_loss(e, limits[r]) for e, (r, _) in zip(expected, shares)]
+                budget_loss = sum(_fraction(part, ctx.y) * b for (_, part), b in zip(shares, budgets))
+                ctx.backward(F.cross_entropy(ctx.model(ctx.x), ctx.y) + cost_weight * budget_loss)
+                ratios = [e.item() / limits[r] for e, (r, _) in zip(expected, shares)]
+                budget_losses = [b.item() for b in budgets]
+                for p, grad in zip(params, grads):
+                    p.grad = grad
+                if is_distributed():
+                    _average_grads(arch)
+                out_metrics = {
+                    "budget_loss": sum(budget_losses) / len(budget_losses),
+                    "expected_cost_ratio_min": min(ratios),
+                    "expected_cost_ratio_max": max(ratios),
+                }
+            gen = torch.Generator().manual_seed(seed * 1_000_003 + ctx.step)
+            shares = _batch_shares(range(len(limits)) if every_budget else [row], len(ctx.y))
+            drawn = [
+                (net.sample(arch.width[r], arch.depth[r], gen), part) for r, part in shares for _ in range(samples)
+            ]
+            net.set_full()
+            smallest = kd_loss(_run_subnet(net, net.smallest(), ctx.x, ctx), teacher)
+            ctx.backward(smallest / (1 + samples))
+            loss = smallest if loss is None else loss  # what the step reports without a largest pass
+            if len(shares) > 1 and batched(ctx.device):  # the i-th sample of every budget in one masked pass
+                for i in range(samples):
+                    net.set_hard_rows(drawn[i::samples])
+                    out = ctx.model(ctx.x)
+                    losses = [kd_loss(out[p], teacher[p]) * _fraction(p, teacher) for _, p in shares]
+                    ctx.backward(sum(losses) / (1 + samples))
+                    net.set_full()
+            else:
+                for sub, part in drawn:
+                    loss_sub = kd_loss(_run_subnet(net, sub, ctx.x[part], ctx), teacher[part])
+                    ctx.backward(loss_sub * _fraction(part, teacher) / (1 + samples))
+        net.set_full()
+        return StepOutput(loss.detach(), logits.detach() if logits is not None else None, out_metrics)
+
+    return step
+
+
+def _fraction(part: slice, batch: torch.Tensor) -> float:
+    return len(batch[part]) / len(batch)
+
+
+def _batch_shares(rows, size: int) -> list[tuple[int, slice]]:
+    """Each budget row's share of a batch of ``size`` samples: consecutive slices of ``tensor_split``'s sizes (the
+    first ``size % len(rows)`` one sample larger); rows left without a sample are dropped."""
+    base, extra = divmod(size, len(rows))
+    shares, start = [], 0
+    for i, row in enumerate(rows):
+        stop = start + base + (i < extra)
+        if stop > start:
+            shares.append((row, slice(start, stop)))
+        start = stop
+    return shares
+
+
+def _run_subnet(net: ElasticNet, sub, x: torch.Tensor, ctx) -> torch.Tensor:
+    """A sub-network's logits on ``x``: sliced (its own cost) on one process; gated through the DDP wrapper
+    under torchrun, whose gradient reduction only sees passes through the wrapper."""
+    if not is_distributed():
+        return net.run_sliced(sub, x)
+    net.set_hard(sub)
+    return ctx.model(x)
+
+
+def _average_grads(arch: ArchParams) -> None:
+    import torch.distributed as dist
+
+    for p in arch.parameters():
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= dist.get_world_size()
