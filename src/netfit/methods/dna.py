@@ -27,7 +27,7 @@ from torch import nn
 
 from ..cost import measure
 from ..distill import CachedTeacher
-from ..engine import Callback, StepFn, evaluate
+from ..engine import Callback, evaluate
 from ..engine.distributed import barrier, is_main
 from ..errors import BudgetInfeasibleError, NetfitError
 from ..fileio import atomic_write_text
@@ -245,17 +245,7 @@ class DNA:
         )
         return ArchParams(width, depth)
 
-    def step_fn(
-        self,
-        net: ElasticNet,
-        arch: ArchParams,
-        limits: list[float],
-        metrics: list[str],
-        seed: int,
-        frozen: CachedTeacher | None = None,
-    ) -> StepFn:
-        """The search step for ``engine.train`` (``dna_step.search_step`` with these options)."""
-        return search_step(self, net, arch, limits, metrics, seed, frozen)
+    step_fn = search_step  # the search step for engine.train: ``dna_step.search_step`` with these options
 
     def _inplace_teacher(self, seed_model: nn.Module) -> CachedTeacher | None:
         """The frozen seed as the search's in-place teacher (``inplace_teacher``), or None for the largest network.
