@@ -109,6 +109,10 @@ class DNA:
             searched sub-network already works (after batch-norm recalibration) but its logits are not on the
             seed's scale, and distilling it from the seed at the full learning rate from the first step undid
             most of what it knew at the small budgets (docs/methods/dna.md).
+        finetune_clip: the global gradient norm each fine-tune clips at, unless the training settings give
+            ``grad_clip`` (None: no clipping). A safety net: a healthy fine-tune's norms stayed below it, while
+            the deep, very narrow networks some searches find spiked to 25-56 once the warm-up reached the full
+            learning rate and lost what they knew (docs/methods/dna.md, "Costs and limits").
         inherit: fine-tune the searched sub-networks (False: train their architectures from scratch, without
             recalibration; the benchmark's ``dna-scratch`` entry, which separates architecture from weights).
         init_depth_logit: starting keep logit of every skippable block (0: each block kept with p = 1/2 given
@@ -142,6 +146,7 @@ class DNA:
     split_batch: bool = True
     latency_table: bool = True
     finetune_warmup: float = 0.25
+    finetune_clip: float | None = 10.0
     inherit: bool = True
     every_budget: bool = True
 
@@ -155,6 +160,8 @@ class DNA:
             raise NetfitError(f"dna kd_teacher must be one of {', '.join(KD_TEACHERS)}, got {self.kd_teacher!r}")
         if not 0 <= self.finetune_warmup <= 1:
             raise NetfitError(f"dna finetune_warmup is a fraction of the fine-tune, got {self.finetune_warmup}")
+        if self.finetune_clip is not None and not self.finetune_clip > 0:
+            raise NetfitError(f"dna finetune_clip is a gradient norm > 0 or None, got {self.finetune_clip}")
         if self.inplace_teacher not in INPLACE_TEACHERS:
             raise NetfitError(
                 f"dna inplace_teacher must be one of {', '.join(INPLACE_TEACHERS)}, got {self.inplace_teacher!r}"
@@ -203,12 +210,20 @@ class DNA:
             run.log.write("subnet", id=cid, inherit=self.inherit, **info)
             if self.inherit:
                 info["val_acc_inherited"] = inherited_accuracy(model, data, run, cid)
-                warmup = {"warmup_epochs": self.finetune_warmup * run.config.epochs}
-                model = finetune(model, data, run, cid, teacher, self.kd_weight, warmup, info["val_acc_inherited"])
+                settings = self._finetune_settings(run.config)
+                model = finetune(model, data, run, cid, teacher, self.kd_weight, settings, info["val_acc_inherited"])
             else:
                 model = finetune(from_scratch(model), data, run, cid, teacher, self.kd_weight)
             candidates.append(Candidate(cid, model, target, info))
         return candidates
+
+    def _finetune_settings(self, config) -> dict:
+        """Training overrides of an inherited sub-network's fine-tune: the learning-rate warm-up, and the
+        gradient clip where the training settings have none."""
+        settings: dict = {"warmup_epochs": self.finetune_warmup * config.epochs}
+        if config.grad_clip is None and self.finetune_clip is not None:
+            settings["grad_clip"] = self.finetune_clip
+        return settings
 
     def growth(self, limits: list[float], seed_value: float) -> tuple[float, float]:
         """(grow_width, grow_depth): the options where given, else 1.5 and 0.5 when some budget's limit exceeds
