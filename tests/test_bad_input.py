@@ -118,6 +118,7 @@ CASES = [
     ("method option without value", adapt("-x", "novalue"), "KEY=VALUE"),
     ("method option unknown", adapt("-x", "bogus=1"), "unknown option(s) bogus"),
     ("dna option out of range", adapt("--method", "dna", "-x", "grow_width=0.5"), "grow_width >= 1"),
+    ("dna option of the wrong type", adapt("--method", "dna", "-x", "finetune_clip=none"), "must be float | None"),
     ("dna growth init unknown", adapt("--method", "dna", "-x", "grow_copies=half"), "grow_copies must be"),
     ("learning rate gives NaN", adapt("--lr", "1e12", "--seed-weights", "TRAINED"), "loss became nan"),
     ("output under a file", adapt(out=lambda tmp: write(tmp / "file", b"x") / "run"), "cannot write"),

@@ -13,7 +13,9 @@ from _shapes import input_shape
 from netfit.api import adapt
 from netfit.cli import main
 from netfit.cost import count_cost
+from netfit.distill import CachedTeacher
 from netfit.engine.checkpoint import load_checkpoint
+from netfit.engine.config import TrainConfig
 from netfit.engine.norms import frozen_norm_statistics
 from netfit.errors import NetfitError
 from netfit.health import near_chance
@@ -354,9 +356,18 @@ def test_bad_options_are_refused():
     with pytest.raises(NetfitError, match="kd_teacher"):
         DNA(kd_teacher="teacher")
     with pytest.raises(NetfitError, match="inplace_teacher"):
-        DNA(inplace_teacher="auto")
+        DNA(inplace_teacher="teacher")
     with pytest.raises(NetfitError, match="finetune_warmup"):
         DNA(finetune_warmup=2)
+    with pytest.raises(NetfitError, match="finetune_clip"):
+        DNA(finetune_clip=0)
+
+
+def test_inherited_fine_tunes_clip_the_gradient_unless_training_settings_do():
+    config = TrainConfig(epochs=4)
+    assert DNA()._finetune_settings(config) == {"warmup_epochs": 1.0, "grad_clip": 10.0}
+    assert DNA(finetune_clip=None)._finetune_settings(config) == {"warmup_epochs": 1.0}
+    assert DNA()._finetune_settings(TrainConfig(epochs=4, grad_clip=2.0)) == {"warmup_epochs": 1.0}  # the user's
 
 
 @pytest.fixture(scope="module")
@@ -377,7 +388,7 @@ def test_dna_hits_every_budget_in_one_search(dna_run):
     assert sum(1 for e in log if e["event"] == "dna-arch") == 2 * 3  # per search epoch and budget
     (space,) = [e for e in log if e["event"] == "dna-space"]  # one supernet for all budgets
     assert (space["grow_width"], space["grow_depth"]) == (1.5, 0.5)  # the 150% budget needs a grown space
-    assert space["inplace_teacher"] == "largest"  # the default: the sandwich rule's in-place teacher
+    assert space["inplace_teacher"] == "largest"  # the default in a grown space: the sandwich rule's
 
 
 def test_dna_grows_its_space_only_when_a_budget_needs_it():
@@ -389,6 +400,14 @@ def test_dna_grows_its_space_only_when_a_budget_needs_it():
     assert DNA(grow_depth=1.0).growth([2000], 1000) == (1.5, 1.0)
 
 
+def test_default_inplace_teacher_is_the_seed_only_where_the_space_is_not_grown():
+    seed = nn.Linear(3, 2)
+    assert isinstance(DNA()._inplace_teacher(seed, 1.0, 0.0), CachedTeacher)  # the largest network is the seed
+    assert DNA()._inplace_teacher(seed, 1.5, 0.0) is None and DNA()._inplace_teacher(seed, 1.0, 0.5) is None
+    assert DNA(inplace_teacher="largest")._inplace_teacher(seed, 1.0, 0.0) is None
+    assert isinstance(DNA(inplace_teacher="seed")._inplace_teacher(seed, 1.5, 0.5), CachedTeacher)
+
+
 def test_dna_searches_at_its_own_learning_rate(dna_run):
     lr = {e["phase"]: e["lr"] for e in _log(dna_run.out) if e["event"] == "epoch" and e["epoch"] == 1}
     run_lr = dna_run.summary["settings"]["train"]["lr"]
@@ -398,7 +417,7 @@ def test_dna_searches_at_its_own_learning_rate(dna_run):
 
 def test_dna_fine_tunes_recalibrated_subnetworks_with_a_warm_up(dna_run):
     """Each searched sub-network is judged after batch-norm recalibration (recorded, far above chance) and its
-    fine-tune starts from a warm-up instead of the full learning rate."""
+    fine-tune starts from a warm-up instead of the full learning rate, with its gradient norm clipped."""
     log = _log(dna_run.out)
     inherited = {e["id"]: e for e in log if e["event"] == "inherited"}
     assert set(inherited) == {"dna-50pct", "dna-25pct", "dna-150pct"}
@@ -406,8 +425,9 @@ def test_dna_fine_tunes_recalibrated_subnetworks_with_a_warm_up(dna_run):
         assert cand["info"]["val_acc_inherited"] == inherited[cand["id"]]["val_acc"]
         assert not near_chance(cand["info"]["val_acc_inherited"], 10)
     epochs = dna_run.summary["settings"]["train"]["epochs"]
-    for phase, warmup in (("dna-50pct", 0.25 * epochs), ("dna-search", 0.0)):
-        assert load_checkpoint(dna_run.out / "ckpt" / f"{phase}.pt")["config"]["warmup_epochs"] == warmup
+    for phase, warmup, clip in (("dna-50pct", 0.25 * epochs, 10.0), ("dna-search", 0.0, None)):
+        config = load_checkpoint(dna_run.out / "ckpt" / f"{phase}.pt")["config"]
+        assert (config["warmup_epochs"], config["grad_clip"]) == (warmup, clip)  # fine-tunes clip (finetune_clip)
 
 
 def test_dna_distils_from_the_better_of_seed_and_largest_on_validation(dna_run):
@@ -527,14 +547,13 @@ def test_dna_resumes_an_interrupted_search_to_the_same_result(tmp_path, digits, 
 def test_cli_adapt_with_dna(tmp_path, capsys):
     args = ["adapt", "--model", "cnn_small", "--data", "digits", "--budget", "50%", "--method", "dna"]
     args += ["--epochs", "1", "--seed-epochs", "1", "-x", "search_epochs=1", "-x", "units=4"]
-    args += ["-x", "inplace_teacher=seed"]
     args += ["--out", str(tmp_path / "cli"), "--quiet"]
     code = main(args)
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "dna-50pct" in captured.out
     (space,) = [e for e in _log(tmp_path / "cli") if e["event"] == "dna-space"]
-    assert space["inplace_teacher"] == "seed"
+    assert space["inplace_teacher"] == "seed"  # the default where no budget grows the space
 
 
 @pytest.mark.parametrize("name", ["resnet18_cifar", "mobilenetv2_cifar"])
