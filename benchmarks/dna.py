@@ -108,6 +108,8 @@ def summarize(args: argparse.Namespace, seed: int, root: Path) -> dict:
         },
         "seconds": {m: round(_wall_seconds(root / f"{m}-{seed}"), 1) for m in METHODS},
         "seed_seconds": round(sum(epoch_seconds(dna_dir, "seed")), 1),
+        "cpu_seconds": {m: round(_wall_seconds(root / f"{m}-{seed}", "cpu"), 1) for m in METHODS},
+        "seed_cpu_seconds": round(_seed_cpu_seconds(dna_dir), 1),
         "seed_epoch_seconds": round(seed_epoch, 2),
         "search_epoch_seconds": round(search_epoch, 2),
         "search_vs_seed_training": round(args.search_epochs * search_epoch / (args.seed_epochs * seed_epoch), 3),
@@ -200,9 +202,17 @@ def _median_seconds(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def _wall_seconds(run_dir: Path) -> float:
-    times = [e["time"] for e in log_events(run_dir)]
+def _wall_seconds(run_dir: Path, clock: str = "time") -> float:
+    """A run's seconds from its log, first event to last: wall (``time``) or the process's CPU (``cpu``)."""
+    times = [e[clock] for e in log_events(run_dir)]
     return max(times) - min(times)
+
+
+def _seed_cpu_seconds(run_dir: Path) -> float:
+    """CPU seconds from a run's start to its seed's last training epoch."""
+    events = log_events(run_dir)
+    seed_epochs = [e["cpu"] for e in events if e.get("event") == "epoch" and e.get("phase") == "seed"]
+    return max(seed_epochs) - events[0]["cpu"] if seed_epochs else 0.0
 
 
 def _short(info: dict) -> dict:
@@ -257,17 +267,21 @@ def to_markdown(args: argparse.Namespace, runs: list[dict]) -> str:
         f"once: {ratio[0]:.2f}x.",
         "Whole-run wall time (search + every fine-tune, from the run logs, mean of seeds): "
         + ", ".join(f"dna / {m} {_run_ratio(runs, m)}" for m in METHODS[1:])
-        + (" (older runs, without the seed's time, left out)." if any("seed_seconds" not in r for r in runs) else "."),
+        + (" (older runs, without the seed's time, left out)." if any("seed_seconds" not in r for r in runs) else ".")
+        + " In process CPU time (the same runs; unlike wall time, not inflated by other processes on the machine): "
+        + ", ".join(f"dna / {m} {_run_ratio(runs, m, 'cpu_')}" for m in METHODS[1:])
+        + ".",
         "MACs of one forward pass at batch 1 (conv/linear); FLOPs = 2 x MACs. Accuracy on the held-out test split.",
         "",
     ]
     return "\n".join(lines)
 
 
-def _run_ratio(runs: list[dict], method: str) -> str:
-    """DNA's whole-run wall time over ``method``'s, mean and range over seeds; DNA's run also trained the seed
-    once, which is left out."""
-    timed = [(r["seconds"]["dna"] - r["seed_seconds"]) / r["seconds"][method] for r in runs if "seed_seconds" in r]
+def _run_ratio(runs: list[dict], method: str, clock: str = "") -> str:
+    """DNA's whole-run wall (``clock`` "") or CPU ("cpu_") time over ``method``'s, mean and range over seeds; DNA's
+    run also trained the seed once, which is left out."""
+    total, seed = f"{clock}seconds", f"seed_{clock}seconds"
+    timed = [(r[total]["dna"] - r[seed]) / r[total][method] for r in runs if seed in r]
     if not timed:
         return "n/a"
     spread = f" ({min(timed):.2f}-{max(timed):.2f})" if len(timed) > 1 else ""

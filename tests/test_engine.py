@@ -1,6 +1,7 @@
 """The training engine: learning, resume equivalence, NaN detection, hooks, safe checkpoints, DDP."""
 
 import copy
+import json
 import math
 import os
 import subprocess
@@ -354,6 +355,16 @@ def test_log_has_one_event_per_epoch(tmp_path):
     train(mlp(), toy_data(), CFG, log=log, progress=False, desc="phase")
     lines = (tmp_path / "log.jsonl").read_text().splitlines()
     assert len(lines) == 3 and all('"event": "epoch"' in line and '"phase": "phase"' in line for line in lines)
+
+
+def test_log_stamps_every_event_with_wall_and_cpu_time(tmp_path):
+    """``cpu`` (the process's CPU seconds) measures a phase's work where other processes share the machine."""
+    log = RunLog(tmp_path / "log.jsonl")
+    log.write("before")
+    sum(i * i for i in range(2_000_000))  # work for this process
+    log.write("after")
+    before, after = (json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines())
+    assert after["cpu"] > before["cpu"] >= 0 and after["time"] >= before["time"]
 
 
 @pytest.mark.parametrize(

@@ -22,11 +22,14 @@ class RunLog:
         self.path = Path(path)
 
     def write(self, event: str, **fields: Any) -> None:
-        """Append one ``{"time", "event", **fields}`` line and flush it (rank 0 only)."""
+        """Append one ``{"time", "cpu", "event", **fields}`` line and flush it (rank 0 only). ``cpu`` is the
+        process's CPU seconds so far (all threads): differences between events measure work, unlike wall time,
+        without counting other processes that share the machine."""
         if not is_main():
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        line = json.dumps({"time": round(time.time(), 3), "event": event, **fields}, default=str)
+        stamp = {"time": round(time.time(), 3), "cpu": round(time.process_time(), 3)}
+        line = json.dumps({**stamp, "event": event, **fields}, default=str)
         with open(self.path, "a") as f:
             f.write(line + "\n")
             f.flush()
