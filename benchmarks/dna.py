@@ -108,8 +108,7 @@ def summarize(args: argparse.Namespace, seed: int, root: Path) -> dict:
         },
         "seconds": {m: round(_wall_seconds(root / f"{m}-{seed}"), 1) for m in METHODS},
         "seed_seconds": round(sum(epoch_seconds(dna_dir, "seed")), 1),
-        "cpu_seconds": {m: round(_wall_seconds(root / f"{m}-{seed}", "cpu"), 1) for m in METHODS},
-        "seed_cpu_seconds": round(_seed_cpu_seconds(dna_dir), 1),
+        **_cpu_times(root, seed),
         "seed_epoch_seconds": round(seed_epoch, 2),
         "search_epoch_seconds": round(search_epoch, 2),
         "search_vs_seed_training": round(args.search_epochs * search_epoch / (args.seed_epochs * seed_epoch), 3),
@@ -206,6 +205,17 @@ def _wall_seconds(run_dir: Path, clock: str = "time") -> float:
     """A run's seconds from its log, first event to last: wall (``time``) or the process's CPU (``cpu``)."""
     times = [e[clock] for e in log_events(run_dir)]
     return max(times) - min(times)
+
+
+def _cpu_times(root: Path, seed: int) -> dict:
+    """Every method's whole-run CPU seconds and the seed's share of DNA's; nothing for runs logged before the
+    log carried CPU time."""
+    if any("cpu" not in e for m in METHODS for e in log_events(root / f"{m}-{seed}")):
+        return {}
+    return {
+        "cpu_seconds": {m: round(_wall_seconds(root / f"{m}-{seed}", "cpu"), 1) for m in METHODS},
+        "seed_cpu_seconds": round(_seed_cpu_seconds(root / f"dna-{seed}"), 1),
+    }
 
 
 def _seed_cpu_seconds(run_dir: Path) -> float:
