@@ -79,8 +79,8 @@ class DNA:
             its logits remembered per sample where the data has no random augmentation: the largest network is
             not run, about a quarter of a search step) or "auto" (default): the seed where the space is not
             grown (its largest network IS the seed), the largest where it is (only the largest network trains
-            the grown parts whole). The seed made condense-only runs 1.2-1.4x cheaper and was as accurate or
-            better on two widths and seed trainings once fine-tunes clip their gradient (``finetune_clip``;
+            the grown parts whole). The seed made condense-only runs about 1.2x cheaper and was as accurate or
+            better on three mnist1d settings and digits once fine-tunes clip their gradient (``finetune_clip``;
             docs/methods/dna.md, "Costs and limits").
         kd: distil the fine-tuned candidates from a teacher (``kd_teacher``).
         kd_weight: weight of that distillation loss.
@@ -110,9 +110,9 @@ class DNA:
             searched sub-network already works (after batch-norm recalibration) but its logits are not on the
             seed's scale, and distilling it from the seed at the full learning rate from the first step undid
             most of what it knew at the small budgets (docs/methods/dna.md).
-        finetune_clip: the global gradient norm each fine-tune clips at, unless the training settings give
-            ``grad_clip`` (None: no clipping). A safety net: a healthy fine-tune's norms stayed below it, while
-            the deep, very narrow networks some searches find spiked to 25-56 once the warm-up reached the full
+        finetune_clip: the global gradient norm each inherited fine-tune clips at, unless the training settings
+            give ``grad_clip`` (None: no clipping). A safety net: a healthy fine-tune's norms stayed below it, while
+            the deep, very narrow networks some searches find spiked to 23-56 once the warm-up reached the full
             learning rate and lost what they knew (docs/methods/dna.md, "Costs and limits").
         inherit: fine-tune the searched sub-networks (False: train their architectures from scratch, without
             recalibration; the benchmark's ``dna-scratch`` entry, which separates architecture from weights).
