@@ -106,9 +106,8 @@ def summarize(args: argparse.Namespace, seed: int, root: Path) -> dict:
             ]
             for method, summary in summaries.items()
         },
-        "seconds": {m: round(_wall_seconds(root / f"{m}-{seed}"), 1) for m in METHODS},
         "seed_seconds": round(sum(epoch_seconds(dna_dir, "seed")), 1),
-        **_cpu_times(root, seed),
+        **_run_times(root, seed),
         "seed_epoch_seconds": round(seed_epoch, 2),
         "search_epoch_seconds": round(search_epoch, 2),
         "search_vs_seed_training": round(args.search_epochs * search_epoch / (args.seed_epochs * seed_epoch), 3),
@@ -201,28 +200,25 @@ def _median_seconds(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def _wall_seconds(run_dir: Path, clock: str = "time") -> float:
-    """A run's seconds from its log, first event to last: wall (``time``) or the process's CPU (``cpu``)."""
-    times = [e[clock] for e in log_events(run_dir)]
+def _span(events: list[dict], clock: str) -> float:
+    """Seconds from a run log's first event to its last: wall (``time``) or the process's CPU (``cpu``)."""
+    times = [e[clock] for e in events]
     return max(times) - min(times)
 
 
-def _cpu_times(root: Path, seed: int) -> dict:
-    """Every method's whole-run CPU seconds and the seed's share of DNA's; nothing for runs logged before the
-    log carried CPU time."""
-    if any("cpu" not in e for m in METHODS for e in log_events(root / f"{m}-{seed}")):
-        return {}
-    return {
-        "cpu_seconds": {m: round(_wall_seconds(root / f"{m}-{seed}", "cpu"), 1) for m in METHODS},
-        "seed_cpu_seconds": round(_seed_cpu_seconds(root / f"dna-{seed}"), 1),
+def _run_times(root: Path, seed: int) -> dict:
+    """Every method's whole-run wall seconds and, where its log carries CPU time (runs logged since), its CPU
+    seconds and the seed's share of DNA's; each log read once."""
+    events = {m: log_events(root / f"{m}-{seed}") for m in METHODS}
+    times = {"seconds": {m: round(_span(ev, "time"), 1) for m, ev in events.items()}}
+    if any("cpu" not in e for ev in events.values() for e in ev):
+        return times
+    seed_epochs = [e["cpu"] for e in events["dna"] if e.get("event") == "epoch" and e.get("phase") == "seed"]
+    seed_cpu = max(seed_epochs) - events["dna"][0]["cpu"] if seed_epochs else 0.0  # start to the seed's last epoch
+    return times | {
+        "cpu_seconds": {m: round(_span(ev, "cpu"), 1) for m, ev in events.items()},
+        "seed_cpu_seconds": round(seed_cpu, 1),
     }
-
-
-def _seed_cpu_seconds(run_dir: Path) -> float:
-    """CPU seconds from a run's start to its seed's last training epoch."""
-    events = log_events(run_dir)
-    seed_epochs = [e["cpu"] for e in events if e.get("event") == "epoch" and e.get("phase") == "seed"]
-    return max(seed_epochs) - events[0]["cpu"] if seed_epochs else 0.0
 
 
 def _short(info: dict) -> dict:

@@ -27,7 +27,7 @@ from torch import nn
 
 from ..cost import measure
 from ..distill import CachedTeacher
-from ..engine import Callback, evaluate
+from ..engine import Callback, TrainConfig, evaluate
 from ..engine.distributed import barrier, is_main
 from ..errors import BudgetInfeasibleError, NetfitError
 from ..fileio import atomic_write_text
@@ -218,7 +218,7 @@ class DNA:
             candidates.append(Candidate(cid, model, target, info))
         return candidates
 
-    def _finetune_settings(self, config) -> dict:
+    def _finetune_settings(self, config: TrainConfig) -> dict:
         """Training overrides of an inherited sub-network's fine-tune: the learning-rate warm-up, and the
         gradient clip where the training settings have none."""
         settings: dict = {"warmup_epochs": self.finetune_warmup * config.epochs}
