@@ -528,3 +528,24 @@ def test_builtin_models_halve_and_run(name: str) -> None:
     assert keep, f"{name}: nothing prunable: {[g.reason for g in groups]}"
     small = slice_channels(model, groups, keep)
     assert small(x).shape == model(x).shape
+
+
+def test_fit_width_widest_network_under_the_limit_each_built_once() -> None:
+    from netfit.cost import count_macs
+    from netfit.models import create_model
+    from netfit.space.subnet import SubnetSpace
+
+    model = create_model("cnn_small", in_chans=1, num_classes=10)
+    space = SubnetSpace(model, (1, 8, 8))
+    built: list[tuple[int, ...]] = []
+
+    def macs(net: nn.Module) -> float:
+        built.append(tuple(m.out_channels for m in net.modules() if isinstance(m, nn.Conv2d)))
+        return count_macs(net, (1, 8, 8))
+
+    limit = 0.4 * count_macs(model, (1, 8, 8))
+    scale, net, cost = space.fit_width(macs, limit)
+    assert cost == count_macs(net, (1, 8, 8)) <= limit
+    assert len(built) == len(set(built)) < 18, built  # 16 bisection steps + both ends, repeats not rebuilt
+    wider = space.materialize(space.scaled_widths(min(1.0, scale + 1 / 64)))
+    assert count_macs(wider, (1, 8, 8)) > limit  # a step wider is over: the widest under the limit

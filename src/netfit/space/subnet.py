@@ -80,9 +80,18 @@ class SubnetSpace:
         ratios = ratios or {g.id: 1.0 for g in self.prunable}
         top = 1.0 / min(ratios.values()) if ratios else 1.0  # past this every group is at full width
 
-        def build(s: float) -> tuple[nn.Module, float]:
-            model = self.materialize(self.scaled_widths({g: min(1.0, s * r) for g, r in ratios.items()}), depths)
-            return model, cost(model)
+        costs: dict[tuple, float] = {}
+
+        def build(s: float) -> tuple[nn.Module | None, float]:
+            """The network at scale s and its cost; (None, cost) when its widths were built before (whole
+            channels: the bisection's later scales mostly repeat lo's or hi's widths)."""
+            widths = self.scaled_widths({g: min(1.0, s * r) for g, r in ratios.items()})
+            key = tuple(sorted(widths.items()))
+            if key in costs:
+                return None, costs[key]
+            model = self.materialize(widths, depths)
+            costs[key] = cost(model)
+            return model, costs[key]
 
         best_model, best_cost = build(top)
         if best_cost <= limit:
@@ -98,7 +107,8 @@ class SubnetSpace:
             mid = (lo + hi) / 2
             model, value = build(mid)
             if value <= limit:
-                lo, best = mid, (mid, model, value)
+                # widths grow with the scale, so a repeated feasible network is lo's: the best one kept
+                lo, best = mid, (mid, best[1] if model is None else model, value)
             else:
                 hi = mid
         return best
