@@ -69,3 +69,12 @@ def test_distilled_training_runs_the_teacher_once_per_sample_and_trains_the_same
     assert results["cached"][0] == n and results["every step"][0] == n * epochs
     for key, value in results["cached"][1].items():
         torch.testing.assert_close(value, results["every step"][1][key], atol=1e-5, rtol=1e-5)
+
+
+def test_fine_tunes_sharing_one_cached_teacher_run_it_once_per_sample():
+    data = toy_data()
+    teacher = CountingTeacher()
+    shared = CachedTeacher(teacher)
+    for _ in range(2):
+        train(mlp(), data, CFG, extra_losses=[LogitDistiller(shared)], progress=False)
+    assert teacher.rows == len(data.train)

@@ -1,6 +1,7 @@
 """DNA: growth preserves the function, the elastic gates equal slicing, the expected cost equals the count,
 the search hits its budgets (condensing and expanding), on built-in and user-defined models."""
 
+import copy
 import json
 import types
 
@@ -387,17 +388,20 @@ def test_dna_hits_every_budget_in_one_search(dna_run):
     log = _log(dna_run.out)
     assert sum(1 for e in log if e["event"] == "dna-arch") == 2 * 3  # per search epoch and budget
     (space,) = [e for e in log if e["event"] == "dna-space"]  # one supernet for all budgets
-    assert (space["grow_width"], space["grow_depth"]) == (1.5, 0.5)  # the 150% budget needs a grown space
+    assert (space["grow_width"], space["grow_depth"]) == pytest.approx((1.5**0.5, 0.5))  # what 150% can use
     assert space["inplace_teacher"] == "largest"  # the default in a grown space: the sandwich rule's
 
 
-def test_dna_grows_its_space_only_when_a_budget_needs_it():
+def test_dna_grows_its_space_only_as_far_as_a_budget_needs():
     """Condense-only budgets get the seed itself as the largest network (growth only makes the sandwich dearer);
-    a budget above the seed, or an explicit option, grows it."""
+    a budget above the seed grows it until width alone or depth alone reaches that budget (capped), an explicit
+    option as far as it says."""
     assert DNA().growth([500, 1000], 1000) == (1.0, 0.0)
-    assert DNA().growth([500, 1001], 1000) == (1.5, 0.5)
+    assert DNA().growth([500, 1500], 1000) == pytest.approx((1.5**0.5, 0.5))
+    assert DNA().growth([1210], 1000) == pytest.approx((1.1, 0.21))
+    assert DNA().growth([500, 4000], 1000) == (1.5, 0.5)
     assert DNA(grow_width=1.2).growth([500], 1000) == (1.2, 0.0)
-    assert DNA(grow_depth=1.0).growth([2000], 1000) == (1.5, 1.0)
+    assert DNA(grow_depth=1.0).growth([4000], 1000) == (1.5, 1.0)
 
 
 def test_default_inplace_teacher_is_the_seed_only_where_the_space_is_not_grown():
@@ -438,17 +442,24 @@ def test_dna_distils_from_the_better_of_seed_and_largest_on_validation(dna_run):
 
 
 def test_largest_teacher_is_a_frozen_copy_that_leaves_the_supernet_trainable():
-    from netfit.distill import LogitDistiller
-
     model, shape = _model("resnet18_cifar")
     net = ElasticNet(grow(model, shape, 1.5, 0.5, np.random.default_rng(0)), shape, units=4)
-    teacher = DNA(kd_teacher="largest")._kd_teacher(net, types.SimpleNamespace(model=model), None, None)
-    LogitDistiller(teacher)
+    teacher = DNA(kd_teacher="largest")._kd_teacher(net, types.SimpleNamespace(model=model), None, None, None)
     x = torch.randn(2, *shape)
     torch.testing.assert_close(teacher(x), net.model.eval()(x))
     supernet = {p.data_ptr() for p in net.model.parameters()}
-    assert all(not p.requires_grad and p.data_ptr() not in supernet for p in teacher.parameters())
+    assert all(not p.requires_grad and p.data_ptr() not in supernet for p in teacher.teacher.parameters())
     assert all(p.requires_grad for p in net.model.parameters())
+
+
+def test_seed_teacher_of_the_fine_tunes_is_the_search_teacher_cache():
+    """The search's frozen seed has remembered every training sample's logits; the fine-tunes reuse them."""
+    model, _ = _model("cnn_small")
+    frozen = CachedTeacher(copy.deepcopy(model))
+    seed = types.SimpleNamespace(model=model)
+    assert DNA()._kd_teacher(None, seed, None, None, frozen) is frozen
+    fresh = DNA()._kd_teacher(None, seed, None, None, None)
+    assert isinstance(fresh, CachedTeacher) and fresh.teacher is model
 
 
 def test_dna_expands_above_the_seed(dna_run):

@@ -73,15 +73,16 @@ class CachedTeacher:
 
 
 class LogitDistiller:
-    """Extra loss for ``engine.train``: ``weight * kd_loss(student, teacher(x))`` with a frozen teacher.
+    """Extra loss for ``engine.train``: ``weight * kd_loss(student, teacher(x))`` with a frozen teacher; give
+    several trainings one ``CachedTeacher`` of the same teacher and each sample's logits are computed once.
 
     Example:
         >>> distill = LogitDistiller(seed_model, weight=1.0)
         >>> engine.train(student, data, cfg, extra_losses=[distill])
     """
 
-    def __init__(self, teacher: nn.Module, weight: float = 1.0, temperature: float = 4.0) -> None:
-        self.teacher = CachedTeacher(teacher)
+    def __init__(self, teacher: nn.Module | CachedTeacher, weight: float = 1.0, temperature: float = 4.0) -> None:
+        self.teacher = teacher if isinstance(teacher, CachedTeacher) else CachedTeacher(teacher)
         self.weight = weight
         self.temperature = temperature
 

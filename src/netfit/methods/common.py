@@ -8,7 +8,7 @@ from typing import Any
 from torch import nn
 
 from ..budget import check_feasible
-from ..distill import LogitDistiller
+from ..distill import CachedTeacher, LogitDistiller
 from ..engine import evaluate
 from ..engine.norms import recalibrate_norms
 from ..errors import TrainingError
@@ -26,12 +26,13 @@ def finetune(
     data: Any,
     run: Run,
     phase: str,
-    teacher: nn.Module | None,
+    teacher: nn.Module | CachedTeacher | None,
     kd_weight: float = 1.0,
     overrides: dict[str, Any] | None = None,
     start_accuracy: float | None = None,
 ) -> nn.Module:
-    """Fine-tune a sub-network for ``run.config.epochs`` epochs, distilled from ``teacher`` when one is given;
+    """Fine-tune a sub-network for ``run.config.epochs`` epochs, distilled from ``teacher`` when one is given
+    (a ``CachedTeacher`` shared by a method's fine-tunes computes each sample's teacher logits once);
     ``overrides`` change training settings of this phase (e.g. a warm-up for inherited weights);
     ``start_accuracy`` is the model's validation accuracy as given, when the caller already measured it.
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -43,6 +44,7 @@ from .uniform import _slug
 KD_TEACHERS = ("seed", "largest", "best")
 SAMPLE_PASSES = ("auto", "sliced", "batched")
 INPLACE_TEACHERS = ("auto", "largest", "seed")
+MAX_GROW_WIDTH, MAX_GROW_DEPTH = 1.5, 0.5  # the default growth's cap: a largest network of about 2.25-3.4x the seed
 
 
 class ArchParams(nn.Module):
@@ -60,11 +62,11 @@ class DNA:
     """Differentiable width and depth adaption of the seed, condensing or expanding it to each budget.
 
     Options:
-        grow_width: width of the elastic space relative to the seed (1 = condense only); default: 1.5 when a
-            budget exceeds the seed's cost, else 1 (a space larger than every budget only makes each search
-            step dearer: the sandwich trains its largest network at every step).
+        grow_width: width of the elastic space relative to the seed (1 = condense only); default: sqrt(r) for
+            a largest budget r x the seed's cost, at most 1.5, and 1 when no budget exceeds the seed (a space
+            larger than the budgets can use only makes every search step dearer).
         grow_depth: extra identity blocks per stage, as a fraction of the seed's blocks (0 = no deeper nets);
-            default: 0.5 when a budget exceeds the seed's cost, else 0.
+            default: r - 1, at most 0.5 (0 when no budget exceeds the seed).
         grow_copies: how the widened channels' copies start: "zero" (consumers read them with weight 0, so
             every leading slice of the supernet is the seed's own sub-network) or "split" (Net2Net).
         units: width gates (Markov steps) per channel group.
@@ -202,7 +204,7 @@ class DNA:
         )
         # the engine trains in place and returns the same module; keep the space on whatever it returns
         net.model = net.space.model = self._train_supernet(net, arch, limits, metrics, data, run, frozen)
-        teacher = self._kd_teacher(net, seed, data, run) if self.kd else None
+        teacher = self._kd_teacher(net, seed, data, run, frozen) if self.kd else None
         candidates = []
         for row, target in enumerate(targets):
             cid = f"dna-{_slug(target.budget.spec)}"
@@ -227,11 +229,13 @@ class DNA:
         return settings
 
     def growth(self, limits: list[float], seed_value: float) -> tuple[float, float]:
-        """(grow_width, grow_depth): the options where given, else 1.5 and 0.5 when some budget's limit exceeds
-        the seed's value of the budget metric and 1 and 0 (condense only) when none does."""
-        expand = any(limit > seed_value for limit in limits)
-        width = self.grow_width if self.grow_width is not None else (1.5 if expand else 1.0)
-        depth = self.grow_depth if self.grow_depth is not None else (0.5 if expand else 0.0)
+        """(grow_width, grow_depth): the options where given, else just what the largest budget can use: with r
+        its limit over the seed's value of the budget metric, width sqrt(r) (cost grows with width squared) and
+        depth r - 1, so that each alone reaches the budget, at most 1.5 and 0.5; 1 and 0 (condense only) when
+        no budget exceeds the seed."""
+        r = max(1.0, max(limits) / seed_value)
+        width = self.grow_width if self.grow_width is not None else min(MAX_GROW_WIDTH, math.sqrt(r))
+        depth = self.grow_depth if self.grow_depth is not None else min(MAX_GROW_DEPTH, r - 1)
         return width, depth
 
     # ----- search
@@ -293,22 +297,23 @@ class DNA:
         return result.model
 
     # ----- result
-    def _kd_teacher(self, net: ElasticNet, seed: Seed, data, run) -> nn.Module:
-        """The fine-tunes' teacher. The supernet's largest network has trained for the whole search on top of the
+    def _kd_teacher(self, net: ElasticNet, seed: Seed, data, run, frozen: CachedTeacher | None) -> CachedTeacher:
+        """The fine-tunes' teacher, one cache of its logits for all of them (the search's, where its in-place
+        teacher was the seed). The supernet's largest network has trained for the whole search on top of the
         seed's training, so it can be the better teacher where the seed was trained briefly (measured: not on the
         MNIST-10k ResNet-18 benchmark, docs/methods/dna.md); "best" lets the validation split decide."""
         if self.kd_teacher == "seed":
-            return seed.model
-        largest = copy.deepcopy(net.materialize(net.largest()))  # a copy: the distiller freezes its teacher
+            return frozen if frozen is not None else CachedTeacher(seed.model)
+        largest = copy.deepcopy(net.materialize(net.largest()))  # a copy: the teacher is frozen
         if self.kd_teacher == "largest":
-            return largest
+            return CachedTeacher(largest)
         scores = {
             name: evaluate(model, data, "val", device=run.device)["accuracy"]
             for name, model in (("seed", seed.model), ("largest", largest))
         }
         choice = max(scores, key=scores.__getitem__)
         run.log.write("dna-kd-teacher", teacher=choice, val_accuracy=scores)
-        return largest if choice == "largest" else seed.model
+        return CachedTeacher(largest if choice == "largest" else seed.model)
 
     def _materialize(self, net: ElasticNet, arch: ArchParams, row: int, target: Target, seed: Seed, run):
         """The most probable architecture of budget ``row``: its widths scaled together to the largest network

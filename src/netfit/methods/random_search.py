@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from ..distill import CachedTeacher
 from ..errors import NetfitError
 from ..space.subnet import SubnetSpace
 from .base import METHODS, Candidate, Seed, Target
@@ -42,6 +43,7 @@ class RandomSearch:
 
     def search(self, seed: Seed, data, targets: list[Target], run) -> list[Candidate]:
         space = SubnetSpace(seed.model, seed.input_shape)
+        teacher = CachedTeacher(seed.model) if self.kd else None  # one cache for every sample's fine-tune
         candidates = []
         for target in targets:
             require_reachable(space, run, target, seed, depths=[1] * len(space.depths) if space.depths else None)
@@ -61,7 +63,6 @@ class RandomSearch:
                 }
                 run.log.write("subnet", id=cid, **info)
                 info["val_acc_inherited"] = inherited_accuracy(model, data, run, cid)
-                teacher = seed.model if self.kd else None
                 model = finetune(
                     model, data, run, cid, teacher, self.kd_weight, start_accuracy=info["val_acc_inherited"]
                 )

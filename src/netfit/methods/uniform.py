@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ..budget import check_feasible
+from ..distill import CachedTeacher
 from ..errors import NetfitError, UnsupportedLayerError
 from ..space.subnet import SubnetSpace
 from .base import METHODS, Candidate, Seed, Target
@@ -39,6 +40,7 @@ class Uniform:
 
     def search(self, seed: Seed, data, targets: list[Target], run) -> list[Candidate]:
         space = SubnetSpace(seed.model, seed.input_shape)
+        teacher = CachedTeacher(seed.model) if self.kd else None  # one cache for every budget's fine-tune
         candidates = []
         for target in targets:
             cid = f"{self.variant}-{_slug(target.budget.spec)}"
@@ -52,7 +54,6 @@ class Uniform:
                 info["val_acc_inherited"] = inherited_accuracy(model, data, run, cid)
             else:
                 model = from_scratch(model)
-            teacher = seed.model if self.kd else None
             model = finetune(
                 model, data, run, cid, teacher, self.kd_weight, start_accuracy=info.get("val_acc_inherited")
             )
