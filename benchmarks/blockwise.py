@@ -33,11 +33,11 @@ from netfit.cost import count_cost
 from netfit.data import load_data
 from netfit.export import load_model
 from netfit.methods.blockwise import _assemble, _template
-from netfit.models import build_model, create_model
+from netfit.models import build_model
 from netfit.space.block_search import SearchStats, space_size, top_k
 from netfit.space.blockwise import TeacherBlocks
 
-from .common import environment, mean_std, merge_runs, write_results
+from .common import environment, mean_std, merge_runs, seed_network, write_results
 
 MATCH = 0.03  # random architectures "at matched MACs": within 3% of the chosen network's MACs
 
@@ -64,7 +64,7 @@ def _train(arch: dict, data, out: Path, args, seed: int) -> dict:
 
 def run_seed(args: argparse.Namespace, seed: int, root: Path) -> dict:
     data = load_data(args.data)
-    model = create_model(args.model, num_classes=data.num_classes, in_chans=data.input_shape[0], width_mult=args.width)
+    model = seed_network(args.model, data, args.width, seed)
     common = {"seed": seed, "progress": False, "train": {"batch_size": args.batch_size, "lr": args.lr}}
     common["resume"] = args.resume  # finished runs in --root are read back, not trained again
     options = {"block_epochs": args.block_epochs, "top_k": 1, "block_lr": args.block_lr, "expansions": args.expansions}

@@ -1,4 +1,4 @@
-"""Helpers shared by benchmark scripts: environment facts and writing JSON + markdown results."""
+"""Helpers shared by benchmark scripts: seeded seed networks, environment facts and writing JSON + markdown results."""
 
 from __future__ import annotations
 
@@ -10,7 +10,17 @@ from pathlib import Path
 
 import torch
 
+from netfit.engine import seed_everything
+from netfit.models import create_model
+
 RESULTS = Path(__file__).parent / "results"
+
+
+def seed_network(name: str, data, width: float, seed: int) -> torch.nn.Module:
+    """A built-in model for ``data`` whose initial weights depend on the seed alone (torch starts every process
+    from a random seed, so without this a seed's network would differ from run to run)."""
+    seed_everything(seed)
+    return create_model(name, num_classes=data.num_classes, in_chans=data.input_shape[0], width_mult=width)
 
 
 def environment() -> dict:

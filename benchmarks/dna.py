@@ -29,11 +29,10 @@ from netfit.data import load_data
 from netfit.engine import StepContext, TrainConfig, fixed_batch_ids
 from netfit.export import load_model
 from netfit.methods.dna import DNA
-from netfit.models import create_model
 from netfit.space.elastic import ElasticNet
 from netfit.space.grow import grow
 
-from .common import RESULTS, environment, epoch_seconds, log_events, mean_std, write_results
+from .common import RESULTS, environment, epoch_seconds, log_events, mean_std, seed_network, write_results
 
 METHODS = ("dna", "uniform", "random")
 LEGACY = {"baseline_epochs": None, "dna_option": [], "name": ""}  # settings older result files lack
@@ -49,7 +48,7 @@ def run_seed(args: argparse.Namespace, seed: int, root: Path) -> dict:
     data = load_data(args.data)
     budgets = ",".join(f"{b:g}%" for b in args.budgets)
     common = {"seed": seed, "progress": False, "train": {"batch_size": args.batch_size, "lr": args.lr}}
-    model = create_model(args.model, num_classes=data.num_classes, in_chans=data.input_shape[0], width_mult=args.width)
+    model = seed_network(args.model, data, args.width, seed)
     adapt(
         model,
         data,

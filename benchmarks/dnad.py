@@ -30,10 +30,10 @@ from netfit.cost import count_cost
 from netfit.data import load_data
 from netfit.export import load_model
 from netfit.methods.dnad import DEFAULT_OPS, SNAPSHOT_FILE
-from netfit.models import build_model, create_model
+from netfit.models import build_model
 from netfit.space.darts import build_supernet, random_genotype
 
-from .common import dna_finetune_epochs, environment, mean_std, merge_runs, write_results
+from .common import dna_finetune_epochs, environment, mean_std, merge_runs, seed_network, write_results
 
 
 def _options(args: argparse.Namespace) -> dict:
@@ -101,9 +101,7 @@ def _adapt(args, data, method: str, out: Path, seed: int, seed_dir: Path, **kwar
     if out != seed_dir.parent:
         model, where = args.model, {"seed_weights": seed_dir}
     else:
-        model = create_model(
-            args.model, num_classes=data.num_classes, in_chans=data.input_shape[0], width_mult=args.width
-        )
+        model = seed_network(args.model, data, args.width, seed)
         where = {"train_seed": True, "seed_epochs": args.seed_epochs}
     result = adapt(
         model,

@@ -21,9 +21,8 @@ from netfit.cost import peak_memory
 from netfit.data import load_data
 from netfit.export import load_model
 from netfit.methods.odn import DEPTH_LR_FACTOR, DEPTH_SCHEDULES, STARTS
-from netfit.models import create_model
 
-from .common import RESULTS, environment, log_events, mean_std, write_results
+from .common import RESULTS, environment, log_events, mean_std, seed_network, write_results
 
 PAPER = {  # Optimally Deep Networks, MNIST row (trained on the full 60k MNIST training set)
     "mnist10k": {"model": "ResNet-18", "depth": 2, "accuracy": 0.9931, "params_reduction": 0.9864},
@@ -32,7 +31,7 @@ PAPER = {  # Optimally Deep Networks, MNIST row (trained on the full 60k MNIST t
 
 def run_seed(args: argparse.Namespace, seed: int, root: Path) -> dict:
     data = load_data(args.data)
-    model = create_model(args.model, num_classes=data.num_classes, in_chans=data.input_shape[0], width_mult=args.width)
+    model = seed_network(args.model, data, args.width, seed)
     common = {"seed": seed, "progress": False, "train": {"batch_size": args.batch_size, "lr": args.lr}}
     t0 = time.perf_counter()
     odn = adapt(  # resumes a killed benchmark's run from its checkpoints

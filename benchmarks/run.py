@@ -32,13 +32,11 @@ import torch
 
 from netfit.api import adapt, train_model
 from netfit.data import load_data
-from netfit.engine import seed_everything
 from netfit.engine.log import session_seconds
 from netfit.errors import NetfitError
 from netfit.health import candidate_warning
-from netfit.models import create_model
 
-from .common import RESULTS, environment, epoch_seconds, write_results
+from .common import RESULTS, environment, epoch_seconds, seed_network, write_results
 from .peers import setup
 from .suite import SUITES, Case, Suite, check, entries
 from .suite_report import plot, to_markdown
@@ -54,8 +52,7 @@ def train_seed(case: Case, suite: Suite, seed: int, out: Path) -> dict:
     if facts.exists():
         return json.loads(facts.read_text())
     data = load_data(case.data)
-    seed_everything(seed)  # the initial weights depend on the seed alone, not on what ran before in the process
-    model = create_model(case.model, num_classes=data.num_classes, in_chans=data.input_shape[0], width_mult=case.width)
+    model = seed_network(case.model, data, case.width, seed)
     started = time.perf_counter()
     figures = train_model(
         model, data, out=out / "seed", epochs=case.seed_epochs, seed=seed, train=_train(suite), progress=False

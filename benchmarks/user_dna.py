@@ -25,10 +25,8 @@ from torch import nn
 import netfit
 from netfit.api import adapt, train_model
 from netfit.data import DataBundle, load_data
-from netfit.engine import seed_everything
-from netfit.models import create_model
 
-from .common import dna_finetune_epochs, environment, log_events, mean_std, write_results
+from .common import dna_finetune_epochs, environment, log_events, mean_std, seed_network, write_results
 from .user_models import zoo
 
 BUILTIN = ("resnet18_cifar", 0.25)
@@ -50,8 +48,7 @@ def user_copy(seed: nn.Module) -> nn.Module:
 def train_seed(bundle: DataBundle, seed: int, epochs: int, out: Path) -> Path:
     """The built-in seed network of one seed (trained once; reused when its folder is complete)."""
     if not (out / "model.safetensors").exists():
-        seed_everything(seed)
-        model = create_model(BUILTIN[0], bundle.num_classes, bundle.input_shape[0], width_mult=BUILTIN[1])
+        model = seed_network(BUILTIN[0], bundle, BUILTIN[1], seed)
         train_model(model, bundle, out=out, epochs=epochs, seed=seed, progress=False)
     return out
 

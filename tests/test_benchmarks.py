@@ -7,7 +7,7 @@ from dataclasses import asdict, replace
 import pytest
 
 from benchmarks import run as bench
-from benchmarks.common import environment
+from benchmarks.common import environment, seed_network
 from benchmarks.peers import TOOLS, Tool
 from benchmarks.suite import SUITES, Case, check, entries
 from benchmarks.suite_report import _run_times, plot, to_markdown
@@ -263,3 +263,14 @@ def test_user_models_netfit_side_and_table():
     assert "| SENet | 1,979,648 | 10/12 | 0.2 | 7/8 | 40.0 | 90.0 | 0.2 | only input and logits |" in table
     assert "| FixedSplitNet | 14,376 | 2/5 | 13.9 | error | error | error | error | 'split' at node" in table
     assert "netfit 0.22% (met)" in table and "- FixedSplitNet: `tracing: boom`" in table
+
+
+def test_a_seed_network_depends_on_the_seed_alone(digits):
+    import torch
+
+    first = seed_network("cnn_small", digits, 1.0, 3)
+    torch.rand(100)  # whatever ran before in the process
+    again, other = seed_network("cnn_small", digits, 1.0, 3), seed_network("cnn_small", digits, 1.0, 4)
+    for a, b, c in zip(first.state_dict().values(), again.state_dict().values(), other.state_dict().values()):
+        torch.testing.assert_close(a, b)
+    assert any(not torch.equal(a, c) for a, c in zip(first.parameters(), other.parameters()))
