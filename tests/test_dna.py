@@ -371,6 +371,15 @@ def test_inherited_fine_tunes_clip_the_gradient_unless_training_settings_do():
     assert DNA()._finetune_settings(TrainConfig(epochs=4, grad_clip=2.0)) == {"warmup_epochs": 1.0}  # the user's
 
 
+def test_search_runs_every_epoch_whatever_the_training_settings_keep_or_stop_on():
+    """The search's per-epoch validation accuracy is the raw largest network's: nothing to keep weights by or
+    stop on (the logits are the last epoch's; earlier weights would not match them)."""
+    config = TrainConfig(epochs=4, lr=0.1, keep_best=True, early_stop_patience=1)
+    settings = DNA(search_lr_scale=0.5)._search_settings(config)
+    assert settings == {"lr": 0.05, "keep_best": False, "early_stop_patience": None}
+    assert not config.replace(**settings).keep_best
+
+
 @pytest.fixture(scope="module")
 def dna_run(tmp_path_factory, digits):
     out = tmp_path_factory.mktemp("dna")

@@ -220,6 +220,12 @@ class DNA:
             candidates.append(Candidate(cid, model, target, info))
         return candidates
 
+    def _search_settings(self, config: TrainConfig) -> dict:
+        """Training overrides of the search: its learning rate, and every epoch run with the last one's weights
+        kept. The epoch's validation accuracy is the raw largest network's (batch norms not recalibrated; with
+        the seed as in-place teacher it never trains whole), no measure of the search to stop on or keep by."""
+        return {"lr": config.lr * self.search_lr_scale, "keep_best": False, "early_stop_patience": None}
+
     def _finetune_settings(self, config: TrainConfig) -> dict:
         """Training overrides of an inherited sub-network's fine-tune: the learning-rate warm-up, and the
         gradient clip where the training settings have none."""
@@ -287,7 +293,7 @@ class DNA:
                 data,
                 "dna-search",
                 epochs=epochs,
-                overrides={"lr": run.config.lr * self.search_lr_scale},
+                overrides=self._search_settings(run.config),
                 step_fn=self.step_fn(net, arch, limits, metrics, run.seed, frozen),
                 extra_optimizers=[optimizer],
                 callbacks=[_ArchLog(net, arch, limits, metrics, run)],
