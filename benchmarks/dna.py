@@ -264,8 +264,8 @@ def to_markdown(args: argparse.Namespace, runs: list[dict]) -> str:
         "Training-step wall time relative to the dense seed's step (batch "
         f"{args.batch_size}, forward + backward, median of 6, measured side by side in one process): "
         + ", ".join(f"{k.replace('_', ' ')} {v:.2f}x" for k, v in steps.items() if k != "dense_seed")
-        + ". The supernet is grown (1.5x width, +50% blocks) only when a budget exceeds the seed or the DNA options "
-        "say so; one search step = largest (none where the frozen seed is the in-place teacher: "
+        + ". The supernet is grown only when a budget exceeds the seed (as far as the largest budget can use) or "
+        "the DNA options say so; one search step = largest (none where the frozen seed is the in-place teacher: "
         "`inplace_teacher`) + the expected networks of all budgets (one soft pass since the condense runs) + "
         "smallest + one sample per budget (sliced, or in one batched pass: `sample_pass`).",
         f"Search epoch / seed epoch (from the run logs): {epoch[0]:.2f}x; DNA search wall time / training the seed "
