@@ -149,7 +149,7 @@ def step_ratios(
     arch = method.init_arch(net, limits, metrics, [len(s) for s in model.stages] if net.depths else None)
     x = data.prepare(data.train.tensors[0][:batch_size], train=True)
     y = data.train.tensors[1][:batch_size]
-    frozen = method._inplace_teacher(model, width, depth)
+    frozen = method._inplace_teacher(model)
     step, steps_taken = method.step_fn(net, arch, limits, metrics, seed, frozen), itertools.count()
     ids = fixed_batch_ids(data, torch.arange(batch_size))
 

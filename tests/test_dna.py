@@ -398,7 +398,7 @@ def test_dna_hits_every_budget_in_one_search(dna_run):
     assert sum(1 for e in log if e["event"] == "dna-arch") == 2 * 3  # per search epoch and budget
     (space,) = [e for e in log if e["event"] == "dna-space"]  # one supernet for all budgets
     assert (space["grow_width"], space["grow_depth"]) == pytest.approx((1.5**0.5, 0.5))  # what 150% can use
-    assert space["inplace_teacher"] == "largest"  # the default in a grown space: the sandwich rule's
+    assert space["inplace_teacher"] == "seed"  # the default, grown space or not
 
 
 def test_dna_grows_its_space_only_as_far_as_a_budget_needs():
@@ -413,12 +413,12 @@ def test_dna_grows_its_space_only_as_far_as_a_budget_needs():
     assert DNA(grow_depth=1.0).growth([4000], 1000) == (1.5, 1.0)
 
 
-def test_default_inplace_teacher_is_the_seed_only_where_the_space_is_not_grown():
+def test_default_inplace_teacher_is_a_frozen_copy_of_the_seed():
     seed = nn.Linear(3, 2)
-    assert isinstance(DNA()._inplace_teacher(seed, 1.0, 0.0), CachedTeacher)  # the largest network is the seed
-    assert DNA()._inplace_teacher(seed, 1.5, 0.0) is None and DNA()._inplace_teacher(seed, 1.0, 0.5) is None
-    assert DNA(inplace_teacher="largest")._inplace_teacher(seed, 1.0, 0.0) is None
-    assert isinstance(DNA(inplace_teacher="seed")._inplace_teacher(seed, 1.5, 0.5), CachedTeacher)
+    frozen = DNA()._inplace_teacher(seed)
+    assert isinstance(frozen, CachedTeacher) and frozen.teacher is not seed
+    assert not any(p.requires_grad for p in frozen.teacher.parameters()) and seed.weight.requires_grad
+    assert DNA(inplace_teacher="largest")._inplace_teacher(seed) is None
 
 
 def test_dna_searches_at_its_own_learning_rate(dna_run):

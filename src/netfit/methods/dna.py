@@ -43,7 +43,7 @@ from .uniform import _slug
 
 KD_TEACHERS = ("seed", "largest", "best")
 SAMPLE_PASSES = ("auto", "sliced", "batched")
-INPLACE_TEACHERS = ("auto", "largest", "seed")
+INPLACE_TEACHERS = ("seed", "largest")
 MAX_GROW_WIDTH, MAX_GROW_DEPTH = 1.5, 0.5  # the default growth's cap: a largest network of about 2.25-3.4x the seed
 
 
@@ -78,11 +78,10 @@ class DNA:
         cost_weight: weight of the dead-zone budget loss.
         inplace_teacher: the search's in-place teacher of the smallest and sampled sub-nets: "largest" (the
             sandwich rule: the largest network trained with cross-entropy every step), "seed" (the frozen seed,
-            its logits remembered per sample where the data has no random augmentation: the largest network is
-            not run, about a quarter of a search step) or "auto" (default): the seed where the space is not
-            grown (its largest network IS the seed), the largest where it is (only the largest network trains
-            the grown parts whole). The seed made condense-only runs about 1.2x cheaper and was as accurate or
-            better on three mnist1d settings and digits once fine-tunes clip their gradient (``finetune_clip``;
+            its logits remembered per sample where the data has no random augmentation; default): the largest
+            network is not run, a quarter of a condense-only search step and more of a grown one. The seed made
+            condense-only runs about 1.2x cheaper, grown ones 1.2-1.3x, and was as accurate within noise on
+            four mnist1d settings and digits once fine-tunes clip their gradient (``finetune_clip``;
             docs/methods/dna.md, "Costs and limits").
         kd: distil the fine-tuned candidates from a teacher (``kd_teacher``).
         kd_weight: weight of that distillation loss.
@@ -141,7 +140,7 @@ class DNA:
     kd: bool = True
     kd_weight: float = 1.0
     kd_teacher: str = "seed"
-    inplace_teacher: str = "auto"
+    inplace_teacher: str = "seed"
     init_depth_logit: float = 0.0
     one_level: bool = True
     arch_every: int = 1
@@ -189,7 +188,7 @@ class DNA:
             t.limit if m == t.metric else seed.macs * t.limit / seed.metric_value for t, m in zip(targets, metrics)
         ]
         arch = self.init_arch(net, limits, metrics, seed_depths)
-        frozen = self._inplace_teacher(seed.model, grow_width, grow_depth)
+        frozen = self._inplace_teacher(seed.model)
         run.log.write(
             "dna-space",
             inplace_teacher="seed" if frozen is not None else "largest",
@@ -273,13 +272,10 @@ class DNA:
 
     step_fn = search_step  # the search step for engine.train: ``dna_step.search_step`` with these options
 
-    def _inplace_teacher(self, seed_model: nn.Module, grow_width: float, grow_depth: float) -> CachedTeacher | None:
-        """The frozen seed as the search's in-place teacher (``inplace_teacher``; "auto": where the space is not
-        grown), or None for the largest network. A copy: the teacher is frozen, and an ungrown supernet may share
-        the seed's modules."""
-        grown = grow_width > 1 or grow_depth > 0
-        use_seed = self.inplace_teacher == "seed" or (self.inplace_teacher == "auto" and not grown)
-        return CachedTeacher(copy.deepcopy(seed_model)) if use_seed else None
+    def _inplace_teacher(self, seed_model: nn.Module) -> CachedTeacher | None:
+        """The frozen seed as the search's in-place teacher (``inplace_teacher``), or None for the largest
+        network. A copy: the teacher is frozen, and an ungrown supernet may share the seed's modules."""
+        return CachedTeacher(copy.deepcopy(seed_model)) if self.inplace_teacher == "seed" else None
 
     def _train_supernet(
         self, net: ElasticNet, arch: ArchParams, limits, metrics, data, run, frozen: CachedTeacher | None
