@@ -165,13 +165,15 @@ def _budget_spec(budgets) -> str:
 
 
 def collect(label: str, run_dirs: list[Path], seed_facts: dict) -> list[dict]:
-    """One row per candidate: budget, accuracy, cost, and the run's wall time relative to training the seed."""
+    """One row per candidate: budget, accuracy, cost, and the run's wall time relative to training the seed
+    (and its CPU seconds)."""
     rows = []
     for run_dir in run_dirs:
         result = json.loads((run_dir / "result.json").read_text())
         search = result["timing"]["search_seconds"]
         if "interrupted_sessions_seconds" not in result["timing"]:  # made before resumed runs counted them
             search += sum(session_seconds(run_dir / "log.jsonl")[:-1])
+        cpu = session_seconds(run_dir / "log.jsonl", "cpu")  # [] for runs logged before CPU time was
         for c in result["candidates"]:
             rows.append(
                 {
@@ -184,6 +186,7 @@ def collect(label: str, run_dirs: list[Path], seed_facts: dict) -> list[dict]:
                     "val_acc_inherited": c["info"].get("val_acc_inherited"),
                     "warning": c.get("warning"),
                     "search_over_seed": round(search / seed_facts["seconds"], 3),
+                    "cpu_seconds": round(sum(cpu), 1) if cpu else None,
                     "budgets_in_run": len(result["candidates"]),
                     "run": run_dir.name,
                 }

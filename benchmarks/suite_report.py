@@ -4,6 +4,7 @@ accuracy-vs-MACs plot. Input: the payload ``benchmarks.run`` writes to suite_<na
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 from .common import mean_std
@@ -87,6 +88,7 @@ def to_markdown(payload: dict) -> str:
         lines += ["| entry | run time / seed training |", "|---|---|"]
         for entry, per_seed in _run_times(runs).items():
             lines.append(f"| {entry} | {mean_std(per_seed)[0]:.2f}x |")
+        lines += _dna_over_uniform(runs)
         epoch_ratios = [r["dna_epoch_ratio"] for r in runs if r["dna_epoch_ratio"]]
         if epoch_ratios:
             lines.append(f"\nDNA supernet search epoch / dense seed epoch: {mean_std(epoch_ratios)[0]:.2f}x.")
@@ -122,6 +124,25 @@ def _inherited(rows: list[dict]) -> str:
     ("-" for networks trained from scratch and for runs made before it was recorded)."""
     values = [100 * r["val_acc_inherited"] for r in rows if r.get("val_acc_inherited") is not None]
     return f"{mean_std(values)[0]:.1f}" if values else "-"
+
+
+def _dna_over_uniform(runs: list[dict]) -> list[str]:
+    """DNA's whole run over uniform's, per seed then averaged, in wall time and (where logged) process CPU time,
+    which unlike wall time does not count other jobs sharing the machine."""
+    ratios: dict[str, list[float]] = {"wall": [], "CPU": []}
+    for run in runs:
+        totals: dict = {}
+        for row in run["rows"]:
+            if row["entry"] in ("dna", "uniform"):
+                totals.setdefault(row["entry"], {})[row.get("run")] = (row["search_over_seed"], row.get("cpu_seconds"))
+        if set(totals) != {"dna", "uniform"}:
+            continue
+        for k, clock in enumerate(ratios):
+            dna, uniform = ([t[k] for t in totals[e].values()] for e in ("dna", "uniform"))
+            if None not in dna + uniform:
+                ratios[clock].append(sum(dna) / sum(uniform))
+    shown = [f"{clock} {statistics.fmean(v):.2f}x ({min(v):.2f}-{max(v):.2f})" for clock, v in ratios.items() if v]
+    return [f"\nDNA's whole run / uniform's (per seed, mean and range): {', '.join(shown)}."] if shown else []
 
 
 def _run_times(runs: list[dict]) -> dict[str, list[float]]:

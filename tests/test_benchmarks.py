@@ -274,3 +274,19 @@ def test_a_seed_network_depends_on_the_seed_alone(digits):
     for a, b in zip(first.state_dict().values(), again.state_dict().values()):
         torch.testing.assert_close(a, b)
     assert any(not torch.equal(a, c) for a, c in zip(first.parameters(), other.parameters()))
+
+
+def test_markdown_gives_dna_over_uniform_in_wall_and_cpu_time():
+    payload = _payload()
+    for run in payload["runs"]:
+        for row in run["rows"]:
+            row["search_over_seed"] = {"dna": 4.0, "uniform": 2.0}.get(row["entry"], 1.0)
+            row["cpu_seconds"] = {"dna": 30.0, "uniform": 10.0}.get(row["entry"], 5.0)
+    assert "DNA's whole run / uniform's (per seed, mean and range): wall 2.00x (2.00-2.00), CPU 3.00x" in (
+        to_markdown(payload)
+    )
+    first = payload["runs"][0]
+    first["rows"] = [{**row, "cpu_seconds": None} for row in first["rows"]]  # logged before CPU time was
+    for row in first["rows"]:
+        row["search_over_seed"] *= 3 if row["entry"] == "uniform" else 1  # this seed's uniform run took 3x longer
+    assert "wall 1.33x (0.67-2.00), CPU 3.00x (3.00-3.00)." in to_markdown(payload)  # CPU: the other seed only

@@ -367,6 +367,24 @@ def test_log_stamps_every_event_with_wall_and_cpu_time(tmp_path):
     assert after["cpu"] > before["cpu"] >= 0 and after["time"] >= before["time"]
 
 
+def test_session_seconds_per_clock_counts_each_session_and_skips_unclocked_ones(tmp_path):
+    from netfit.engine.log import session_seconds
+
+    events = [
+        {"event": "start", "time": 100.0},  # a session logged before CPU time was
+        {"event": "epoch", "time": 104.0},
+        {"event": "start", "time": 200.0, "cpu": 1.0},  # resumed: the process's CPU clock starts again
+        {"event": "epoch", "time": 210.0, "cpu": 8.0},
+        "{cut off by a kill",
+        {"event": "start", "time": 300.0, "cpu": 0.5},
+        {"event": "done", "time": 303.0, "cpu": 3.5},
+    ]
+    path = tmp_path / "log.jsonl"
+    path.write_text("\n".join(e if isinstance(e, str) else json.dumps(e) for e in events))
+    assert session_seconds(path) == [4.0, 10.0, 3.0]
+    assert session_seconds(path, "cpu") == [7.0, 3.0]
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [

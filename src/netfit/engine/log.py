@@ -35,20 +35,24 @@ class RunLog:
             f.flush()
 
 
-def session_seconds(path: str | Path) -> list[float]:
-    """Wall time of each session of a run log (from a "start" event to the last event before the next one),
-    so that a resumed run can count the work of the sessions that were interrupted."""
+def session_seconds(path: str | Path, clock: str = "time") -> list[float]:
+    """Wall (``clock`` "time") or process CPU ("cpu") seconds of each session of a run log, from a "start" event
+    to the last event before the next one, so that a resumed run can count the work of the sessions that were
+    interrupted; sessions logged without that clock (CPU: before it was logged) are left out."""
     path = Path(path)
     sessions: list[list[float]] = []
+    started = False
     for line in path.read_text().splitlines() if path.exists() else []:
         try:
             event = json.loads(line)
         except json.JSONDecodeError:  # a line cut off by a kill
             continue
         if event.get("event") == "start":
-            sessions.append([event["time"], event["time"]])
-        elif sessions and "time" in event:
-            sessions[-1][1] = event["time"]
+            started = clock in event
+            if started:
+                sessions.append([event[clock], event[clock]])
+        elif started and clock in event:
+            sessions[-1][1] = event[clock]
     return [end - start for start, end in sessions]
 
 
