@@ -80,8 +80,8 @@ class DNA:
             sandwich rule: the largest network trained with cross-entropy every step), "seed" (the frozen seed,
             its logits remembered per sample where the data has no random augmentation; default): the largest
             network is not run, a quarter of a condense-only search step and more of a grown one. The seed made
-            condense-only runs about 1.2x cheaper, grown ones 1.2-1.3x, and was as accurate within noise on
-            four mnist1d settings and digits once fine-tunes clip their gradient (``finetune_clip``;
+            condense-only runs about 1.2x cheaper, grown ones 1.1-1.2x, and was as accurate within noise on
+            mnist1d (condense-only and grown) and digits once fine-tunes clip their gradient (``finetune_clip``;
             docs/methods/dna.md, "Costs and limits").
         kd: distil the fine-tuned candidates from a teacher (``kd_teacher``).
         kd_weight: weight of that distillation loss.
