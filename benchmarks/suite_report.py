@@ -129,30 +129,32 @@ def _inherited(rows: list[dict]) -> str:
 def _dna_over_uniform(runs: list[dict]) -> list[str]:
     """DNA's whole run over uniform's, per seed then averaged, in wall time and (where logged) process CPU time,
     which unlike wall time does not count other jobs sharing the machine."""
-    ratios: dict[str, list[float]] = {"wall": [], "CPU": []}
-    for run in runs:
-        totals: dict = {}
-        for row in run["rows"]:
-            if row["entry"] in ("dna", "uniform"):
-                totals.setdefault(row["entry"], {})[row.get("run")] = (row["search_over_seed"], row.get("cpu_seconds"))
-        if set(totals) != {"dna", "uniform"}:
-            continue
-        for k, clock in enumerate(ratios):
-            dna, uniform = ([t[k] for t in totals[e].values()] for e in ("dna", "uniform"))
-            if None not in dna + uniform:
-                ratios[clock].append(sum(dna) / sum(uniform))
-    shown = [f"{clock} {statistics.fmean(v):.2f}x ({min(v):.2f}-{max(v):.2f})" for clock, v in ratios.items() if v]
+    shown = []
+    for clock, key in (("wall", "search_over_seed"), ("CPU", "cpu_seconds")):
+        times = _per_seed(runs, key)
+        dna, uniform = times.get("dna", {}), times.get("uniform", {})
+        ratios = [dna[s] / uniform[s] for s in dna if dna[s] is not None and uniform.get(s) is not None]
+        if ratios:
+            shown.append(f"{clock} {statistics.fmean(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})")
     return [f"\nDNA's whole run / uniform's (per seed, mean and range): {', '.join(shown)}."] if shown else []
 
 
 def _run_times(runs: list[dict]) -> dict[str, list[float]]:
-    """Per entry, per seed: its whole run time / seed training, summed over its run directories (an entry
-    whose all-budgets run failed ran each budget alone)."""
+    """Per entry, per seed: its whole run time / seed training."""
+    return {entry: list(seeds.values()) for entry, seeds in _per_seed(runs, "search_over_seed").items()}
+
+
+def _per_seed(runs: list[dict], key: str) -> dict[str, dict[int, float | None]]:
+    """Per entry and seed: the rows' ``key`` (a whole run's time) summed over the entry's run directories (an
+    entry whose all-budgets run failed ran each budget alone); None where a run lacks it."""
     per_run: dict = {}
     for run in runs:
         for row in run["rows"]:
-            per_run.setdefault(row["entry"], {}).setdefault(run["seed"], {})[row.get("run")] = row["search_over_seed"]
-    return {entry: [sum(dirs.values()) for dirs in seeds.values()] for entry, seeds in per_run.items()}
+            per_run.setdefault(row["entry"], {}).setdefault(run["seed"], {})[row.get("run")] = row.get(key)
+    return {
+        entry: {seed: None if None in dirs.values() else sum(dirs.values()) for seed, dirs in seeds.items()}
+        for entry, seeds in per_run.items()
+    }
 
 
 def _headline(table: dict, seed_acc: float) -> list[str]:
