@@ -19,11 +19,9 @@ from pathlib import Path
 from netfit.api import adapt, train_model
 from netfit.cost import measure_latency
 from netfit.data import load_data
-from netfit.engine import seed_everything
 from netfit.export import load_model
-from netfit.models import create_model
 
-from .common import dna_finetune_epochs, environment, write_results
+from .common import dna_finetune_epochs, environment, seed_network, write_results
 
 ENTRIES = {  # label -> (method, options)
     "uniform": ("uniform", {}),
@@ -38,10 +36,7 @@ def run(args: argparse.Namespace) -> dict:
     root = args.root
     train = {"batch_size": 128, "lr": 0.05}
     if not (root / "seed" / "model.safetensors").exists():
-        seed_everything(0)
-        model = create_model(
-            args.model, num_classes=data.num_classes, in_chans=data.input_shape[0], width_mult=args.width
-        )
+        model = seed_network(args.model, data, args.width, 0)
         train_model(model, data, out=root / "seed", epochs=args.seed_epochs, train=train, progress=False)
     budgets = ",".join(f"{b:g}% latency" for b in args.budgets)
     results = {}

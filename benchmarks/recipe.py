@@ -16,14 +16,11 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
-
 from netfit.api import train_model
 from netfit.data import load_data
 from netfit.engine import TrainConfig
-from netfit.models import create_model
 
-from .common import environment, mean_std, write_results
+from .common import environment, mean_std, seed_network, write_results
 
 STANDARD = {"optimizer": "sgd", "nesterov": True, "momentum": 0.9, "weight_decay": 5e-4, "lr": 0.1}
 RECIPES = {
@@ -42,10 +39,7 @@ def run(seeds: list[int], root: Path) -> dict:
         data = load_data(data_name)
         for seed in seeds:
             for recipe, overrides in RECIPES.items():
-                torch.manual_seed(seed)  # the same initial weights for every recipe
-                model = create_model(
-                    model_name, num_classes=data.num_classes, in_chans=data.input_shape[0], width_mult=width
-                )
+                model = seed_network(model_name, data, width, seed)  # the same initial weights for every recipe
                 started = time.perf_counter()
                 out = root / f"{data_name}-{seed}-{len(rows)}"
                 figures = train_model(model, data, out=out, epochs=epochs, seed=seed, train=overrides, progress=False)
