@@ -344,3 +344,12 @@ def test_random_arch_draws_valid_networks_of_the_same_space():
             assert live_nodes(cell["nodes"], cell["edges"]) == cell["nodes"]
             assert all(ops and set(ops) <= set(SPIDER_OPS) for ops in cell["edges"].values())
         assert SpiderNet(arch)(sample()).shape == (4, 3)
+
+
+def test_kd_distils_every_iteration_and_the_final_phase(tmp_path, digits):
+    options = {**TINY, "final_epochs": 1, "kd": True}
+    result = adapt("cnn_small", digits, "100%", "spider", out=tmp_path, method_options=options, **FAST)
+    assert [r["id"] for r in result.summary["candidates"]] == ["spider-it0", "spider-it1", "spider-final"]
+    events = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    searched = [e for e in events if e["event"] == "epoch" and e["phase"].startswith("spider-it")]
+    assert searched and all(e["kd"] > 0 for e in searched)  # the seed's (cached) logits as targets

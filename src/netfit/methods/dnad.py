@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..budget import check_feasible
-from ..distill import kd_loss
+from ..distill import CachedTeacher, kd_loss
 from ..engine import Callback, StepOutput, evaluate
 from ..engine.distributed import is_main
 from ..errors import NetfitError, UnsupportedLayerError
@@ -322,7 +322,7 @@ class DNAD(ControllerConfig):
         if is_main():
             atomic_write_text(run.out / SNAPSHOT_FILE, json.dumps({"snapshots": shrinker.snapshots}, indent=1))
         run.log.write(f"{self.name}-shrunk", members=len(shrinker.snapshots), deleted=len(shrinker.deleted))
-        teacher = seed.model if self.retrain_kd else None
+        teacher = CachedTeacher(seed.model) if self.retrain_kd else None  # one cache for every member's training
         return self._train_members(net, shrinker.snapshots, data, targets, run, teacher)
 
     def _check_reachable(self, net: CellSupernet, target: Target, run) -> None:

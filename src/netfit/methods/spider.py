@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..budget import check_feasible
-from ..distill import kd_loss
+from ..distill import CachedTeacher, kd_loss
 from ..engine import StepOutput
 from ..engine.distributed import is_distributed
 from ..engine.norms import recalibrate_norms
@@ -147,7 +147,7 @@ class SpiderNetSearch:
         self._check_reachable(arch, target, seed, measure)
         restored = self._restore(run, target) if run.resume else None
         net, candidates = restored or (self._initial(arch, run), [])
-        teacher = seed.model.eval() if self.kd else None
+        teacher = CachedTeacher(seed.model) if self.kd else None  # each sample's logits computed once per run
         for k in range(len(candidates), self.iterations):
             net = self._train(net, data, run, k, teacher)
             removed = deadhead(net, self.deadhead_threshold)
@@ -214,9 +214,7 @@ class SpiderNetSearch:
             loss = ce + aux_weight * aux_loss
             metrics = {"ce": float(ce.detach()), "aux": float(aux_loss.detach())}
             if teacher is not None:
-                with torch.no_grad():
-                    target = teacher.to(ctx.x.device)(ctx.x)
-                distill = self.kd_weight * kd_loss(logits, target)
+                distill = self.kd_weight * kd_loss(logits, teacher(ctx.x, ctx.ids))
                 loss = loss + distill
                 metrics["kd"] = float(distill.detach())
             return StepOutput(loss, logits, metrics)
