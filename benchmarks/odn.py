@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import tempfile
 import time
 from pathlib import Path
@@ -37,7 +38,7 @@ def run_seed(args: argparse.Namespace, seed: int, root: Path) -> dict:
     odn = adapt(  # resumes a killed benchmark's run from its checkpoints
         model,
         data,
-        "100%",
+        args.budget,
         "odn",
         out=root / f"odn-{seed}",
         epochs=args.epochs,
@@ -50,6 +51,8 @@ def run_seed(args: argparse.Namespace, seed: int, root: Path) -> dict:
             "depth_schedule": args.depth_schedule,
             "start": args.start,
             "depth_lr_factor": args.depth_lr_factor,
+            "kd": args.kd,
+            "initial_depth": args.initial_depth,
         },
         resume=_started(root / f"odn-{seed}"),
         **common,
@@ -118,7 +121,14 @@ def run_seed(args: argparse.Namespace, seed: int, root: Path) -> dict:
 
 
 # what runs saved before these options existed used
-SAVED_DEFAULTS = {"depth_schedule": "plateau", "start": "seed", "depth_lr_factor": DEPTH_LR_FACTOR}
+SAVED_DEFAULTS = {
+    "depth_schedule": "plateau",
+    "start": "seed",
+    "depth_lr_factor": DEPTH_LR_FACTOR,
+    "kd": 0.0,
+    "initial_depth": 1,
+    "budget": "100%",
+}
 TARGETS = {  # issue 21's targets per data set: what a run must show, checked in the markdown
     "mnist10k": "deployed prefix >= 99.0% test accuracy with >= 96% fewer params than the full network",
     "mnist1d": "deployed prefix within 0.5 points of the full network at <= half its blocks",
@@ -149,6 +159,9 @@ def to_markdown(args: argparse.Namespace, runs: list[dict]) -> str:
     flags = f" --depth-schedule cosine --depth-epochs {args.depth_epochs}" if cosine else ""
     flags += f" --start {args.start}" if args.start != "seed" else ""
     flags += f" --depth-lr-factor {args.depth_lr_factor:g}" if args.depth_lr_factor != DEPTH_LR_FACTOR else ""
+    flags += f" --kd {args.kd:g}" if args.kd else ""
+    flags += f" --initial-depth {args.initial_depth}" if args.initial_depth != 1 else ""
+    flags += f" --budget {shlex.quote(args.budget)}" if args.budget != "100%" else ""
     start = "fresh weights of the seed's architecture" if args.start == "scratch" else "the trained seed"
     per_depth = (
         f"trained {args.depth_epochs} epochs with the lr annealed to 0 (cosine), its best validation epoch kept"
@@ -165,7 +178,10 @@ def to_markdown(args: argparse.Namespace, runs: list[dict]) -> str:
         f"{' '.join(str(r['seed']) for r in runs)} --seed-epochs {args.seed_epochs}{flags}` - test accuracy, mean ± "
         f"std over seeds. Seed network trained {args.seed_epochs} epochs; ODN: warm-up {args.warmup} epochs on "
         f"{start}, every depth {per_depth} (lr: the base lr at depth 1, {args.depth_lr_factor:g} x it later), the "
-        f"chosen depth fine-tuned {args.epochs} epochs; uniform trains as many epochs from the "
+        f"chosen depth fine-tuned {args.epochs} epochs"
+        + (f", every phase distilled from the full network (logit KD, weight {args.kd:g})" if args.kd else "")
+        + (f", depths below {args.initial_depth} skipped" if args.initial_depth != 1 else "")
+        + "; uniform trains as many epochs from the "
         "same seed as ODN did after it.",
         f"Data: {load_data(args.data).source}. Hardware: {_hardware()}.",
         "",
@@ -235,6 +251,9 @@ def main() -> None:
     parser.add_argument("--depth-schedule", choices=DEPTH_SCHEDULES, default="plateau")
     parser.add_argument("--start", choices=STARTS, default="seed", help="ODN's start: the trained seed or scratch")
     parser.add_argument("--depth-lr-factor", type=float, default=DEPTH_LR_FACTOR, help="lr of depths >= 2 / base lr")
+    parser.add_argument("--kd", type=float, default=0.0, help="ODN's kd: logit KD weight from the full network")
+    parser.add_argument("--initial-depth", type=int, default=1, help="ODN's first depth tried")
+    parser.add_argument("--budget", default="100%", help="ODN's budget (caps the deepest prefix)")
     parser.add_argument("--tag", default="", help="suffix of the results name")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=0.05)

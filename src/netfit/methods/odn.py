@@ -21,8 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..budget import check_feasible
+from ..distill import CachedTeacher, LogitDistiller
 from ..engine import StepOutput, TrainResult, evaluate
-from ..errors import NetfitError, UnsupportedLayerError
+from ..errors import BudgetInfeasibleError, NetfitError, UnsupportedLayerError
 from ..models import StagedNet, arch_of, build_model
 from .base import METHODS, Candidate, Seed, Target
 from .common import cost_fn
@@ -118,6 +119,11 @@ class ODN:
             the seed's architecture, drawn from the run's seed: the paper trains from initialisation; the trained
             seed stays the reference of the target).
         finetune_epochs: fine-tuning of the chosen depth (default: the run's epochs).
+        kd: weight of logit distillation from the trained seed (the full network) in every depth phase and the
+            fine-tune, added to the cross-entropy (0: off, the paper's loss). The prefix learns the full
+            network's outputs, not only the labels.
+        initial_depth: the first depth tried (the public code's ``initial_depth``): shallower ones are skipped
+            where they are known to fall short.
         precise_bn: training samples on which the batch norms' statistics are re-estimated before every
             validation of a depth (0: off). At the constant lr of a depth phase the running averages lag the
             weights: a shallow exit's raw validation accuracy swung between 50% and 94% from epoch to epoch
@@ -139,6 +145,8 @@ class ODN:
     depth_schedule: str = "plateau"
     depth_lr_factor: float = DEPTH_LR_FACTOR
     start: str = "seed"
+    kd: float = 0.0
+    initial_depth: int = 1
 
     def __post_init__(self) -> None:
         if self.target_acc is not None and not 0 < self.target_acc <= 1:
@@ -155,6 +163,10 @@ class ODN:
             raise NetfitError(f"odn start must be one of {', '.join(STARTS)}, got {self.start!r}")
         if not 0 < self.depth_lr_factor <= 1:
             raise NetfitError(f"odn depth_lr_factor must be in (0, 1], got {self.depth_lr_factor}")
+        if self.kd < 0:
+            raise NetfitError(f"odn kd must be a weight >= 0, got {self.kd}")
+        if self.initial_depth < 1:
+            raise NetfitError(f"odn initial_depth must be >= 1, got {self.initial_depth}")
         if self.depth_epochs < 1 or self.patience < 1:
             raise NetfitError(f"odn depth_epochs and patience must be >= 1, got {self.depth_epochs}, {self.patience}")
 
@@ -171,10 +183,19 @@ class ODN:
         costs = [measure(deploy_prefix(warm, seed.model, d)) for d in range(1, len(net.blocks) + 1)]
         check_feasible(target.budget, target.limit, costs[0], costs[-1])
         deepest = max(d for d, c in enumerate(costs, start=1) if c <= target.limit)
+        if self.initial_depth > deepest:
+            raise BudgetInfeasibleError(
+                f"odn initial_depth {self.initial_depth} is deeper than the deepest prefix within the budget "
+                f"({deepest} of {len(net.blocks)} blocks)"
+            )
+        # one teacher for every phase: on data without random augmentation each sample's logits are computed once
+        kd = [LogitDistiller(CachedTeacher(seed.model), weight=self.kd)] if self.kd > 0 else []
         candidates = []
-        for depth in range(1, deepest + 1):
+        for depth in range(self.initial_depth, deepest + 1):
             lr = depth_lr(run.config.lr, depth, self.depth_lr_factor)
-            trained = self._train_depth(warm, warm_state, depth, data, run, f"odn-depth{depth}", lr, self.depth_epochs)
+            trained = self._train_depth(
+                warm, warm_state, depth, data, run, f"odn-depth{depth}", lr, self.depth_epochs, kd
+            )
             best, model = trained.best_val_acc, trained.model
             info = {"depth": depth, "val_acc": best, "target_acc": goal, "reached": best >= goal}
             info["epochs"], timing = len(trained.history), {"seconds": _seconds(trained)}
@@ -182,7 +203,15 @@ class ODN:
             chosen = best >= goal or depth == deepest
             if chosen:
                 tuned = self._train_depth(
-                    model, model.state_dict(), depth, data, run, f"odn-finetune{depth}", lr * 0.1, self.finetune_epochs
+                    model,
+                    model.state_dict(),
+                    depth,
+                    data,
+                    run,
+                    f"odn-finetune{depth}",
+                    lr * 0.1,
+                    self.finetune_epochs,
+                    kd,
                 )
                 model = tuned.model
                 info.update(chosen=True, finetuned_val_acc=tuned.best_val_acc, finetune_epochs=len(tuned.history))
@@ -202,7 +231,16 @@ class ODN:
             return build_model(arch_of(seed.model))
 
     def _train_depth(
-        self, template: ExitNet, state: dict, depth: int, data, run, phase: str, lr: float, epochs: int | None = None
+        self,
+        template: ExitNet,
+        state: dict,
+        depth: int,
+        data,
+        run,
+        phase: str,
+        lr: float,
+        epochs: int | None,
+        kd: list[LogitDistiller],
     ) -> TrainResult:
         model = copy.deepcopy(template)
         model.load_state_dict(state)
@@ -217,7 +255,7 @@ class ODN:
             }
         else:  # annealed to 0 over the phase: no early stop, whose lr would still be high when it stopped
             overrides |= {"schedule": "cosine", "early_stop_patience": None}
-        return run.train(model, data, phase, epochs=epochs, overrides=overrides)
+        return run.train(model, data, phase, epochs=epochs, overrides=overrides, extra_losses=kd)
 
 
 def depth_lr(base_lr: float, depth: int, factor: float = DEPTH_LR_FACTOR) -> float:
