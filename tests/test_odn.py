@@ -99,6 +99,41 @@ def test_resume_skips_finished_depths(tmp_path, digits, monkeypatch):
         assert (tmp_path / "ckpt" / name).stat().st_mtime_ns == mtime
 
 
+def test_initial_depth_and_kd_from_the_full_network(tmp_path, digits, monkeypatch):
+    """initial_depth=2 never trains depth 1; kd adds a distillation term to every depth phase and the fine-tune,
+    whose teacher is the trained seed."""
+    from netfit import distill
+    from netfit.export import load_model
+
+    teachers = []
+    real_init = distill.CachedTeacher.__init__
+
+    def record(self, teacher):
+        teachers.append(teacher)
+        real_init(self, teacher)
+
+    monkeypatch.setattr(distill.CachedTeacher, "__init__", record)
+    options = {"target_acc": 1.0, "initial_depth": 2, "kd": 1.0, **QUICK}
+    result = adapt("cnn_small", digits, "100%", "odn", out=tmp_path, method_options=options, **FAST)
+    assert [r["info"]["depth"] for r in result.summary["candidates"]] == [2, 3, 4]
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    epochs = [e for e in log if e["event"] == "epoch" and e["phase"].startswith("odn")]
+    assert {e["phase"] for e in epochs} == {"odn-warmup", "odn-depth2", "odn-depth3", "odn-depth4", "odn-finetune4"}
+    assert all(("extra0" in e) == (e["phase"] != "odn-warmup") for e in epochs)
+    assert all(e["extra0"] > 0 for e in epochs if "extra0" in e)
+    (teacher,) = teachers
+    seed = load_model(tmp_path / "seed")
+    assert all(torch.equal(a, b) for a, b in zip(teacher.state_dict().values(), seed.state_dict().values()))
+
+
+def test_initial_depth_beyond_the_budget_is_an_error(tmp_path, digits):
+    from netfit.errors import BudgetInfeasibleError
+
+    with pytest.raises(BudgetInfeasibleError, match="initial_depth 4"):
+        options = {"initial_depth": 4, **QUICK}
+        adapt("cnn_small", digits, "60%", "odn", out=tmp_path, method_options=options, **FAST)
+
+
 # scripted validation accuracy per depth; after the script every epoch scores 0.1 (no improvement)
 CURVES = {1: [0.50, 0.60, 0.62, 0.61, 0.62, 0.60, 0.99], 2: [0.70, 0.80, 0.90, 0.85, 0.90, 0.89, 0.99]}
 
@@ -188,6 +223,8 @@ def test_cosine_depth_schedule_trains_every_depth_its_full_anneal(tmp_path, digi
         ({"depth_schedule": "step"}, "depth_schedule"),
         ({"start": "pretrained"}, "start"),
         ({"depth_lr_factor": 0.0}, "depth_lr_factor"),
+        ({"kd": -1.0}, "kd"),
+        ({"initial_depth": 0}, "initial_depth"),
     ],
 )
 def test_bad_options(options, message):
