@@ -51,7 +51,7 @@ def run_seed(args: argparse.Namespace, seed: int, root: Path) -> dict:
             "depth_schedule": args.depth_schedule,
             "start": args.start,
             "depth_lr_factor": args.depth_lr_factor,
-            "kd": args.kd,
+            "kd": bool(args.kd),
             "initial_depth": args.initial_depth,
         },
         resume=_started(root / f"odn-{seed}"),
@@ -125,7 +125,7 @@ SAVED_DEFAULTS = {
     "depth_schedule": "plateau",
     "start": "seed",
     "depth_lr_factor": DEPTH_LR_FACTOR,
-    "kd": 0.0,
+    "kd": False,
     "initial_depth": 1,
     "budget": "100%",
 }
@@ -159,7 +159,7 @@ def to_markdown(args: argparse.Namespace, runs: list[dict]) -> str:
     flags = f" --depth-schedule cosine --depth-epochs {args.depth_epochs}" if cosine else ""
     flags += f" --start {args.start}" if args.start != "seed" else ""
     flags += f" --depth-lr-factor {args.depth_lr_factor:g}" if args.depth_lr_factor != DEPTH_LR_FACTOR else ""
-    flags += f" --kd {args.kd:g}" if args.kd else ""
+    flags += " --kd" if args.kd else ""
     flags += f" --initial-depth {args.initial_depth}" if args.initial_depth != 1 else ""
     flags += f" --budget {shlex.quote(args.budget)}" if args.budget != "100%" else ""
     start = "fresh weights of the seed's architecture" if args.start == "scratch" else "the trained seed"
@@ -179,7 +179,7 @@ def to_markdown(args: argparse.Namespace, runs: list[dict]) -> str:
         f"std over seeds. Seed network trained {args.seed_epochs} epochs; ODN: warm-up {args.warmup} epochs on "
         f"{start}, every depth {per_depth} (lr: the base lr at depth 1, {args.depth_lr_factor:g} x it later), the "
         f"chosen depth fine-tuned {args.epochs} epochs"
-        + (f", every phase distilled from the full network (logit KD, weight {args.kd:g})" if args.kd else "")
+        + (", every phase distilled from the full network (logit KD)" if args.kd else "")
         + (f", depths below {args.initial_depth} skipped" if args.initial_depth != 1 else "")
         + "; uniform trains as many epochs from the "
         "same seed as ODN did after it.",
@@ -251,7 +251,7 @@ def main() -> None:
     parser.add_argument("--depth-schedule", choices=DEPTH_SCHEDULES, default="plateau")
     parser.add_argument("--start", choices=STARTS, default="seed", help="ODN's start: the trained seed or scratch")
     parser.add_argument("--depth-lr-factor", type=float, default=DEPTH_LR_FACTOR, help="lr of depths >= 2 / base lr")
-    parser.add_argument("--kd", type=float, default=0.0, help="ODN's kd: logit KD weight from the full network")
+    parser.add_argument("--kd", action="store_true", help="ODN's kd: logit KD from the full network")
     parser.add_argument("--initial-depth", type=int, default=1, help="ODN's first depth tried")
     parser.add_argument("--budget", default="100%", help="ODN's budget (caps the deepest prefix)")
     parser.add_argument("--tag", default="", help="suffix of the results name")

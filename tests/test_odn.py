@@ -113,7 +113,7 @@ def test_initial_depth_and_kd_from_the_full_network(tmp_path, digits, monkeypatc
         real_init(self, teacher)
 
     monkeypatch.setattr(distill.CachedTeacher, "__init__", record)
-    options = {"target_acc": 1.0, "initial_depth": 2, "kd": 1.0, **QUICK}
+    options = {"target_acc": 1.0, "initial_depth": 2, "kd": True, **QUICK}
     result = adapt("cnn_small", digits, "100%", "odn", out=tmp_path, method_options=options, **FAST)
     assert [r["info"]["depth"] for r in result.summary["candidates"]] == [2, 3, 4]
     log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
@@ -223,7 +223,7 @@ def test_cosine_depth_schedule_trains_every_depth_its_full_anneal(tmp_path, digi
         ({"depth_schedule": "step"}, "depth_schedule"),
         ({"start": "pretrained"}, "start"),
         ({"depth_lr_factor": 0.0}, "depth_lr_factor"),
-        ({"kd": -1.0}, "kd"),
+        ({"kd_weight": 0.0}, "kd_weight"),
         ({"initial_depth": 0}, "initial_depth"),
     ],
 )

@@ -119,9 +119,9 @@ class ODN:
             the seed's architecture, drawn from the run's seed: the paper trains from initialisation; the trained
             seed stays the reference of the target).
         finetune_epochs: fine-tuning of the chosen depth (default: the run's epochs).
-        kd: weight of logit distillation from the trained seed (the full network) in every depth phase and the
-            fine-tune, added to the cross-entropy (0: off, the paper's loss). The prefix learns the full
-            network's outputs, not only the labels.
+        kd: distil every depth phase and the fine-tune from the trained seed (the full network): logit KD added
+            to the cross-entropy (False: the paper's loss). The prefix learns the full network's outputs, not
+            only the labels. kd_weight: that loss's weight.
         initial_depth: the first depth tried (the public code's ``initial_depth``): shallower ones are skipped
             where they are known to fall short.
         precise_bn: training samples on which the batch norms' statistics are re-estimated before every
@@ -145,7 +145,8 @@ class ODN:
     depth_schedule: str = "plateau"
     depth_lr_factor: float = DEPTH_LR_FACTOR
     start: str = "seed"
-    kd: float = 0.0
+    kd: bool = False
+    kd_weight: float = 1.0
     initial_depth: int = 1
 
     def __post_init__(self) -> None:
@@ -163,8 +164,8 @@ class ODN:
             raise NetfitError(f"odn start must be one of {', '.join(STARTS)}, got {self.start!r}")
         if not 0 < self.depth_lr_factor <= 1:
             raise NetfitError(f"odn depth_lr_factor must be in (0, 1], got {self.depth_lr_factor}")
-        if self.kd < 0:
-            raise NetfitError(f"odn kd must be a weight >= 0, got {self.kd}")
+        if self.kd_weight <= 0:
+            raise NetfitError(f"odn kd_weight must be > 0, got {self.kd_weight}")
         if self.initial_depth < 1:
             raise NetfitError(f"odn initial_depth must be >= 1, got {self.initial_depth}")
         if self.depth_epochs < 1 or self.patience < 1:
@@ -189,7 +190,7 @@ class ODN:
                 f"({deepest} of {len(net.blocks)} blocks)"
             )
         # one teacher for every phase: on data without random augmentation each sample's logits are computed once
-        kd = [LogitDistiller(CachedTeacher(seed.model), weight=self.kd)] if self.kd > 0 else []
+        kd = [LogitDistiller(CachedTeacher(seed.model), weight=self.kd_weight)] if self.kd else []
         candidates = []
         for depth in range(self.initial_depth, deepest + 1):
             lr = depth_lr(run.config.lr, depth, self.depth_lr_factor)
