@@ -52,6 +52,7 @@ def run_seed(args: argparse.Namespace, seed: int, root: Path) -> dict:
             "start": args.start,
             "depth_lr_factor": args.depth_lr_factor,
             "kd": bool(args.kd),
+            "target_acc": args.target_acc,
             "initial_depth": args.initial_depth,
         },
         resume=_started(root / f"odn-{seed}"),
@@ -126,6 +127,7 @@ SAVED_DEFAULTS = {
     "start": "seed",
     "depth_lr_factor": DEPTH_LR_FACTOR,
     "kd": False,
+    "target_acc": None,
     "initial_depth": 1,
     "budget": "100%",
 }
@@ -160,6 +162,7 @@ def to_markdown(args: argparse.Namespace, runs: list[dict]) -> str:
     flags += f" --start {args.start}" if args.start != "seed" else ""
     flags += f" --depth-lr-factor {args.depth_lr_factor:g}" if args.depth_lr_factor != DEPTH_LR_FACTOR else ""
     flags += " --kd" if args.kd else ""
+    flags += f" --target-acc {args.target_acc:g}" if args.target_acc is not None else ""
     flags += f" --initial-depth {args.initial_depth}" if args.initial_depth != 1 else ""
     flags += f" --budget {shlex.quote(args.budget)}" if args.budget != "100%" else ""
     start = "fresh weights of the seed's architecture" if args.start == "scratch" else "the trained seed"
@@ -252,6 +255,7 @@ def main() -> None:
     parser.add_argument("--start", choices=STARTS, default="seed", help="ODN's start: the trained seed or scratch")
     parser.add_argument("--depth-lr-factor", type=float, default=DEPTH_LR_FACTOR, help="lr of depths >= 2 / base lr")
     parser.add_argument("--kd", action="store_true", help="ODN's kd: logit KD from the full network")
+    parser.add_argument("--target-acc", type=float, default=None, help="ODN's absolute target (default: relative)")
     parser.add_argument("--initial-depth", type=int, default=1, help="ODN's first depth tried")
     parser.add_argument("--budget", default="100%", help="ODN's budget (caps the deepest prefix)")
     parser.add_argument("--tag", default="", help="suffix of the results name")
