@@ -161,7 +161,7 @@ def to_markdown(args: argparse.Namespace, runs: list[dict]) -> str:
     flags = f" --depth-schedule cosine --depth-epochs {args.depth_epochs}" if cosine else ""
     flags += f" --start {args.start}" if args.start != "seed" else ""
     flags += f" --depth-lr-factor {args.depth_lr_factor:g}" if args.depth_lr_factor != DEPTH_LR_FACTOR else ""
-    flags += " --kd" if args.kd else ""
+    flags += "" if args.kd else " --no-kd"
     flags += f" --target-acc {args.target_acc:g}" if args.target_acc is not None else ""
     flags += f" --initial-depth {args.initial_depth}" if args.initial_depth != 1 else ""
     flags += f" --budget {shlex.quote(args.budget)}" if args.budget != "100%" else ""
@@ -254,7 +254,9 @@ def main() -> None:
     parser.add_argument("--depth-schedule", choices=DEPTH_SCHEDULES, default="plateau")
     parser.add_argument("--start", choices=STARTS, default="seed", help="ODN's start: the trained seed or scratch")
     parser.add_argument("--depth-lr-factor", type=float, default=DEPTH_LR_FACTOR, help="lr of depths >= 2 / base lr")
-    parser.add_argument("--kd", action="store_true", help="ODN's kd: logit KD from the full network")
+    parser.add_argument(
+        "--kd", action=argparse.BooleanOptionalAction, default=True, help="ODN's kd: logit KD from the full network"
+    )
     parser.add_argument("--target-acc", type=float, default=None, help="ODN's absolute target (default: relative)")
     parser.add_argument("--initial-depth", type=int, default=1, help="ODN's first depth tried")
     parser.add_argument("--budget", default="100%", help="ODN's budget (caps the deepest prefix)")

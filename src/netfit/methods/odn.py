@@ -4,10 +4,11 @@ Every block of the seed gets an exit head (global average pool + linear). All ex
 seed's weights, or fresh ones with ``start="scratch"``); then depth d = 1, 2, ... is trained to its plateau (lr x
 ``depth_lr_factor`` after depth 1, x0.6 after ``lr_patience`` epochs without improvement, stop after ``patience``
 epochs without improvement or at ``depth_epochs``; the norms' statistics re-estimated before every validation,
-``precise_bn``) until its best validation accuracy reaches the target (the seed's validation accuracy -
-``target_drop``). The chosen depth is fine-tuned and only blocks 1..d plus head d are deployed, as a plain
-built-in network. Every trained depth is a candidate, so the run also yields the accuracy-vs-cost front over
-depths. With a budget, depths whose prefix exceeds it are never trained ("the deepest prefix within the budget").
+``precise_bn``; the labels' cross-entropy plus distillation from the trained full network, ``kd``) until its best
+validation accuracy reaches the target (the seed's validation accuracy - ``target_drop``). The chosen depth is
+fine-tuned and only blocks 1..d plus head d are deployed, as a plain built-in network. Every trained depth is a
+candidate, so the run also yields the accuracy-vs-cost front over depths. With a budget, depths whose prefix
+exceeds it are never trained ("the deepest prefix within the budget").
 """
 
 from __future__ import annotations
@@ -120,8 +121,8 @@ class ODN:
             seed stays the reference of the target).
         finetune_epochs: fine-tuning of the chosen depth (default: the run's epochs).
         kd: distil every depth phase and the fine-tune from the trained seed (the full network): logit KD added
-            to the cross-entropy (False: the paper's loss). The prefix learns the full network's outputs, not
-            only the labels. kd_weight: that loss's weight.
+            to the cross-entropy (False: the paper's loss, labels only). On MNIST-10k the 3-block prefix tested
+            0.75 points higher with it (same trained seed); a tie within noise on mnist1d. kd_weight: its weight.
         initial_depth: the first depth tried (the public code's ``initial_depth``): shallower ones are skipped
             where they are known to fall short.
         precise_bn: training samples on which the batch norms' statistics are re-estimated before every
@@ -145,7 +146,7 @@ class ODN:
     depth_schedule: str = "plateau"
     depth_lr_factor: float = DEPTH_LR_FACTOR
     start: str = "seed"
-    kd: bool = False
+    kd: bool = True
     kd_weight: float = 1.0
     initial_depth: int = 1
 
