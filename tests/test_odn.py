@@ -80,11 +80,11 @@ def test_resume_skips_finished_depths(tmp_path, digits, monkeypatch):
     calls = []
     real = ODN._train_depth
 
-    def crash_at_depth3(self, template, state, depth, *args, **kwargs):
+    def crash_at_depth3(self, start, depth, *args, **kwargs):
         calls.append(depth)
         if depth == 3:
             raise KeyboardInterrupt
-        return real(self, template, state, depth, *args, **kwargs)
+        return real(self, start, depth, *args, **kwargs)
 
     monkeypatch.setattr(ODN, "_train_depth", crash_at_depth3)
     with pytest.raises(KeyboardInterrupt):

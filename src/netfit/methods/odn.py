@@ -180,7 +180,6 @@ class ODN:
             goal = evaluate(seed.model, data, "val", device=run.device)["accuracy"] - self.target_drop
         run.log.write("odn", target_acc=goal, depths=len(net.blocks))
         warm = run.train(net, data, "odn-warmup", epochs=self.warmup_epochs, step_fn=_joint_step).model
-        warm_state = copy.deepcopy(warm.state_dict())
         measure = cost_fn(run, target)
         costs = [measure(deploy_prefix(warm, seed.model, d)) for d in range(1, len(net.blocks) + 1)]
         check_feasible(target.budget, target.limit, costs[0], costs[-1])
@@ -195,9 +194,7 @@ class ODN:
         candidates = []
         for depth in range(self.initial_depth, deepest + 1):
             lr = depth_lr(run.config.lr, depth, self.depth_lr_factor)
-            trained = self._train_depth(
-                warm, warm_state, depth, data, run, f"odn-depth{depth}", lr, self.depth_epochs, kd
-            )
+            trained = self._train_depth(warm, depth, data, run, f"odn-depth{depth}", lr, self.depth_epochs, kd)
             best, model = trained.best_val_acc, trained.model
             info = {"depth": depth, "val_acc": best, "target_acc": goal, "reached": best >= goal}
             info["epochs"], timing = len(trained.history), {"seconds": _seconds(trained)}
@@ -205,15 +202,7 @@ class ODN:
             chosen = best >= goal or depth == deepest
             if chosen:
                 tuned = self._train_depth(
-                    model,
-                    model.state_dict(),
-                    depth,
-                    data,
-                    run,
-                    f"odn-finetune{depth}",
-                    lr * 0.1,
-                    self.finetune_epochs,
-                    kd,
+                    model, depth, data, run, f"odn-finetune{depth}", lr * 0.1, self.finetune_epochs, kd
                 )
                 model = tuned.model
                 info.update(chosen=True, finetuned_val_acc=tuned.best_val_acc, finetune_epochs=len(tuned.history))
@@ -233,19 +222,10 @@ class ODN:
             return build_model(arch_of(seed.model))
 
     def _train_depth(
-        self,
-        template: ExitNet,
-        state: dict,
-        depth: int,
-        data,
-        run,
-        phase: str,
-        lr: float,
-        epochs: int | None,
-        kd: list[LogitDistiller],
+        self, start: ExitNet, depth: int, data, run, phase: str, lr: float, epochs: int | None, kd: list[LogitDistiller]
     ) -> TrainResult:
-        model = copy.deepcopy(template)
-        model.load_state_dict(state)
+        """A copy of ``start`` (left untouched: every depth starts from the warm-up) trained at ``depth``."""
+        model = copy.deepcopy(start)
         model.depth = depth
         overrides = {"lr": lr, "keep_best": True, "precise_bn": self.precise_bn}
         if self.depth_schedule == "plateau":
