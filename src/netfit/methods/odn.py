@@ -224,7 +224,8 @@ class ODN:
     def _train_depth(
         self, start: ExitNet, depth: int, data, run, phase: str, lr: float, epochs: int | None, kd: list[LogitDistiller]
     ) -> TrainResult:
-        """A copy of ``start`` (left untouched: every depth starts from the warm-up) trained at ``depth``."""
+        """A copy of ``start`` trained at ``depth``; ``start`` is left untouched, so every depth phase can start
+        from the same warm-up."""
         model = copy.deepcopy(start)
         model.depth = depth
         overrides = {"lr": lr, "keep_best": True, "precise_bn": self.precise_bn}
