@@ -25,7 +25,7 @@ from netfit.methods.dna import DNA, dead_zone_loss
 from netfit.models import create_model
 from netfit.space.channels import trace_channel_groups
 from netfit.space.elastic import ElasticNet
-from netfit.space.grow import deepen, grow, max_difference, order_channels, widen
+from netfit.space.grow import deepen, deepen_to_fit, grow, max_difference, order_channels, widen, widen_to_fit
 from netfit.space.latency_table import measure_table
 from netfit.space.prune import remap_channels, slice_channels
 
@@ -96,6 +96,30 @@ def test_growth_steps_each_preserve_the_function():
     wider = widen(deeper, shape, 2.0, np.random.default_rng(3))
     assert max_difference(model, wider, shape) < 1e-4
     assert wider.stem.conv.out_channels == 2 * deeper.stem.conv.out_channels
+
+
+@pytest.mark.parametrize("name", ["resnet18_1d", "mobilenetv2_cifar", "user"])
+def test_widen_to_fit_is_the_widest_uniform_scale_up_within_the_limit(name):
+    model, shape = _model(name)
+    seed_macs = count_cost(model, shape).macs
+    macs = lambda m: count_cost(m, shape).macs  # noqa: E731
+    factor, wide, cost = widen_to_fit(model, shape, macs, 1.5 * seed_macs)
+    assert 1.0 < factor and seed_macs < cost == macs(wide) <= 1.5 * seed_macs
+    assert max_difference(model, wide, shape) < 1e-4  # starts as the seed
+    # the next whole channel of any group would pass the limit
+    assert macs(widen(model, shape, factor * 1.01, np.random.default_rng(0))) > 1.5 * seed_macs
+    assert widen_to_fit(model, shape, macs, 0.9 * seed_macs)[0] == 1.0  # nothing wider fits: the seed
+
+
+def test_deepen_to_fit_is_the_deepest_uniform_scale_up_within_the_limit():
+    model, shape = _model("resnet18_cifar")
+    seed_macs = count_cost(model, shape).macs
+    macs = lambda m: count_cost(m, shape).macs  # noqa: E731
+    fraction, deeper, cost = deepen_to_fit(model, macs, 1.6 * seed_macs)
+    assert fraction == 0.5 and [len(s) for s in deeper.stages] == [3, 3, 3, 3]
+    assert seed_macs < cost <= 1.6 * seed_macs < macs(deepen(model, 0.55)[0])
+    assert max_difference(model, deeper, shape) < 1e-4
+    assert deepen_to_fit(model, macs, seed_macs)[1] is model
 
 
 @pytest.mark.parametrize("name", ["resnet18_cifar", "mobilenetv2_cifar", "user"])

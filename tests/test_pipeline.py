@@ -115,6 +115,21 @@ def test_depth_variant(tmp_path, digits):
     assert sum(len(s["blocks"]) for s in row["arch"]["stages"]) < 4  # cnn_small has 2 stages x 2 blocks
 
 
+@pytest.mark.parametrize("variant", ["width", "depth"])
+def test_uniform_scales_up_to_a_budget_above_the_seed(tmp_path, digits, variant):
+    options = {"variant": variant}
+    result = adapt("cnn_small", digits, "160%", "uniform", out=tmp_path / "grow", method_options=options, **FAST)
+    seed = result.summary["seed"]
+    (row,) = result.summary["candidates"]
+    assert row["within_budget"] and 1.4 * seed["macs"] < row["macs"] <= 1.6 * seed["macs"]
+    if variant == "depth":
+        assert sum(len(s["blocks"]) for s in row["arch"]["stages"]) == 6  # +1 identity block per stage
+    kept = adapt(
+        "cnn_small", digits, "150%", "uniform", out=tmp_path / "keep", method_options={**options, "grow": False}, **FAST
+    )
+    assert kept.summary["candidates"][0]["macs"] == seed["macs"]
+
+
 def test_infeasible_budget_says_range(tmp_path, digits):
     with pytest.raises(BudgetInfeasibleError, match="reachable range"):
         adapt("cnn_small", digits, "10 macs", "uniform", out=tmp_path, **FAST)

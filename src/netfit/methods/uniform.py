@@ -1,4 +1,6 @@
-"""Baseline ``uniform``: scale every width (or every stage's depth) of the seed by one factor to fit the budget."""
+"""Baseline ``uniform``: scale every width (or every stage's depth) of the seed by one factor to fit the budget,
+down (an L1-inherited sub-network) or, for a budget above the seed's cost, up (a function-preserving widening or
+deepening)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from typing import ClassVar
 from ..budget import check_feasible
 from ..distill import CachedTeacher
 from ..errors import NetfitError, UnsupportedLayerError
+from ..space.grow import deepen_to_fit, widen_to_fit
 from ..space.subnet import SubnetSpace
 from .base import METHODS, Candidate, Seed, Target
 from .common import cost_fn, finetune, from_scratch, inherited_accuracy, require_reachable
@@ -25,6 +28,9 @@ class Uniform:
         kd_weight: weight of the distillation loss.
         inherit: start from the seed's (L1-selected) weights; False trains the same architecture from scratch,
             the baseline that shows what inheritance is worth (give it the seed's epochs too).
+        grow: a budget above the seed's cost gets the widest (deepest) uniform scale-up of the seed within it,
+            starting as the seed (widened channels are copies read at weight 0, added blocks are identities);
+            False: the seed itself, fine-tuned further.
     """
 
     name: ClassVar[str] = "uniform"
@@ -33,6 +39,7 @@ class Uniform:
     kd: bool = False
     kd_weight: float = 1.0
     inherit: bool = True
+    grow: bool = True
 
     def __post_init__(self) -> None:
         if self.variant not in ("width", "depth"):
@@ -61,14 +68,21 @@ class Uniform:
         return candidates
 
     def _fit_width(self, space: SubnetSpace, run, target: Target, seed: Seed):
-        require_reachable(space, run, target, seed)
-        scale, model, _ = space.fit_width(cost_fn(run, target), target.limit)
+        cost = cost_fn(run, target)
+        if self.grow and cost(seed.model) < target.limit:
+            scale, model, _ = widen_to_fit(seed.model, seed.input_shape, cost, target.limit, seed=run.seed)
+        else:
+            require_reachable(space, run, target, seed)
+            scale, model, _ = space.fit_width(cost, target.limit)
         return model, {"width_mult": round(scale, 4)}
 
     def _fit_depth(self, space: SubnetSpace, run, target: Target, seed: Seed):
         if space.depths is None:
             raise UnsupportedLayerError("the depth variant needs a built-in staged model (netfit list models)")
         cost = cost_fn(run, target)
+        if self.grow and cost(seed.model) < target.limit:
+            fraction, model, _ = deepen_to_fit(seed.model, cost, target.limit)
+            return model, {"depths": [len(s) for s in model.stages], "depth_added": fraction}
         options = sorted({tuple(max(1, round(q / 20 * n)) for n in space.depths) for q in range(21)})
         costs = {d: cost(space.materialize(depths=d)) for d in options}
         fitting = [d for d in options if costs[d] <= target.limit]

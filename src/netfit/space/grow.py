@@ -8,7 +8,9 @@
   cut into stages of residual blocks by ``netfit.space.blocks``): the new block's last normalisation layer
   starts at zero, so its residual branch adds nothing.
 
-``grow`` does all three and checks on random input that the outputs did not change.
+``grow`` does all three and checks on random input that the outputs did not change. ``widen_to_fit`` and
+``deepen_to_fit`` scale a network up uniformly to the largest width or depth within a budget (the ``uniform``
+baseline above 100%).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import copy
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -33,6 +35,7 @@ from .layers import BATCH_NORMS
 from .prune import Outgoing, remap_channels
 
 PRESERVE_TOL = 1e-4
+MAX_WIDEN = 64.0  # widen_to_fit's largest factor
 NO_BLOCKS = (
     "depth growth skipped: the model has no residual block with an identity shortcut (x + f(x)) whose copies "
     "could be appended; its width is adapted and its depth kept"
@@ -103,6 +106,54 @@ def deepen(model: nn.Module, fraction: float) -> tuple[nn.Module, list[int]]:
     return deeper.eval(), seed_depths
 
 
+def widen_to_fit(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    cost: Callable[[nn.Module], float],
+    limit: float,
+    seed: int = 0,
+    steps: int = 16,
+) -> tuple[float, nn.Module, float]:
+    """The largest uniform widening (``widen`` by one factor f >= 1, copies read at weight 0, so it starts as
+    ``model``) whose cost is <= ``limit``: (f, network, its cost). Widths are whole channels, so the cost
+    grows with f in steps: bisection between 1 and a factor past the limit. ``model`` itself when nothing wider
+    fits."""
+
+    def build(factor: float) -> tuple[nn.Module, float]:
+        wide = widen(model, input_shape, factor, np.random.default_rng(seed))  # same copies for every factor
+        return wide, cost(wide)
+
+    best = (1.0, model, cost(model))
+    hi = 2.0
+    while hi < MAX_WIDEN and build(hi)[1] <= limit:  # double until too costly
+        hi *= 2
+    lo = 1.0
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        wide, value = build(mid)
+        if value <= limit:
+            lo, best = mid, (mid, wide, value)
+        else:
+            hi = mid
+    return best
+
+
+def deepen_to_fit(
+    model: StagedNet, cost: Callable[[nn.Module], float], limit: float, options: int = 20
+) -> tuple[float, nn.Module, float]:
+    """The largest uniform deepening (``deepen`` by one fraction q / ``options`` of every stage's blocks, q in
+    1..``options``: up to twice as deep) whose cost is <= ``limit``: (fraction, network, its cost); ``model``
+    itself (fraction 0) when no deeper network fits."""
+    best = (0.0, model, cost(model))
+    for q in range(1, options + 1):
+        deeper, _ = deepen(model, q / options)
+        value = cost(deeper)
+        if value > limit:  # every stage gains blocks with q: the cost only grows
+            break
+        best = (q / options, deeper, value)
+    return best
+
+
 def _deepen_or_warn(model: nn.Module, input_shape: Sequence[int], fraction: float) -> nn.Module:
     """``deepen``'s network, or (with a warning) the model cut into stages when it has blocks, so its depth can
     still shrink: when it has no residual block, or a copy of a block cannot start as the identity."""
@@ -148,4 +199,4 @@ def grow(
     return grown
 
 
-__all__ = ["deepen", "grow", "max_difference", "order_channels", "widen"]
+__all__ = ["deepen", "deepen_to_fit", "grow", "max_difference", "order_channels", "widen", "widen_to_fit"]
