@@ -104,7 +104,7 @@ def test_widen_to_fit_is_the_widest_uniform_scale_up_within_the_limit(name):
     seed_macs = count_cost(model, shape).macs
     macs = lambda m: count_cost(m, shape).macs  # noqa: E731
     factor, wide, cost = widen_to_fit(model, shape, macs, 1.5 * seed_macs)
-    assert 1.0 < factor and seed_macs < cost == macs(wide) <= 1.5 * seed_macs
+    assert factor > 1.0 and seed_macs < cost == macs(wide) <= 1.5 * seed_macs
     assert max_difference(model, wide, shape) < 1e-4  # starts as the seed
     # the next whole channel of any group would pass the limit
     assert macs(widen(model, shape, factor * 1.01, np.random.default_rng(0))) > 1.5 * seed_macs
