@@ -60,7 +60,8 @@ def run_entry(
     if not (out / "result.json").exists():
         options, epochs = {}, args.epochs
         if entry == "dna":
-            options = {"search_epochs": args.search_epochs}
+            # depth growth as DNA grew by default when these results were made: the comparison is about depth
+            options = {"search_epochs": args.search_epochs, "grow_depth": 0.5}
             epochs = dna_finetune_epochs(args.epochs, args.search_epochs, len(args.budgets))
         weights = seed_dir if isinstance(model, str) else None
         budgets = ",".join(f"{b:g}%" for b in args.budgets)

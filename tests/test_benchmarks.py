@@ -290,3 +290,28 @@ def test_markdown_gives_dna_over_uniform_in_wall_and_cpu_time():
     for row in first["rows"]:
         row["search_over_seed"] *= 3 if row["entry"] == "uniform" else 1  # this seed's uniform run took 3x longer
     assert "wall 1.33x (0.67-2.00), CPU 3.00x (3.00-3.00)." in to_markdown(payload)  # CPU: the other seed only
+
+
+def test_dna_steps_times_every_option_set_side_by_side(digits, monkeypatch):
+    """``benchmarks.dna_steps`` times the default first, then each variant with its options, in one table."""
+    import argparse
+
+    from benchmarks import dna_steps
+
+    calls = []
+
+    def fake_ratios(model, data, batch_size, seed, budgets, options, repeats):
+        calls.append(options)
+        step = 4.0 if options.get("grow_depth") else 3.0
+        return {"dense_seed": 1.0, **dict.fromkeys(dna_steps.PASSES, 1.5), "dna_search_step": step}
+
+    monkeypatch.setattr(dna_steps, "step_ratios", fake_ratios)
+    monkeypatch.setattr(dna_steps, "load_data", lambda name: digits)
+    args = argparse.Namespace(
+        data="digits", model="cnn_small", width=1.0, budgets=[50.0, 150.0], variant=[["deeper", "grow_depth=0.5"]],
+        batch_size=8, repeats=1, seed=0,
+    )  # fmt: skip
+    rows = dna_steps.measure(args)
+    assert calls == [{}, {"grow_depth": 0.5}]
+    markdown = dna_steps.to_markdown(args, rows, environment())
+    assert "| default | - | 1.50x" in markdown and "| deeper | grow_depth=0.5 |" in markdown and "**4.00x**" in markdown

@@ -421,20 +421,20 @@ def test_dna_hits_every_budget_in_one_search(dna_run):
     log = _log(dna_run.out)
     assert sum(1 for e in log if e["event"] == "dna-arch") == 2 * 3  # per search epoch and budget
     (space,) = [e for e in log if e["event"] == "dna-space"]  # one supernet for all budgets
-    assert (space["grow_width"], space["grow_depth"]) == pytest.approx((1.5**0.5, 0.5))  # what 150% can use
+    assert (space["grow_width"], space["grow_depth"]) == pytest.approx((1.5**0.5, 0.0))  # what 150% can use
     assert space["inplace_teacher"] == "seed"  # the default, grown space or not
 
 
 def test_dna_grows_its_space_only_as_far_as_a_budget_needs():
     """Condense-only budgets get the seed itself as the largest network (growth only makes the sandwich dearer);
-    a budget above the seed grows it until width alone or depth alone reaches that budget (capped), an explicit
+    a budget above the seed widens it until the widest network reaches that budget (capped), an explicit
     option as far as it says."""
     assert DNA().growth([500, 1000], 1000) == (1.0, 0.0)
-    assert DNA().growth([500, 1500], 1000) == pytest.approx((1.5**0.5, 0.5))
-    assert DNA().growth([1210], 1000) == pytest.approx((1.1, 0.21))
-    assert DNA().growth([500, 4000], 1000) == (1.5, 0.5)
+    assert DNA().growth([500, 1500], 1000) == pytest.approx((1.5**0.5, 0.0))
+    assert DNA().growth([1210], 1000) == pytest.approx((1.1, 0.0))
+    assert DNA().growth([500, 9000], 1000) == (2.0, 0.0)
     assert DNA(grow_width=1.2).growth([500], 1000) == (1.2, 0.0)
-    assert DNA(grow_depth=1.0).growth([4000], 1000) == (1.5, 1.0)
+    assert DNA(grow_depth=1.0).growth([4000], 1000) == (2.0, 1.0)
 
 
 def test_default_inplace_teacher_is_a_frozen_copy_of_the_seed():

@@ -231,7 +231,7 @@ def _log(out) -> list[dict]:
 
 
 def test_dna_searches_the_depth_of_a_user_resnet(tmp_path, digits):
-    options = {"search_epochs": 1, "warmup_epochs": 0, "units": 4}
+    options = {"search_epochs": 1, "warmup_epochs": 0, "units": 4, "grow_depth": 0.5}  # depth grows when asked
     out = tmp_path / "r"
     torch.manual_seed(0)  # the user's initial weights, whatever ran before
     result = adapt(UserResNet(), digits, "25%,150%", "dna", out=out, train_seed=True, method_options=options, **FAST)

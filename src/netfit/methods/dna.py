@@ -44,7 +44,7 @@ from .uniform import _slug
 KD_TEACHERS = ("seed", "largest", "best")
 SAMPLE_PASSES = ("auto", "sliced", "batched")
 INPLACE_TEACHERS = ("seed", "largest")
-MAX_GROW_WIDTH, MAX_GROW_DEPTH = 1.5, 0.5  # the default growth's cap: a largest network of about 2.25-3.4x the seed
+MAX_GROW_WIDTH = 2.0  # the default growth's cap: a largest network of about 4x the seed
 
 
 class ArchParams(nn.Module):
@@ -63,10 +63,11 @@ class DNA:
 
     Options:
         grow_width: width of the elastic space relative to the seed (1 = condense only); default: sqrt(r) for
-            a largest budget r x the seed's cost, at most 1.5, and 1 when no budget exceeds the seed (a space
-            larger than the budgets can use only makes every search step dearer).
-        grow_depth: extra identity blocks per stage, as a fraction of the seed's blocks (0 = no deeper nets);
-            default: r - 1, at most 0.5 (0 when no budget exceeds the seed).
+            a largest budget r x the seed's cost, at most 2, and 1 when no budget exceeds the seed: the largest
+            network is then about what the largest budget can use (a larger space only makes every search step
+            dearer).
+        grow_depth: extra identity blocks per stage, as a fraction of the seed's blocks (0 = no deeper nets,
+            the default: with width growth too, the space's largest network would exceed every budget).
         grow_copies: how the widened channels' copies start: "zero" (consumers read them with weight 0, so
             every leading slice of the supernet is the seed's own sub-network) or "split" (Net2Net).
         units: width gates (Markov steps) per channel group.
@@ -235,12 +236,14 @@ class DNA:
 
     def growth(self, limits: list[float], seed_value: float) -> tuple[float, float]:
         """(grow_width, grow_depth): the options where given, else just what the largest budget can use: with r
-        its limit over the seed's value of the budget metric, width sqrt(r) (cost grows with width squared) and
-        depth r - 1, so that each alone reaches the budget, at most 1.5 and 0.5; 1 and 0 (condense only) when
-        no budget exceeds the seed."""
+        its limit over the seed's value of the budget metric, width sqrt(r) (cost grows with width squared, so
+        the largest network costs about r x the seed's), at most ``MAX_GROW_WIDTH``, and no depth growth; 1 and
+        0 (condense only) when no budget exceeds the seed. Growing depth as well (the default until 2026-12)
+        made a supernet of 2.35x the seed for a 150% budget and a search step 1.4x dearer, for no accuracy
+        (docs/methods/dna.md, "Costs and limits")."""
         r = max(1.0, max(limits) / seed_value)
         width = self.grow_width if self.grow_width is not None else min(MAX_GROW_WIDTH, math.sqrt(r))
-        depth = self.grow_depth if self.grow_depth is not None else min(MAX_GROW_DEPTH, r - 1)
+        depth = self.grow_depth if self.grow_depth is not None else 0.0
         return width, depth
 
     # ----- search
