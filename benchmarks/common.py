@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import platform
@@ -68,6 +69,14 @@ def merge_runs(paths: list[Path]) -> tuple[dict, list[dict]]:
     run, ordered by seed."""
     payloads = [json.loads(p.read_text()) for p in paths]
     return payloads[0], sorted((r for p in payloads for r in p["runs"]), key=lambda r: r["seed"])
+
+
+def add_case_arguments(parser: argparse.ArgumentParser, budgets: list[float], width: float = 0.25) -> None:
+    """The options that name a benchmark case: data set, built-in model, its width and the budgets (% MACs)."""
+    parser.add_argument("--data", default="mnist1d")
+    parser.add_argument("--model", default="resnet18_1d")
+    parser.add_argument("--width", type=float, default=width)
+    parser.add_argument("--budgets", type=float, nargs="+", default=budgets)
 
 
 def write_results(name: str, payload: dict, markdown: str, out: Path = RESULTS) -> None:

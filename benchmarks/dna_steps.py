@@ -18,7 +18,7 @@ import torch
 from netfit.data import load_data
 from netfit.models import create_model
 
-from .common import environment, write_results
+from .common import add_case_arguments, environment, write_results
 from .dna import _option, step_ratios
 
 PASSES = ("supernet_largest", "supernet_soft", "sampled_masked", "sampled_sliced", "smallest_sliced")
@@ -58,10 +58,7 @@ def to_markdown(args: argparse.Namespace, rows: list[dict], env: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default="mnist1d")
-    parser.add_argument("--model", default="resnet18_1d")
-    parser.add_argument("--width", type=float, default=0.25)
-    parser.add_argument("--budgets", type=float, nargs="+", default=[50, 25, 10, 5, 2, 1, 150])
+    add_case_arguments(parser, budgets=[50, 25, 10, 5, 2, 1, 150])
     parser.add_argument("--variant", nargs="+", action="append", default=[], metavar=("LABEL", "KEY=VALUE"))
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=4)

@@ -21,7 +21,7 @@ from netfit.cost import measure_latency
 from netfit.data import load_data
 from netfit.export import load_model
 
-from .common import dna_finetune_epochs, environment, seed_network, write_results
+from .common import add_case_arguments, dna_finetune_epochs, environment, seed_network, write_results
 
 ENTRIES = {  # label -> (method, options)
     "uniform": ("uniform", {}),
@@ -103,10 +103,7 @@ def to_markdown(payload: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default="mnist1d")
-    parser.add_argument("--model", default="resnet18_1d")
-    parser.add_argument("--width", type=float, default=0.25)
-    parser.add_argument("--budgets", type=float, nargs="+", default=[50, 25])
+    add_case_arguments(parser, budgets=[50, 25])
     parser.add_argument("--seed-epochs", type=int, default=10)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--dna-search-epochs", type=int, default=4)
