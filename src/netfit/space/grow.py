@@ -131,10 +131,12 @@ def widen_to_fit(
     for _ in range(steps):
         mid = (lo + hi) / 2
         wide, value = build(mid)
-        if value <= limit:
-            lo, best = mid, (mid, wide, value)
-        else:
+        if value > limit:
             hi = mid
+            continue
+        lo = mid
+        if value > best[2]:  # a wider network (not the same channels again): a model without prunable groups
+            best = (mid, wide, value)  # stays itself at factor 1
     return best
 
 
