@@ -124,19 +124,24 @@ def widen_to_fit(
         return wide, cost(wide)
 
     best = (1.0, model, cost(model))
-    hi = 2.0
-    while hi < MAX_WIDEN and build(hi)[1] <= limit:  # double until too costly
-        hi *= 2
-    lo = 1.0
+
+    def try_factor(factor: float) -> bool:
+        """Whether ``factor`` fits; keeps its network when it is wider than the best so far (not the same
+        channels again: a model without prunable groups stays itself at factor 1)."""
+        nonlocal best
+        wide, value = build(factor)
+        if value > limit:
+            return False
+        if value > best[2]:
+            best = (factor, wide, value)
+        return True
+
+    lo, hi = 1.0, 2.0
+    while hi < MAX_WIDEN and try_factor(hi):  # double until too costly; the last fitting factor bounds below
+        lo, hi = hi, hi * 2
     for _ in range(steps):
         mid = (lo + hi) / 2
-        wide, value = build(mid)
-        if value > limit:
-            hi = mid
-            continue
-        lo = mid
-        if value > best[2]:  # a wider network (not the same channels again): a model without prunable groups
-            best = (mid, wide, value)  # stays itself at factor 1
+        lo, hi = (mid, hi) if try_factor(mid) else (lo, mid)
     return best
 
 
@@ -147,11 +152,15 @@ def deepen_to_fit(
     1..``options``: up to twice as deep) whose cost is <= ``limit``: (fraction, network, its cost); ``model``
     itself (fraction 0) when no deeper network fits."""
     best = (0.0, model, cost(model))
+    depths, added = [len(s) for s in model.stages], None
     for q in range(1, options + 1):
-        deeper, _ = deepen(model, q / options)
-        value = cost(deeper)
-        if value > limit:  # every stage gains blocks with q: the cost only grows
-            break
+        blocks = [math.ceil(q / options * n) for n in depths]  # what ``deepen`` appends per stage
+        if blocks != added:  # several fractions round to the same network: build and measure it once
+            added = blocks
+            deeper, _ = deepen(model, q / options)
+            value = cost(deeper)
+            if value > limit:  # every stage gains blocks with q: the cost only grows
+                break
         best = (q / options, deeper, value)
     return best
 
