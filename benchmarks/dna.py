@@ -129,6 +129,7 @@ def step_ratios(
     budgets: list[float],
     options: dict | None = None,
     repeats: int = 6,
+    device: str = "cpu",
 ) -> dict:
     """Training-step wall time of the DNA supernet grown from ``model`` relative to ``model``'s own dense step,
     measured side by side here: one pass of the grown supernet (largest, soft), of a sampled sub-net (masked
@@ -136,19 +137,21 @@ def step_ratios(
     search step with every budget (largest + architecture pass + smallest + samples; averaged over
     ``arch_every`` steps). The supernet is grown, and its in-place teacher chosen, as a DNA run with these
     ``options`` and ``budgets`` (percent of the seed's MACs) does; a frozen teacher's logits are remembered as in a
-    run where the data has no random augmentation (then the step repeats one batch: steady state)."""
-    model = model.train()
+    run where the data has no random augmentation (then the step repeats one batch: steady state). On CUDA every
+    pass runs under bf16 autocast, as training does there (``TrainConfig.amp``), and the dense seed step's
+    milliseconds are added (``dense_seed_ms``) for throughput."""
+    model = model.to(device).train()
     shape = data.input_shape
     method = DNA(**((options or {}) | {"warmup_epochs": 0}))
     seed_macs = count_cost(model, shape).macs
     limits = [b / 100 * seed_macs for b in budgets]
     width, depth = method.growth(limits, seed_macs)
-    grown = grow(model, shape, width, depth, np.random.default_rng(seed))
+    grown = grow(model, shape, width, depth, np.random.default_rng(seed)).to(device)
     net = ElasticNet(grown, shape, units=method.units)
     metrics = ["macs"] * len(limits)
     arch = method.init_arch(net, limits, metrics, [len(s) for s in model.stages] if net.depths else None)
-    x = data.prepare(data.train.tensors[0][:batch_size], train=True)
-    y = data.train.tensors[1][:batch_size]
+    x = data.prepare(data.train.tensors[0][:batch_size], train=True).to(device)
+    y = data.train.tensors[1][:batch_size].to(device)
     frozen = method._inplace_teacher(model)
     step, steps_taken = method.step_fn(net, arch, limits, metrics, seed, frozen), itertools.count()
     ids = fixed_batch_ids(data, torch.arange(batch_size))
@@ -158,7 +161,7 @@ def step_ratios(
         search does (repeating one step number would draw the same ones and find their sliced copies cached)."""
         for _ in range(method.arch_every):
             grown.zero_grad(set_to_none=True)
-            ctx = StepContext(grown, grown, x, y, 0, next(steps_taken), TrainConfig(), torch.device("cpu"), ids=ids)
+            ctx = StepContext(grown, grown, x, y, 0, next(steps_taken), TrainConfig(), torch.device(device), ids=ids)
             step(ctx)
 
     sample = net.sample(arch.width[0], arch.depth[0], torch.Generator().manual_seed(seed))
@@ -182,19 +185,26 @@ def step_ratios(
             "smallest_sliced": pass_of(grown, net.set_full, lambda inputs: net.run_sliced(net.smallest(), inputs)),
             "dna_search_step": search_steps,
         }
-        seconds = {name: _median_seconds(fn, repeats) for name, fn in timings.items()}
+        cuda = torch.device(device).type == "cuda"
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+            seconds = {name: _median_seconds(fn, repeats, cuda) for name, fn in timings.items()}
         seconds["dna_search_step"] /= method.arch_every
     finally:
         net.detach()
-    return {name: round(value / seconds["dense_seed"], 3) for name, value in seconds.items()}
+    ratios = {name: round(value / seconds["dense_seed"], 3) for name, value in seconds.items()}
+    return ratios | ({"dense_seed_ms": round(1e3 * seconds["dense_seed"], 3)} if cuda else {})
 
 
-def _median_seconds(fn, repeats: int) -> float:
+def _median_seconds(fn, repeats: int, cuda: bool = False) -> float:
+    """Median wall seconds of ``fn`` after one warm-up (on CUDA, the queued kernels included)."""
+    sync = torch.cuda.synchronize if cuda else lambda: None
     fn()  # warm-up
     times = []
     for _ in range(repeats):
+        sync()
         start = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 

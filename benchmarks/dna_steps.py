@@ -32,7 +32,7 @@ def measure(args: argparse.Namespace) -> list[dict]:
     rows = []
     for label, *options in [["default"], *args.variant]:
         opts = dict(_option(o) for o in options)
-        ratios = step_ratios(model, data, args.batch_size, args.seed, args.budgets, opts, args.repeats)
+        ratios = step_ratios(model, data, args.batch_size, args.seed, args.budgets, opts, args.repeats, args.device)
         rows.append({"variant": label, "options": opts, "ratios": ratios})
         print(label, ratios, flush=True)
     return rows
@@ -40,11 +40,12 @@ def measure(args: argparse.Namespace) -> list[dict]:
 
 def to_markdown(args: argparse.Namespace, rows: list[dict], env: dict) -> str:
     head = " | ".join(p.replace("_", " ") for p in PASSES)
+    where = env["device"] + (f", {env['cpu_threads']} thread(s)" if args.device == "cpu" else "")
     lines = [
         f"# DNA step / dense seed step: {args.model} x{args.width:g} on {args.data}",
         "",
         f"Budgets {' '.join(f'{b:g}%' for b in args.budgets)} of the seed's MACs; batch {args.batch_size}; "
-        f"{env['device']}, {env['cpu_threads']} thread(s), torch {env['torch']}; one process, side by side.",
+        f"{where}, torch {env['torch']}; one process, side by side.",
         "",
         f"| variant | options | {head} | whole search step |",
         "|---|---|" + "---|" * (len(PASSES) + 1),
@@ -53,6 +54,11 @@ def to_markdown(args: argparse.Namespace, rows: list[dict], env: dict) -> str:
         cells = " | ".join(f"{row['ratios'][p]:.2f}x" for p in PASSES)
         options = " ".join(f"{k}={v}" for k, v in row["options"].items()) or "-"
         lines.append(f"| {row['variant']} | {options} | {cells} | **{row['ratios']['dna_search_step']:.2f}x** |")
+    if "dense_seed_ms" in rows[0]["ratios"]:  # on CUDA: throughput, plain training next to DNA's search
+        lines += ["", "| variant | plain training, images/s | DNA search, images/s |", "|---|---|---|"]
+        for row in rows:
+            dense = args.batch_size / (row["ratios"]["dense_seed_ms"] / 1e3)
+            lines.append(f"| {row['variant']} | {dense:,.0f} | {dense / row['ratios']['dna_search_step']:,.0f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -63,6 +69,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda (passes under bf16 autocast, as training)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", default="")
     args = parser.parse_args()

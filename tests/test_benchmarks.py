@@ -300,18 +300,23 @@ def test_dna_steps_times_every_option_set_side_by_side(digits, monkeypatch):
 
     calls = []
 
-    def fake_ratios(model, data, batch_size, seed, budgets, options, repeats):
+    def fake_ratios(model, data, batch_size, seed, budgets, options, repeats, device):
         calls.append(options)
         step = 4.0 if options.get("grow_depth") else 3.0
-        return {"dense_seed": 1.0, **dict.fromkeys(dna_steps.PASSES, 1.5), "dna_search_step": step}
+        timed = {"dense_seed_ms": 10.0} if device == "cuda" else {}  # what step_ratios adds on CUDA
+        return {"dense_seed": 1.0, **dict.fromkeys(dna_steps.PASSES, 1.5), "dna_search_step": step} | timed
 
     monkeypatch.setattr(dna_steps, "step_ratios", fake_ratios)
     monkeypatch.setattr(dna_steps, "load_data", lambda name: digits)
     args = argparse.Namespace(
         data="digits", model="cnn_small", width=1.0, budgets=[50.0, 150.0], variant=[["deeper", "grow_depth=0.5"]],
-        batch_size=8, repeats=1, seed=0,
+        batch_size=8, repeats=1, seed=0, device="cpu",
     )  # fmt: skip
     rows = dna_steps.measure(args)
     assert calls == [{}, {"grow_depth": 0.5}]
     markdown = dna_steps.to_markdown(args, rows, environment())
     assert "| default | - | 1.50x" in markdown and "| deeper | grow_depth=0.5 |" in markdown and "**4.00x**" in markdown
+    assert "images/s" not in markdown
+    args.device = "cuda"  # throughput: batch 8 in 10 ms = 800 images/s; the search step at 3x and 4x that
+    markdown = dna_steps.to_markdown(args, dna_steps.measure(args), environment())
+    assert "| default | 800 | 267 |" in markdown and "| deeper | 800 | 200 |" in markdown
