@@ -62,7 +62,9 @@ def _train(arch: dict, data, out: Path, args, seed: int) -> dict:
     return {"accuracy": row["accuracy"], "macs": row["macs"], "params": row["params"]}
 
 
-def run_seed(args: argparse.Namespace, seed: int, root: Path) -> dict:
+def run_seed(args: argparse.Namespace, seed: int, root: Path, save=lambda partial: None) -> dict:
+    """One seed's measurements; ``save`` gets them once the ranking is measured (no budgets yet), so that an
+    interrupted seed keeps its ranking and block times."""
     data = load_data(args.data)
     model = seed_network(args.model, data, args.width, seed)
     common = {"seed": seed, "progress": False, "train": {"batch_size": args.batch_size, "lr": args.lr}}
@@ -110,6 +112,19 @@ def run_seed(args: argparse.Namespace, seed: int, root: Path) -> dict:
             "tau_macs": float(by_macs.statistic),
             "archs": ranked,
         }
+    measured = {
+        "seed": seed,
+        "teacher": {k: bw.summary["seed"][k] for k in ("macs", "params", "accuracy")},
+        "budgets": [],
+        "blockwise_seconds": round(bw_seconds, 1),
+        "blocks": [
+            {"train_seconds": t["train_seconds"], "rate_seconds": t["rate_seconds"], "candidates": len(t["candidates"])}
+            for t in tables
+        ],
+        "ranking": ranking,
+        "search": _time_search(losses, macs, args.k),
+    }
+    save(measured)
     fixed = _stem_head_macs(template, cut, tables, pool[0], data.input_shape)
     uni = adapt(
         args.model,
@@ -151,18 +166,7 @@ def run_seed(args: argparse.Namespace, seed: int, root: Path) -> dict:
                 "dna": {k: drow[k] for k in ("macs", "params", "accuracy")},
             }
         )
-    return {
-        "seed": seed,
-        "teacher": {k: bw.summary["seed"][k] for k in ("macs", "params", "accuracy")},
-        "budgets": per_budget,
-        "blockwise_seconds": round(bw_seconds, 1),
-        "blocks": [
-            {"train_seconds": t["train_seconds"], "rate_seconds": t["rate_seconds"], "candidates": len(t["candidates"])}
-            for t in tables
-        ],
-        "ranking": ranking,
-        "search": _time_search(losses, macs, args.k),
-    }
+    return measured | {"budgets": per_budget}
 
 
 def _draw_near(by_depth, macs, fixed: float, target: float, n: int, rng_seed: list[int]) -> list[tuple[int, ...]]:
@@ -261,7 +265,9 @@ def to_markdown(args: argparse.Namespace, runs: list[dict]) -> str:
         f"{runs[0]['teacher']['params']:,} |",
     ]
     for b, budget in enumerate(budgets):
-        at = [seed_rows[b] for seed_rows in rows]
+        at = [seed_rows[b] for seed_rows in rows if b < len(seed_rows)]  # an interrupted seed has no budget rows
+        if not at:
+            continue
         rand = [float(np.mean([x["accuracy"] for x in r["random_same_macs"]])) for r in at if r["random_same_macs"]]
         lines += [
             f"| {budget} | blockwise, chosen (top-1) | {pct([r['chosen']['accuracy'] for r in at])} | "
@@ -351,11 +357,15 @@ def main() -> None:
         return
     torch.set_num_threads(1)
     root = args.root or Path(tempfile.mkdtemp(prefix="netfit-blockwise-"))
-    runs = []
-    for s in args.seeds:  # written after every seed: an interrupted benchmark keeps what it measured
-        runs.append(run_seed(args, s, root))
-        payload = {"benchmark": "blockwise", "settings": vars(args) | {"root": str(root)}, "environment": environment()}
-        write_results(f"blockwise_{args.data}{args.tag}", payload | {"runs": runs}, to_markdown(args, runs))
+    runs: list[dict] = []
+    payload = {"benchmark": "blockwise", "settings": vars(args) | {"root": str(root)}, "environment": environment()}
+
+    def write(measured: list[dict]) -> None:
+        write_results(f"blockwise_{args.data}{args.tag}", payload | {"runs": measured}, to_markdown(args, measured))
+
+    for s in args.seeds:  # written after every seed and every ranking: an interrupted benchmark keeps what it measured
+        runs.append(run_seed(args, s, root, lambda partial: write([*runs, partial])))
+        write(runs)
     print(to_markdown(args, runs))
 
 

@@ -12,6 +12,7 @@ options), in one process on ``--threads`` threads. Writes benchmarks/results/dna
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 
@@ -76,7 +77,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     env = environment()
     rows = measure(args)
-    name = f"dna_steps_{args.data}_{args.model}" + (f"_{args.name}" if args.name else "")
+    name = f"dna_steps_{Path(args.data).stem}_{args.model}" + (
+        f"_{args.name}" if args.name else ""
+    )  # data: a name or file
     write_results(name, {"benchmark": "dna_steps", "settings": vars(args), "environment": env, "rows": rows},
                   to_markdown(args, rows, env))  # fmt: skip
     print(to_markdown(args, rows, env))

@@ -68,24 +68,32 @@ def _members(summary: dict, out: Path) -> list[dict]:
 def supernet_step_seconds(
     genotype: list | None, args: argparse.Namespace, shape: tuple[int, ...], repeats: int = 5
 ) -> float:
-    """Median seconds of one training step (forward, sparsity, backward, Adam) of the supernet cut to ``genotype``."""
+    """Median seconds of one training step (forward, sparsity, backward, AdamW) of the supernet cut to ``genotype``;
+    on the GPU when there is one (bf16 autocast, as training there; the queued kernels waited for)."""
     torch.manual_seed(0)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     net = build_supernet(shape, 10, args.ops.split(","), args.cells, args.channels)
     for cell, nodes in zip(net.cells, genotype or []):  # None: the dense supernet the search starts from
         for node, pairs in zip(cell.nodes, nodes):
             for i, pair in enumerate(node.all_pairs):
                 if list(pair) not in pairs:
                     node.delete(i)
+    net.to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=5e-4)
-    x, y = torch.randn(args.batch_size, *shape), torch.randint(0, 10, (args.batch_size,))
+    x = torch.randn(args.batch_size, *shape, device=device)
+    y = torch.randint(0, 10, (args.batch_size,), device=device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
     times = []
     for _ in range(repeats + 1):
+        sync()
         started = time.perf_counter()
-        s = net.sparsity()
-        loss = F.cross_entropy(net(x), y) * (1 + 0.01 * s) + 0.001 * s
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            s = net.sparsity()
+            loss = F.cross_entropy(net(x), y) * (1 + 0.01 * s) + 0.001 * s
         loss.backward()
         opt.step()
         opt.zero_grad()
+        sync()
         times.append(time.perf_counter() - started)
     return statistics.median(times[1:])  # the first step allocates
 
@@ -186,6 +194,21 @@ def collect_seed(args: argparse.Namespace, seed: int, root: Path) -> dict:
             for method, rows in members.items()
         },
         "seconds": {method: s["timing"]["search_seconds"] for method, s in runs.items() if s},
+        **(_timing_shape_steps(args, members) if getattr(args, "timing_shape", None) else {}),
+    }
+
+
+def _timing_shape_steps(args: argparse.Namespace, members: dict) -> dict:
+    """The same step times on ``--timing-shape`` input (say CIFAR's 3x32x32): the dense supernet and the one cut to
+    each member's genotype (a genotype does not depend on the input's size)."""
+    shape = tuple(args.timing_shape)
+    return {
+        "timing_shape": list(shape),
+        "timing_shape_step_seconds": {"dense": supernet_step_seconds(None, args, shape)}
+        | {
+            method: [supernet_step_seconds(m["genotype"], args, shape) for m in rows]
+            for method, rows in members.items()
+        },
     }
 
 
@@ -348,12 +371,29 @@ def to_markdown(args: argparse.Namespace, runs: list[dict], summary: dict) -> st
         "- Dense supernet step seconds (re-measured) per seed: "
         + ", ".join(f"{run['dense_step_seconds']:.3f}" for run in runs if "dense_step_seconds" in run)
         + ".",
+        *_timing_shape_lines(runs),
         "",
         "Step times on a shared, loaded CPU are noisy; the re-measured column times one training step (median of 5) of "
         "the supernet rebuilt at each member's structure, back to back.",
         "",
     ]
     return "\n".join(lines)
+
+
+def _timing_shape_lines(runs: list[dict]) -> list[str]:
+    """Per seed: the step times measured on ``--timing-shape`` input, dense supernet then members in order."""
+    timed = [run for run in runs if "timing_shape_step_seconds" in run]
+    if not timed:
+        return []
+    shape = "x".join(str(d) for d in timed[0]["timing_shape"])
+    lines = [f"- Step seconds on {shape} input, batch as above (dense supernet; then each set's members in order):"]
+    for run in timed:
+        steps = run["timing_shape_step_seconds"]
+        sets = "; ".join(f"{m} " + ", ".join(f"{t:.4f}" for t in steps[m]) for m in ("snps", "dnad") if steps[m])
+        last = [steps[m][-1] / steps["dense"] for m in ("snps", "dnad") if steps[m]]
+        ratio = ", ".join(f"{r:.2f}" for r in last)
+        lines.append(f"  seed {run['seed']}: dense {steps['dense']:.4f}; {sets} (last / dense: {ratio})")
+    return lines
 
 
 def main() -> None:
@@ -379,6 +419,7 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=None)
     parser.add_argument("--tag", default="", help="suffix of the result files (seeds run in parallel processes)")
     parser.add_argument("--collect", action="store_true", help="only read back what --root holds (no training)")
+    parser.add_argument("--timing-shape", type=int, nargs="+", help="also time the supernet steps on this input shape")
     parser.add_argument("--combine", nargs="+", type=Path, help="merge the runs of these result JSONs (same settings)")
     args = parser.parse_args()
     name = f"dnad_{args.data}{args.tag}"
