@@ -4,28 +4,31 @@
 # 1. DNA's search step against a dense step on CIFAR-shaped input (synthetic 3x32x32, batch 256), alone on the GPU
 #    so that the timings are clean (benchmarks.dna_steps --device cuda);
 # 2. the MNIST-10k runs of blockwise, dnad and spider, every seed its own process, side by side until SECONDS
-#    (default 500) after the start; dnad's seeds are then read back (--collect: an interrupted seed keeps what it
+#    (default 480) after the start; dnad's seeds are then read back (--collect: an interrupted seed keeps what it
 #    finished) with their supernet step times on 3x32x32 input too.
 # Every results file written here and every log go into OUTDIR/gpu_results.tar.gz. SMOKE=1 shrinks every setting
 # to a few seconds (digits data, 1 epoch, CPU allowed): a dry run of this script, not a measurement.
 set -u
 OUT=${1:?usage: gpu.sh OUTDIR [SECONDS]}
-SECONDS_TOTAL=${2:-500}
+SECONDS_TOTAL=${2:-480}
 start=$(date +%s)
-left() { echo $((SECONDS_TOTAL - ($(date +%s) - start))); }
+left() { # seconds to the deadline, at least 1 (timeout 0 would mean none)
+  local l=$((SECONDS_TOTAL - ($(date +%s) - start)))
+  echo $((l > 1 ? l : 1))
+}
 export PYTHONPATH=src:. PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
 PY=${PYTHON:-python3}
-LOGS=$OUT/logs
-mkdir -p "$LOGS"
 marker=$(mktemp) # results files newer than this one are this call's
 work=$(mktemp -d)
+LOGS=$work/logs # packed with the results: OUTDIR gets one file
+mkdir -p "$LOGS" "$OUT"
 
 if [ "${SMOKE:-0}" = 1 ]; then
   DEVICE=cpu DATA=digits SYN_N=64 BATCH=32 SEED_EPOCHS=1 EPOCHS=1 BLOCK_EPOCHS=1 ARCHS=2 SEARCH_EPOCHS=1
-  SPIDER_EPOCHS=2 SPIDER_ITERS=1 NETWORKS=2 BUDGETS_BW="60%" SEEDS="0"
+  SPIDER_EPOCHS=2 SPIDER_ITERS=1 DNA_SEARCH=1 NETWORKS=2 BUDGETS_BW="60%" SEEDS="0"
 else
   DEVICE=cuda DATA=mnist10k SYN_N=2560 BATCH=256 SEED_EPOCHS=20 EPOCHS=15 BLOCK_EPOCHS=10 ARCHS=8 SEARCH_EPOCHS=10
-  SPIDER_EPOCHS=20 SPIDER_ITERS=4 NETWORKS=20 BUDGETS_BW="25% 18%" SEEDS="0 1 2"
+  SPIDER_EPOCHS=20 SPIDER_ITERS=4 DNA_SEARCH=6 NETWORKS=20 BUDGETS_BW="25% 18%" SEEDS="0 1 2"
 fi
 
 {
@@ -51,14 +54,27 @@ steps gpu_condense resnet18_cifar 50 25 10
 steps gpu_suite_budgets resnet18_cifar 50 25 10 5 2 1 150
 steps gpu_suite_budgets mobilenetv2 50 25 10 5 2 1 150
 
-# -- 2. the MNIST-10k runs, side by side
+# -- 2. the MNIST-10k runs, side by side: under CUDA MPS where it starts (the processes' many small kernels then
+# share the GPU instead of taking turns), else plainly
+mps=0
+if [ "$DEVICE" = cuda ] && command -v nvidia-cuda-mps-control >/dev/null; then
+  export CUDA_MPS_PIPE_DIRECTORY=$work/mps CUDA_MPS_LOG_DIRECTORY=$work/mps-log
+  mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+  if nvidia-cuda-mps-control -d && timeout 20 $PY -c "import torch; print(torch.ones(2, device='cuda').sum().item())"; then
+    mps=1
+  else
+    echo quit | nvidia-cuda-mps-control
+    unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+  fi
+fi
+echo "MPS: $mps"
 job() { # NAME COMMAND... : in the background until the deadline
   local name=$1
   shift
   timeout "$(left)" "$@" >"$LOGS/$name.log" 2>&1 &
 }
 DNAD_ARGS=(--data $DATA --model resnet18_cifar --width 0.25 --budgets 50 25 10 --seed-epochs $SEED_EPOCHS --epochs 6
-  --search-epochs $SEARCH_EPOCHS --dna-search-epochs 8 --cells 5 --channels 8 --batch-size 128 --lr 0.003
+  --search-epochs $SEARCH_EPOCHS --dna-search-epochs $((DNA_SEARCH + 2)) --cells 5 --channels 8 --batch-size 128 --lr 0.003
   --optimizer adamw --grad-clip 5 -x warmup_epochs 1 -x lr 0.003 -x arch_lr 3.0 -x gamma0 0.01 -x gamma_max 0.3
   -x phi 1.3 -x k 0.9 -x n_max 1.0 -x t_max 6 -x mu0 10.0 --root "$work/dnad")
 for s in $SEEDS; do
@@ -67,18 +83,22 @@ for s in $SEEDS; do
     --root "$work/blockwise" --tag _gpu_s$s
   job dnad_s$s $PY -m benchmarks.dnad "${DNAD_ARGS[@]}" --seeds $s --tag _gpu_s$s
   job spider_s$s $PY -m benchmarks.spider compare --data $DATA --model cnn_small --budget 50% --seeds $s \
-    --seed-epochs $SEED_EPOCHS --epochs $SPIDER_EPOCHS --iterations $SPIDER_ITERS --dna --dna-search-epochs 6 \
+    --seed-epochs $SEED_EPOCHS --epochs $SPIDER_EPOCHS --iterations $SPIDER_ITERS --dna --dna-search-epochs $DNA_SEARCH \
     --root "$work/spider" --tag _gpu_p$s
 done
 job spider_tau $PY -m benchmarks.spider tau --data $DATA --model cnn_small --networks $NETWORKS --epochs 6 \
   --tag _gpu --root "$work/spider_tau"
 wait
+if [ $mps = 1 ]; then
+  echo quit | nvidia-cuda-mps-control
+  unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+fi
 echo "side by side done after $(($(date +%s) - start)) s"
 for s in $SEEDS; do # read back what each dnad seed finished, with the CIFAR-shaped step times
-  timeout 60 $PY -m benchmarks.dnad "${DNAD_ARGS[@]}" --seeds $s --tag _gpu_s$s --collect --timing-shape 3 32 32 \
+  timeout 90 $PY -m benchmarks.dnad "${DNAD_ARGS[@]}" --seeds $s --tag _gpu_s$s --collect --timing-shape 3 32 32 \
     >"$LOGS/dnad_collect_s$s.log" 2>&1 &
 done
 wait
 for f in "$LOGS"/*.log; do echo "== $f: $(tail -n 2 "$f" | tr '\n' ' ' | cut -c1-300)"; done
-find benchmarks/results -newer "$marker" -type f | tar czf "$OUT/gpu_results.tar.gz" -T - "$LOGS"
+find benchmarks/results -newer "$marker" -type f | tar czf "$OUT/gpu_results.tar.gz" -T - -C "$work" logs
 echo "packed $(tar tzf "$OUT/gpu_results.tar.gz" | wc -l) files after $(($(date +%s) - start)) s"
