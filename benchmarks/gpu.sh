@@ -87,7 +87,7 @@ for s in $SEEDS; do
     --root "$work/spider" --tag _gpu_p$s
 done
 job spider_tau $PY -m benchmarks.spider tau --data $DATA --model cnn_small --networks $NETWORKS --epochs 6 \
-  --tag _gpu --root "$work/spider_tau"
+  --grad-clip 5 --tag _gpu --root "$work/spider_tau"
 wait
 if [ $mps = 1 ]; then
   echo quit | nvidia-cuda-mps-control
