@@ -171,7 +171,13 @@ def run_retrain(payload: dict, root: Path) -> None:
         print(json.dumps({"seed": run["seed"], **run["spider_retrained"]}), flush=True)
 
 
-def compare_markdown(args: argparse.Namespace, runs: list[dict]) -> str:
+def _where(env: dict | None) -> str:
+    device = (env or {}).get("device", "CPU")
+    return f"{device}, 1 thread" if device.startswith("CPU") else f"{device} (training under bf16 autocast)"
+
+
+def compare_markdown(args: argparse.Namespace, runs: list[dict], env: dict | None = None) -> str:
+    """The compare table; ``env``: the measuring machine (``environment()``), for where the wall times come from."""
     entries = [e for e in ("spider", "random", "dna", "spider_retrained") if e in runs[0]]
 
     def ms(entry: str, key: str, pct: bool = False) -> str:
@@ -204,7 +210,7 @@ def compare_markdown(args: argparse.Namespace, runs: list[dict]) -> str:
             if "dna" in entries
             else ""
         ),
-        f"Scale: {load_data(args.data).source}; CPU, 1 thread, on a machine shared with other jobs (wall times "
+        f"Scale: {load_data(args.data).source}; {_where(env)}, on a machine shared with other jobs (wall times "
         "are comparable within a seed only).",
         "",
         "| entry | test accuracy | MACs | params | peak memory (bytes) | search wall time (s) | networks trained |",
@@ -341,20 +347,23 @@ def main() -> None:
         first, runs = merge_runs(args.merge)
         settings = first["settings"] | {"seeds": [r["seed"] for r in runs], "tag": args.tag}
         name = f"spider_compare_{settings['data']}{args.tag}"
-        write_results(name, first | {"settings": settings, "runs": runs}, compare_markdown(saved_args(settings), runs))
+        render = compare_markdown(saved_args(settings), runs, first.get("environment"))
+        write_results(name, first | {"settings": settings, "runs": runs}, render)
         return
     if args.part == "retrain":  # SpiderNet's final architectures of a compare run (its --root) from scratch
         torch.set_num_threads(1)
         name = f"spider_compare_{args.data}{args.tag}"
         payload = json.loads((RESULTS / f"{name}.json").read_text())
         run_retrain(payload, args.root or Path(payload["settings"]["root"]))
-        write_results(name, payload, compare_markdown(saved_args(payload["settings"]), payload["runs"]))
+        render = compare_markdown(saved_args(payload["settings"]), payload["runs"], payload.get("environment"))
+        write_results(name, payload, render)
         return
     if args.rewrite:
         name = f"spider_{args.part}_{args.data}{args.tag}"
         payload = json.loads((RESULTS / f"{name}.json").read_text())
         saved = saved_args(payload["settings"], fallback=vars(args))
-        render = tau_markdown(saved, payload) if args.part == "tau" else compare_markdown(saved, payload["runs"])
+        env = payload.get("environment")
+        render = tau_markdown(saved, payload) if args.part == "tau" else compare_markdown(saved, payload["runs"], env)
         write_results(name, payload, render)
         return
     torch.set_num_threads(1)  # the tables say 1 thread; seeds run side by side as processes
@@ -369,7 +378,7 @@ def main() -> None:
         for s in args.seeds:  # written after every seed: an interrupted benchmark keeps what it measured
             runs.append(run_seed(args, s, root))
             payload = {"benchmark": "spider-compare", "settings": settings, "environment": environment(), "runs": runs}
-            markdown = compare_markdown(args, runs)
+            markdown = compare_markdown(args, runs, payload["environment"])
             write_results(f"spider_{args.part}_{args.data}{args.tag}", payload, markdown)
     write_results(f"spider_{args.part}_{args.data}{args.tag}", payload, markdown)
     print(markdown)
