@@ -42,7 +42,7 @@ from .dna_step import DEAD_ZONE, dead_zone_loss, search_step
 from .uniform import _slug
 
 KD_TEACHERS = ("seed", "largest", "best")
-SAMPLE_PASSES = ("auto", "sliced", "batched")
+SAMPLE_PASSES = ("batched", "sliced")
 INPLACE_TEACHERS = ("seed", "largest")
 MAX_GROW_WIDTH = 2.0  # the default growth's cap: a largest network of about 4x the seed
 
@@ -104,8 +104,9 @@ class DNA:
         sample_pass: how the budgets' sampled sub-networks run (``every_budget``): "sliced" (each on its share,
             on slices of the supernet's weights: its own MACs, but one pass and one sliced copy per budget),
             "batched" (all in one masked pass of the supernet with per-sample gates: one pass at the supernet's
-            MACs; same outputs and gradients) or "auto" (batched on CPU, where the passes' fixed costs dominate
-            small networks; sliced on accelerators). docs/methods/dna.md, "Costs and limits".
+            MACs; same outputs and gradients; the default: cheaper on CPU and on an H200, where a masked pass cost
+            0.9-1.2x a dense step and a sliced one 1.4-1.8x before the per-sample cost of building its layers).
+            docs/methods/dna.md, "Costs and limits".
         latency_table: for latency budgets, search on a per-layer latency table measured on the budget's device
             and backend (``netfit.space.latency_table``); False: on MACs scaled by the seed's latency per MAC.
         finetune_warmup: the fraction of each fine-tune spent warming the learning rate up linearly from 0: the
@@ -145,7 +146,7 @@ class DNA:
     init_depth_logit: float = 0.0
     one_level: bool = True
     arch_every: int = 1
-    sample_pass: str = "auto"
+    sample_pass: str = "batched"
     split_batch: bool = True
     latency_table: bool = True
     finetune_warmup: float = 0.25

@@ -46,9 +46,6 @@ def search_step(
     warmup, samples, cost_weight, one_level = opts.warmup_epochs, opts.samples, opts.cost_weight, opts.one_level
     split_batch, every_budget, arch_every = opts.split_batch, opts.every_budget, opts.arch_every
 
-    def batched(device: torch.device) -> bool:
-        return opts.sample_pass == "batched" or (opts.sample_pass == "auto" and device.type == "cpu")
-
     def step(ctx) -> StepOutput:
         row = ctx.step % len(limits)
         out_metrics = {}
@@ -95,7 +92,7 @@ def search_step(
             smallest = kd_loss(_run_subnet(net, net.smallest(), ctx.x, ctx), teacher)
             ctx.backward(smallest / (1 + samples))
             loss = smallest if loss is None else loss  # what the step reports without a largest pass
-            if len(shares) > 1 and batched(ctx.device):  # the i-th sample of every budget in one masked pass
+            if len(shares) > 1 and opts.sample_pass == "batched":  # the i-th sample of every budget in one masked pass
                 for i in range(samples):
                     net.set_hard_rows(drawn[i::samples])
                     out = ctx.model(ctx.x)
