@@ -31,6 +31,7 @@ from netfit.space.spider import (
     random_arch,
     split_edge,
 )
+from netfit.trainfree import metric_batch, unsaturated_span
 
 FAST = {"epochs": 1, "seed_epochs": 1, "progress": False, "train": {"batch_size": 128}}
 TINY = {
@@ -210,8 +211,13 @@ class _Data:
 @pytest.mark.parametrize("metric", ["params", "memory_bytes"])
 def test_hardware_rule_rejects_splits_that_break_the_budget(tmp_path, monkeypatch, metric):
     # every split passes the metric rule here (fake scores), so only the budget decides
-    calls = iter(range(100))
-    monkeypatch.setattr(spider_module, "score", lambda *a, **k: {"ntk_cond": 1.0, "linear_regions": next(calls)})
+    calls, spans = iter(range(100)), []
+
+    def fake_score(*args, span, **kwargs):
+        spans.append(span)
+        return {"ntk_cond": 1.0, "linear_regions": next(calls)}
+
+    monkeypatch.setattr(spider_module, "score", fake_score)
     run, method = _run(tmp_path), SpiderNetSearch(mutation_candidates=3, **{"channels": 4, "reductions": 1})
     net = tiny_net()
     current = run.measure(plain_network(net), metric)
@@ -222,6 +228,8 @@ def test_hardware_rule_rejects_splits_that_break_the_budget(tmp_path, monkeypatc
     events = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     scored = [e for e in events if e["event"] == "spider-mutation"]
     assert len(scored) == 3 and all(e["metrics_ok"] and not e["fits"] for e in scored)
+    # the base and every trial counted regions at one span, the one at which the base's count can still rise
+    assert set(spans) == {scored[0]["region_span"]} == {unsaturated_span(net, metric_batch(_Data(), 16, seed=0))}
     grown, applied = method._mutate(net, _Data(), run, 1, measure, limit=float("inf"))
     assert len(applied) == 1 and sum(len(c.nodes) for c in grown.cells) == sum(len(c.nodes) for c in net.cells) + 1
 

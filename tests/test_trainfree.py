@@ -11,7 +11,7 @@ from netfit.cli import main
 from netfit.errors import NetfitError
 from netfit.export import save_model
 from netfit.models import create_model
-from netfit.trainfree import activation_patterns, linear_regions, ntk_condition_number, score_path
+from netfit.trainfree import activation_patterns, linear_regions, ntk_condition_number, score_path, unsaturated_span
 
 KINKS = [-0.8, -0.3, 0.1, 0.5, 0.9]
 
@@ -62,6 +62,17 @@ def test_linear_regions_of_a_1d_relu_net(model):
     assert linear_regions(model, ends, points=1000, span=0.5) == 3  # [-1, 0] holds the kinks at -0.8 and -0.3
     two_segments = torch.tensor([[-1.0], [1.0], [0.2], [0.3]])  # the second segment crosses no kink
     assert linear_regions(model, two_segments, points=1000, span=1.0) == len(KINKS) + 1 + 1
+
+
+def test_unsaturated_span_halves_until_the_count_can_rise():
+    """Along [-1, 1] at 4 points every step crosses a kink (4 of at most 4): the count cannot rise. Half the span
+    ([-1, 0]) still crosses in 2 of 3 steps; a quarter ([-1, -0.5]) crosses -0.8 only: 2, half the maximum."""
+    net, ends = kinked_1d_net(), torch.tensor([[-1.0], [1.0]])
+    assert linear_regions(net, ends, points=4, span=1.0) == 4
+    assert linear_regions(net, ends, points=4, span=0.5) == 3
+    span = unsaturated_span(net, ends, points=4, span=1.0)
+    assert span == 0.25 and linear_regions(net, ends, points=4, span=span) == 2
+    assert unsaturated_span(net, ends, points=4, span=0.25) == 0.25  # unsaturated already: kept
 
 
 def test_activation_patterns_and_no_relu():

@@ -46,7 +46,7 @@ from ..space.spider import (
     reset_gate_counts,
     split_edge,
 )
-from ..trainfree import metric_batch, score
+from ..trainfree import metric_batch, score, unsaturated_span
 from .base import METHODS, Candidate, Seed, Target
 from .common import cost_fn, finetune
 
@@ -237,7 +237,8 @@ class SpiderNetSearch:
         """Score ``mutation_candidates`` random edge splits and apply up to ``mutations`` accepted ones."""
         rng = run.rng(f"spider-mutate-{k}")
         x = metric_batch(data, self.metric_samples, seed=run.seed * 1009 + k, device=run.device)
-        base = score(net, x, param_filter=is_weight)
+        span = unsaturated_span(net, x)  # one span for the base and every trial: their counts compare
+        base = score(net, x, param_filter=is_weight, span=span)
         edges = [(i, key) for i, cell in enumerate(net.cells) for key in cell.edges]
         drawn = rng.choice(len(edges), size=min(self.mutation_candidates, len(edges)), replace=False)
         records = []
@@ -245,7 +246,7 @@ class SpiderNetSearch:
             cell, key = edges[int(index)]
             split_seed = int(rng.integers(2**31))
             trial = self._split(copy.deepcopy(net), cell, key, split_seed)
-            metrics = score(trial, x, param_filter=is_weight)
+            metrics = score(trial, x, param_filter=is_weight, span=span)
             cost = measure(plain_network(trial))
             record = {
                 "cell": cell,
@@ -255,6 +256,7 @@ class SpiderNetSearch:
                 "base_ntk_cond": _finite_or_none(base["ntk_cond"]),
                 "linear_regions": metrics["linear_regions"],
                 "base_linear_regions": base["linear_regions"],
+                "region_span": span,
                 "budget_value": cost,
                 "metrics_ok": metrics["ntk_cond"] <= base["ntk_cond"]
                 and metrics["linear_regions"] > base["linear_regions"],
