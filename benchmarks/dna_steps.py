@@ -77,9 +77,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     env = environment()
     rows = measure(args)
-    name = f"dna_steps_{Path(args.data).stem}_{args.model}" + (
-        f"_{args.name}" if args.name else ""
-    )  # data: a name or file
+    stem = Path(args.data).stem  # data: a built-in name or a file
+    name = f"dna_steps_{stem}_{args.model}" + (f"_{args.name}" if args.name else "")
     write_results(name, {"benchmark": "dna_steps", "settings": vars(args), "environment": env, "rows": rows},
                   to_markdown(args, rows, env))  # fmt: skip
     print(to_markdown(args, rows, env))
