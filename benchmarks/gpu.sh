@@ -7,8 +7,12 @@
 #    (default 480) after the start; dnad's seeds are then read back (--collect: an interrupted seed keeps what it
 #    finished) with their supernet step times on 3x32x32 input too.
 # Every results file written here and every log go into OUTDIR/gpu_results.tar.gz. SMOKE=1 shrinks every setting
-# to a few seconds (digits data, 1 epoch, CPU allowed): a dry run of this script, not a measurement.
+# to a few seconds (digits data, 1 epoch, CPU allowed): a dry run of this script, not a measurement. JOBS picks
+# what runs (default "steps blockwise spider tau dnad"); what one H200 did in 8 minutes (2026-12-04): steps 1 min,
+# blockwise's ranking 4 min per seed, spider's compare 5-6 min per seed; tau and dnad did not finish (docs).
 set -u
+JOBS=" ${JOBS:-steps blockwise spider tau dnad} "
+want() { [[ $JOBS == *" $1 "* ]]; }
 OUT=${1:?usage: gpu.sh OUTDIR [SECONDS]}
 SECONDS_TOTAL=${2:-480}
 start=$(date +%s)
@@ -50,9 +54,11 @@ steps() { # NAME MODEL BUDGETS... : one dna_steps table
     --variant "arch every 2" arch_every=2 >"$LOGS/dna_steps_${model}_$name.log" 2>&1
   echo "dna_steps $model $name: rc $?"
 }
-steps gpu_condense resnet18_cifar 50 25 10
-steps gpu_suite_budgets resnet18_cifar 50 25 10 5 2 1 150
-steps gpu_suite_budgets mobilenetv2 50 25 10 5 2 1 150
+if want steps; then
+  steps gpu_condense resnet18_cifar 50 25 10
+  steps gpu_suite_budgets resnet18_cifar 50 25 10 5 2 1 150
+  steps gpu_suite_budgets mobilenetv2 50 25 10 5 2 1 150
+fi
 
 # -- 2. the MNIST-10k runs, side by side: under CUDA MPS where it starts (the processes' many small kernels then
 # share the GPU instead of taking turns), else plainly
@@ -78,16 +84,16 @@ DNAD_ARGS=(--data $DATA --model resnet18_cifar --width 0.25 --budgets 50 25 10 -
   --optimizer adamw --grad-clip 5 -x warmup_epochs 1 -x lr 0.003 -x arch_lr 3.0 -x gamma0 0.01 -x gamma_max 0.3
   -x phi 1.3 -x k 0.9 -x n_max 1.0 -x t_max 6 -x mu0 10.0 --root "$work/dnad")
 for s in $SEEDS; do
-  job blockwise_s$s $PY -m benchmarks.blockwise --data $DATA --model resnet18_cifar --width 0.25 --budgets $BUDGETS_BW \
-    --seeds $s --seed-epochs $SEED_EPOCHS --block-epochs $BLOCK_EPOCHS --epochs $EPOCHS --archs $ARCHS --randoms 2 \
-    --root "$work/blockwise" --tag _gpu_s$s
-  job dnad_s$s $PY -m benchmarks.dnad "${DNAD_ARGS[@]}" --seeds $s --tag _gpu_s$s
-  job spider_s$s $PY -m benchmarks.spider compare --data $DATA --model cnn_small --budget 50% --seeds $s \
-    --seed-epochs $SEED_EPOCHS --epochs $SPIDER_EPOCHS --iterations $SPIDER_ITERS --dna --dna-search-epochs $DNA_SEARCH \
-    --root "$work/spider" --tag _gpu_p$s
+  want blockwise && job blockwise_s$s $PY -m benchmarks.blockwise --data $DATA --model resnet18_cifar --width 0.25 \
+    --budgets $BUDGETS_BW --seeds $s --seed-epochs $SEED_EPOCHS --block-epochs $BLOCK_EPOCHS --epochs $EPOCHS \
+    --archs $ARCHS --randoms 2 --root "$work/blockwise" --tag _gpu_s$s
+  want dnad && job dnad_s$s $PY -m benchmarks.dnad "${DNAD_ARGS[@]}" --seeds $s --tag _gpu_s$s
+  want spider && job spider_s$s $PY -m benchmarks.spider compare --data $DATA --model cnn_small --budget 50% \
+    --seeds $s --seed-epochs $SEED_EPOCHS --epochs $SPIDER_EPOCHS --iterations $SPIDER_ITERS --dna \
+    --dna-search-epochs $DNA_SEARCH --root "$work/spider" --tag _gpu_p$s
 done
-job spider_tau $PY -m benchmarks.spider tau --data $DATA --model cnn_small --networks $NETWORKS --epochs 6 \
-  --grad-clip 5 --tag _gpu --root "$work/spider_tau"
+want tau && job spider_tau $PY -m benchmarks.spider tau --data $DATA --model cnn_small --networks $NETWORKS \
+  --epochs 6 --grad-clip 5 --tag _gpu --root "$work/spider_tau"
 wait
 if [ $mps = 1 ]; then
   echo quit | nvidia-cuda-mps-control
@@ -95,7 +101,7 @@ if [ $mps = 1 ]; then
 fi
 echo "side by side done after $(($(date +%s) - start)) s"
 for s in $SEEDS; do # read back what each dnad seed finished, with the CIFAR-shaped step times
-  timeout 90 $PY -m benchmarks.dnad "${DNAD_ARGS[@]}" --seeds $s --tag _gpu_s$s --collect --timing-shape 3 32 32 \
+  want dnad && timeout 90 $PY -m benchmarks.dnad "${DNAD_ARGS[@]}" --seeds $s --tag _gpu_s$s --collect --timing-shape 3 32 32 \
     >"$LOGS/dnad_collect_s$s.log" 2>&1 &
 done
 wait
