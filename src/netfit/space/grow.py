@@ -82,6 +82,11 @@ def widen(
     return remap_channels(model, groups, index, outgoing)
 
 
+def _added_blocks(depths: Sequence[int], fraction: float) -> list[int]:
+    """The blocks ``deepen`` appends to stages of ``depths`` blocks: ``ceil(fraction * blocks)`` each."""
+    return [math.ceil(fraction * n) for n in depths]
+
+
 def deepen(model: nn.Module, fraction: float) -> tuple[nn.Module, list[int]]:
     """Append ``ceil(fraction * blocks)`` identity-initialised copies of each stage's last block.
 
@@ -92,8 +97,8 @@ def deepen(model: nn.Module, fraction: float) -> tuple[nn.Module, list[int]]:
         raise NetfitError("depth growth needs a staged model: a built-in one or a user model with residual blocks")
     arch = arch_of(model)
     seed_depths = [len(s["blocks"]) for s in arch["stages"]]
-    for stage, n in zip(arch["stages"], seed_depths):
-        stage["blocks"] += [copy.deepcopy(stage["blocks"][-1]) for _ in range(math.ceil(fraction * n))]
+    for stage, extra in zip(arch["stages"], _added_blocks(seed_depths, fraction)):
+        stage["blocks"] += [copy.deepcopy(stage["blocks"][-1]) for _ in range(extra)]
     deeper = build_model(arch).to(next(model.parameters()).device)
     inherit_weights(deeper, model)
     for stage, n in zip(deeper.stages, seed_depths):
@@ -154,7 +159,7 @@ def deepen_to_fit(
     best = (0.0, model, cost(model))
     depths, added = [len(s) for s in model.stages], None
     for q in range(1, options + 1):
-        blocks = [math.ceil(q / options * n) for n in depths]  # what ``deepen`` appends per stage
+        blocks = _added_blocks(depths, q / options)
         if blocks != added:  # several fractions round to the same network: build and measure it once
             added = blocks
             deeper, _ = deepen(model, q / options)
