@@ -7,6 +7,7 @@ import json
 import math
 import platform
 import statistics
+import time
 from pathlib import Path
 
 import torch
@@ -84,3 +85,17 @@ def write_results(name: str, payload: dict, markdown: str, out: Path = RESULTS) 
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(payload, indent=2))
     (out / f"{name}.md").write_text(markdown)
+
+
+def median_seconds(fn, repeats: int, cuda: bool = False) -> float:
+    """Median wall seconds of ``fn`` after one warm-up (on CUDA, the queued kernels included)."""
+    sync = torch.cuda.synchronize if cuda else lambda: None
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)

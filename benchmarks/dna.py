@@ -16,7 +16,6 @@ import itertools
 import json
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +31,16 @@ from netfit.methods.dna import DNA
 from netfit.space.elastic import ElasticNet
 from netfit.space.grow import grow
 
-from .common import RESULTS, environment, epoch_seconds, log_events, mean_std, seed_network, write_results
+from .common import (
+    RESULTS,
+    environment,
+    epoch_seconds,
+    log_events,
+    mean_std,
+    median_seconds,
+    seed_network,
+    write_results,
+)
 
 METHODS = ("dna", "uniform", "random")
 LEGACY = {"baseline_epochs": None, "dna_option": [], "name": ""}  # settings older result files lack
@@ -187,26 +195,12 @@ def step_ratios(
         }
         cuda = torch.device(device).type == "cuda"
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-            seconds = {name: _median_seconds(fn, repeats, cuda) for name, fn in timings.items()}
+            seconds = {name: median_seconds(fn, repeats, cuda) for name, fn in timings.items()}
         seconds["dna_search_step"] /= method.arch_every
     finally:
         net.detach()
     ratios = {name: round(value / seconds["dense_seed"], 3) for name, value in seconds.items()}
     return ratios | ({"dense_seed_ms": round(1e3 * seconds["dense_seed"], 3)} if cuda else {})
-
-
-def _median_seconds(fn, repeats: int, cuda: bool = False) -> float:
-    """Median wall seconds of ``fn`` after one warm-up (on CUDA, the queued kernels included)."""
-    sync = torch.cuda.synchronize if cuda else lambda: None
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _span(events: list[dict], clock: str) -> float:

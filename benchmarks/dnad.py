@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +31,15 @@ from netfit.methods.dnad import DEFAULT_OPS, SNAPSHOT_FILE
 from netfit.models import build_model
 from netfit.space.darts import build_supernet, random_genotype
 
-from .common import dna_finetune_epochs, environment, mean_std, merge_runs, seed_network, write_results
+from .common import (
+    dna_finetune_epochs,
+    environment,
+    mean_std,
+    median_seconds,
+    merge_runs,
+    seed_network,
+    write_results,
+)
 
 
 def _options(args: argparse.Namespace) -> dict:
@@ -82,20 +88,16 @@ def supernet_step_seconds(
     opt = torch.optim.AdamW(net.parameters(), lr=5e-4)
     x = torch.randn(args.batch_size, *shape, device=device)
     y = torch.randint(0, 10, (args.batch_size,), device=device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
-    times = []
-    for _ in range(repeats + 1):
-        sync()
-        started = time.perf_counter()
+
+    def step() -> None:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             s = net.sparsity()
             loss = F.cross_entropy(net(x), y) * (1 + 0.01 * s) + 0.001 * s
         loss.backward()
         opt.step()
         opt.zero_grad()
-        sync()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times[1:])  # the first step allocates
+
+    return median_seconds(step, repeats, device.type == "cuda")  # its warm-up step allocates
 
 
 def _scratch(args: argparse.Namespace) -> int:
