@@ -176,9 +176,40 @@ def test_expected_cost_agrees_with_the_cost_model(name):
     # the expectation at saturated probabilities is the largest network's cost, and it is differentiable
     width = torch.full((net.num_width_logits,), 30.0, requires_grad=True)
     expected = net.expected_cost(width, torch.full((net.num_depth_logits,), 30.0))
-    assert float(expected["macs"]) == pytest.approx(count_cost(net.model, net.input_shape).macs, rel=1e-4)
+    assert float(expected["macs"].detach()) == pytest.approx(count_cost(net.model, net.input_shape).macs, rel=1e-4)
     (-expected["macs"]).backward()
     assert width.grad is not None and torch.isfinite(width.grad).all()
+
+
+@pytest.mark.parametrize("name", ["resnet18_cifar", "mobilenetv2_cifar"])
+def test_expected_cost_of_rows_is_each_rows_cost(name):
+    """The search asks for every budget's expected cost in one batched call: each row's value and gradient are
+    what a call for that row alone gives, and at 0/1 probabilities the row's cost is its architecture's."""
+    net = _elastic(name)
+    measure_table(net, _layer_timer)
+    gen = torch.Generator().manual_seed(2)
+    width = torch.randn(3, net.num_width_logits, generator=gen).requires_grad_()
+    depth = torch.randn(3, net.num_depth_logits, generator=gen).requires_grad_()
+    rows = net.expected_cost(width, depth)
+    alone = [net.expected_cost(width[r], depth[r]) for r in range(3)]
+    for metric in net.metrics:
+        assert rows[metric].shape == (3,)
+        torch.testing.assert_close(rows[metric], torch.stack([a[metric] for a in alone]))
+    grads = torch.autograd.grad(rows["macs"].log().sum(), (width, depth))
+    separate = torch.autograd.grad(sum(a["macs"].log() for a in alone), (width, depth))
+    for got, want in zip(grads, separate):
+        torch.testing.assert_close(got, want)
+    arch = net.sample(width[0].detach(), depth[0].detach(), gen)
+
+    def chain(lengths, kept):  # logits that keep the first ``kept`` of each chain with probability ~1
+        return torch.cat([torch.where(torch.arange(n) < k, 30.0, -30.0) for n, k in zip(lengths, kept)])
+
+    saturated = chain([n - 1 for n in net.num_units], [k - 1 for k in arch.units])
+    skippable = [d - m for d, m in zip(net.depths, net.min_depths)]
+    kept = chain(skippable, [k - m for k, m in zip(arch.depths, net.min_depths)])
+    expected = net.expected_cost(torch.stack([saturated] * 2), torch.stack([kept] * 2))
+    for metric, value in net.cost(arch).items():
+        assert float(expected[metric][1]) == pytest.approx(value, rel=1e-4)
 
 
 def _layer_timer(module: nn.Module, shape) -> float:

@@ -68,7 +68,9 @@ def search_step(
                 shares = _batch_shares(range(len(limits)) if split_batch else turn, len(ctx.y))
                 # every budget's expected network on its share, in one pass (per-sample gates)
                 net.set_soft_rows([(arch.width[r], arch.depth[r], part) for r, part in shares])
-                expected = [net.expected_cost(arch.width[r], arch.depth[r])[metrics[r]] for r, _ in shares]
+                rows = [r for r, _ in shares]
+                costs = net.expected_cost(arch.width[rows], arch.depth[rows])  # every row's metrics at once
+                expected = [costs[metrics[r]][i] for i, r in enumerate(rows)]
                 budgets = [dead_zone_loss(e, limits[r]) for e, (r, _) in zip(expected, shares)]
                 budget_loss = sum(_fraction(part, ctx.y) * b for (_, part), b in zip(shares, budgets))
                 ctx.backward(F.cross_entropy(ctx.model(ctx.x), ctx.y) + cost_weight * budget_loss)

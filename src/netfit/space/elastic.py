@@ -26,10 +26,9 @@ so for a 0/1 architecture it equals the counted cost of the materialised network
 from __future__ import annotations
 
 import copy
-import math
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -39,12 +38,11 @@ from torch.func import functional_call
 from ..cost import count_cost
 from ..models import StagedNet
 from .blocks import stage_blocks
+from .cost_formula import CostFormula, CostLayer, layer_channels, trace_layers
 from .latency_table import LatencyTable
 from .layers import BATCH_NORMS, CONVS, dim_size
 from .prune import sliced_view
 from .subnet import SubnetSpace
-
-_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm)
 
 
 @dataclass
@@ -53,23 +51,6 @@ class Arch:
 
     units: list[int]
     depths: list[int] | None = None
-
-
-@dataclass
-class _Layer:
-    """One conv/linear/norm layer as the cost model sees it: cost = macs_coef * C_in * C_out (+ params)."""
-
-    kind: str  # "dense" (conv/linear), "depthwise" (cost ~ C) or "norm" (2 params per channel)
-    macs_coef: float
-    params_coef: float
-    bias: bool
-    ins: list[tuple[int, int]] = field(default_factory=list)  # (gate, repeat) feeding the input dim
-    in_fixed: int = 0
-    outs: list[tuple[int, int]] = field(default_factory=list)
-    out_fixed: int = 0
-    block: int | None = None  # index of the skippable block holding the layer
-    module: str = ""  # its name in the model
-    in_shape: tuple[int, ...] = ()  # one sample's input shape in the supernet
 
 
 class ElasticNet:
@@ -104,7 +85,8 @@ class ElasticNet:
             torch.repeat_interleave(torch.arange(len(b) - 1), torch.as_tensor(b).diff()) for b in self.unit_bounds
         ]
         self.blocks, self.min_depths = self._skippable_blocks(min_depths)
-        self.layers = self._layers()
+        self.layers = trace_layers(model, self.input_shape, self.space.groups, self.gate_of, self.blocks)
+        self.formula = CostFormula(self.layers, len(self.gated))
         self.latency_table: LatencyTable | None = None  # set by ``latency_table.measure_table``
         self._consumers = self._consumer_entries()
         full = count_cost(model, self.input_shape)
@@ -152,20 +134,23 @@ class ElasticNet:
         return len(self.blocks)
 
     def _chains(self, logits: torch.Tensor, width: bool) -> list[torch.Tensor]:
-        """The flat logits split into one chain of conditional keep probabilities per gate (or stage)."""
+        """The flat logits (..., n) split into one chain of conditional keep probabilities per gate (or stage)."""
         if width:
             lengths = [n - 1 for n in self.num_units]
         else:
             lengths = [d - m for d, m in zip(self.depths or [], self.min_depths)]
-        return list(torch.sigmoid(logits).split(lengths))
+        return list(torch.sigmoid(logits).split(lengths, dim=-1))
 
     def unit_probs(self, logits: torch.Tensor) -> list[torch.Tensor]:
-        """P(width >= u) for u = 0..U-1 of every gate, from the flat width logits (one per unit after the first)."""
-        return [torch.cat([c.new_ones(1), c.cumprod(0)]) for c in self._chains(logits, width=True)]
+        """P(width >= u) for u = 0..U-1 of every gate, from the flat width logits (one per unit after the first);
+        logits of shape (R, n) give (R, U) per gate."""
+        return [torch.cat([c.new_ones(*c.shape[:-1], 1), c.cumprod(-1)], -1) for c in self._chains(logits, width=True)]
 
-    def block_probs(self, logits: torch.Tensor) -> list[torch.Tensor]:
-        """P(block kept) of every skippable block (in ``self.blocks`` order), from the flat depth logits."""
-        return [p for c in self._chains(logits, width=False) for p in c.cumprod(0).unbind()]
+    def block_probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """P(block kept) of every skippable block (in ``self.blocks`` order), from the flat depth logits: shape
+        (blocks,), or (R, blocks) for logits of shape (R, n)."""
+        chains = self._chains(logits, width=False)
+        return torch.cat([c.cumprod(-1) for c in chains], -1) if chains else logits.new_zeros(*logits.shape[:-1], 0)
 
     def sample(self, width_logits: torch.Tensor, depth_logits: torch.Tensor, gen: torch.Generator) -> Arch:
         """Draw an architecture from the Markov chains (each unit/block kept only if the previous one is)."""
@@ -199,50 +184,44 @@ class ElasticNet:
         return ("macs", "params", "latency_ms") if self.latency_table else ("macs", "params")
 
     def cost(self, arch: Arch | None = None, probs: tuple | None = None, calibrated: bool = True) -> dict:
-        """Every metric of ``metrics`` for a 0/1 ``arch``, or its expectation under ``probs`` = (unit_probs,
-        block_probs)."""
+        """Every metric of ``metrics`` for a 0/1 ``arch`` (floats), or its expectation under ``probs`` =
+        (unit_probs, block_probs) (tensors; of shape (R,) for probabilities batched over R rows)."""
         if arch is not None:
             return self.cost_at(self.widths(arch), arch.depths, calibrated)
         unit_p, keep = probs
-        width = [(p * torch.as_tensor(b).diff().to(p)).sum() for p, b in zip(unit_p, self.unit_bounds)]
+        diffs = [torch.as_tensor(b).diff().to(p) for p, b in zip(unit_p, self.unit_bounds)]
+        widths = [(p * d).sum(-1) for p, d in zip(unit_p, diffs)]
+        width = torch.stack(widths, -1) if widths else keep.new_zeros(*keep.shape[:-1], 0)
+        if width.dim() == 1:
+            return {k: v[0] for k, v in self._cost(width[None], keep[None], calibrated).items()}
         return self._cost(width, keep, calibrated)
 
     def cost_at(self, widths: dict[int, int], depths: Sequence[int] | None, calibrated: bool = True) -> dict:
         """MACs and params of the network with ``widths`` channels per group id and ``depths`` blocks per stage."""
-        return self._cost([float(widths[g.id]) for g in self.gated], self._keep(depths), calibrated)
+        width = torch.tensor([[float(widths[g.id]) for g in self.gated]], dtype=torch.float64)
+        keep = torch.tensor([self._keep(depths)], dtype=torch.float64)
+        return {k: float(v[0]) for k, v in self._cost(width, keep, calibrated).items()}
 
     def _keep(self, depths: Sequence[int] | None) -> list[float]:
         return [float(j < depths[s]) for s, j in self.blocks] if depths else [1.0] * len(self.blocks)
 
     @staticmethod
-    def layer_channels(layer: _Layer, width: Sequence) -> tuple:
-        """A layer's input and output channels when gated group i keeps ``width[i]`` channels."""
-        cin = layer.in_fixed + sum(width[g] * r for g, r in layer.ins)
-        cout = layer.out_fixed + sum(width[g] * r for g, r in layer.outs)
-        return cin, cout
+    def layer_channels(layer: CostLayer, width: Sequence) -> tuple:
+        return layer_channels(layer, width)
 
-    def _cost(self, width: list, keep: list, calibrated: bool) -> dict:
-        macs = params = 0.0
+    def _cost(self, width: torch.Tensor, keep: torch.Tensor, calibrated: bool) -> dict[str, torch.Tensor]:
+        """The metrics of R rows of widths (R, gates) and block keeps (R, blocks)."""
         table = self.latency_table
-        latency = 0.0
-        for layer, timed in zip(self.layers, table.coefs if table else [None] * len(self.layers)):
-            cin, cout = self.layer_channels(layer, width)
-            scale = keep[layer.block] if layer.block is not None else 1.0
-            if layer.kind == "norm":
-                params = params + scale * layer.params_coef * cout
-                continue
-            channels = cout if layer.kind == "depthwise" else cin * cout
-            macs = macs + scale * layer.macs_coef * channels
-            params = params + scale * (layer.params_coef * channels + (cout if layer.bias else 0))
-            if timed is not None:
-                latency = latency + scale * (timed[0] + timed[1] * channels)
-        offset = self.offset if calibrated else {"macs": 0, "params": 0}
-        cost = {"macs": macs + offset["macs"], "params": params + offset["params"]}
-        if "latency_ms" in self.metrics:
+        cost = self.formula(width, keep, table.coefs if table else None)
+        latency = cost.pop("latency", None)
+        if calibrated:
+            cost = {"macs": cost["macs"] + self.offset["macs"], "params": cost["params"] + self.offset["params"]}
+        if latency is not None:
             cost["latency_ms"] = table.offset + table.scale * latency if calibrated else latency
         return cost
 
     def expected_cost(self, width_logits: torch.Tensor, depth_logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The expected metrics under the width and depth logits; rows of (R, n) logits give (R,) tensors."""
         return self.cost(probs=(self.unit_probs(width_logits), self.block_probs(depth_logits)))
 
     # ----- gating
@@ -262,28 +241,27 @@ class ElasticNet:
         """Soft gates per share of the batch: ``rows`` holds (width logits, depth logits, batch slice) with
         consecutive slices covering the batch. One gated pass then computes what a ``set_soft`` pass per share
         computes (same outputs and gradients: each share's batch norms use that share's statistics)."""
-        units = [self.unit_probs(w) for w, _, _ in rows]
-        blocks = [torch.stack(self.block_probs(d)) for _, d, _ in rows] if self.blocks else None
+        units = self.unit_probs(torch.stack([w for w, _, _ in rows]))
+        blocks = self.block_probs(torch.stack([d for _, d, _ in rows])) if self.blocks else None
         self._set_rows(units, blocks, [part for _, _, part in rows])
 
     def set_hard_rows(self, rows: Sequence[tuple[Arch, slice]]) -> None:
         """0/1 gates per share of the batch: one masked pass computes what a ``set_hard`` pass per share does."""
-        units = [[(torch.arange(len(b) - 1) < k).float() for k, b in zip(a.units, self.unit_bounds)] for a, _ in rows]
+        kept = torch.tensor([a.units for a, _ in rows])  # (rows, gates)
+        units = [(torch.arange(len(b) - 1) < kept[:, i, None]).float() for i, b in enumerate(self.unit_bounds)]
         blocks = None
         if self.blocks:
-            blocks = [torch.tensor([float(j < a.depths[s]) for s, j in self.blocks]) for a, _ in rows]
+            blocks = torch.tensor([[float(j < a.depths[s]) for s, j in self.blocks] for a, _ in rows])
         self._set_rows(units, blocks, [part for _, part in rows])
 
-    def _set_rows(self, units: list[list[torch.Tensor]], blocks: list[torch.Tensor] | None, parts: list[slice]) -> None:
-        """Per-sample gates from each row's per-gate unit keep values and block keep values."""
+    def _set_rows(self, units: list[torch.Tensor], blocks: torch.Tensor | None, parts: list[slice]) -> None:
+        """Per-sample gates from each gate's unit keep values (rows, units) and the block keep values (rows,
+        blocks), row r covering the samples of ``parts[r]``."""
         device = _device(self.model)
         lengths = torch.tensor([part.stop - part.start for part in parts], device=device)
         sample_row = torch.repeat_interleave(torch.arange(len(parts), device=device), lengths)
-        self._masks = [
-            torch.stack([u[i] for u in units]).to(device)[:, self.unit_index[i].to(device)][sample_row]
-            for i in range(len(self.gated))
-        ]
-        self._block_gates = list(torch.stack(blocks).to(device)[sample_row].unbind(1)) if blocks else None
+        self._masks = [u.to(device)[:, self.unit_index[i].to(device)][sample_row] for i, u in enumerate(units)]
+        self._block_gates = list(blocks.to(device)[sample_row].unbind(1)) if blocks is not None else None
         self._shares = parts if len(parts) > 1 else None
 
     def set_soft(self, width_logits: torch.Tensor, depth_logits: torch.Tensor) -> None:
@@ -415,50 +393,6 @@ class ElasticNet:
         blocks = [(s, j) for s, stage in enumerate(self.model.stages) for j in range(mins[s], len(stage))]
         return blocks, mins
 
-    def _layers(self) -> list[_Layer]:
-        members: dict[tuple[str, str], list[tuple[int | None, int, int]]] = {}
-        for g in self.space.groups:
-            for m in g.members:
-                gate = self.gate_of.get(g.id)
-                members.setdefault((m.module, m.role), []).append((gate, g.size * m.repeat, m.repeat))
-        shapes, in_shapes = _io_shapes(self.model, self.input_shape)
-        block_of = {f"stages.{s}.{j}.": k for k, (s, j) in enumerate(self.blocks)}
-        layers = []
-        for name, module in self.model.named_modules():
-            if name not in shapes or not isinstance(module, (*CONVS, nn.Linear, *_NORMS)):
-                continue
-            block = next((k for prefix, k in block_of.items() if name.startswith(prefix)), None)
-            if isinstance(module, _NORMS):
-                if not any(p.requires_grad for p in module.parameters(recurse=False)):
-                    continue
-                layer = _Layer("norm", 0.0, 2.0 if module.bias is not None else 1.0, False, block=block)
-                _fill(layer, "out", members.get((name, "norm"), []), dim_size(module, "norm"))
-                layers.append(layer)
-                continue
-            out = shapes[name]
-            conv = isinstance(module, CONVS)
-            cout = module.out_channels if conv else module.out_features
-            positions = out.numel() / cout
-            kernel = math.prod(module.kernel_size) if conv else 1
-            depthwise = (name, "dw") in members
-            groups = module.groups if conv and not depthwise else 1
-            layer = _Layer(
-                "depthwise" if depthwise else "dense",
-                positions * kernel / groups,
-                kernel / groups,
-                module.bias is not None,
-                block=block,
-                module=name,
-                in_shape=in_shapes[name],
-            )
-            if depthwise:
-                _fill(layer, "out", members[(name, "dw")], cout)
-            else:
-                _fill(layer, "in", members.get((name, "in"), []), dim_size(module, "in"))
-                _fill(layer, "out", members.get((name, "out"), []), cout)
-            layers.append(layer)
-        return layers
-
     def _consumer_entries(self) -> dict[str, tuple]:
         modules = dict(self.model.named_modules())
         entries: dict[str, list] = {}
@@ -485,15 +419,6 @@ class _Restore:
         self.block.__dict__.pop("forward", None)
 
 
-def _fill(layer: _Layer, side: str, parts: list[tuple[int | None, int, int]], size: int) -> None:
-    gated = [(g, r) for g, _, r in parts if g is not None]
-    fixed = size - sum(span for g, span, _ in parts if g is not None)
-    if side == "in":
-        layer.ins, layer.in_fixed = gated, fixed
-    else:
-        layer.outs, layer.out_fixed = gated, fixed
-
-
 def _unit_bounds(size: int, units: int) -> list[int]:
     n = max(1, min(units, size))
     return [round(i * size / n) for i in range(n + 1)]
@@ -514,29 +439,3 @@ def _tensor_names(model: nn.Module) -> list[str]:
 
 def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
-
-
-def _io_shapes(model: nn.Module, input_shape: Sequence[int]) -> tuple[dict[str, torch.Size], dict[str, tuple]]:
-    """Output shapes (with batch 1) and one-sample input shapes of the conv/linear/norm layers."""
-    shapes: dict[str, torch.Size] = {}
-    in_shapes: dict[str, tuple] = {}
-
-    def record(name: str):
-        def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
-            shapes.setdefault(name, out.shape)
-            in_shapes.setdefault(name, tuple(args[0].shape[1:]))
-
-        return hook
-
-    handles = [
-        m.register_forward_hook(record(name))
-        for name, m in model.named_modules()
-        if isinstance(m, (*CONVS, nn.Linear, *_NORMS))
-    ]
-    try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(1, *input_shape, device=_device(model)))
-    finally:
-        for h in handles:
-            h.remove()
-    return shapes, in_shapes
