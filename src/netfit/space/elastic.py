@@ -89,6 +89,7 @@ class ElasticNet:
         self.formula = CostFormula(self.layers, len(self.gated))
         self.latency_table: LatencyTable | None = None  # set by ``latency_table.measure_table``
         self._consumers = self._consumer_entries()
+        self._unit_index_device: tuple[torch.device, list[torch.Tensor]] | None = None
         full = count_cost(model, self.input_shape)
         formula = self.cost(self.largest(), calibrated=False)
         self.offset = {"macs": full.macs - formula["macs"], "params": full.params - formula["params"]}
@@ -231,11 +232,18 @@ class ElasticNet:
     def set_hard(self, arch: Arch) -> None:
         self._shares = None
         device = _device(self.model)
+        index = self._unit_index_on(device)
         self._masks = [
-            None if k == len(idx_b) - 1 else (self.unit_index[i] < k).float().to(device)
+            None if k == len(idx_b) - 1 else (index[i] < k).float()
             for i, (k, idx_b) in enumerate(zip(arch.units, self.unit_bounds))
         ]
         self._block_gates = [None if j < arch.depths[s] else 0.0 for s, j in self.blocks] if arch.depths else None
+
+    def _unit_index_on(self, device: torch.device) -> list[torch.Tensor]:
+        """``unit_index`` on ``device``, copied there once (gates are set several times per step)."""
+        if self._unit_index_device is None or self._unit_index_device[0] != device:
+            self._unit_index_device = (device, [i.to(device) for i in self.unit_index])
+        return self._unit_index_device[1]
 
     def set_soft_rows(self, rows: Sequence[tuple[torch.Tensor, torch.Tensor, slice]]) -> None:
         """Soft gates per share of the batch: ``rows`` holds (width logits, depth logits, batch slice) with
@@ -260,14 +268,17 @@ class ElasticNet:
         device = _device(self.model)
         lengths = torch.tensor([part.stop - part.start for part in parts], device=device)
         sample_row = torch.repeat_interleave(torch.arange(len(parts), device=device), lengths)
-        self._masks = [u.to(device)[:, self.unit_index[i].to(device)][sample_row] for i, u in enumerate(units)]
+        units = torch.cat(units, 1).to(device).split(self.num_units, 1)  # one host-to-device copy, not one per gate
+        index = self._unit_index_on(device)
+        self._masks = [u[:, index[i]][sample_row] for i, u in enumerate(units)]
         self._block_gates = list(blocks.to(device)[sample_row].unbind(1)) if blocks is not None else None
         self._shares = parts if len(parts) > 1 else None
 
     def set_soft(self, width_logits: torch.Tensor, depth_logits: torch.Tensor) -> None:
         self._shares = None
         device = _device(self.model)
-        self._masks = [p.to(device)[self.unit_index[i].to(device)] for i, p in enumerate(self.unit_probs(width_logits))]
+        index = self._unit_index_on(device)
+        self._masks = [p.to(device)[index[i]] for i, p in enumerate(self.unit_probs(width_logits))]
         self._block_gates = list(self.block_probs(depth_logits)) if self.blocks else None
 
     def run_sliced(self, arch: Arch, x: torch.Tensor) -> torch.Tensor:
@@ -308,9 +319,10 @@ class ElasticNet:
         """Install the gates (forward pre-hooks on consumers, gated forwards on skippable blocks)."""
         if self._handles:
             return
-        modules = dict(self.model.named_modules())
-        for name, entries in self._consumers.items():
-            self._handles.append(modules[name].register_forward_pre_hook(self._input_gate(entries)))
+        modules, device = dict(self.model.named_modules()), _device(self.model)
+        for name, (dim, size, parts) in self._consumers.items():
+            parts = [(g, pos.to(device), rep) for g, pos, rep in parts]  # the hook then copies nothing per pass
+            self._handles.append(modules[name].register_forward_pre_hook(self._input_gate((dim, size, parts))))
         for k, (stage, j) in enumerate(self.blocks):
             block = self.model.stages[stage][j]
             block.forward = self._block_gate(block.forward, k)
