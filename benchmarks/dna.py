@@ -12,6 +12,7 @@ benchmarks/results/dna_<data>_<model>.{json,md}.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import statistics
@@ -28,6 +29,7 @@ from netfit.data import load_data
 from netfit.engine import StepContext, TrainConfig, fixed_batch_ids
 from netfit.export import load_model
 from netfit.methods.dna import DNA
+from netfit.methods.dna_step import choose_sample_pass
 from netfit.space.elastic import ElasticNet
 from netfit.space.grow import grow
 
@@ -161,6 +163,15 @@ def step_ratios(
     x = data.prepare(data.train.tensors[0][:batch_size], train=True).to(device)
     y = data.train.tensors[1][:batch_size].to(device)
     frozen = method._inplace_teacher(model)
+    cuda = torch.device(device).type == "cuda"
+    if method.sample_pass == "auto":  # chosen as the search chooses it, on this batch
+        net.attach()
+        try:
+            choice, seconds = choose_sample_pass(net, arch, x, method.samples, seed, torch.bfloat16 if cuda else None)
+        finally:
+            net.detach()
+        print(f"sample_pass=auto chose {choice}: {seconds}", flush=True)
+        method = dataclasses.replace(method, sample_pass=choice)
     step, steps_taken = method.step_fn(net, arch, limits, metrics, seed, frozen), itertools.count()
     ids = fixed_batch_ids(data, torch.arange(batch_size))
 
@@ -193,7 +204,6 @@ def step_ratios(
             "smallest_sliced": pass_of(grown, net.set_full, lambda inputs: net.run_sliced(net.smallest(), inputs)),
             "dna_search_step": search_steps,
         }
-        cuda = torch.device(device).type == "cuda"
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
             seconds = {name: median_seconds(fn, repeats, cuda) for name, fn in timings.items()}
         seconds["dna_search_step"] /= method.arch_every

@@ -29,20 +29,20 @@ from torch import nn
 from ..cost import measure
 from ..distill import CachedTeacher
 from ..engine import Callback, TrainConfig, evaluate
-from ..engine.distributed import barrier, is_main
+from ..engine.distributed import barrier, is_distributed, is_main
 from ..errors import BudgetInfeasibleError, NetfitError
 from ..fileio import atomic_write_text
 from ..space.blocks import stage_blocks
 from ..space.elastic import ElasticNet
 from ..space.grow import grow
 from ..space.latency_table import LatencyTable, measure_table
+from ..tuning import machine, remembered_choice
 from .base import METHODS, Candidate, Seed, Target
 from .common import cost_fn, finetune, from_scratch, inherited_accuracy
-from .dna_step import DEAD_ZONE, dead_zone_loss, search_step
+from .dna_step import DEAD_ZONE, SAMPLE_PASSES, choose_sample_pass, dead_zone_loss, search_step
 from .uniform import _slug
 
 KD_TEACHERS = ("seed", "largest", "best")
-SAMPLE_PASSES = ("batched", "sliced")
 INPLACE_TEACHERS = ("seed", "largest")
 MAX_GROW_WIDTH = 2.0  # the default growth's cap: a largest network of about 4x the seed
 
@@ -104,9 +104,10 @@ class DNA:
         sample_pass: how the budgets' sampled sub-networks run (``every_budget``): "sliced" (each on its share,
             on slices of the supernet's weights: its own MACs, but one pass and one sliced copy per budget),
             "batched" (all in one masked pass of the supernet with per-sample gates: one pass at the supernet's
-            MACs; same outputs and gradients; the default: cheaper on CPU and on an H200, where a masked pass cost
-            0.9-1.2x a dense step and a sliced one 1.4-1.8x before the per-sample cost of building its layers).
-            docs/methods/dna.md, "Costs and limits".
+            MACs; same outputs and gradients), or "auto" (the default): the faster of the two, timed once per
+            machine, network and settings and remembered (``netfit.tuning``). Which is faster depends on both:
+            batched on the mnist1d ResNets on CPU (0.05 s against 0.19 s per step) and on an H200, sliced on
+            the MNIST-10k ResNet-18 on CPU (0.29 s against 0.66 s). docs/methods/dna.md, "Costs and limits".
         latency_table: for latency budgets, search on a per-layer latency table measured on the budget's device
             and backend (``netfit.space.latency_table``); False: on MACs scaled by the seed's latency per MAC.
         finetune_warmup: the fraction of each fine-tune spent warming the learning rate up linearly from 0: the
@@ -146,7 +147,7 @@ class DNA:
     init_depth_logit: float = 0.0
     one_level: bool = True
     arch_every: int = 1
-    sample_pass: str = "batched"
+    sample_pass: str = "auto"
     split_batch: bool = True
     latency_table: bool = True
     finetune_warmup: float = 0.25
@@ -170,8 +171,9 @@ class DNA:
             raise NetfitError(
                 f"dna inplace_teacher must be one of {', '.join(INPLACE_TEACHERS)}, got {self.inplace_teacher!r}"
             )
-        if self.sample_pass not in SAMPLE_PASSES:
-            raise NetfitError(f"dna sample_pass must be one of {', '.join(SAMPLE_PASSES)}, got {self.sample_pass!r}")
+        if self.sample_pass not in (*SAMPLE_PASSES, "auto"):
+            choices = ", ".join((*SAMPLE_PASSES, "auto"))
+            raise NetfitError(f"dna sample_pass must be one of {choices}, got {self.sample_pass!r}")
         if self.arch_every < 1:
             raise NetfitError(f"dna arch_every is a step count >= 1, got {self.arch_every}")
         if self.arch_lr <= 0 or self.cost_weight <= 0 or self.warmup_epochs < 0 or self.search_lr_scale <= 0:
@@ -286,21 +288,52 @@ class DNA:
     ) -> nn.Module:
         epochs = self.search_epochs if self.search_epochs is not None else run.config.epochs
         optimizer = torch.optim.Adam(arch.parameters(), lr=self.arch_lr, betas=(0.5, 0.999))
+        net.model.to(run.device)  # before attaching: the gates keep their indices on the model's device
         net.attach()
         try:
+            opts = dataclasses.replace(self, sample_pass=self._sample_pass(net, arch, data, run))
             result = run.train(
                 net.model,
                 data,
                 "dna-search",
                 epochs=epochs,
                 overrides=self._search_settings(run.config),
-                step_fn=self.step_fn(net, arch, limits, metrics, run.seed, frozen),
+                step_fn=opts.step_fn(net, arch, limits, metrics, run.seed, frozen),
                 extra_optimizers=[optimizer],
                 callbacks=[_ArchLog(net, arch, limits, metrics, run)],
             )
         finally:
             net.detach()
         return result.model
+
+    def _sample_pass(self, net: ElasticNet, arch: ArchParams, data, run) -> str:
+        """``sample_pass``, with "auto" measured: both ways timed on a training batch (a few steps' worth of
+        passes) the first time this machine searches this supernet with these settings, then read back from
+        netfit's tuning cache (``netfit.tuning``: runs of one seed stay reproducible); kept in the run
+        directory so that a resumed search uses the same. Batched where the choice does not arise: one budget,
+        ``every_budget=False`` (each step's samples come from one budget) or torchrun (DDP needs every pass
+        through its wrapper)."""
+        if self.sample_pass != "auto":
+            return self.sample_pass
+        if len(arch.width) < 2 or not self.every_budget or is_distributed():
+            return "batched"
+        path = run.out / "dna-sample-pass.json"
+        if not path.exists():
+            x = data.prepare(data.train.tensors[0][: run.config.batch_size], train=False).to(run.device)
+            use_amp = run.config.amp and run.device.type == "cuda"
+            amp = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if use_amp else None
+            supernet = [(n, tuple(p.shape)) for n, p in net.model.named_parameters()]
+            key = {**machine(run.device), "supernet": supernet, "input": tuple(x.shape), "amp": str(amp)}
+            key |= {"budgets": len(arch.width), "samples": self.samples, "depths": net.depths}
+            choice, seconds = remembered_choice(
+                "dna-sample-pass",
+                key,
+                SAMPLE_PASSES,
+                lambda: choose_sample_pass(net, arch, x, self.samples, run.seed, amp),
+            )
+            atomic_write_text(path, json.dumps({"sample_pass": choice, "seconds": seconds}))
+            run.log.write("dna-sample-pass", sample_pass=choice, measured_seconds=seconds)
+        return json.loads(path.read_text())["sample_pass"]
 
     # ----- result
     def _kd_teacher(self, net: ElasticNet, seed: Seed, data, run, frozen: CachedTeacher | None) -> CachedTeacher:

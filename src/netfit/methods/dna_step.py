@@ -5,6 +5,7 @@ method's; the step is here so that the method reads as its three phases."""
 from __future__ import annotations
 
 import math
+import time
 from typing import TYPE_CHECKING
 
 import torch
@@ -19,6 +20,7 @@ from ..space.elastic import ElasticNet
 if TYPE_CHECKING:
     from .dna import DNA, ArchParams
 
+SAMPLE_PASSES = ("batched", "sliced")  # how a step runs its sampled sub-networks (DNA.sample_pass)
 DEAD_ZONE = 0.95  # a budget T is met when the cost lies in [0.95 T, T]
 
 
@@ -45,6 +47,7 @@ def search_step(
     round-robin), distilled in place from the largest."""
     warmup, samples, cost_weight, one_level = opts.warmup_epochs, opts.samples, opts.cost_weight, opts.one_level
     split_batch, every_budget, arch_every = opts.split_batch, opts.every_budget, opts.arch_every
+    sample_pass = opts.sample_pass if opts.sample_pass != "auto" else "batched"  # DNA.search measures "auto"
 
     def step(ctx) -> StepOutput:
         row = ctx.step % len(limits)
@@ -87,24 +90,12 @@ def search_step(
                 }
             gen = torch.Generator().manual_seed(seed * 1_000_003 + ctx.step)
             shares = _batch_shares(range(len(limits)) if every_budget else [row], len(ctx.y))
-            drawn = [
-                (net.sample(arch.width[r], arch.depth[r], gen), part) for r, part in shares for _ in range(samples)
-            ]
+            drawn = draw_samples(net, arch, shares, samples, gen)
             net.set_full()
-            smallest = kd_loss(_run_subnet(net, net.smallest(), ctx.x, ctx), teacher)
+            smallest = kd_loss(_run_subnet(net, net.smallest(), ctx.x, ctx.model), teacher)
             ctx.backward(smallest / (1 + samples))
             loss = smallest if loss is None else loss  # what the step reports without a largest pass
-            if len(shares) > 1 and opts.sample_pass == "batched":  # the i-th sample of every budget in one masked pass
-                for i in range(samples):
-                    net.set_hard_rows(drawn[i::samples])
-                    out = ctx.model(ctx.x)
-                    losses = [kd_loss(out[p], teacher[p]) * _fraction(p, teacher) for _, p in shares]
-                    ctx.backward(sum(losses) / (1 + samples))
-                    net.set_full()
-            else:
-                for sub, part in drawn:
-                    loss_sub = kd_loss(_run_subnet(net, sub, ctx.x[part], ctx), teacher[part])
-                    ctx.backward(loss_sub * _fraction(part, teacher) / (1 + samples))
+            sample_passes(net, ctx.model, drawn, shares, samples, ctx.x, teacher, ctx.backward, sample_pass)
         net.set_full()
         return StepOutput(loss.detach(), logits.detach() if logits is not None else None, out_metrics)
 
@@ -128,13 +119,73 @@ def _batch_shares(rows, size: int) -> list[tuple[int, slice]]:
     return shares
 
 
-def _run_subnet(net: ElasticNet, sub, x: torch.Tensor, ctx) -> torch.Tensor:
+def draw_samples(net: ElasticNet, arch: ArchParams, shares, samples: int, gen: torch.Generator) -> list:
+    """``samples`` architectures drawn from each share's budget chains, as (architecture, batch slice)."""
+    return [(net.sample(arch.width[r], arch.depth[r], gen), part) for r, part in shares for _ in range(samples)]
+
+
+def sample_passes(net: ElasticNet, model, drawn, shares, samples: int, x, teacher, backward, mode: str) -> None:
+    """The sampled sub-networks distilled from ``teacher`` and back-propagated through ``backward``: "batched"
+    runs the i-th sample of every share in one masked pass; "sliced" each sample alone on its share."""
+    if len(shares) > 1 and mode == "batched":
+        for i in range(samples):
+            net.set_hard_rows(drawn[i::samples])
+            out = model(x)
+            backward(sum(kd_loss(out[p], teacher[p]) * _fraction(p, teacher) for _, p in shares) / (1 + samples))
+            net.set_full()
+    else:
+        for sub, part in drawn:
+            loss = kd_loss(_run_subnet(net, sub, x[part], model), teacher[part])
+            backward(loss * _fraction(part, teacher) / (1 + samples))
+
+
+def time_sample_passes(
+    net: ElasticNet, arch: ArchParams, x: torch.Tensor, samples: int, seed: int, amp_dtype, repeats: int = 3
+) -> dict[str, float]:
+    """Median seconds of one step's sample passes for every budget (forward and backward, under ``amp_dtype``
+    autocast where given), batched and sliced, on the batch ``x``, each repeat with newly drawn sub-networks
+    (a sliced pass pays for building a new sub-network's layers); the gradients they leave are cleared."""
+    model, device = net.model, x.device
+    shares = _batch_shares(range(len(arch.width)), len(x))
+    gen = torch.Generator().manual_seed(seed)
+    seconds = {}
+    with frozen_norm_statistics(model):  # no trace left in the running statistics either
+        with torch.no_grad():
+            net.set_full()
+            teacher = model(x).float()
+        for mode in SAMPLE_PASSES:
+            times = []
+            for _ in range(repeats + 1):  # the first is a warm-up
+                drawn = draw_samples(net, arch, shares, samples, gen)  # new ones, as every step draws
+                start = time.perf_counter()
+                with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                    sample_passes(net, model, drawn, shares, samples, x, teacher, lambda t: t.backward(), mode)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                times.append(time.perf_counter() - start)
+            seconds[mode] = sorted(times[1:])[repeats // 2]
+    model.zero_grad(set_to_none=True)
+    net.set_full()
+    return seconds
+
+
+def choose_sample_pass(
+    net: ElasticNet, arch: ArchParams, x: torch.Tensor, samples: int, seed: int, amp_dtype=None
+) -> tuple[str, dict[str, float]]:
+    """The faster way to run a step's sampled sub-networks on this device and batch (``time_sample_passes``):
+    the two give the same outputs and gradients, and which is cheaper depends on the network and the device
+    (measured: batched on the small mnist1d ResNets and on an H200, sliced on the MNIST-10k ResNet-18 on CPU)."""
+    seconds = time_sample_passes(net, arch, x, samples, seed, amp_dtype)
+    return min(seconds, key=seconds.__getitem__), {k: round(v, 5) for k, v in seconds.items()}
+
+
+def _run_subnet(net: ElasticNet, sub, x: torch.Tensor, model) -> torch.Tensor:
     """A sub-network's logits on ``x``: sliced (its own cost) on one process; gated through the DDP wrapper
-    under torchrun, whose gradient reduction only sees passes through the wrapper."""
+    ``model`` under torchrun, whose gradient reduction only sees passes through the wrapper."""
     if not is_distributed():
         return net.run_sliced(sub, x)
     net.set_hard(sub)
-    return ctx.model(x)
+    return model(x)
 
 
 def _average_grads(arch: ArchParams) -> None:

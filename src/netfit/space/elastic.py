@@ -65,9 +65,9 @@ class ElasticNet:
 
     Example:
         >>> net = ElasticNet(grown, (1, 28, 28))
-        >>> with net.attached():
-        ...     net.set_hard(net.smallest())
-        ...     logits = net.model(x)
+        >>> net.attach()
+        >>> net.set_hard(net.smallest())
+        >>> logits = net.model(x)
     """
 
     def __init__(

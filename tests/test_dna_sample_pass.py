@@ -1,0 +1,83 @@
+"""DNA's sample_pass="auto": both ways timed without side effects, the choice remembered per machine
+(``netfit.tuning``) so runs of one seed stay reproducible, and kept in the run directory for a resume."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from netfit import tuning
+from netfit.api import adapt
+from netfit.methods.dna import DNA
+from netfit.methods.dna_step import SAMPLE_PASSES, choose_sample_pass
+from netfit.models import create_model
+from netfit.space.elastic import ElasticNet
+from netfit.space.grow import grow
+
+FAST = {"epochs": 1, "seed_epochs": 1, "progress": False, "train": {"batch_size": 64}}
+
+
+def test_remembered_choice_measures_once_per_key(tmp_path, monkeypatch):
+    monkeypatch.setenv(tuning.CACHE_ENV, str(tmp_path))
+    calls = []
+
+    def measure(choice):
+        return lambda: calls.append(choice) or (choice, {choice: 0.1})
+
+    assert tuning.remembered_choice("t", {"a": 1}, ("x", "y"), measure("x")) == ("x", {"x": 0.1})
+    assert tuning.remembered_choice("t", {"a": 1}, ("x", "y"), measure("y")) == ("x", None)  # read back
+    assert tuning.remembered_choice("t", {"a": 2}, ("x", "y"), measure("y")) == ("y", {"y": 0.1})  # another key
+    assert calls == ["x", "y"]
+    # an entry that is not one of the choices (or not JSON) is measured again
+    (entry,) = [p for p in (tmp_path / "tuning").iterdir() if json.loads(p.read_text())["key"] == {"a": 1}]
+    entry.write_text(json.dumps({"choice": "z"}))
+    assert tuning.remembered_choice("t", {"a": 1}, ("x", "y"), measure("y")) == ("y", {"y": 0.1})
+    entry.write_text("not json")
+    assert tuning.remembered_choice("t", {"a": 1}, ("x", "y"), measure("x")) == ("x", {"x": 0.1})
+
+
+def test_timing_the_sample_passes_leaves_no_trace():
+    """Timing both ways trains nothing: no gradients left, batch norm running statistics unchanged."""
+    torch.manual_seed(0)
+    model = create_model("resnet18_cifar", num_classes=10, in_chans=1, width_mult=0.25)
+    shape = (1, 16, 16)
+    net = ElasticNet(grow(model, shape, 1.0, 0.0, np.random.default_rng(0)), shape, units=4)
+    limits = [2e6, 1e6, 4e5]
+    arch = DNA().init_arch(net, limits, ["macs"] * 3, [len(s) for s in model.stages])
+    stats = {k: v.clone() for k, v in net.model.state_dict().items() if "running" in k}
+    net.attach()
+    try:
+        choice, seconds = choose_sample_pass(net, arch, torch.randn(12, *shape), samples=1, seed=0)
+    finally:
+        net.detach()
+    assert choice in SAMPLE_PASSES and set(seconds) == set(SAMPLE_PASSES) and min(seconds.values()) > 0
+    assert seconds[choice] == min(seconds.values())
+    assert all(p.grad is None for p in net.model.parameters())
+    assert all(torch.equal(net.model.state_dict()[k], v) for k, v in stats.items())
+
+
+def _events(out, name):
+    return [e for e in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if e["event"] == name]
+
+
+def test_auto_is_measured_once_then_read_back(tmp_path, digits):
+    options = {"search_epochs": 1, "warmup_epochs": 0, "units": 4}
+    first = adapt("cnn_small", digits, "50%,25%", "dna", out=tmp_path / "a", method_options=options, **FAST)
+    second = adapt("cnn_small", digits, "50%,25%", "dna", out=tmp_path / "b", method_options=options, **FAST)
+    (measured,), (cached,) = _events(tmp_path / "a", "dna-sample-pass"), _events(tmp_path / "b", "dna-sample-pass")
+    assert measured["sample_pass"] in SAMPLE_PASSES and set(measured["measured_seconds"]) == set(SAMPLE_PASSES)
+    assert cached["sample_pass"] == measured["sample_pass"] and cached["measured_seconds"] is None
+    kept = json.loads((tmp_path / "a" / "dna-sample-pass.json").read_text())
+    assert kept["sample_pass"] == measured["sample_pass"]
+    # same choice, same seed: the same networks and accuracies
+    a, b = first.summary["candidates"], second.summary["candidates"]
+    assert [(c["macs"], c["accuracy"]) for c in a] == [(c["macs"], c["accuracy"]) for c in b]
+
+
+@pytest.mark.parametrize("options", [{"sample_pass": "sliced"}, {"every_budget": False}])
+def test_no_measurement_where_nothing_is_to_choose(tmp_path, digits, options):
+    """A pinned sample_pass is used as given; without every budget's samples per step there is no choice."""
+    options = {"search_epochs": 1, "warmup_epochs": 0, "units": 4, **options}
+    adapt("cnn_small", digits, "50%,25%", "dna", out=tmp_path, method_options=options, **FAST)
+    assert not _events(tmp_path, "dna-sample-pass") and not (tmp_path / "dna-sample-pass.json").exists()
