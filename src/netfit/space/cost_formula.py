@@ -47,9 +47,9 @@ def layer_channels(layer: CostLayer, width: Sequence) -> tuple:
 
 
 class CostFormula:
-    """The formula of ``layers`` over ``num_gates`` gated widths and ``num_blocks`` block keeps, batched over rows.
+    """The formula of ``layers`` over ``num_gates`` gated widths and the skippable blocks' keeps, batched over rows.
 
-    ``formula(width, keep)`` with ``width`` of shape (R, num_gates) and ``keep`` (R, num_blocks) returns MACs and
+    ``formula(width, keep)`` with ``width`` of shape (R, num_gates) and ``keep`` (R, blocks) returns MACs and
     params of shape (R,), uncalibrated, in the dtype of ``width`` (float64 keeps integer costs exact); with
     per-layer latency ``coefs`` (a, b) also ``latency``: sum over kept layers of a + b * channels."""
 
@@ -128,11 +128,11 @@ def trace_layers(
         positions = out.numel() / cout
         kernel = math.prod(module.kernel_size) if conv else 1
         depthwise = (name, "dw") in members
-        groups_ = module.groups if conv and not depthwise else 1
+        conv_groups = module.groups if conv and not depthwise else 1
         layer = CostLayer(
             "depthwise" if depthwise else "dense",
-            positions * kernel / groups_,
-            kernel / groups_,
+            positions * kernel / conv_groups,
+            kernel / conv_groups,
             module.bias is not None,
             block=block,
             module=name,
