@@ -35,8 +35,16 @@ def cache_dir() -> Path:
 
 def machine(device: torch.device) -> dict:
     """What a timing depends on besides the work itself: the device, the torch build and its threads."""
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
     return {"device": device.type, "name": name, "torch": torch.__version__, "threads": torch.get_num_threads()}
+
+
+def _cpu_name() -> str:
+    with contextlib.suppress(OSError):  # Linux names the model here; platform.processor() is often empty there
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 def remembered_choice(
