@@ -38,7 +38,7 @@ from torch.func import functional_call
 from ..cost import count_cost
 from ..models import StagedNet
 from .blocks import stage_blocks
-from .cost_formula import CostFormula, CostLayer, layer_channels, trace_layers
+from .cost_formula import CostFormula, trace_layers
 from .latency_table import LatencyTable
 from .layers import BATCH_NORMS, CONVS, dim_size
 from .prune import sliced_view
@@ -205,10 +205,6 @@ class ElasticNet:
 
     def _keep(self, depths: Sequence[int] | None) -> list[float]:
         return [float(j < depths[s]) for s, j in self.blocks] if depths else [1.0] * len(self.blocks)
-
-    @staticmethod
-    def layer_channels(layer: CostLayer, width: Sequence) -> tuple:
-        return layer_channels(layer, width)
 
     def _cost(self, width: torch.Tensor, keep: torch.Tensor, calibrated: bool) -> dict[str, torch.Tensor]:
         """The metrics of R rows of widths (R, gates) and block keeps (R, blocks)."""

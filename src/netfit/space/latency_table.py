@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .cost_formula import layer_channels
+
 Timer = Callable[[nn.Module, Sequence[int]], float]  # (module, one sample's input shape) -> latency in ms
 FRACTIONS = (0.25, 0.5, 1.0)
 
@@ -57,7 +59,7 @@ def measure_table(net, timer: Timer, fractions: Sequence[float] = FRACTIONS) -> 
             continue
         points = []
         for f in fractions:
-            cin, cout = (int(c) for c in net.layer_channels(layer, [max(1, round(f * n)) for n in full]))
+            cin, cout = (int(c) for c in layer_channels(layer, [max(1, round(f * n)) for n in full]))
             channels = cout if layer.kind == "depthwise" else cin * cout
             points.append((channels, timer(*_standalone(module, layer, cin, cout))))
         coefs.append(_fit_line(points))
