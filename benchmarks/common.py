@@ -7,11 +7,11 @@ import json
 import math
 import platform
 import statistics
-import time
 from pathlib import Path
 
 import torch
 
+from netfit.cost.latency import time_calls
 from netfit.engine import seed_everything
 from netfit.models import create_model
 
@@ -89,13 +89,4 @@ def write_results(name: str, payload: dict, markdown: str, out: Path = RESULTS) 
 
 def median_seconds(fn, repeats: int, cuda: bool = False) -> float:
     """Median wall seconds of ``fn`` after one warm-up (on CUDA, the queued kernels included)."""
-    sync = torch.cuda.synchronize if cuda else lambda: None
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(time_calls(fn, 1, repeats, torch.cuda.synchronize if cuda else lambda: None))

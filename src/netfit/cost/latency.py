@@ -54,7 +54,7 @@ Timer = Callable[[nn.Module, torch.Tensor, torch.device, int, int, "int | None"]
 BACKENDS: Registry[Timer] = Registry("latency backend")
 
 
-def _time_calls(call: Callable[[], object], warmup: int, repeats: int, sync: Callable[[], None]) -> list[float]:
+def time_calls(call: Callable[[], object], warmup: int, repeats: int, sync: Callable[[], None]) -> list[float]:
     """Run ``call`` warmup times untimed, then time each of ``repeats`` calls between two syncs."""
     for _ in range(warmup):
         call()
@@ -90,9 +90,9 @@ def _time_torch(
             torch.cuda.synchronize(device)
 
         with eval_no_grad(model):
-            return _time_calls(lambda: model(x), warmup, repeats, sync)
+            return time_calls(lambda: model(x), warmup, repeats, sync)
     with _torch_threads(threads), eval_no_grad(model):
-        return _time_calls(lambda: model(x), warmup, repeats, lambda: None)
+        return time_calls(lambda: model(x), warmup, repeats, lambda: None)
 
 
 @BACKENDS.register("onnxruntime")
@@ -113,7 +113,7 @@ def _time_onnxruntime(
         options.inter_op_num_threads = 1
         session = ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
     feed = {session.get_inputs()[0].name: x.detach().cpu().numpy()}
-    return _time_calls(lambda: session.run(None, feed), warmup, repeats, lambda: None)
+    return time_calls(lambda: session.run(None, feed), warmup, repeats, lambda: None)
 
 
 def _check_counts(batch_size: int, warmup: int, repeats: int, threads: int | None) -> None:

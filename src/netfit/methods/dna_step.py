@@ -5,12 +5,12 @@ method's; the step is here so that the method reads as its three phases."""
 from __future__ import annotations
 
 import math
-import time
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
+from ..cost.latency import time_calls
 from ..distill import CachedTeacher, kd_loss
 from ..engine import StepFn, StepOutput
 from ..engine.distributed import is_distributed
@@ -153,17 +153,16 @@ def time_sample_passes(
         with torch.no_grad():
             net.set_full()
             teacher = model(x).float()
+        sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else lambda: None
         for mode in SAMPLE_PASSES:
-            times = []
-            for _ in range(repeats + 1):  # the first is a warm-up
-                drawn = draw_samples(net, arch, shares, samples, gen)  # new ones, as every step draws
-                start = time.perf_counter()
+            # new sub-networks for every call (the warm-up's included), as every step draws, drawn untimed
+            draws = iter([draw_samples(net, arch, shares, samples, gen) for _ in range(repeats + 1)])
+
+            def passes(mode=mode, draws=draws) -> None:
                 with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                    sample_passes(net, model, drawn, shares, samples, x, teacher, lambda t: t.backward(), mode)
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                times.append(time.perf_counter() - start)
-            seconds[mode] = sorted(times[1:])[repeats // 2]
+                    sample_passes(net, model, next(draws), shares, samples, x, teacher, lambda t: t.backward(), mode)
+
+            seconds[mode] = sorted(time_calls(passes, 1, repeats, sync))[repeats // 2]
     model.zero_grad(set_to_none=True)
     net.set_full()
     return seconds
