@@ -14,7 +14,7 @@ from .hooks import (
 )
 from .log import RunLog
 from .seeding import seed_everything
-from .trainer import evaluate, train
+from .trainer import amp_dtype, evaluate, train
 
 __all__ = [
     "Callback",
@@ -27,6 +27,7 @@ __all__ = [
     "TrainConfigError",
     "TrainResult",
     "TrainState",
+    "amp_dtype",
     "evaluate",
     "fixed_batch_ids",
     "load_checkpoint",

@@ -117,10 +117,9 @@ class _Trainer:
         if config.epochs > 0 and steps == 0:
             raise DataError(f"the training split has too few samples ({len(self.y_all)}) for one batch of >= 2")
         self.lr_control = LrSchedule(config, max(1, steps))
-        self.use_amp = config.amp and device.type == "cuda"
-        bf16 = self.use_amp and torch.cuda.is_bf16_supported()
-        self.amp_dtype = torch.bfloat16 if bf16 else torch.float16
-        self.scaler = torch.amp.GradScaler("cuda") if self.use_amp and not bf16 else None
+        dtype = amp_dtype(config, device)
+        self.use_amp, self.amp_dtype = dtype is not None, dtype or torch.float16
+        self.scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
         self.state = TrainState(self.model, self.optimizer, config, self.lr_control)
         self.best_weights: dict | None = None  # keep_best: the best epoch's weights so far
         self.ddp_model = self.model
@@ -342,6 +341,14 @@ class _Trainer:
 def _check_split(data: Any, split: str) -> None:
     if not isinstance(split, str) or not hasattr(getattr(data, split, None), "tensors"):
         raise DataError(f"the data has no split {split!r}; use val, test or train")
+
+
+def amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of training with ``config`` on ``device``: bf16 where the GPU has it, else fp16 (with a
+    gradient scaler); None with ``amp`` off or off CUDA."""
+    if not (config.amp and device.type == "cuda"):
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def train(

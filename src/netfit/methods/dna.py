@@ -28,7 +28,7 @@ from torch import nn
 
 from ..cost import measure
 from ..distill import CachedTeacher
-from ..engine import Callback, TrainConfig, evaluate
+from ..engine import Callback, TrainConfig, amp_dtype, evaluate
 from ..engine.distributed import barrier, is_distributed, is_main
 from ..errors import BudgetInfeasibleError, NetfitError
 from ..fileio import atomic_write_text
@@ -320,8 +320,7 @@ class DNA:
         path = run.out / "dna-sample-pass.json"
         if not path.exists():
             x = data.prepare(data.train.tensors[0][: run.config.batch_size], train=False).to(run.device)
-            use_amp = run.config.amp and run.device.type == "cuda"
-            amp = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if use_amp else None
+            amp = amp_dtype(run.config, run.device)  # the search's autocast, as training sets it
             supernet = [(n, tuple(p.shape)) for n, p in net.model.named_parameters()]
             key = {**machine(run.device), "supernet": supernet, "input": tuple(x.shape), "amp": str(amp)}
             key |= {"budgets": len(arch.width), "samples": self.samples, "depths": net.depths}
