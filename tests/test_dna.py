@@ -800,24 +800,3 @@ def test_seed_as_inplace_teacher_drops_only_the_largest_pass():
     before = {n: b.clone() for n, b in model_.named_buffers() if "running" in n}
     step(lambda inputs, ids: largest.detach())
     assert before and all(torch.equal(buffers[n], v) for n, v in before.items())
-
-
-def test_dna_rates_depth_candidates_and_fine_tunes_the_most_accurate(tmp_path, digits):
-    """With depth_candidates > 1 each budget's most probable architecture and distinct depth vectors drawn from
-    its chains are fitted to the budget and rated as inherited; the most accurate on validation is the result."""
-    seed = create_model("resnet18_cifar", num_classes=10, in_chans=1, width_mult=0.25)
-    options = {"search_epochs": 1, "warmup_epochs": 0, "units": 4, "depth_candidates": 4}
-    result = adapt(seed, digits, "30%", "dna", out=tmp_path / "r", train_seed=True, method_options=options, **FAST)
-    (cand,) = result.summary["candidates"]
-    assert cand["within_budget"]
-    (rated,) = [e for e in _log(tmp_path / "r") if e["event"] == "dna-depth-candidates"]
-    depths = [d for d, _ in rated["rated"]]
-    assert len(depths) >= 2 and len({tuple(d) for d in depths}) == len(depths)  # distinct, each rated once
-    best_depths, best_acc = max(rated["rated"], key=lambda r: r[1])
-    assert rated["chosen"] == best_depths == cand["info"]["depths"]
-    assert cand["info"]["val_acc_inherited"] == best_acc
-
-
-def test_dna_rejects_zero_depth_candidates():
-    with pytest.raises(NetfitError, match="depth_candidates"):
-        DNA(depth_candidates=0)

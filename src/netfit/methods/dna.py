@@ -118,10 +118,6 @@ class DNA:
             give ``grad_clip`` (None: no clipping). A safety net: a healthy fine-tune's norms stayed below it, while
             the deep, very narrow networks some searches find spiked to 23-56 once the warm-up reached the full
             learning rate and lost what they knew (docs/methods/dna.md, "Costs and limits").
-        depth_candidates: depth vectors rated per budget (spaces with depth): 1 = the most probable architecture
-            (the paper); k > 1 = also up to k - 1 distinct ones drawn from the budget's depth chains, each fitted to
-            the budget with the searched width shares and rated by its validation accuracy as inherited (batch
-            norms recalibrated); the best is fine-tuned. k extra recalibrations and validation passes per budget.
         inherit: fine-tune the searched sub-networks (False: train their architectures from scratch, without
             recalibration; the benchmark's ``dna-scratch`` entry, which separates architecture from weights).
         init_depth_logit: starting keep logit of every skippable block (0: each block kept with p = 1/2 given
@@ -156,7 +152,6 @@ class DNA:
     latency_table: bool = True
     finetune_warmup: float = 0.25
     finetune_clip: float | None = 10.0
-    depth_candidates: int = 1
     inherit: bool = True
     every_budget: bool = True
 
@@ -181,8 +176,6 @@ class DNA:
             raise NetfitError(f"dna sample_pass must be one of {choices}, got {self.sample_pass!r}")
         if self.arch_every < 1:
             raise NetfitError(f"dna arch_every is a step count >= 1, got {self.arch_every}")
-        if self.depth_candidates < 1:
-            raise NetfitError(f"dna depth_candidates is a count >= 1, got {self.depth_candidates}")
         if self.arch_lr <= 0 or self.cost_weight <= 0 or self.warmup_epochs < 0 or self.search_lr_scale <= 0:
             raise NetfitError("dna needs arch_lr > 0, cost_weight > 0, warmup_epochs >= 0 and search_lr_scale > 0")
 
@@ -218,12 +211,11 @@ class DNA:
         candidates = []
         for row, target in enumerate(targets):
             cid = f"dna-{_slug(target.budget.spec)}"
-            model, info = self._chosen(net, arch, row, target, seed, data, run, cid)
+            model, info = self._materialize(net, arch, row, target, seed, run)
             info["seed_depths"] = seed_depths
             run.log.write("subnet", id=cid, inherit=self.inherit, **info)
             if self.inherit:
-                if "val_acc_inherited" not in info:
-                    info["val_acc_inherited"] = inherited_accuracy(model, data, run, cid)
+                info["val_acc_inherited"] = inherited_accuracy(model, data, run, cid)
                 settings = self._finetune_settings(run.config)
                 model = finetune(model, data, run, cid, teacher, self.kd_weight, settings, info["val_acc_inherited"])
             else:
@@ -361,32 +353,12 @@ class DNA:
         run.log.write("dna-kd-teacher", teacher=choice, val_accuracy=scores)
         return CachedTeacher(largest if choice == "largest" else seed.model)
 
-    def _chosen(self, net: ElasticNet, arch: ArchParams, row: int, target: Target, seed: Seed, data, run, cid: str):
-        """Budget ``row``'s network and its info: the most probable architecture, or with ``depth_candidates``
-        > 1 the most accurate on the validation split, as inherited, of it and the distinct depth vectors drawn
-        from the budget's depth chains (each with the searched width shares fitted to the budget)."""
+    def _materialize(self, net: ElasticNet, arch: ArchParams, row: int, target: Target, seed: Seed, run):
+        """The most probable architecture of budget ``row``: its widths scaled together to the largest network
+        within the budget, then topped up channel by channel (exact cost model) into the dead zone."""
         ratios, rounded = net.most_probable(arch.width[row], arch.depth[row])
-        if not net.depths or self.depth_candidates < 2:
-            return self._materialize(net, ratios, rounded.depths, target, seed, run)
-        gen = torch.Generator().manual_seed(run.seed * 1_000_003 + row)
-        draws = [net.sample(arch.width[row], arch.depth[row], gen).depths for _ in range(8 * self.depth_candidates)]
-        wanted = [rounded.depths] + [d for i, d in enumerate(draws) if d not in draws[:i] and d != rounded.depths]
-        best, rated = None, []
-        for depths in wanted[: self.depth_candidates]:
-            model, info = self._materialize(net, ratios, depths, target, seed, run)
-            if any(info["depths"] == d for d, _ in rated):  # fitting fell back to a depth rated already
-                continue
-            info["val_acc_inherited"] = inherited_accuracy(model, data, run, f"{cid}-depths-{len(rated)}")
-            rated.append((info["depths"], info["val_acc_inherited"]))
-            if best is None or info["val_acc_inherited"] > best[1]["val_acc_inherited"]:
-                best = (model, info)
-        run.log.write("dna-depth-candidates", id=cid, rated=rated, chosen=best[1]["depths"])
-        return best
-
-    def _materialize(self, net: ElasticNet, ratios: dict[int, float], depths, target: Target, seed: Seed, run):
-        """The network of width shares ``ratios`` and ``depths``: its widths scaled together to the largest
-        network within the budget, then topped up channel by channel (exact cost model) into the dead zone."""
         cost = cost_fn(run, target)
+        depths = rounded.depths
         try:
             scale, _, _ = net.space.fit_width(cost, target.limit, ratios, depths)
         except BudgetInfeasibleError:
