@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from netfit.cost.latency import time_calls
+from netfit.cost.latency import device_sync, time_calls
 from netfit.engine import seed_everything
 from netfit.models import create_model
 
@@ -89,4 +89,5 @@ def write_results(name: str, payload: dict, markdown: str, out: Path = RESULTS) 
 
 def median_seconds(fn, repeats: int, cuda: bool = False) -> float:
     """Median wall seconds of ``fn`` after one warm-up (on CUDA, the queued kernels included)."""
-    return statistics.median(time_calls(fn, 1, repeats, torch.cuda.synchronize if cuda else lambda: None))
+    sync = device_sync(torch.device("cuda" if cuda else "cpu"))
+    return statistics.median(time_calls(fn, 1, repeats, sync))

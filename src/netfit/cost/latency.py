@@ -54,6 +54,11 @@ Timer = Callable[[nn.Module, torch.Tensor, torch.device, int, int, "int | None"]
 BACKENDS: Registry[Timer] = Registry("latency backend")
 
 
+def device_sync(device: torch.device) -> Callable[[], None]:
+    """What waits for ``device``'s queued work before a clock is read: CUDA's synchronize, nothing elsewhere."""
+    return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+
+
 def time_calls(call: Callable[[], object], warmup: int, repeats: int, sync: Callable[[], None]) -> list[float]:
     """Run ``call`` warmup times untimed, then time each of ``repeats`` calls between two syncs."""
     for _ in range(warmup):
@@ -85,14 +90,10 @@ def _time_torch(
     model: nn.Module, x: torch.Tensor, device: torch.device, warmup: int, repeats: int, threads: int | None
 ) -> list[float]:
     if device.type == "cuda":
-
-        def sync() -> None:
-            torch.cuda.synchronize(device)
-
         with eval_no_grad(model):
-            return time_calls(lambda: model(x), warmup, repeats, sync)
+            return time_calls(lambda: model(x), warmup, repeats, device_sync(device))
     with _torch_threads(threads), eval_no_grad(model):
-        return time_calls(lambda: model(x), warmup, repeats, lambda: None)
+        return time_calls(lambda: model(x), warmup, repeats, device_sync(device))
 
 
 @BACKENDS.register("onnxruntime")

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from ..cost.latency import time_calls
+from ..cost.latency import device_sync, time_calls
 from ..distill import CachedTeacher, kd_loss
 from ..engine import StepFn, StepOutput
 from ..engine.distributed import is_distributed
@@ -153,7 +153,6 @@ def time_sample_passes(
         with torch.no_grad():
             net.set_full()
             teacher = model(x).float()
-        sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else lambda: None
         for mode in SAMPLE_PASSES:
             # new sub-networks for every call (the warm-up's included), as every step draws, drawn untimed
             draws = iter([draw_samples(net, arch, shares, samples, gen) for _ in range(repeats + 1)])
@@ -162,7 +161,7 @@ def time_sample_passes(
                 with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                     sample_passes(net, model, next(draws), shares, samples, x, teacher, lambda t: t.backward(), mode)
 
-            seconds[mode] = sorted(time_calls(passes, 1, repeats, sync))[repeats // 2]
+            seconds[mode] = sorted(time_calls(passes, 1, repeats, device_sync(device)))[repeats // 2]
     model.zero_grad(set_to_none=True)
     net.set_full()
     return seconds
