@@ -13,6 +13,7 @@ from netfit.space import (
     ChannelGroup,
     ChannelGroupError,
     Member,
+    channel_activity,
     inherit_weights,
     keep_top,
     l1_importance,
@@ -463,6 +464,50 @@ def test_l1_importance_pairs_norm_with_its_producer() -> None:
     assert [m.module for m in group.members][:4] == ["a", "bn_a", "b", "bn_b"]
     expected = torch.tensor([0.5, 1.0, 1.5, 1.0]) * torch.tensor([0.5, 0.5, 0.5, 2.5]) + 1.0
     torch.testing.assert_close(l1_importance(model, group), expected)
+
+
+def _dead_first_block() -> MobileBlock:
+    """A MobileBlock whose hidden channel 0 has the largest expand weights and |gamma| but a depthwise norm
+    beta that keeps it below zero, so the ReLU after it never lets it through: weight norms rank it first."""
+    torch.manual_seed(0)
+    model = MobileBlock().eval()
+    with torch.no_grad():
+        model.expand.weight[0].mul_(10.0)
+        model.bn_e.weight[0] = 5.0
+        model.bn_e.bias.fill_(2.0)  # every other channel mostly passes both ReLUs
+        model.bn_dw.bias.fill_(2.0)
+        model.bn_dw.bias[0] = -1e3
+    return model
+
+
+def test_channel_activity_ranks_a_dead_channel_last() -> None:
+    model, x = _dead_first_block(), torch.randn(16, 3, 6, 6)
+    groups = trace_channel_groups(model, x[:1])
+    hidden = _group_of(groups, "dw", "dw")
+    assert l1_importance(model, hidden).argmax().item() == 0  # weights alone pick the dead channel
+    activity = channel_activity(model, groups, x)
+    y = model.bn_dw(model.dw(F.relu6(model.bn_e(model.expand(model.stem(x)))))).relu()  # what project reads
+    std = y.transpose(0, 1).reshape(12, -1).std(1, unbiased=False)
+    torch.testing.assert_close(activity[hidden.id], std / std.mean())
+    assert activity[hidden.id][0] == 0
+    scores = l1_importance(model, hidden, activity[hidden.id])
+    assert scores.argmin().item() == 0 and scores[1:].min() > 0
+    assert model.training is False  # left in the mode it came in
+
+
+def test_probe_keeps_dead_channels_out_of_narrow_subnets() -> None:
+    from netfit.space.grow import max_difference, order_channels
+    from netfit.space.subnet import SubnetSpace
+
+    model, x = _dead_first_block(), torch.randn(16, 3, 6, 6)
+    ordered = order_channels(model, (3, 6, 6), x)
+    assert max_difference(model, ordered, (3, 6, 6)) < 1e-5
+    assert ordered.bn_dw.bias[-1] == -1e3 and ordered.bn_dw.bias[0] != -1e3
+    assert order_channels(model, (3, 6, 6)).bn_dw.bias[0] == -1e3  # without a probe: weights decide
+    space = SubnetSpace(model, (3, 6, 6), x)
+    hidden = _group_of(space.groups, "dw", "dw")
+    narrow = space.materialize(space.full_widths() | {hidden.id: 1})
+    assert narrow.bn_dw.bias.tolist() != [-1e3]
 
 
 def test_keep_top() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..budget import check_feasible
@@ -19,6 +20,15 @@ from ..space.subnet import SubnetSpace
 from .base import Seed, Target
 
 RETRY_LR_SCALE = 0.1  # a diverged fine-tune is retried at this fraction of its learning rate
+PROBE_SAMPLES = 256  # training inputs that channel activity is measured on (space.importance.channel_activity)
+
+
+def probe_inputs(data: Any, model: nn.Module, samples: int = PROBE_SAMPLES) -> torch.Tensor:
+    """A fixed draw of training inputs, prepared as evaluation sees them, on ``model``'s device: what channel
+    importance measures activity on (the same draw on every process of a distributed run)."""
+    x_all, _ = data.train.tensors
+    idx = torch.randperm(len(x_all), generator=torch.Generator().manual_seed(0))[:samples]
+    return data.prepare(x_all[idx].to(next(model.parameters()).device), train=False)
 
 
 def finetune(

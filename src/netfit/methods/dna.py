@@ -38,7 +38,7 @@ from ..space.grow import grow
 from ..space.latency_table import LatencyTable, measure_table
 from ..tuning import machine, remembered_choice
 from .base import METHODS, Candidate, Seed, Target
-from .common import cost_fn, finetune, from_scratch, inherited_accuracy
+from .common import cost_fn, finetune, from_scratch, inherited_accuracy, probe_inputs
 from .dna_step import DEAD_ZONE, SAMPLE_PASSES, choose_sample_pass, dead_zone_loss, search_step
 from .uniform import _slug
 
@@ -182,7 +182,8 @@ class DNA:
     def search(self, seed: Seed, data, targets: list[Target], run) -> list[Candidate]:
         seed = _staged_seed(seed, run)
         grow_width, grow_depth = self.growth([t.limit for t in targets], seed.metric_value)
-        grown = grow(seed.model, seed.input_shape, grow_width, grow_depth, run.rng("dna-grow"), self.grow_copies)
+        probe = probe_inputs(data, seed.model)
+        grown = grow(seed.model, seed.input_shape, grow_width, grow_depth, run.rng("dna-grow"), self.grow_copies, probe)
         net = ElasticNet(grown, seed.input_shape, units=self.units)
         seed_depths = [len(s) for s in seed.model.stages] if net.depths else None
         if self.latency_table and targets[0].metric == "latency_ms":

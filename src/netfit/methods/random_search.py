@@ -9,7 +9,7 @@ from ..distill import CachedTeacher
 from ..errors import NetfitError
 from ..space.subnet import SubnetSpace
 from .base import METHODS, Candidate, Seed, Target
-from .common import cost_fn, finetune, inherited_accuracy, require_reachable
+from .common import cost_fn, finetune, inherited_accuracy, probe_inputs, require_reachable
 from .uniform import _slug
 
 
@@ -42,7 +42,7 @@ class RandomSearch:
             raise NetfitError("random needs samples >= 1 and 0 < min_ratio <= 1")
 
     def search(self, seed: Seed, data, targets: list[Target], run) -> list[Candidate]:
-        space = SubnetSpace(seed.model, seed.input_shape)
+        space = SubnetSpace(seed.model, seed.input_shape, probe_inputs(data, seed.model))
         teacher = CachedTeacher(seed.model) if self.kd else None  # one cache for every sample's fine-tune
         candidates = []
         for target in targets:

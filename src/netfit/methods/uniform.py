@@ -13,7 +13,7 @@ from ..errors import NetfitError, UnsupportedLayerError
 from ..space.grow import deepen_to_fit, widen_to_fit
 from ..space.subnet import SubnetSpace
 from .base import METHODS, Candidate, Seed, Target
-from .common import cost_fn, finetune, from_scratch, inherited_accuracy, require_reachable
+from .common import cost_fn, finetune, from_scratch, inherited_accuracy, probe_inputs, require_reachable
 
 
 @METHODS.register("uniform")
@@ -46,7 +46,7 @@ class Uniform:
             raise NetfitError(f"unknown uniform variant {self.variant!r}; use 'width' or 'depth'")
 
     def search(self, seed: Seed, data, targets: list[Target], run) -> list[Candidate]:
-        space = SubnetSpace(seed.model, seed.input_shape)
+        space = SubnetSpace(seed.model, seed.input_shape, probe_inputs(data, seed.model))
         teacher = CachedTeacher(seed.model) if self.kd else None  # one cache for every budget's fine-tune
         candidates = []
         for target in targets:

@@ -29,7 +29,7 @@ from ..models import StagedNet, arch_of, build_model
 from .blocks import stage_blocks
 from .channels import trace_channel_groups
 from .compare import max_difference
-from .importance import l1_importance
+from .importance import channel_activity, l1_importance
 from .inherit import inherit_weights
 from .layers import BATCH_NORMS
 from .prune import Outgoing, remap_channels
@@ -46,11 +46,13 @@ def _example(model: nn.Module, input_shape: Sequence[int]) -> torch.Tensor:
     return torch.zeros(1, *input_shape, device=next(model.parameters()).device)
 
 
-def order_channels(model: nn.Module, input_shape: Sequence[int]) -> nn.Module:
-    """A copy of ``model`` with every prunable group's channels sorted by L1 importance, most important first."""
+def order_channels(model: nn.Module, input_shape: Sequence[int], probe: torch.Tensor | None = None) -> nn.Module:
+    """A copy of ``model`` with every prunable group's channels sorted by L1 importance, most important first;
+    with ``probe`` inputs, channels that do not vary on them where they are read go last (``channel_activity``)."""
     groups = trace_channel_groups(model.eval(), _example(model, input_shape))
+    activity = channel_activity(model, groups, probe) if probe is not None else {}
     order = {
-        g.id: torch.argsort(l1_importance(model, g), descending=True, stable=True)
+        g.id: torch.argsort(l1_importance(model, g, activity.get(g.id)), descending=True, stable=True)
         for g in groups
         if g.prunable and g.size > 1
     }
@@ -200,11 +202,12 @@ def grow(
     depth: float,
     rng: np.random.Generator,
     outgoing: Outgoing = "zero",
+    probe: torch.Tensor | None = None,
 ) -> nn.Module:
-    """Order channels by importance, add ``depth`` x blocks per stage and widen by ``width`` x (copies start as
-    ``outgoing`` says, see ``widen``), keeping the function; raises ``NetfitError`` if the grown network's
-    outputs differ from the seed's."""
-    grown = order_channels(model, input_shape)
+    """Order channels by importance (on ``probe`` inputs where given, see ``order_channels``), add ``depth`` x
+    blocks per stage and widen by ``width`` x (copies start as ``outgoing`` says, see ``widen``), keeping the
+    function; raises ``NetfitError`` if the grown network's outputs differ from the seed's."""
+    grown = order_channels(model, input_shape, probe)
     if depth > 0:
         grown = _deepen_or_warn(grown, input_shape, depth)
     if width > 1:

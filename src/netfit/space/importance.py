@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
 from .channels import ChannelGroup, ChannelGroupError, Member
+from .layers import CONVS
 
 
 def _scaled(scores: torch.Tensor) -> torch.Tensor:
@@ -14,12 +17,16 @@ def _scaled(scores: torch.Tensor) -> torch.Tensor:
     return scores / mean if mean > 0 else scores
 
 
+def _per_channel(per_index: torch.Tensor, member: Member, size: int) -> torch.Tensor:
+    """Values of a module dimension's indices gathered to the group's channels (summed over ``repeat``)."""
+    idx = member.indices(torch.arange(size)).to(per_index.device)
+    return per_index[idx].reshape(size, member.repeat).sum(1).cpu()
+
+
 def _weight_l1(module: nn.Module, member: Member, size: int, dim: int) -> torch.Tensor:
     """L1 norm of each group channel's slice of ``module.weight`` along ``dim`` (summed over repeat)."""
     weight = module.weight.detach().float().abs().transpose(0, dim)
-    per_index = weight.reshape(weight.shape[0], -1).sum(1)
-    idx = member.indices(torch.arange(size)).to(per_index.device)
-    return per_index[idx].reshape(size, member.repeat).sum(1).cpu()
+    return _per_channel(weight.reshape(weight.shape[0], -1).sum(1), member, size)
 
 
 def _norm_gamma(module: nn.Module, member: Member, size: int) -> torch.Tensor | None:
@@ -44,13 +51,54 @@ def _paired_norm(group: ChannelGroup, producer: Member, modules: dict[str, nn.Mo
     return (same or norms or [None])[0]
 
 
-def l1_importance(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
+def channel_activity(model: nn.Module, groups: Sequence[ChannelGroup], x: torch.Tensor) -> dict[int, torch.Tensor]:
+    """How much each channel varies where it is read, on the inputs ``x`` (model in eval mode, no gradient).
+
+    Per group: the standard deviation over every sample and position of each channel at the input of every
+    layer that reads it (its ``in`` members), each layer's divided by its mean over the group, summed. Weights
+    cannot see a channel that a ReLU after its norm keeps at zero (a large |gamma| with a larger negative
+    beta): it carries nothing, yet weight norms may rank it first, and a narrow sub-network keeping it is
+    cut off from its input. Groups no layer reads are left out. A layer called twice is measured on its last
+    call.
+    """
+    modules = dict(model.named_modules())
+    readers = {g.id: [m for m in g.members if m.role == "in"] for g in groups}
+    seen: dict[str, torch.Tensor] = {}
+
+    def record(name: str):
+        return lambda module, args: seen.__setitem__(name, _channel_std(module, args[0].detach()))
+
+    names = {m.module for members in readers.values() for m in members}
+    hooks = [modules[n].register_forward_pre_hook(record(n)) for n in names]
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(x)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return {
+        gid: sum(_scaled(_per_channel(seen[m.module], m, g.size)) for m in members)
+        for (gid, members), g in zip(readers.items(), groups)
+        if members and all(m.module in seen for m in members)
+    }
+
+
+def _channel_std(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    dim = 1 if isinstance(module, CONVS) else -1
+    x = x.float().transpose(0, dim)
+    return x.reshape(x.shape[0], -1).std(1, unbiased=False)
+
+
+def l1_importance(model: nn.Module, group: ChannelGroup, activity: torch.Tensor | None = None) -> torch.Tensor:
     """Importance of each channel of ``group`` (shape ``[group.size]``, larger = more important).
 
     For each producer (conv/linear output) the L1 norm of the channel's weight row, divided by its mean over
     the group; the affine |gamma| of the first norm that follows the producer (its mean also divided out) is
     multiplied in; the producers' scores are summed. A group without producers (the model input) is scored
-    by its consumers' input-weight columns instead.
+    by its consumers' input-weight columns instead. ``activity`` (``channel_activity``'s, for this group)
+    multiplies the score, so a channel that never varies where it is read ranks last.
 
     Example:
         >>> keep = keep_top(l1_importance(model, group), group.size // 2)
@@ -67,7 +115,7 @@ def l1_importance(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
         if norm is not None:
             score = score * _scaled(_norm_gamma(modules[norm.module], norm, group.size))
         total += score
-    return total
+    return total if activity is None else total * activity
 
 
 def keep_top(importance: torch.Tensor, n: int) -> torch.Tensor:

@@ -2,7 +2,8 @@
 
 Both baselines (uniform, random) and the materialisation of searched architectures use this one space, so
 the only difference between methods is which point of it they pick. Channels are inherited from the seed by
-L1 importance; blocks are kept from the front of each stage.
+L1 importance (channels that do not vary on a probe batch of training inputs last); blocks are kept from
+the front of each stage.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from torch import nn
 from ..errors import BudgetInfeasibleError
 from ..models import StagedNet, arch_of, build_model
 from .channels import ChannelGroup, trace_channel_groups
-from .importance import keep_top, l1_importance
+from .importance import channel_activity, keep_top, l1_importance
 from .inherit import inherit_weights
 from .prune import slice_channels
 
@@ -23,19 +24,21 @@ CostFn = Callable[[nn.Module], float]
 
 
 class SubnetSpace:
-    """Widths of the prunable channel groups of ``model`` (and its depth per stage when it is a StagedNet).
+    """Widths of the prunable channel groups of ``model`` (and its depth per stage when it is a StagedNet);
+    channels are ranked on ``probe`` inputs where given (``channel_activity``), else by weights alone.
 
     Example:
         >>> space = SubnetSpace(seed_model, (1, 8, 8))
         >>> half = space.materialize(space.scaled_widths(0.5))
     """
 
-    def __init__(self, model: nn.Module, input_shape: Sequence[int]) -> None:
+    def __init__(self, model: nn.Module, input_shape: Sequence[int], probe: torch.Tensor | None = None) -> None:
         self.model = model.eval()
         example = torch.zeros(1, *input_shape, device=next(model.parameters()).device)
         self.groups: list[ChannelGroup] = trace_channel_groups(model, example)
         self.prunable = [g for g in self.groups if g.prunable]
-        self.importance = {g.id: l1_importance(model, g) for g in self.prunable}
+        activity = channel_activity(model, self.prunable, probe) if probe is not None else {}
+        self.importance = {g.id: l1_importance(model, g, activity.get(g.id)) for g in self.prunable}
         self.depths: list[int] | None = [len(s) for s in model.stages] if isinstance(model, StagedNet) else None
 
     def full_widths(self) -> dict[int, int]:
