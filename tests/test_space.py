@@ -480,7 +480,9 @@ def _dead_first_block() -> MobileBlock:
     return model
 
 
-def test_channel_activity_ranks_a_dead_channel_last() -> None:
+def test_channel_activity_ranks_a_dead_channel_last(monkeypatch) -> None:
+    from netfit.space import importance
+
     model, x = _dead_first_block(), torch.randn(16, 3, 6, 6)
     groups = trace_channel_groups(model, x[:1])
     hidden = _group_of(groups, "dw", "dw")
@@ -490,6 +492,8 @@ def test_channel_activity_ranks_a_dead_channel_last() -> None:
     std = y.transpose(0, 1).reshape(12, -1).std(1, unbiased=False)
     torch.testing.assert_close(activity[hidden.id], std / std.mean())
     assert activity[hidden.id][0] == 0
+    monkeypatch.setattr(importance, "PROBE_CHUNK", 5)  # pooled over uneven chunks: the same statistics
+    torch.testing.assert_close(channel_activity(model, groups, x)[hidden.id], activity[hidden.id])
     scores = l1_importance(model, hidden, activity[hidden.id])
     assert scores.argmin().item() == 0 and scores[1:].min() > 0
     assert model.training is False  # left in the mode it came in

@@ -51,6 +51,9 @@ def _paired_norm(group: ChannelGroup, producer: Member, modules: dict[str, nn.Mo
     return (same or norms or [None])[0]
 
 
+PROBE_CHUNK = 64  # samples per forward pass of channel_activity: bounded activation memory on large inputs
+
+
 def channel_activity(model: nn.Module, groups: Sequence[ChannelGroup], x: torch.Tensor) -> dict[int, torch.Tensor]:
     """How much each channel varies where it is read, on the inputs ``x`` (model in eval mode, no gradient).
 
@@ -58,37 +61,45 @@ def channel_activity(model: nn.Module, groups: Sequence[ChannelGroup], x: torch.
     layer that reads it (its ``in`` members), each layer's divided by its mean over the group, summed. Weights
     cannot see a channel that a ReLU after its norm keeps at zero (a large |gamma| with a larger negative
     beta): it carries nothing, yet weight norms may rank it first, and a narrow sub-network keeping it is
-    cut off from its input. Groups no layer reads are left out. A layer called twice is measured on its last
-    call.
+    cut off from its input. Groups no layer reads (on this forward pass) are left out; a layer called more
+    than once pools its calls. ``x`` runs in chunks of ``PROBE_CHUNK`` samples.
     """
     modules = dict(model.named_modules())
     readers = {g.id: [m for m in g.members if m.role == "in"] for g in groups}
-    seen: dict[str, torch.Tensor] = {}
+    moments: dict[str, torch.Tensor] = {}  # per reading layer: count, sum and sum of squares of each channel
 
     def record(name: str):
-        return lambda module, args: seen.__setitem__(name, _channel_std(module, args[0].detach()))
+        def accumulate(module: nn.Module, args: tuple) -> None:
+            dim = 1 if isinstance(module, CONVS) else -1
+            t = args[0].detach().double().transpose(0, dim)
+            t = t.reshape(t.shape[0], -1)
+            step = torch.stack([torch.full_like(t[:, 0], t.shape[1]), t.sum(1), t.square().sum(1)])
+            moments[name] = moments[name] + step if name in moments else step
+
+        return accumulate
 
     names = {m.module for members in readers.values() for m in members}
     hooks = [modules[n].register_forward_pre_hook(record(n)) for n in names]
     was_training = model.training
     try:
         with torch.no_grad():
-            model.eval()(x)
+            for part in x.split(PROBE_CHUNK):
+                model.eval()(part)
     finally:
         for h in hooks:
             h.remove()
         model.train(was_training)
+    std = {name: _std(*m) for name, m in moments.items()}
     return {
-        gid: sum(_scaled(_per_channel(seen[m.module], m, g.size)) for m in members)
+        gid: sum(_scaled(_per_channel(std[m.module], m, g.size)) for m in members)
         for (gid, members), g in zip(readers.items(), groups)
-        if members and all(m.module in seen for m in members)
+        if members and all(m.module in std for m in members)
     }
 
 
-def _channel_std(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    dim = 1 if isinstance(module, CONVS) else -1
-    x = x.float().transpose(0, dim)
-    return x.reshape(x.shape[0], -1).std(1, unbiased=False)
+def _std(count: torch.Tensor, total: torch.Tensor, squares: torch.Tensor) -> torch.Tensor:
+    mean = total / count
+    return (squares / count - mean.square()).clamp_min(0).sqrt().float()
 
 
 def l1_importance(model: nn.Module, group: ChannelGroup, activity: torch.Tensor | None = None) -> torch.Tensor:
