@@ -30,7 +30,7 @@ class RandomSearch:
     """
 
     name: ClassVar[str] = "random"
-    description: ClassVar[str] = "random per-group widths/depths scaled to the budget + L1 inheritance + fine-tune"
+    description: ClassVar[str] = "random per-group widths/depths scaled to the budget + inherited channels + fine-tune"
     samples: int = 3
     min_ratio: float = 0.25
     depth: bool = True

@@ -1,6 +1,6 @@
 """Baseline ``uniform``: scale every width (or every stage's depth) of the seed by one factor to fit the budget,
-down (an L1-inherited sub-network) or, for a budget above the seed's cost, up (a function-preserving widening or
-deepening)."""
+down (channels inherited by L1 x activity) or, for a budget above the seed's cost, up (a function-preserving
+widening or deepening)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from .common import cost_fn, finetune, from_scratch, inherited_accuracy, probe_i
 @METHODS.register("uniform")
 @dataclass
 class Uniform:
-    """The largest uniformly scaled sub-network within each budget, L1-inherited from the seed, then fine-tuned.
+    """The largest uniformly scaled sub-network within each budget, channels inherited from the seed (L1 x
+    activity), then fine-tuned.
 
     Options:
         variant: "width" (one width multiplier for every channel group) or "depth" (one fraction of blocks kept
@@ -34,7 +35,7 @@ class Uniform:
     """
 
     name: ClassVar[str] = "uniform"
-    description: ClassVar[str] = "uniform width (or depth) scaling of the seed + L1 channel inheritance + fine-tune"
+    description: ClassVar[str] = "uniform width (or depth) scaling of the seed + inherited channels + fine-tune"
     variant: str = "width"
     kd: bool = False
     kd_weight: float = 1.0
