@@ -131,10 +131,10 @@ def test_torchrun_two_processes_match_one(tmp_path, method):
     for a, b in zip(one, two):
         assert a["within_budget"] and b["within_budget"]
         assert abs(a["accuracy"] - b["accuracy"]) <= 0.05
-        if method == "uniform":  # the same architecture; the accuracy measured before fine-tuning is a float
+        if method == "uniform":  # the same architecture and network before fine-tuning, rated on the whole val set
             arch_a, arch_b = ({k: v for k, v in c["info"].items() if k != "val_acc_inherited"} for c in (a, b))
             assert (a["macs"], a["params"], arch_a) == (b["macs"], b["params"], arch_b)
-            assert abs(a["info"]["val_acc_inherited"] - b["info"]["val_acc_inherited"]) <= 0.05
+            assert abs(a["info"]["val_acc_inherited"] - b["info"]["val_acc_inherited"]) <= 0.01  # float rounding
 
 
 def _rss_bytes() -> int:

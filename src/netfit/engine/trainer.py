@@ -434,6 +434,7 @@ def evaluate(
         device = param.device if param is not None else torch.device("cpu")
     device = torch.device(device)
     x_all, y_all = getattr(data, split).tensors
+    init_distributed(device)  # a shard is only a share of the answer once the ranks can sum (e.g. before any train)
     rank, world, _ = dist_env()
     idx = torch.arange(len(y_all))[rank::world] if world > 1 else torch.arange(len(y_all))
     was_training = model.training
