@@ -29,7 +29,7 @@ from ..models import StagedNet, arch_of, build_model
 from .blocks import stage_blocks
 from .channels import trace_channel_groups
 from .compare import max_difference
-from .importance import channel_activity, l1_importance
+from .importance import channel_scores
 from .inherit import inherit_weights
 from .layers import BATCH_NORMS
 from .prune import Outgoing, remap_channels
@@ -50,12 +50,8 @@ def order_channels(model: nn.Module, input_shape: Sequence[int], probe: torch.Te
     """A copy of ``model`` with every prunable group's channels sorted by L1 importance, most important first;
     with ``probe`` inputs, channels that do not vary on them where they are read go last (``channel_activity``)."""
     groups = trace_channel_groups(model.eval(), _example(model, input_shape))
-    activity = channel_activity(model, groups, probe) if probe is not None else {}
-    order = {
-        g.id: torch.argsort(l1_importance(model, g, activity.get(g.id)), descending=True, stable=True)
-        for g in groups
-        if g.prunable and g.size > 1
-    }
+    scores = channel_scores(model, [g for g in groups if g.prunable and g.size > 1], probe)
+    order = {gid: torch.argsort(score, descending=True, stable=True) for gid, score in scores.items()}
     return remap_channels(model, groups, order)
 
 

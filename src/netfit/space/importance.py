@@ -91,9 +91,9 @@ def channel_activity(model: nn.Module, groups: Sequence[ChannelGroup], x: torch.
         model.train(was_training)
     std = {name: _std(*m) for name, m in moments.items()}
     return {
-        gid: sum(_scaled(_per_channel(std[m.module], m, g.size)) for m in members)
-        for (gid, members), g in zip(readers.items(), groups)
-        if members and all(m.module in std for m in members)
+        g.id: sum(_scaled(_per_channel(std[m.module], m, g.size)) for m in readers[g.id])
+        for g in groups
+        if readers[g.id] and all(m.module in std for m in readers[g.id])
     }
 
 
@@ -127,6 +127,15 @@ def l1_importance(model: nn.Module, group: ChannelGroup, activity: torch.Tensor 
             score = score * _scaled(_norm_gamma(modules[norm.module], norm, group.size))
         total += score
     return total if activity is None else total * activity
+
+
+def channel_scores(
+    model: nn.Module, groups: Sequence[ChannelGroup], probe: torch.Tensor | None = None
+) -> dict[int, torch.Tensor]:
+    """``l1_importance`` of every group in ``groups`` by id, times its ``channel_activity`` on ``probe`` inputs
+    where given (weights alone without)."""
+    activity = channel_activity(model, groups, probe) if probe is not None else {}
+    return {g.id: l1_importance(model, g, activity.get(g.id)) for g in groups}
 
 
 def keep_top(importance: torch.Tensor, n: int) -> torch.Tensor:

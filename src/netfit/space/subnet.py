@@ -16,7 +16,7 @@ from torch import nn
 from ..errors import BudgetInfeasibleError
 from ..models import StagedNet, arch_of, build_model
 from .channels import ChannelGroup, trace_channel_groups
-from .importance import channel_activity, keep_top, l1_importance
+from .importance import channel_scores, keep_top
 from .inherit import inherit_weights
 from .prune import slice_channels
 
@@ -37,8 +37,7 @@ class SubnetSpace:
         example = torch.zeros(1, *input_shape, device=next(model.parameters()).device)
         self.groups: list[ChannelGroup] = trace_channel_groups(model, example)
         self.prunable = [g for g in self.groups if g.prunable]
-        activity = channel_activity(model, self.prunable, probe) if probe is not None else {}
-        self.importance = {g.id: l1_importance(model, g, activity.get(g.id)) for g in self.prunable}
+        self.importance = channel_scores(model, self.prunable, probe)
         self.depths: list[int] | None = [len(s) for s in model.stages] if isinstance(model, StagedNet) else None
 
     def full_widths(self) -> dict[int, int]:
