@@ -161,6 +161,34 @@ def _elastic(name: str) -> ElasticNet:
     return ElasticNet(grow(model, shape, 1.5, 0.5, np.random.default_rng(0)), shape, units=8)
 
 
+def test_top_up_is_the_greedy_walk_priced_in_batches():
+    """``_top_up`` prices every group's trial in one call; it must add the same channels as the plain greedy
+    walk (one ``cost_at`` per trial, first fitting group in the order of the searched shares)."""
+    net = _elastic("mobilenetv2_cifar")
+    sizes = {g.id: g.size for g in net.gated}
+    gen = np.random.default_rng(0)
+    ratios = {g: float(r) for g, r in zip(sizes, gen.uniform(0.1, 1.0, len(sizes)))}
+    start = {g: max(1, int(0.3 * ratios[g] * sizes[g])) for g in sizes}
+    depths = net.min_depths
+    limit = 1.3 * net.cost_at(start, depths)["macs"]
+
+    def walk(widths):
+        while True:
+            order = sorted((g for g in sizes if widths[g] < sizes[g]), key=lambda g: widths[g] / (ratios[g] * sizes[g]))
+            for g in order:
+                if net.cost_at({**widths, g: widths[g] + 1}, depths)["macs"] <= limit:
+                    widths = {**widths, g: widths[g] + 1}
+                    break
+            else:
+                return widths
+
+    topped = dna_module._top_up(net, start, depths, "macs", limit, ratios)
+    assert topped == walk(dict(start)) and topped != start
+    assert net.cost_at(topped, depths)["macs"] <= limit
+    batched = net.costs_at([start, topped], depths)
+    assert batched["macs"].tolist() == [net.cost_at(w, depths)["macs"] for w in (start, topped)]
+
+
 @pytest.mark.parametrize("name", ["resnet18_cifar", "mobilenetv2_cifar", "user"])
 def test_expected_cost_agrees_with_the_cost_model(name):
     net = _elastic(name)

@@ -199,9 +199,15 @@ class ElasticNet:
 
     def cost_at(self, widths: dict[int, int], depths: Sequence[int] | None, calibrated: bool = True) -> dict:
         """MACs and params of the network with ``widths`` channels per group id and ``depths`` blocks per stage."""
-        width = torch.tensor([[float(widths[g.id]) for g in self.gated]], dtype=torch.float64)
-        keep = torch.tensor([self._keep(depths)], dtype=torch.float64)
-        return {k: float(v[0]) for k, v in self._cost(width, keep, calibrated).items()}
+        return {k: float(v[0]) for k, v in self.costs_at([widths], depths, calibrated).items()}
+
+    def costs_at(
+        self, rows: Sequence[dict[int, int]], depths: Sequence[int] | None, calibrated: bool = True
+    ) -> dict[str, torch.Tensor]:
+        """``cost_at`` of several width choices at one depth in one batched call: float64 tensors of shape (R,)."""
+        width = torch.tensor([[float(w[g.id]) for g in self.gated] for w in rows], dtype=torch.float64)
+        keep = torch.tensor([self._keep(depths)], dtype=torch.float64).expand(len(rows), -1)
+        return self._cost(width, keep, calibrated)
 
     def _keep(self, depths: Sequence[int] | None) -> list[float]:
         return [float(j < depths[s]) for s, j in self.blocks] if depths else [1.0] * len(self.blocks)
