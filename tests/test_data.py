@@ -56,6 +56,28 @@ def test_prepare_normalises_and_augments_reproducibly():
     assert torch.equal(aug1, aug2) and not torch.equal(aug1, plain[:64])
 
 
+@pytest.mark.parametrize("kind", ["crop", "crop_flip"])
+def test_each_drawn_version_is_one_fixed_augmentation_of_the_sample(kind):
+    """``augment`` says which version each sample got: one version, one image; every version occurs; and the
+    images are those ``prepare`` makes from the same generator."""
+    from netfit.data.augment import augment, augmentations
+
+    x = torch.randn(1, 1, 8, 8).expand(2000, 1, 8, 8)  # one asymmetric image, many draws
+    out, version = augment(x, kind, torch.Generator().manual_seed(0))
+    count = augmentations(kind, (1, 8, 8))
+    assert count == (18 if kind == "crop_flip" else 9) and set(version.tolist()) == set(range(count))
+    images = {}
+    for image, v in zip(out, version.tolist()):
+        assert torch.equal(images.setdefault(v, image), image)
+    assert len({tuple(image.flatten().tolist()) for image in images.values()}) == count
+    d = load_data("digits")
+    raw = d.train.tensors[0][:64]
+    drawn, versions = d.prepare_drawn(raw, torch.Generator().manual_seed(3))
+    assert torch.equal(drawn, d.prepare(raw, train=True, generator=torch.Generator().manual_seed(3)))
+    assert versions.shape == (64,) and d.augmentations == 9
+    assert augmentations(None, (1, 8, 8)) == augmentations("crop", (1, 40)) == 1
+
+
 def write_idx(path, array, magic, compress):
     header = struct.pack(">I", magic) + b"".join(struct.pack(">I", s) for s in array.shape)
     data = header + array.astype(np.uint8).tobytes()

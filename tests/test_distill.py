@@ -1,7 +1,11 @@
 """Distillation: the frozen teacher's logits remembered per training sample (CachedTeacher)."""
 
+import copy
+from dataclasses import replace
+
 import torch
 from torch import nn
+from torch.utils.data import TensorDataset
 
 from netfit.distill import CachedTeacher, LogitDistiller
 from netfit.engine import train
@@ -54,7 +58,7 @@ def test_a_table_past_its_size_limit_is_not_kept(monkeypatch):
 
 
 class AugmentedToyData(type(toy_data())):
-    augment = "crop"  # the trainer then gives no sample ids (prepare ignores it: same batches)
+    augment = "crop"  # says nothing of the version drawn: the trainer then gives no sample ids (same batches)
 
 
 def test_distilled_training_runs_the_teacher_once_per_sample_and_trains_the_same():
@@ -78,3 +82,40 @@ def test_fine_tunes_sharing_one_cached_teacher_run_it_once_per_sample():
     for _ in range(2):
         train(mlp(), data, CFG, extra_losses=[LogitDistiller(shared)], progress=False)
     assert teacher.rows == len(data.train)
+
+
+class CountingConvTeacher(nn.Module):
+    """A fixed random image classifier that counts the samples it has been run on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.net = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 36, 10))
+        self.rows = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.rows += len(x)
+        return self.net(x)
+
+
+def test_augmented_samples_are_remembered_per_version_drawn(monkeypatch):
+    """On augmented data the teacher runs once per sample and version drawn (digits: 9 shifts), not once per
+    sample and epoch, and training is what it is when every step runs the teacher."""
+    from netfit.data import load_data
+
+    data = load_data("digits")
+    data.train = TensorDataset(*(t[:256] for t in data.train.tensors))
+    cfg = replace(CFG, epochs=12)
+    student = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    rows, weights = {}, {}
+    for name in ("per version", "every step"):
+        if name == "every step":  # the data no longer says which version it drew
+            monkeypatch.setattr(type(data), "prepare_drawn", None)
+        teacher = CountingConvTeacher()
+        model = train(copy.deepcopy(student), data, cfg, extra_losses=[LogitDistiller(teacher)], progress=False)
+        rows[name], weights[name] = teacher.rows, model.model.state_dict()
+    n = len(data.train)
+    assert rows["every step"] == n * cfg.epochs
+    assert n < rows["per version"] <= n * data.augmentations < n * cfg.epochs
+    for key, value in weights["per version"].items():
+        torch.testing.assert_close(value, weights["every step"][key], atol=1e-5, rtol=1e-5)

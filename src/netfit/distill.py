@@ -16,9 +16,10 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
 
 
 class CachedTeacher:
-    """A frozen teacher's logits, remembered per training sample when the step knows the batch's sample ids
-    (``StepContext.ids``: data without random augmentation), so a sample costs one teacher pass per run instead
-    of one per epoch. In eval mode a sample's logits do not depend on the rest of its batch.
+    """A frozen teacher's logits, remembered per training input when the step knows the batch's ids
+    (``StepContext.ids``: the sample, and on augmented data the version drawn), so an input costs one teacher
+    pass per run instead of one per epoch (with random shifts, once per shift drawn: on 28x28 images 49
+    versions). In eval mode a sample's logits do not depend on the rest of its batch.
 
     Example:
         >>> teacher = CachedTeacher(seed_model)

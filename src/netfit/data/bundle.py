@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from .augment import augment
+from .augment import augment, augmentations
 
 
 @dataclass
@@ -41,12 +41,26 @@ class DataBundle:
 
     def prepare(self, x: torch.Tensor, train: bool, generator: torch.Generator | None = None) -> torch.Tensor:
         """float32, scaled, normalised; randomly augmented when ``train`` (reproducibly with ``generator``)."""
+        x = self._normalised(x)
+        return augment(x, self.augment, generator)[0] if train and self.augment else x
+
+    def prepare_drawn(
+        self, x: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A training batch as ``prepare(x, train=True)`` makes it, and which of the ``augmentations`` each
+        sample got (None without augmentation)."""
+        x = self._normalised(x)
+        return augment(x, self.augment, generator) if self.augment else (x, None)
+
+    @property
+    def augmentations(self) -> int:
+        """How many distinct versions of one training sample the augmentation draws from (1: none)."""
+        return augmentations(self.augment, self.input_shape)
+
+    def _normalised(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
         mean, std = self._stats_on(x.device)
-        x = (x - mean) / std
-        if train and self.augment:
-            x = augment(x, self.augment, generator)
-        return x
+        return (x - mean) / std
 
     def _stats_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         if device not in self._stats:

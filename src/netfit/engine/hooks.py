@@ -38,8 +38,8 @@ class StepContext:
     device: torch.device
     scaler: Any = None
     did_backward: bool = False
-    # the batch's indices into the training split, given only when the batch is a fixed function of them
-    # (fixed_batch_ids), so a frozen model's per-sample outputs may be remembered (distill.CachedTeacher)
+    # ids that fix each sample's input (its index into the training split, and the augmentation drawn where the
+    # data augments; training_batch), so a frozen model's per-sample outputs may be remembered (CachedTeacher)
     ids: torch.Tensor | None = None
 
     def backward(self, loss: torch.Tensor) -> None:
@@ -53,9 +53,22 @@ class StepContext:
 
 
 def fixed_batch_ids(data: Any, idx: torch.Tensor) -> torch.Tensor | None:
-    """``StepContext.ids`` for a training batch of samples ``idx``: ``idx`` when the data has no random
-    augmentation (the batch is then a fixed function of its ids), else None."""
+    """``StepContext.ids`` for an un-augmented batch of training samples ``idx``: ``idx`` when the data has no
+    random augmentation (the batch is then a fixed function of its ids), else None."""
     return None if getattr(data, "augment", None) else idx
+
+
+def training_batch(
+    data: Any, x: torch.Tensor, idx: torch.Tensor, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The training samples ``idx`` (raw ``x``) prepared for the model, and their ``StepContext.ids``: ``idx``
+    without augmentation; with it, one id per sample and version drawn (``idx * augmentations + version``),
+    where the data says which version it drew (``DataBundle.prepare_drawn``), else None."""
+    drawn = getattr(data, "prepare_drawn", None)
+    if not getattr(data, "augment", None) or drawn is None:
+        return data.prepare(x, train=True, generator=generator), fixed_batch_ids(data, idx)
+    x, version = drawn(x, generator)
+    return x, idx * data.augmentations + version.to(idx.device)
 
 
 StepFn = Callable[[StepContext], StepOutput]

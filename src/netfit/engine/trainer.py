@@ -42,8 +42,8 @@ from .hooks import (
     TrainResult,
     TrainState,
     check_finite,
-    fixed_batch_ids,
     scalar,
+    training_batch,
 )
 from .log import ProgressBar, RunLog
 from .norms import recalibrate_norms
@@ -306,11 +306,10 @@ class _Trainer:
         factor = self.lr_control.factor(state.step)
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
             group["lr"] = base * factor
-        x = self.data.prepare(self.x_all[idx].to(device, non_blocking=True), train=True, generator=generator)
+        x, ids = training_batch(self.data, self.x_all[idx].to(device, non_blocking=True), idx, generator)
         if config.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         y = self.y_all[idx].to(device, non_blocking=True)
-        ids = fixed_batch_ids(self.data, idx)
         ctx = StepContext(
             self.ddp_model, self.model, x, y, state.epoch, state.step, config, device, self.scaler, ids=ids
         )
