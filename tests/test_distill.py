@@ -98,7 +98,19 @@ class CountingConvTeacher(nn.Module):
         return self.net(x)
 
 
-def test_augmented_samples_are_remembered_per_version_drawn(monkeypatch):
+class Unreported:
+    """Augmented data that does not say which version it drew (no ``prepare_drawn``): no sample ids."""
+
+    def __init__(self, data) -> None:
+        self._data = data
+
+    def __getattr__(self, name: str):
+        if name == "prepare_drawn":
+            raise AttributeError(name)
+        return getattr(self._data, name)
+
+
+def test_augmented_samples_are_remembered_per_version_drawn():
     """On augmented data the teacher runs once per sample and version drawn (digits: 9 shifts), not once per
     sample and epoch, and training is what it is when every step runs the teacher."""
     from netfit.data import load_data
@@ -108,11 +120,9 @@ def test_augmented_samples_are_remembered_per_version_drawn(monkeypatch):
     cfg = replace(CFG, epochs=12)
     student = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
     rows, weights = {}, {}
-    for name in ("per version", "every step"):
-        if name == "every step":  # the data no longer says which version it drew
-            monkeypatch.setattr(type(data), "prepare_drawn", None)
+    for name, source in (("per version", data), ("every step", Unreported(data))):
         teacher = CountingConvTeacher()
-        model = train(copy.deepcopy(student), data, cfg, extra_losses=[LogitDistiller(teacher)], progress=False)
+        model = train(copy.deepcopy(student), source, cfg, extra_losses=[LogitDistiller(teacher)], progress=False)
         rows[name], weights[name] = teacher.rows, model.model.state_dict()
     n = len(data.train)
     assert rows["every step"] == n * cfg.epochs

@@ -41,8 +41,7 @@ class DataBundle:
 
     def prepare(self, x: torch.Tensor, train: bool, generator: torch.Generator | None = None) -> torch.Tensor:
         """float32, scaled, normalised; randomly augmented when ``train`` (reproducibly with ``generator``)."""
-        x = self._normalised(x)
-        return augment(x, self.augment, generator)[0] if train and self.augment else x
+        return self.prepare_drawn(x, generator)[0] if train else self._normalised(x)
 
     def prepare_drawn(
         self, x: torch.Tensor, generator: torch.Generator | None = None
