@@ -94,6 +94,8 @@ class DNA:
         arch_every: run the architecture pass (and move the logits) every this many steps only; the other steps
             train the weights alone and skip its soft pass. 4 made the search cheaper and the smallest budget
             unstable (docs/methods/dna.md, "Costs and limits")
+        arch_batch: the fraction of each batch the architecture pass runs on (its cost scales with it); the
+            budget loss is exact whatever the fraction, only the data term of the logits' gradient is noisier.
         split_batch: the architecture pass splits each batch between all budgets, so every budget's logits
             move at every step; False: one budget per step (round-robin) on the whole batch.
         every_budget: the sandwich's ``samples`` sub-nets are drawn from EVERY budget's chains at every step, each
@@ -147,6 +149,7 @@ class DNA:
     init_depth_logit: float = 0.0
     one_level: bool = True
     arch_every: int = 1
+    arch_batch: float = 1.0
     sample_pass: str = "auto"
     split_batch: bool = True
     latency_table: bool = True
@@ -174,6 +177,8 @@ class DNA:
         if self.sample_pass not in (*SAMPLE_PASSES, "auto"):
             choices = ", ".join((*SAMPLE_PASSES, "auto"))
             raise NetfitError(f"dna sample_pass must be one of {choices}, got {self.sample_pass!r}")
+        if not 0 < self.arch_batch <= 1:
+            raise NetfitError(f"dna arch_batch is a fraction of the batch in (0, 1], got {self.arch_batch}")
         if self.arch_every < 1:
             raise NetfitError(f"dna arch_every is a step count >= 1, got {self.arch_every}")
         if self.arch_lr <= 0 or self.cost_weight <= 0 or self.warmup_epochs < 0 or self.search_lr_scale <= 0:

@@ -40,13 +40,14 @@ def search_step(
     frozen: CachedTeacher | None = None,
 ) -> StepFn:
     """The search step for ``engine.train``: largest pass (CE; the only one updating BN statistics; with a
-    ``frozen`` in-place teacher instead, its logits and no largest pass), then
-    after warm-up the architecture gradient on the expected network of every budget on its share of the
-    batch (``split_batch``; else of one budget, round-robin), then the smallest and ``samples`` sub-nets
+    ``frozen`` in-place teacher instead, its logits and no largest pass), then after warm-up the architecture
+    gradient on the expected network of every budget on its share of the batch's leading ``arch_batch``
+    fraction (``split_batch``; else of one budget, round-robin), then the smallest and ``samples`` sub-nets
     sampled from every budget's chains on its share of the batch (``every_budget``; else from one budget's,
     round-robin), distilled in place from the largest."""
     warmup, samples, cost_weight, one_level = opts.warmup_epochs, opts.samples, opts.cost_weight, opts.one_level
     split_batch, every_budget, arch_every = opts.split_batch, opts.every_budget, opts.arch_every
+    arch_batch = opts.arch_batch
     sample_pass = opts.sample_pass if opts.sample_pass != "auto" else "batched"  # DNA.search measures "auto"
 
     def step(ctx) -> StepOutput:
@@ -68,15 +69,19 @@ def search_step(
                 for p in params:  # backward accumulates in place: park the sandwich grads out of its reach
                     p.grad = None
                 turn = [ctx.step // arch_every % len(limits)]  # round-robin over the steps that run this pass
-                shares = _batch_shares(range(len(limits)) if split_batch else turn, len(ctx.y))
+                moving = range(len(limits)) if split_batch else turn
+                # the loader shuffles, so the batch's leading fraction is a random subset of it
+                size = min(len(ctx.y), max(len(moving), round(arch_batch * len(ctx.y))))
+                x, y = ctx.x[:size], ctx.y[:size]
+                shares = _batch_shares(moving, size)
                 # every budget's expected network on its share, in one pass (per-sample gates)
                 net.set_soft_rows([(arch.width[r], arch.depth[r], part) for r, part in shares])
                 rows = [r for r, _ in shares]
                 costs = net.expected_cost(arch.width[rows], arch.depth[rows])  # every row's metrics at once
                 expected = [costs[metrics[r]][i] for i, r in enumerate(rows)]
                 budgets = [dead_zone_loss(e, limits[r]) for e, (r, _) in zip(expected, shares)]
-                budget_loss = sum(_fraction(part, ctx.y) * b for (_, part), b in zip(shares, budgets))
-                ctx.backward(F.cross_entropy(ctx.model(ctx.x), ctx.y) + cost_weight * budget_loss)
+                budget_loss = sum(_fraction(part, y) * b for (_, part), b in zip(shares, budgets))
+                ctx.backward(F.cross_entropy(ctx.model(x), y) + cost_weight * budget_loss)
                 ratios = [e.item() / limits[r] for e, (r, _) in zip(expected, shares)]
                 budget_losses = [b.item() for b in budgets]
                 for p, grad in zip(params, grads):
