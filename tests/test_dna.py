@@ -446,6 +446,9 @@ def test_bad_options_are_refused():
         DNA(finetune_warmup=2)
     with pytest.raises(NetfitError, match="finetune_clip"):
         DNA(finetune_clip=0)
+    for fraction in (0, 1.5):
+        with pytest.raises(NetfitError, match="arch_batch"):
+            DNA(arch_batch=fraction)
 
 
 def test_inherited_fine_tunes_clip_the_gradient_unless_training_settings_do():
@@ -696,6 +699,31 @@ def test_architecture_step_moves_every_budget_or_one(split_batch):
     moved = [bool(row.abs().sum() > 0) for row in arch.width.grad]
     assert moved == ([True] * 3 if split_batch else [False, True, False])  # step 4 -> budget 4 % 3 = 1
     assert out.metrics["expected_cost_ratio_min"] <= out.metrics["expected_cost_ratio_max"]
+
+
+def test_architecture_pass_on_a_fraction_of_the_batch_is_that_fraction_alone():
+    """arch_batch=0.5: the logits' gradient is the whole architecture pass's on the batch's first half (the
+    budget loss unchanged), so the pass costs half as much."""
+    from netfit.engine import StepContext, TrainConfig
+
+    model, shape = _model("cnn_small")
+    net = ElasticNet(grow(model, shape, 1.5, 0.5, np.random.default_rng(0)), shape, units=4)
+    limits = [1e5, 5e4, 2e4]
+    x, y = torch.randn(16, *shape), torch.randint(0, 10, (16,))
+    grads = []
+    for arch_batch, size in ((0.5, 16), (1.0, 8)):
+        method = DNA(samples=0, warmup_epochs=0, arch_batch=arch_batch)
+        arch = method.init_arch(net, limits, ["macs"] * 3, [len(s) for s in model.stages])
+        net.attach()
+        try:
+            method.step_fn(net, arch, limits, ["macs"] * 3, 0)(
+                StepContext(net.model.train(), net.model, x[:size], y[:size], 0, 0, TrainConfig(), torch.device("cpu"))
+            )
+        finally:
+            net.detach()
+        grads.append((arch.width.grad, arch.depth.grad))
+    for half, alone in zip(*grads):
+        assert half.abs().sum() > 0 and torch.allclose(half, alone, atol=1e-6)
 
 
 @pytest.mark.parametrize("one_level", [False, True])
