@@ -29,7 +29,7 @@ from netfit.data import load_data
 from netfit.engine import StepContext, TrainConfig, fixed_batch_ids
 from netfit.export import load_model
 from netfit.methods.dna import DNA
-from netfit.methods.dna_step import choose_sample_pass
+from netfit.methods.dna_passes import choose_passes
 from netfit.space.elastic import ElasticNet
 from netfit.space.grow import grow
 
@@ -164,14 +164,15 @@ def step_ratios(
     y = data.train.tensors[1][:batch_size].to(device)
     frozen = method._inplace_teacher(model)
     cuda = torch.device(device).type == "cuda"
-    if method.sample_pass == "auto":  # chosen as the search chooses it, on this batch
+    auto = [name for name in ("sample_pass", "soft_pass") if getattr(method, name) == "auto"]
+    if auto:  # chosen as the search chooses them, on this batch
         net.attach()
         try:
-            choice, seconds = choose_sample_pass(net, arch, x, method.samples, seed, torch.bfloat16 if cuda else None)
+            choice, seconds = choose_passes(net, arch, x, method.samples, seed, torch.bfloat16 if cuda else None)
         finally:
             net.detach()
-        print(f"sample_pass=auto chose {choice}: {seconds}", flush=True)
-        method = dataclasses.replace(method, sample_pass=choice)
+        print(f"auto passes: {choice}: {seconds}", flush=True)
+        method = dataclasses.replace(method, **{name: choice[name] for name in auto})
     step, steps_taken = method.step_fn(net, arch, limits, metrics, seed, frozen), itertools.count()
     ids = fixed_batch_ids(data, torch.arange(batch_size))
 

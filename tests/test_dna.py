@@ -338,6 +338,54 @@ def test_sliced_runs_match_the_gated_network_in_outputs_and_gradients(name):
             assert (a - b).abs().max() <= 1e-10 + 1e-8 * b.abs().max()
 
 
+@pytest.mark.parametrize("name", ["resnet18_cifar", "mobilenetv2_cifar", "resnet18_1d", "user"])
+def test_soft_sliced_pass_is_the_expected_network_without_its_negligible_tail(name):
+    """run_soft_sliced drops the units and blocks whose keep probability is below the tail and gates the rest
+    by their probabilities: the set_soft pass's outputs and gradients (weights and logits) where the dropped
+    part's gates are negligible, on a skeleton narrower than the supernet; tail 0 keeps everything, exactly."""
+    net, shape = _float64_elastic(name)
+    x = torch.randn(4, *shape, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(5)
+    width = torch.randn(net.num_width_logits, generator=gen, dtype=torch.float64) + 2
+    depth = torch.randn(net.num_depth_logits, generator=gen, dtype=torch.float64)
+    start = 0
+    for n in net.num_units:  # every gate's chain falls off (to ~1e-40) after a random unit, a block chain too
+        cut = int(torch.randint(0, n - 1, (1,), generator=gen))
+        width[start + cut : start + n - 1] = -90.0
+        start += n - 1
+    depth[: len(depth) // 2] = -90.0
+
+    def outputs_and_grads(run):
+        w, d = width.clone().requires_grad_(), depth.clone().requires_grad_()
+        net.model.zero_grad(set_to_none=True)
+        out = run(w, d)
+        out.square().sum().backward()
+        grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in net.model.parameters()]
+        return out.detach(), [*grads, w.grad, torch.zeros_like(d) if d.grad is None else d.grad]
+
+    def gated(w, d):
+        net.attach()
+        try:
+            net.set_soft(w, d)
+            with frozen_norm_statistics(net.model):
+                return net.model(x)
+        finally:
+            net.detach()
+
+    net.model.train()
+    reference, reference_grads = outputs_and_grads(gated)
+    for tail in (0.0, 1e-6):
+        stats = {n: b.clone() for n, b in net.model.named_buffers()}
+        sliced, sliced_grads = outputs_and_grads(lambda w, d, tail=tail: net.run_soft_sliced(w, d, x, tail))
+        for n, b in net.model.named_buffers():
+            assert torch.equal(b, stats[n]), n
+        assert torch.allclose(sliced, reference, atol=1e-10)
+        for a, b in zip(sliced_grads, reference_grads):
+            assert (a - b).abs().max() <= 1e-10 + 1e-8 * b.abs().max()
+    skeleton = next(reversed(net._sliced.skeletons.values()))[0]  # the tail's, built last
+    assert sum(t.numel() for t in skeleton.parameters()) < sum(p.numel() for p in net.model.parameters())
+
+
 @pytest.mark.parametrize("name", ["resnet18_cifar", "mobilenetv2_cifar", "user"])
 def test_one_pass_per_batch_matches_one_pass_per_budget(name):
     """set_soft_rows runs every budget's expected network on its share of the batch in one pass: the same
@@ -446,6 +494,9 @@ def test_bad_options_are_refused():
         DNA(finetune_warmup=2)
     with pytest.raises(NetfitError, match="finetune_clip"):
         DNA(finetune_clip=0)
+    for name in ("sample_pass", "soft_pass"):
+        with pytest.raises(NetfitError, match=name):
+            DNA(**{name: "masked"})
     for fraction in (0, 1.5):
         with pytest.raises(NetfitError, match="arch_batch"):
             DNA(arch_batch=fraction)

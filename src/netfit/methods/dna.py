@@ -39,7 +39,8 @@ from ..space.latency_table import LatencyTable, measure_table
 from ..tuning import machine, remembered_choice
 from .base import METHODS, Candidate, Seed, Target
 from .common import cost_fn, finetune, from_scratch, inherited_accuracy, probe_inputs
-from .dna_step import DEAD_ZONE, SAMPLE_PASSES, choose_sample_pass, dead_zone_loss, search_step
+from .dna_passes import PASS_MODES, choose_passes
+from .dna_step import DEAD_ZONE, dead_zone_loss, search_step
 from .uniform import _slug
 
 KD_TEACHERS = ("seed", "largest", "best")
@@ -110,6 +111,11 @@ class DNA:
             machine, network and settings and remembered (``netfit.tuning``). Which is faster depends on both:
             batched on the mnist1d ResNets on CPU (0.05 s against 0.19 s per step) and on an H200, sliced on
             the MNIST-10k ResNet-18 on CPU (0.29 s against 0.66 s). docs/methods/dna.md, "Costs and limits".
+        soft_pass: how the architecture pass runs the budgets' expected networks: "batched" (one pass of the
+            supernet with per-sample soft gates), "sliced" (each on its share, on the slices its units and blocks
+            kept with probability >= 1e-3 need: the small budgets' networks cost a fraction of the supernet, and
+            the dropped tail's gates are below 1e-3), or "auto" (the default): the faster, timed with
+            ``sample_pass``.
         latency_table: for latency budgets, search on a per-layer latency table measured on the budget's device
             and backend (``netfit.space.latency_table``); False: on MACs scaled by the seed's latency per MAC.
         finetune_warmup: the fraction of each fine-tune spent warming the learning rate up linearly from 0: the
@@ -151,6 +157,7 @@ class DNA:
     arch_every: int = 1
     arch_batch: float = 1.0
     sample_pass: str = "auto"
+    soft_pass: str = "auto"
     split_batch: bool = True
     latency_table: bool = True
     finetune_warmup: float = 0.25
@@ -174,9 +181,9 @@ class DNA:
             raise NetfitError(
                 f"dna inplace_teacher must be one of {', '.join(INPLACE_TEACHERS)}, got {self.inplace_teacher!r}"
             )
-        if self.sample_pass not in (*SAMPLE_PASSES, "auto"):
-            choices = ", ".join((*SAMPLE_PASSES, "auto"))
-            raise NetfitError(f"dna sample_pass must be one of {choices}, got {self.sample_pass!r}")
+        for name, mode in (("sample_pass", self.sample_pass), ("soft_pass", self.soft_pass)):
+            if mode not in (*PASS_MODES, "auto"):
+                raise NetfitError(f"dna {name} must be one of {', '.join((*PASS_MODES, 'auto'))}, got {mode!r}")
         if not 0 < self.arch_batch <= 1:
             raise NetfitError(f"dna arch_batch is a fraction of the batch in (0, 1], got {self.arch_batch}")
         if self.arch_every < 1:
@@ -297,7 +304,7 @@ class DNA:
         net.model.to(run.device)  # before attaching: the gates keep their indices on the model's device
         net.attach()
         try:
-            opts = dataclasses.replace(self, sample_pass=self._sample_pass(net, arch, data, run))
+            opts = dataclasses.replace(self, **self._passes(net, arch, data, run))
             result = run.train(
                 net.model,
                 data,
@@ -312,33 +319,38 @@ class DNA:
             net.detach()
         return result.model
 
-    def _sample_pass(self, net: ElasticNet, arch: ArchParams, data, run) -> str:
-        """``sample_pass``, with "auto" measured: both ways timed on a training batch (a few steps' worth of
-        passes) the first time this machine searches this supernet with these settings, then read back from
-        netfit's tuning cache (``netfit.tuning``: runs of one seed stay reproducible); kept in the run
-        directory so that a resumed search uses the same. Batched where the choice does not arise: one budget,
-        ``every_budget=False`` (each step's samples come from one budget) or torchrun (DDP needs every pass
-        through its wrapper)."""
-        if self.sample_pass != "auto":
-            return self.sample_pass
-        if len(arch.width) < 2 or not self.every_budget or is_distributed():
-            return "batched"
-        path = run.out / "dna-sample-pass.json"
+    def _passes(self, net: ElasticNet, arch: ArchParams, data, run) -> dict[str, str]:
+        """``sample_pass`` and ``soft_pass``, "auto" measured: both ways timed on a training batch (a few steps'
+        worth of passes) the first time this machine searches this supernet with these settings, then read back
+        from netfit's tuning cache (``netfit.tuning``: runs of one seed stay reproducible); kept in the run
+        directory so that a resumed search uses the same. Batched where the choice does not arise: torchrun (DDP
+        needs every pass through its wrapper), and for the samples one budget or ``every_budget=False`` (each
+        step's samples come from one budget)."""
+        single = len(arch.width) < 2 or not self.every_budget
+        passes = {
+            "sample_pass": "batched" if single or is_distributed() else self.sample_pass,
+            "soft_pass": "batched" if is_distributed() else self.soft_pass,
+        }
+        if "auto" not in passes.values():
+            return passes
+        path = run.out / "dna-passes.json"
         if not path.exists():
             x = data.prepare(data.train.tensors[0][: run.config.batch_size], train=False).to(run.device)
             amp = amp_dtype(run.config, run.device)  # the search's autocast, as training sets it
             supernet = [(n, tuple(p.shape)) for n, p in net.model.named_parameters()]
             key = {**machine(run.device), "supernet": supernet, "input": tuple(x.shape), "amp": str(amp)}
-            key |= {"budgets": len(arch.width), "samples": self.samples, "depths": net.depths}
-            choice, seconds = remembered_choice(
-                "dna-sample-pass",
-                key,
-                SAMPLE_PASSES,
-                lambda: choose_sample_pass(net, arch, x, self.samples, run.seed, amp),
-            )
-            atomic_write_text(path, json.dumps({"sample_pass": choice, "seconds": seconds}))
-            run.log.write("dna-sample-pass", sample_pass=choice, measured_seconds=seconds)
-        return json.loads(path.read_text())["sample_pass"]
+            key |= {"budgets": len(arch.width), "samples": self.samples, "depths": net.depths, "fixed": passes}
+
+            def measure() -> tuple[str, dict]:
+                fastest, seconds = choose_passes(net, arch, x, self.samples, run.seed, amp)
+                return json.dumps({k: fastest[k] if v == "auto" else v for k, v in passes.items()}), seconds
+
+            combos = [json.dumps({"sample_pass": a, "soft_pass": b}) for a in PASS_MODES for b in PASS_MODES]
+            choice, seconds = remembered_choice("dna-passes", key, combos, measure)
+            atomic_write_text(path, json.dumps({**json.loads(choice), "seconds": seconds}))
+            run.log.write("dna-passes", **json.loads(choice), measured_seconds=seconds)
+        kept = json.loads(path.read_text())
+        return {name: kept[name] for name in passes}
 
     # ----- result
     def _kd_teacher(self, net: ElasticNet, seed: Seed, data, run, frozen: CachedTeacher | None) -> CachedTeacher:

@@ -25,15 +25,12 @@ so for a 0/1 architecture it equals the counted cost of the materialised network
 
 from __future__ import annotations
 
-import copy
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 
 from ..cost import count_cost
 from ..models import StagedNet
@@ -41,7 +38,7 @@ from .blocks import stage_blocks
 from .cost_formula import CostFormula, trace_layers
 from .latency_table import LatencyTable
 from .layers import BATCH_NORMS, CONVS, dim_size
-from .prune import sliced_view
+from .sliced import SlicedRunner
 from .subnet import SubnetSpace
 
 
@@ -97,8 +94,7 @@ class ElasticNet:
         self._block_gates: list[torch.Tensor | float | None] | None = None
         self._shares: list[slice] | None = None  # batch shares normalised apart (``set_soft_rows``)
         self._handles: list = []
-        self._template = _shape_only(model)  # before any hook is attached: copies carry no gates
-        self._skeletons: OrderedDict[tuple, tuple[nn.Module, dict]] = OrderedDict()
+        self._sliced = SlicedRunner(self)  # before any gate is attached: its template carries none
 
     # ----- the space
     @property
@@ -287,35 +283,14 @@ class ElasticNet:
         """``arch``'s sub-network on ``x``, computed on slices of the supernet's live parameters (so gradients
         reach them) in the supernet's train/eval mode; the supernet's normalisation statistics are not touched.
         The same outputs and gradients as ``set_hard(arch)`` + a gated forward, at the sub-network's cost."""
-        skeleton, selections = self._skeleton(arch)
-        skeleton.train(self.model.training)
-        live = dict(self.model.named_parameters()) | {n: b.clone() for n, b in self.model.named_buffers()}
-        tensors = {}
-        for name in _tensor_names(skeleton):
-            tensor = live[name]
-            for dim, idx in selections.get(name, ()):
-                tensor = tensor.index_select(dim, idx.to(tensor.device))
-            tensors[name] = tensor
-        return functional_call(skeleton, tensors, (x,))
+        return self._sliced.run(arch, x)
 
-    def _skeleton(self, arch: Arch) -> tuple[nn.Module, dict]:
-        """The sub-network's modules on the meta device (shapes only) and what to take from each tensor;
-        the last few are kept, the smallest network's is needed every step."""
-        key = (tuple(arch.units), tuple(arch.depths) if arch.depths else None)
-        if key in self._skeletons:
-            self._skeletons.move_to_end(key)
-            return self._skeletons[key]
-        widths = self.widths(arch)
-        keep = {g.id: torch.arange(widths[g.id]) for g in self.gated if widths[g.id] < g.size}
-        # "stages" is copied too: truncating a stage below replaces its entry in the skeleton's own list
-        skeleton, selections = sliced_view(self._template, self.space.groups, keep, ["stages"] if arch.depths else [])
-        if arch.depths:
-            for s, depth in enumerate(arch.depths):
-                skeleton.stages[s] = nn.Sequential(*list(skeleton.stages[s])[:depth])
-        self._skeletons[key] = (skeleton, selections)
-        if len(self._skeletons) > 8:
-            self._skeletons.popitem(last=False)
-        return self._skeletons[key]
+    def run_soft_sliced(
+        self, width_logits: torch.Tensor, depth_logits: torch.Tensor, x: torch.Tensor, tail: float
+    ) -> torch.Tensor:
+        """The expected network of one row of logits on ``x``, sliced: ``set_soft`` + a gated pass without the
+        units and blocks whose keep probability is below ``tail`` (``netfit.space.sliced``)."""
+        return self._sliced.run_soft(width_logits, depth_logits, x, tail)
 
     def attach(self) -> None:
         """Install the gates (forward pre-hooks on consumers, gated forwards on skippable blocks)."""
@@ -436,19 +411,6 @@ class _Restore:
 def _unit_bounds(size: int, units: int) -> list[int]:
     n = max(1, min(units, size))
     return [round(i * size / n) for i in range(n + 1)]
-
-
-def _shape_only(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` on the meta device (no memory, no compute) whose norms never update statistics."""
-    template = copy.deepcopy(model).to("meta")
-    for m in template.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.momentum = 0.0
-    return template
-
-
-def _tensor_names(model: nn.Module) -> list[str]:
-    return [n for n, _ in model.named_parameters()] + [n for n, _ in model.named_buffers()]
 
 
 def _device(model: nn.Module) -> torch.device:

@@ -1,5 +1,6 @@
-"""DNA's sample_pass="auto": both ways timed without side effects, the choice remembered per machine
-(``netfit.tuning``) so runs of one seed stay reproducible, and kept in the run directory for a resume."""
+"""DNA's sample_pass and soft_pass "auto": both ways of both passes timed without side effects, the choice
+remembered per machine (``netfit.tuning``) so runs of one seed stay reproducible, and kept in the run directory
+for a resume."""
 
 import json
 
@@ -10,7 +11,7 @@ import torch
 from netfit import tuning
 from netfit.api import adapt
 from netfit.methods.dna import DNA
-from netfit.methods.dna_step import SAMPLE_PASSES, choose_sample_pass
+from netfit.methods.dna_passes import PASS_MODES, choose_passes
 from netfit.models import create_model
 from netfit.space.elastic import ElasticNet
 from netfit.space.grow import grow
@@ -37,8 +38,9 @@ def test_remembered_choice_measures_once_per_key(tmp_path, monkeypatch):
     assert tuning.remembered_choice("t", {"a": 1}, ("x", "y"), measure("x")) == ("x", {"x": 0.1})
 
 
-def test_timing_the_sample_passes_leaves_no_trace():
-    """Timing both ways trains nothing: no gradients left, batch norm running statistics unchanged."""
+def test_timing_the_passes_leaves_no_trace():
+    """Timing both ways of both passes trains nothing: no gradients left (weights or architecture logits),
+    batch norm running statistics unchanged; each choice is its faster way."""
     torch.manual_seed(0)
     model = create_model("resnet18_cifar", num_classes=10, in_chans=1, width_mult=0.25)
     shape = (1, 16, 16)
@@ -48,12 +50,14 @@ def test_timing_the_sample_passes_leaves_no_trace():
     stats = {k: v.clone() for k, v in net.model.state_dict().items() if "running" in k}
     net.attach()
     try:
-        choice, seconds = choose_sample_pass(net, arch, torch.randn(12, *shape), samples=1, seed=0)
+        choice, seconds = choose_passes(net, arch, torch.randn(12, *shape), samples=1, seed=0)
     finally:
         net.detach()
-    assert choice in SAMPLE_PASSES and set(seconds) == set(SAMPLE_PASSES) and min(seconds.values()) > 0
-    assert seconds[choice] == min(seconds.values())
-    assert all(p.grad is None for p in net.model.parameters())
+    assert set(choice) == set(seconds) == {"sample_pass", "soft_pass"}
+    for name, modes in seconds.items():
+        assert set(modes) == set(PASS_MODES) and min(modes.values()) > 0
+        assert modes[choice[name]] == min(modes.values())
+    assert all(p.grad is None for p in [*net.model.parameters(), *arch.parameters()])
     assert all(torch.equal(net.model.state_dict()[k], v) for k, v in stats.items())
 
 
@@ -65,19 +69,38 @@ def test_auto_is_measured_once_then_read_back(tmp_path, digits):
     options = {"search_epochs": 1, "warmup_epochs": 0, "units": 4}
     first = adapt("cnn_small", digits, "50%,25%", "dna", out=tmp_path / "a", method_options=options, **FAST)
     second = adapt("cnn_small", digits, "50%,25%", "dna", out=tmp_path / "b", method_options=options, **FAST)
-    (measured,), (cached,) = _events(tmp_path / "a", "dna-sample-pass"), _events(tmp_path / "b", "dna-sample-pass")
-    assert measured["sample_pass"] in SAMPLE_PASSES and set(measured["measured_seconds"]) == set(SAMPLE_PASSES)
-    assert cached["sample_pass"] == measured["sample_pass"] and cached["measured_seconds"] is None
-    kept = json.loads((tmp_path / "a" / "dna-sample-pass.json").read_text())
-    assert kept["sample_pass"] == measured["sample_pass"]
+    (measured,), (cached,) = _events(tmp_path / "a", "dna-passes"), _events(tmp_path / "b", "dna-passes")
+    for name in ("sample_pass", "soft_pass"):
+        assert measured[name] in PASS_MODES and set(measured["measured_seconds"][name]) == set(PASS_MODES)
+        assert cached[name] == measured[name]
+    assert cached["measured_seconds"] is None
+    kept = json.loads((tmp_path / "a" / "dna-passes.json").read_text())
+    assert (kept["sample_pass"], kept["soft_pass"]) == (measured["sample_pass"], measured["soft_pass"])
     # same choice, same seed: the same networks and accuracies
     a, b = first.summary["candidates"], second.summary["candidates"]
     assert [(c["macs"], c["accuracy"]) for c in a] == [(c["macs"], c["accuracy"]) for c in b]
 
 
-@pytest.mark.parametrize("options", [{"sample_pass": "sliced"}, {"every_budget": False}])
+@pytest.mark.parametrize("soft_pass", PASS_MODES)
+def test_a_pinned_pass_is_used_and_the_other_measured(tmp_path, digits, soft_pass, monkeypatch):
+    """A pinned soft_pass is kept as given while sample_pass "auto" is measured; the step runs the pinned way."""
+    from netfit.methods import dna_step
+
+    used = []
+    original = dna_step.soft_pass
+    monkeypatch.setattr(dna_step, "soft_pass", lambda *a: used.append(a[-1]) or original(*a))
+    options = {"search_epochs": 1, "warmup_epochs": 0, "units": 4, "soft_pass": soft_pass}
+    adapt("cnn_small", digits, "50%,25%", "dna", out=tmp_path, method_options=options, **FAST)
+    (measured,) = _events(tmp_path, "dna-passes")
+    assert measured["soft_pass"] == soft_pass and measured["sample_pass"] in PASS_MODES
+    assert used and set(used) == {soft_pass}
+
+
+@pytest.mark.parametrize(
+    "options", [{"sample_pass": "sliced", "soft_pass": "batched"}, {"every_budget": False, "soft_pass": "sliced"}]
+)
 def test_no_measurement_where_nothing_is_to_choose(tmp_path, digits, options):
-    """A pinned sample_pass is used as given; without every budget's samples per step there is no choice."""
+    """Pinned passes are used as given; without every budget's samples per step there is no sample choice."""
     options = {"search_epochs": 1, "warmup_epochs": 0, "units": 4, **options}
     adapt("cnn_small", digits, "50%,25%", "dna", out=tmp_path, method_options=options, **FAST)
-    assert not _events(tmp_path, "dna-sample-pass") and not (tmp_path / "dna-sample-pass.json").exists()
+    assert not _events(tmp_path, "dna-passes") and not (tmp_path / "dna-passes.json").exists()

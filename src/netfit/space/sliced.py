@@ -1,0 +1,164 @@
+"""Sub-networks of an elastic supernet run SLICED: their own layers on slices of the supernet's live
+parameters, so a pass costs the sub-network's MACs instead of the supernet's (``ElasticNet.run_sliced`` and
+``run_soft_sliced``).
+
+A hard (0/1) architecture runs exactly as the gated supernet would. A soft one (every gate at its keep
+probability, DNA's expected network) is first truncated where the keep probabilities fall below ``tail``; the
+units and blocks left keep their probabilities as gates, applied by hooks on the shared shape-only template,
+so the pass computes the expected network minus channels and blocks whose gate is below ``tail``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from .prune import sliced_view
+
+if TYPE_CHECKING:
+    from .elastic import Arch, ElasticNet
+
+
+class SlicedRunner:
+    """The sliced passes of one ``ElasticNet``. Skeletons (the sub-network's modules on the meta device, and
+    what each takes from the supernet's tensors) are built once per architecture and the last ``CACHE`` kept:
+    the smallest network and every budget's truncated expected network recur step after step."""
+
+    CACHE = 32
+
+    def __init__(self, net: ElasticNet) -> None:
+        self.net = net
+        self.template = _shape_only(net.model)  # taken before the supernet's gates are attached
+        self.skeletons: OrderedDict[tuple, tuple[nn.Module, dict, dict]] = OrderedDict()
+        self.soft: dict | None = None  # while a soft pass runs: input gates per consumer, gates per block
+
+    def run(self, arch: Arch, x: torch.Tensor) -> torch.Tensor:
+        """``arch``'s sub-network on ``x``, in the supernet's train/eval mode; its statistics are not touched."""
+        skeleton, selections, _ = self._skeleton(arch)
+        skeleton.train(self.net.model.training)
+        live = dict(self.net.model.named_parameters()) | {n: b.clone() for n, b in self.net.model.named_buffers()}
+        tensors = {}
+        for name in _tensor_names(skeleton):
+            tensor = live[name]
+            for dim, idx in selections.get(name, ()):
+                tensor = tensor.index_select(dim, idx.to(tensor.device))
+            tensors[name] = tensor
+        return functional_call(skeleton, tensors, (x,))
+
+    def run_soft(self, width_logits: torch.Tensor, depth_logits: torch.Tensor, x: torch.Tensor, tail: float):
+        """The expected network of one row of logits on ``x`` (as ``set_soft`` + a gated pass), truncated to the
+        units and blocks whose keep probability is at least ``tail``; gradients reach the logits."""
+        net = self.net
+        unit_p = net.unit_probs(width_logits)
+        block_p = net.block_probs(depth_logits) if net.blocks else None
+        arch = _truncated(net, unit_p, block_p, tail)
+        kept = self._skeleton(arch)[2]
+        index = net._unit_index_on(x.device)
+        channel_p = [p.to(x.device)[index[i]] for i, p in enumerate(unit_p)]
+        inputs = {}
+        for name, (_, size, parts) in net._consumers.items():
+            full = x.new_ones(size, dtype=channel_p[0].dtype) if channel_p else None
+            for gate, pos, rep in parts:
+                full = full.index_put((pos.to(x.device),), channel_p[gate].repeat_interleave(rep))
+            inputs[name] = full[kept[name].to(x.device)]
+        self.soft = {"inputs": inputs, "blocks": block_p.to(x.device) if block_p is not None else None}
+        try:
+            return self.run(arch, x)
+        finally:
+            self.soft = None
+
+    def _skeleton(self, arch: Arch) -> tuple[nn.Module, dict, dict]:
+        """The sub-network's skeleton, its tensor selections, and per gated consumer the positions of the
+        supernet's input channels it keeps (where a soft pass takes its input gates from)."""
+        net = self.net
+        key = (tuple(arch.units), tuple(arch.depths) if arch.depths else None)
+        if key in self.skeletons:
+            self.skeletons.move_to_end(key)
+            return self.skeletons[key]
+        widths = net.widths(arch)
+        keep = {g.id: torch.arange(widths[g.id]) for g in net.gated if widths[g.id] < g.size}
+        # "stages" is copied too: truncating a stage below replaces its entry in the skeleton's own list
+        skeleton, selections = sliced_view(self.template, net.space.groups, keep, ["stages"] if arch.depths else [])
+        if arch.depths:
+            for s, depth in enumerate(arch.depths):
+                skeleton.stages[s] = nn.Sequential(*list(skeleton.stages[s])[:depth])
+        self._hook(skeleton, arch)
+        kept = {}
+        for name, (_, size, parts) in net._consumers.items():
+            mask = torch.ones(size, dtype=torch.bool)
+            for gate, pos, rep in parts:
+                mask[pos] = torch.arange(len(pos)) // rep < widths[net.gated[gate].id]
+            kept[name] = mask.nonzero().squeeze(1)
+        self.skeletons[key] = (skeleton, selections, kept)
+        if len(self.skeletons) > self.CACHE:
+            self.skeletons.popitem(last=False)
+        return self.skeletons[key]
+
+    def _hook(self, skeleton: nn.Module, arch: Arch) -> None:
+        """Give the skeleton's gated consumers and skippable blocks the soft pass's gates, once per module: a
+        skeleton shares its unchanged modules with the template and the other skeletons, and its copied ones
+        keep their hooks (``copy.copy``) or, for classes that copy themselves anew (torch.fx), lose them."""
+        modules = dict(skeleton.named_modules())
+        for name, (dim, _, _) in self.net._consumers.items():
+            if name in modules and not _gated(modules[name]._forward_pre_hooks):
+                modules[name].register_forward_pre_hook(self._input_gate(name, dim))
+        for k, (stage, j) in enumerate(self.net.blocks):
+            if j < arch.depths[stage] and not _gated(skeleton.stages[stage][j]._forward_hooks):
+                skeleton.stages[stage][j].register_forward_hook(self._block_gate(k))
+
+    def _input_gate(self, name: str, dim: int):
+        def hook(module: nn.Module, args: tuple):
+            if self.soft is None:
+                return None
+            x, shape = args[0], [1] * args[0].dim()
+            shape[dim] = -1
+            return (x * self.soft["inputs"][name].to(x.dtype).reshape(shape), *args[1:])
+
+        hook.netfit_gate = True
+        return hook
+
+    def _block_gate(self, k: int):
+        def hook(module: nn.Module, args: tuple, output: torch.Tensor):
+            if self.soft is None:
+                return None
+            x = args[0]
+            return x + self.soft["blocks"][k].to(output.dtype) * (output - x)
+
+        hook.netfit_gate = True
+        return hook
+
+
+def _gated(hooks: dict) -> bool:
+    return any(getattr(h, "netfit_gate", False) for h in hooks.values())
+
+
+def _truncated(net: ElasticNet, unit_p: list[torch.Tensor], block_p: torch.Tensor | None, tail: float) -> Arch:
+    """The units and blocks whose keep probability is at least ``tail`` (every chain is non-increasing, so they
+    are leading runs), at least one unit per gate and the stages' fixed blocks."""
+    from .elastic import Arch
+
+    units = [max(1, int((p.detach() >= tail).sum())) for p in unit_p]
+    if block_p is None:
+        return Arch(units, list(net.depths) if net.depths else None)
+    depths = list(net.min_depths)
+    for (stage, _), p in zip(net.blocks, block_p.detach().tolist()):
+        depths[stage] += int(p >= tail)
+    return Arch(units, depths)
+
+
+def _shape_only(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` on the meta device (no memory, no compute) whose norms never update statistics."""
+    template = copy.deepcopy(model).to("meta")
+    for m in template.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.momentum = 0.0
+    return template
+
+
+def _tensor_names(model: nn.Module) -> list[str]:
+    return [n for n, _ in model.named_parameters()] + [n for n, _ in model.named_buffers()]
