@@ -41,9 +41,9 @@ def search_step(
     """The search step for ``engine.train``: largest pass (CE; the only one updating BN statistics; with a
     ``frozen`` in-place teacher instead, its logits and no largest pass), then after warm-up the architecture
     gradient on the expected network of every budget on its share of the batch's leading ``arch_batch``
-    fraction (``split_batch``; else of one budget, round-robin), then the smallest and ``samples`` sub-nets
-    sampled from every budget's chains on its share of the batch (``every_budget``; else from one budget's,
-    round-robin), distilled in place from the largest."""
+    fraction (``split_batch``; else of one budget, round-robin; run as ``soft_pass`` says), then the smallest
+    and ``samples`` sub-nets sampled from every budget's chains on its share of the batch (``every_budget``;
+    else from one budget's, round-robin; run as ``sample_pass`` says), distilled in place from the largest."""
     warmup, samples, cost_weight, one_level = opts.warmup_epochs, opts.samples, opts.cost_weight, opts.one_level
     split_batch, every_budget, arch_every = opts.split_batch, opts.every_budget, opts.arch_every
     arch_batch = opts.arch_batch

@@ -15,7 +15,8 @@ blocks are not computed) and ``soft`` (every gate at its keep probability, for t
 run in one pass, with batch norms normalising each share on its own statistics as separate passes would).
 A hard architecture can also run SLICED (``run_sliced``): the sub-network's own layers on slices of the
 supernet's parameters, so it costs the sub-network's MACs instead of the supernet's, with the same outputs
-and gradients as the masked pass.
+and gradients as the masked pass; so can a soft one, without the units and blocks it keeps with probability
+below a tail (``run_soft_sliced``; both in ``netfit.space.sliced``).
 
 The expected cost is the cost model's own formula (conv/linear MACs at batch 1, trainable parameters) with
 expected widths and block keep probabilities in place of integers, calibrated once against ``count_cost``,
