@@ -62,7 +62,7 @@ class SlicedRunner:
         channel_p = [p.to(x.device)[index[i]] for i, p in enumerate(unit_p)]
         inputs = {}
         for name, (_, size, parts) in net._consumers.items():
-            full = x.new_ones(size, dtype=channel_p[0].dtype) if channel_p else None
+            full = channel_p[0].new_ones(size)  # a consumer reads a gated group, so there is a gate
             for gate, pos, rep in parts:
                 full = full.index_put((pos.to(x.device),), channel_p[gate].repeat_interleave(rep))
             inputs[name] = full[kept[name].to(x.device)]
