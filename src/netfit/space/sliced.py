@@ -108,7 +108,8 @@ class SlicedRunner:
             if name in modules and not _gated(modules[name]._forward_pre_hooks):
                 modules[name].register_forward_pre_hook(self._input_gate(name, dim))
         for k, (stage, j) in enumerate(self.net.blocks):
-            if j < arch.depths[stage] and not _gated(skeleton.stages[stage][j]._forward_hooks):
+            kept = arch.depths is None or j < arch.depths[stage]  # no depths: every block
+            if kept and not _gated(skeleton.stages[stage][j]._forward_hooks):
                 skeleton.stages[stage][j].register_forward_hook(self._block_gate(k))
 
     def _input_gate(self, name: str, dim: int):
