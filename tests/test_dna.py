@@ -382,7 +382,7 @@ def test_soft_sliced_pass_is_the_expected_network_without_its_negligible_tail(na
         assert torch.allclose(sliced, reference, atol=1e-10)
         for a, b in zip(sliced_grads, reference_grads):
             assert (a - b).abs().max() <= 1e-10 + 1e-8 * b.abs().max()
-    skeleton = next(reversed(net._sliced.skeletons.values()))[0]  # the tail's, built last
+    skeleton = next(reversed(net._sliced.skeletons.values())).module  # the tail's, built last
     assert sum(t.numel() for t in skeleton.parameters()) < sum(p.numel() for p in net.model.parameters())
 
 

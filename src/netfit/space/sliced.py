@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -24,6 +25,16 @@ if TYPE_CHECKING:
     from .elastic import Arch, ElasticNet
 
 
+@dataclass
+class _Skeleton:
+    """A sub-network's modules on the meta device and what each takes from the supernet's tensors; for a
+    soft pass also, per gated consumer, the positions of the supernet's input channels it keeps."""
+
+    module: nn.Module
+    selections: dict
+    kept: dict | None = None  # set (and the soft gates hooked) the first time a soft pass uses it
+
+
 class SlicedRunner:
     """The sliced passes of one ``ElasticNet``. Skeletons (the sub-network's modules on the meta device, and
     what each takes from the supernet's tensors) are built once per architecture and the last ``CACHE`` kept:
@@ -34,21 +45,21 @@ class SlicedRunner:
     def __init__(self, net: ElasticNet) -> None:
         self.net = net
         self.template = _shape_only(net.model)  # taken before the supernet's gates are attached
-        self.skeletons: OrderedDict[tuple, tuple[nn.Module, dict, dict]] = OrderedDict()
+        self.skeletons: OrderedDict[tuple, _Skeleton] = OrderedDict()
         self.soft: dict | None = None  # while a soft pass runs: input gates per consumer, gates per block
 
     def run(self, arch: Arch, x: torch.Tensor) -> torch.Tensor:
         """``arch``'s sub-network on ``x``, in the supernet's train/eval mode; its statistics are not touched."""
-        skeleton, selections, _ = self._skeleton(arch)
-        skeleton.train(self.net.model.training)
+        skeleton = self._skeleton(arch)
+        skeleton.module.train(self.net.model.training)
         live = dict(self.net.model.named_parameters()) | {n: b.clone() for n, b in self.net.model.named_buffers()}
         tensors = {}
-        for name in _tensor_names(skeleton):
+        for name in _tensor_names(skeleton.module):
             tensor = live[name]
-            for dim, idx in selections.get(name, ()):
+            for dim, idx in skeleton.selections.get(name, ()):
                 tensor = tensor.index_select(dim, idx.to(tensor.device))
             tensors[name] = tensor
-        return functional_call(skeleton, tensors, (x,))
+        return functional_call(skeleton.module, tensors, (x,))
 
     def run_soft(self, width_logits: torch.Tensor, depth_logits: torch.Tensor, x: torch.Tensor, tail: float):
         """The expected network of one row of logits on ``x`` (as ``set_soft`` + a gated pass), truncated to the
@@ -57,7 +68,7 @@ class SlicedRunner:
         unit_p = net.unit_probs(width_logits)
         block_p = net.block_probs(depth_logits) if net.blocks else None
         arch = _truncated(net, unit_p, block_p, tail)
-        kept = self._skeleton(arch)[2]
+        kept = self._soft_ready(self._skeleton(arch), arch)
         index = net._unit_index_on(x.device)
         channel_p = [p.to(x.device)[index[i]] for i, p in enumerate(unit_p)]
         inputs = {}
@@ -72,9 +83,8 @@ class SlicedRunner:
         finally:
             self.soft = None
 
-    def _skeleton(self, arch: Arch) -> tuple[nn.Module, dict, dict]:
-        """The sub-network's skeleton, its tensor selections, and per gated consumer the positions of the
-        supernet's input channels it keeps (where a soft pass takes its input gates from)."""
+    def _skeleton(self, arch: Arch) -> _Skeleton:
+        """The sub-network's skeleton, built once while it stays in the cache."""
         net = self.net
         key = (tuple(arch.units), tuple(arch.depths) if arch.depths else None)
         if key in self.skeletons:
@@ -87,17 +97,24 @@ class SlicedRunner:
         if arch.depths:
             for s, depth in enumerate(arch.depths):
                 skeleton.stages[s] = nn.Sequential(*list(skeleton.stages[s])[:depth])
-        self._hook(skeleton, arch)
-        kept = {}
-        for name, (_, size, parts) in net._consumers.items():
-            mask = torch.ones(size, dtype=torch.bool)
-            for gate, pos, rep in parts:
-                mask[pos] = torch.arange(len(pos)) // rep < widths[net.gated[gate].id]
-            kept[name] = mask.nonzero().squeeze(1)
-        self.skeletons[key] = (skeleton, selections, kept)
+        self.skeletons[key] = _Skeleton(skeleton, selections)
         if len(self.skeletons) > self.CACHE:
             self.skeletons.popitem(last=False)
         return self.skeletons[key]
+
+    def _soft_ready(self, skeleton: _Skeleton, arch: Arch) -> dict:
+        """``skeleton.kept``, computed and the soft gates hooked on first use (sampled sub-networks, new every
+        step, never pay for either)."""
+        if skeleton.kept is None:
+            self._hook(skeleton.module, arch)
+            widths, kept = self.net.widths(arch), {}
+            for name, (_, size, parts) in self.net._consumers.items():
+                mask = torch.ones(size, dtype=torch.bool)
+                for gate, pos, rep in parts:
+                    mask[pos] = torch.arange(len(pos)) // rep < widths[self.net.gated[gate].id]
+                kept[name] = mask.nonzero().squeeze(1)
+            skeleton.kept = kept
+        return skeleton.kept
 
     def _hook(self, skeleton: nn.Module, arch: Arch) -> None:
         """Give the skeleton's gated consumers and skippable blocks the soft pass's gates, once per module: a
