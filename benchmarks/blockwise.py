@@ -19,6 +19,7 @@ Results: benchmarks/results/blockwise_<data>.json/.md.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import tempfile
 import time
@@ -96,22 +97,19 @@ def run_seed(args: argparse.Namespace, seed: int, root: Path, save=lambda partia
     pool = {_sample(by_depth, rng) for _ in range(4000)}
     pool = sorted(pool, key=lambda ch: sum(m[c] for m, c in zip(macs, ch)))
 
-    def train_choices(ch, name: str) -> dict:
-        row = _train(_arch(template, cut, tables, ch), data, root / name, args, seed)
-        return {"choices": list(ch), "rating": sum(ls[c] for ls, c in zip(losses, ch)), **row}
+    def train_choices(ch, name: str, retrains: int = 1) -> dict:
+        """Train the architecture ``retrains`` times (training seeds seed, seed + 1000, ...; the first run keeps
+        the name and seed it always had); its accuracy is the mean, each run's is kept."""
+        arch = _arch(template, cut, tables, ch)
+        names = [name] + [f"{name}-r{r}" for r in range(1, retrains)]
+        rows = [_train(arch, data, root / n, args, seed + 1000 * r) for r, n in enumerate(names)]
+        accuracies = [row["accuracy"] for row in rows]
+        repeated = {"accuracy": float(np.mean(accuracies)), "accuracies": accuracies} if retrains > 1 else {}
+        return {"choices": list(ch), "rating": sum(ls[c] for ls, c in zip(losses, ch)), **rows[0], **repeated}
 
     spread = [pool[int(q * (len(pool) - 1))] for q in np.linspace(0, 1, args.archs)]
-    ranked = [train_choices(ch, f"rank-{seed}-{i}") for i, ch in enumerate(spread)]
-    ranking = None
-    if len(ranked) > 1:  # --archs 0: the rating's rank correlation is not measured in this run
-        tau = kendalltau([-r["rating"] for r in ranked], [r["accuracy"] for r in ranked])
-        by_macs = kendalltau([r["macs"] for r in ranked], [r["accuracy"] for r in ranked])  # the free proxy to beat
-        ranking = {
-            "tau": float(tau.statistic),
-            "p": float(tau.pvalue),
-            "tau_macs": float(by_macs.statistic),
-            "archs": ranked,
-        }
+    ranked = [train_choices(ch, f"rank-{seed}-{i}", args.retrains) for i, ch in enumerate(spread)]
+    ranking = _ranking(ranked) if len(ranked) > 1 else None  # --archs 0: not measured in this run
     measured = {
         "seed": seed,
         "teacher": {k: bw.summary["seed"][k] for k in ("macs", "params", "accuracy")},
@@ -125,6 +123,8 @@ def run_seed(args: argparse.Namespace, seed: int, root: Path, save=lambda partia
         "search": _time_search(losses, macs, args.k),
     }
     save(measured)
+    if args.ranking_only:
+        return measured
     fixed = _stem_head_macs(template, cut, tables, pool[0], data.input_shape)
     uni = adapt(
         args.model,
@@ -167,6 +167,30 @@ def run_seed(args: argparse.Namespace, seed: int, root: Path, save=lambda partia
             }
         )
     return measured | {"budgets": per_budget}
+
+
+def _ranking(ranked: list[dict]) -> dict:
+    """Kendall tau of the rating (and of MACs, the free proxy to beat) with retrained accuracy. Where every
+    architecture was retrained several times, also the noise ceiling: the mean tau between two retrains of the
+    same architectures (how well one training ranks another, so about the most any predictor can reach against a
+    single retrain), and the spread of accuracy within an architecture against the spread between them."""
+    accuracy = [r["accuracy"] for r in ranked]
+    tau = kendalltau([-r["rating"] for r in ranked], accuracy)
+    ranking = {
+        "tau": float(tau.statistic),
+        "p": float(tau.pvalue),
+        "tau_macs": float(kendalltau([r["macs"] for r in ranked], accuracy).statistic),
+        "archs": ranked,
+    }
+    runs = np.array([r["accuracies"] for r in ranked]) if "accuracies" in ranked[0] else None
+    if runs is None:
+        return ranking
+    pairs = itertools.combinations(range(runs.shape[1]), 2)
+    return ranking | {
+        "tau_between_retrains": float(np.mean([kendalltau(runs[:, a], runs[:, b]).statistic for a, b in pairs])),
+        "std_within": float(np.mean(runs.std(axis=1, ddof=1))),
+        "std_between": float(runs.mean(axis=1).std(ddof=1)),
+    }
 
 
 def _draw_near(by_depth, macs, fixed: float, target: float, n: int, rng_seed: list[int]) -> list[tuple[int, ...]]:
@@ -287,10 +311,13 @@ def to_markdown(args: argparse.Namespace, runs: list[dict]) -> str:
         ]
     ranked = [r for r in runs if r["ranking"]]
     taus = ", ".join(f"{r['ranking']['tau']:.3f}" for r in ranked)
+    retrains = getattr(args, "retrains", 1)
     ranking = (
-        f"**Ranking.** Kendall tau of (- summed block rating) vs test accuracy over {args.archs} random architectures "
+        f"**Ranking.** Kendall tau of (- summed block rating) vs test accuracy"
+        f"{f' (mean of {retrains} trainings each)' if retrains > 1 else ''} over {args.archs} random architectures "
         f"spread over the cost range: {taus} (per seed; target "
         f">= 0.6); of MACs alone, the free proxy: {', '.join(_tau_macs(r) for r in ranked)}."
+        + (_noise_ceiling(ranked) if retrains > 1 else "")
         if ranked
         else "**Ranking.** Not measured in this run (`--archs 0`); see blockwise_mnist1d.md."
     )
@@ -315,6 +342,18 @@ def to_markdown(args: argparse.Namespace, runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _noise_ceiling(ranked: list[dict]) -> str:
+    def per_seed(key: str, scale: float = 1.0) -> str:
+        return ", ".join(f"{scale * r['ranking'][key]:.2f}" for r in ranked)
+
+    return (
+        " Noise ceiling: two trainings of the same architectures rank each other with tau "
+        f"{per_seed('tau_between_retrains')} (mean over pairs; about the most any predictor reaches against one "
+        f"training); accuracy's standard deviation within an architecture {per_seed('std_within', 100)} points, "
+        f"between the architectures' means {per_seed('std_between', 100)} points."
+    )
+
+
 def _tau_macs(run: dict) -> str:
     tau = run["ranking"].get("tau_macs")  # absent from runs measured before it was recorded
     return "n/a" if tau is None else f"{tau:.3f}"
@@ -337,6 +376,8 @@ def main() -> None:
     parser.add_argument("--block-lr", type=float, default=0.03)
     parser.add_argument("--expansions", type=int, nargs="+", default=[3, 6], help="MBConv expansions of the space")
     parser.add_argument("--archs", type=int, default=8)
+    parser.add_argument("--retrains", type=int, default=1, help="trainings per ranked architecture (noise ceiling)")
+    parser.add_argument("--ranking-only", action="store_true", help="stop each seed after the ranking")
     parser.add_argument("--randoms", type=int, default=3)
     parser.add_argument("--k", type=int, nargs="+", default=[1, 5])
     parser.add_argument("--batch-size", type=int, default=128)
