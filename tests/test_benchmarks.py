@@ -320,3 +320,22 @@ def test_dna_steps_times_every_option_set_side_by_side(digits, monkeypatch):
     args.device = "cuda"  # throughput: batch 8 in 10 ms = 800 images/s; the search step at 3x and 4x that
     markdown = dna_steps.to_markdown(args, dna_steps.measure(args), environment())
     assert "| default | 800 | 267 |" in markdown and "| deeper | 800 | 200 |" in markdown
+
+
+def test_blockwise_ranking_noise_ceiling_from_repeated_trainings():
+    from benchmarks.blockwise import _ranking
+
+    def arch(rating: float, macs: int, accuracies: list[float]) -> dict:
+        return {"rating": rating, "macs": macs, "accuracies": accuracies, "accuracy": sum(accuracies) / 2}
+
+    # the second training ranks the architectures in reverse: one training says nothing about another
+    ranked = [arch(0.4, 10, [0.90, 0.96]), arch(0.3, 20, [0.92, 0.94]), arch(0.2, 30, [0.94, 0.92])]
+    ranking = _ranking(ranked)
+    assert ranking["tau_between_retrains"] == pytest.approx(-1.0)
+    assert ranking["std_within"] == pytest.approx((0.06 + 0.02 + 0.02) / 3 / 2**0.5)
+    assert ranking["std_between"] == pytest.approx(0.0, abs=1e-12)  # every mean is 0.93
+    single = _ranking(
+        [{k: v for k, v in r.items() if k != "accuracies"} | {"accuracy": a} for r, a in zip(ranked, [0.9, 0.92, 0.94])]
+    )
+    assert single["tau"] == pytest.approx(1.0) and single["tau_macs"] == pytest.approx(1.0)
+    assert "tau_between_retrains" not in single
