@@ -19,7 +19,6 @@ Results: benchmarks/results/blockwise_<data>.json/.md.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import tempfile
 import time
@@ -38,7 +37,7 @@ from netfit.models import build_model
 from netfit.space.block_search import SearchStats, space_size, top_k
 from netfit.space.blockwise import TeacherBlocks
 
-from .common import environment, mean_std, merge_runs, seed_network, write_results
+from .common import environment, mean_std, merge_runs, noise_ceiling, noise_ceiling_text, seed_network, write_results
 
 MATCH = 0.03  # random architectures "at matched MACs": within 3% of the chosen network's MACs
 
@@ -170,10 +169,8 @@ def run_seed(args: argparse.Namespace, seed: int, root: Path, save=lambda partia
 
 
 def _ranking(ranked: list[dict]) -> dict:
-    """Kendall tau of the rating (and of MACs, the free proxy to beat) with retrained accuracy. Where every
-    architecture was retrained several times, also the noise ceiling: the mean tau between two retrains of the
-    same architectures (how well one training ranks another, so about the most any predictor can reach against a
-    single retrain), and the spread of accuracy within an architecture against the spread between them."""
+    """Kendall tau of the rating (and of MACs, the free proxy to beat) with retrained accuracy; where every
+    architecture was retrained several times, also the noise ceiling of that accuracy (``noise_ceiling``)."""
     accuracy = [r["accuracy"] for r in ranked]
     tau = kendalltau([-r["rating"] for r in ranked], accuracy)
     ranking = {
@@ -182,15 +179,7 @@ def _ranking(ranked: list[dict]) -> dict:
         "tau_macs": float(kendalltau([r["macs"] for r in ranked], accuracy).statistic),
         "archs": ranked,
     }
-    runs = np.array([r["accuracies"] for r in ranked]) if "accuracies" in ranked[0] else None
-    if runs is None:
-        return ranking
-    pairs = itertools.combinations(range(runs.shape[1]), 2)
-    return ranking | {
-        "tau_between_retrains": float(np.mean([kendalltau(runs[:, a], runs[:, b]).statistic for a, b in pairs])),
-        "std_within": float(np.mean(runs.std(axis=1, ddof=1))),
-        "std_between": float(runs.mean(axis=1).std(ddof=1)),
-    }
+    return ranking | (noise_ceiling([r["accuracies"] for r in ranked]) if "accuracies" in ranked[0] else {})
 
 
 def _draw_near(by_depth, macs, fixed: float, target: float, n: int, rng_seed: list[int]) -> list[tuple[int, ...]]:
@@ -317,7 +306,7 @@ def to_markdown(args: argparse.Namespace, runs: list[dict]) -> str:
         f"{f' (mean of {retrains} trainings each)' if retrains > 1 else ''} over {args.archs} random architectures "
         f"spread over the cost range: {taus} (per seed; target "
         f">= 0.6); of MACs alone, the free proxy: {', '.join(_tau_macs(r) for r in ranked)}."
-        + (_noise_ceiling(ranked) if retrains > 1 else "")
+        + (" " + noise_ceiling_text([r["ranking"] for r in ranked]) if retrains > 1 else "")
         if ranked
         else "**Ranking.** Not measured in this run (`--archs 0`); see blockwise_mnist1d.md."
     )
@@ -340,18 +329,6 @@ def to_markdown(args: argparse.Namespace, runs: list[dict]) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-def _noise_ceiling(ranked: list[dict]) -> str:
-    def per_seed(key: str, scale: float = 1.0) -> str:
-        return ", ".join(f"{scale * r['ranking'][key]:.2f}" for r in ranked)
-
-    return (
-        " Noise ceiling: two trainings of the same architectures rank each other with tau "
-        f"{per_seed('tau_between_retrains')} (mean over pairs; about the most any predictor reaches against one "
-        f"training); accuracy's standard deviation within an architecture {per_seed('std_within', 100)} points, "
-        f"between the architectures' means {per_seed('std_between', 100)} points."
-    )
 
 
 def _tau_macs(run: dict) -> str:

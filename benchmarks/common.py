@@ -65,6 +65,40 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def noise_ceiling(accuracies) -> dict:
+    """How far repeated trainings of the same architectures (rows: architectures, columns: trainings with
+    different seeds) agree: the mean Kendall tau between two trainings (how well one training ranks another, so
+    about the most any predictor of accuracy can reach against a single training), and accuracy's standard
+    deviation within an architecture against the spread between the architectures' means."""
+    import itertools
+
+    import numpy as np
+    from scipy.stats import kendalltau
+
+    runs = np.asarray(accuracies, dtype=float)
+    pairs = itertools.combinations(range(runs.shape[1]), 2)
+    return {
+        "tau_between_retrains": float(np.mean([kendalltau(runs[:, a], runs[:, b]).statistic for a, b in pairs])),
+        "std_within": float(np.mean(runs.std(axis=1, ddof=1))),
+        "std_between": float(runs.mean(axis=1).std(ddof=1)),
+    }
+
+
+def noise_ceiling_text(ceilings: list[dict]) -> str:
+    """One sentence for a results table: each seed's noise ceiling (``noise_ceiling``'s keys), in order."""
+
+    def each(key: str, scale: float = 1.0) -> str:
+        return ", ".join(f"{scale * c[key]:.2f}" for c in ceilings)
+
+    return (
+        "Noise ceiling: two trainings of the same architectures rank each other with tau "
+        f"{each('tau_between_retrains')} (mean over pairs; about the most any predictor reaches against one "
+        "training); accuracy's standard "
+        f"deviation within an architecture {each('std_within', 100)} points, between the architectures' means "
+        f"{each('std_between', 100)} points."
+    )
+
+
 def merge_runs(paths: list[Path]) -> tuple[dict, list[dict]]:
     """Seeds measured by separate processes (one result JSON each, same settings): the first payload and every
     run, ordered by seed."""

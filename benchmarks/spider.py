@@ -38,7 +38,7 @@ from netfit.models.spidernet import SpiderNet, initial_arch
 from netfit.space.spider import random_arch
 from netfit.trainfree import metric_batch, score
 
-from .common import RESULTS, environment, mean_std, merge_runs, write_results
+from .common import RESULTS, environment, mean_std, merge_runs, noise_ceiling, noise_ceiling_text, write_results
 
 MAX_NODES = 3  # intermediate nodes per cell of a random network
 
@@ -255,13 +255,17 @@ def run_tau(args: argparse.Namespace) -> dict:
     template = initial_arch(len(shape) - 1, shape[0], data.num_classes, args.channels, args.reductions)
     rng = np.random.default_rng([args.seeds[0], 11])
     x = metric_batch(data, args.metric_samples, seed=args.seeds[0])
-    rows = []
+    rows, retrains = [], getattr(args, "retrains", 1)
     for k in range(args.networks):
         arch = random_arch(template, rng, max_nodes=MAX_NODES)
         torch.manual_seed(k)
         metrics = score(SpiderNet(arch), x)
-        model, accs = _train_scratch(arch, data, args.epochs, args.seeds[0], args)
-        cost = count_cost(model, shape)
+        trained = [_train_scratch(arch, data, args.epochs, args.seeds[0] + 1000 * r, args) for r in range(retrains)]
+        cost = count_cost(trained[0][0], shape)
+        accs = trained[0][1]  # retrained (--retrains): the mean of the trainings' test accuracies, each kept
+        if retrains > 1:
+            accuracies = [a["accuracy"] for _, a in trained]
+            accs = accs | {"accuracy": float(np.mean(accuracies)), "accuracies": accuracies}
         rows.append({"network": k, **metrics, "macs": cost.macs, "params": cost.params, **accs})
         print(json.dumps(rows[-1]), flush=True)
     acc = [r["accuracy"] for r in rows]
@@ -274,7 +278,8 @@ def run_tau(args: argparse.Namespace) -> dict:
     }.items():
         result = kendalltau(values, acc)
         taus[name] = {"tau": float(result.statistic), "p_value": float(result.pvalue)}
-    return {"rows": rows, "kendall_tau": taus}
+    ceiling = {"noise_ceiling": noise_ceiling([r["accuracies"] for r in rows])} if retrains > 1 else {}
+    return {"rows": rows, "kendall_tau": taus, **ceiling}
 
 
 def tau_markdown(args: argparse.Namespace, result: dict) -> str:
@@ -299,6 +304,13 @@ def tau_markdown(args: argparse.Namespace, result: dict) -> str:
         "(NAS-Bench-201, CIFAR-100): MACs 0.567, jacob_cov 0.561, synflow 0.548.",
         "",
     ]
+    if "noise_ceiling" in result:  # --retrains: each accuracy above is the mean of that many trainings
+        retrains = len(result["rows"][0]["accuracies"])
+        lines += [
+            f"Each network trained {retrains} times (seeds s, s + 1000, ...); accuracy is the mean. "
+            + noise_ceiling_text([result["noise_ceiling"]]),
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -335,6 +347,7 @@ def main() -> None:
     parser.add_argument("--dna-search-epochs", type=int, default=3)
     parser.add_argument("--networks", type=int, default=20)
     parser.add_argument("--metric-samples", type=int, default=16)
+    parser.add_argument("--retrains", type=int, default=1, help="tau: trainings per network (noise ceiling)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--grad-clip", type=float, default=None, help="networks trained from scratch: clip the norm")
