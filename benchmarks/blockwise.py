@@ -260,16 +260,20 @@ def to_markdown(args: argparse.Namespace, runs: list[dict]) -> str:
     budgets = getattr(args, "budgets", None) or [args.budget]
     rows = [_budget_rows(r, budgets[0]) for r in runs]  # rows[seed][budget]
     search = [row for r in runs for row in r["search"]]
+    baselines = (
+        "ranking only (no budget comparisons). "
+        if getattr(args, "ranking_only", False)
+        else f"uniform {args.epochs + args.block_epochs} epochs from the teacher; dna one {args.block_epochs}-epoch "
+        f"search from the teacher (all budgets), then {args.epochs} fine-tune epochs per budget. Budgets "
+        f"{', '.join(budgets)} of the teacher's MACs. "
+    )
     lines = [
         f"# blockwise on {args.data} with {args.model} (width x{args.width})",
         "",
         f"Seeds {[r['seed'] for r in runs]}; teacher (seed network) trained {args.seed_epochs} epochs; block supernets "
         f"{args.block_epochs} epochs each (AdamW lr {args.block_lr}); every retrained network {args.epochs} epochs "
-        f"from scratch; uniform "
-        f"{args.epochs + args.block_epochs} epochs from the teacher; dna one {args.block_epochs}-epoch search from the "
-        f"teacher (all budgets), then {args.epochs} fine-tune epochs per budget. Budgets {', '.join(budgets)} of the "
-        f"teacher's MACs. Space: MBConv expansions {getattr(args, 'expansions', [3, 6])} x kernels [3, 5, 7], "
-        "1-3 layers per block.",
+        f"from scratch; {baselines}"
+        + f"Space: MBConv expansions {getattr(args, 'expansions', [3, 6])} x kernels [3, 5, 7], 1-3 layers per block.",
         f"Data: {load_data(args.data).source}.",
         "",
         "| budget | network | test accuracy | MACs | params |",
