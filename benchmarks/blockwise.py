@@ -368,6 +368,8 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="suffix of the results name (seeds run as separate processes)")
     parser.add_argument("--merge", type=Path, nargs="+", help="only combine the runs of these result JSONs")
     args = parser.parse_args()
+    if args.retrains < 1:
+        parser.error("--retrains must be at least 1")
     if args.merge:  # seeds measured by separate processes, one table
         first, runs = merge_runs(args.merge)
         merged = {"seeds": [r["seed"] for r in runs], "merged_from": [str(p) for p in args.merge]}

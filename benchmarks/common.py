@@ -93,9 +93,8 @@ def noise_ceiling_text(ceilings: list[dict]) -> str:
     return (
         "Noise ceiling: two trainings of the same architectures rank each other with tau "
         f"{each('tau_between_retrains')} (mean over pairs; about the most any predictor reaches against one "
-        "training); accuracy's standard "
-        f"deviation within an architecture {each('std_within', 100)} points, between the architectures' means "
-        f"{each('std_between', 100)} points."
+        f"training); accuracy's standard deviation within an architecture {each('std_within', 100)} points, "
+        f"between the architectures' means {each('std_between', 100)} points."
     )
 
 

@@ -355,6 +355,8 @@ def main() -> None:
     parser.add_argument("--rewrite", action="store_true", help="only rewrite the markdown from the committed JSON")
     parser.add_argument("--merge", type=Path, nargs="+", help="compare: only combine these result JSONs' seeds")
     args = parser.parse_args()
+    if args.retrains < 1:
+        parser.error("--retrains must be at least 1")
     Budget.parse(args.budget)  # fail early on a malformed budget
     if args.merge:  # seeds measured by separate processes (--tag _pS), one table
         first, runs = merge_runs(args.merge)
