@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import platform
 import statistics
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from netfit.cost.latency import device_sync, time_calls
@@ -70,10 +72,7 @@ def noise_ceiling(accuracies) -> dict:
     different seeds) agree: the mean Kendall tau between two trainings (how well one training ranks another, so
     about the most any predictor of accuracy can reach against a single training), and accuracy's standard
     deviation within an architecture against the spread between the architectures' means."""
-    import itertools
-
-    import numpy as np
-    from scipy.stats import kendalltau
+    from scipy.stats import kendalltau  # scipy comes with the data extra, not with netfit itself
 
     runs = np.asarray(accuracies, dtype=float)
     pairs = itertools.combinations(range(runs.shape[1]), 2)

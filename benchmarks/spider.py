@@ -255,7 +255,7 @@ def run_tau(args: argparse.Namespace) -> dict:
     template = initial_arch(len(shape) - 1, shape[0], data.num_classes, args.channels, args.reductions)
     rng = np.random.default_rng([args.seeds[0], 11])
     x = metric_batch(data, args.metric_samples, seed=args.seeds[0])
-    rows, retrains = [], getattr(args, "retrains", 1)
+    rows, retrains = [], args.retrains
     for k in range(args.networks):
         arch = random_arch(template, rng, max_nodes=MAX_NODES)
         torch.manual_seed(k)
