@@ -29,7 +29,7 @@ from netfit.data import load_data
 from netfit.export import load_model
 from netfit.methods.dnad import DEFAULT_OPS, SNAPSHOT_FILE
 from netfit.models import build_model
-from netfit.space.darts import build_supernet, random_genotype
+from netfit.space.darts import CellSupernet, build_supernet, random_genotype
 
 from .common import (
     dna_finetune_epochs,
@@ -100,6 +100,23 @@ def supernet_step_seconds(
     return median_seconds(step, repeats, device.type == "cuda")  # its warm-up step allocates
 
 
+def cell_space(args: argparse.Namespace, data) -> CellSupernet:
+    """The benchmark's DARTS cell space (``--ops``, ``--cells``, ``--channels``) for ``data``."""
+    return build_supernet(tuple(data.input_shape), data.num_classes, args.ops.split(","), args.cells, args.channels)
+
+
+def random_cells(space: CellSupernet, macs: list[int], seed: int) -> list:
+    """One random genotype of ``space`` at or below each of ``macs``, in order: the seed's own generator, so the
+    same cells are drawn again from a results file's member MACs."""
+    rng = np.random.default_rng([seed, 7])
+    return [random_genotype(space, m, rng) for m in macs]
+
+
+def train_settings(args: argparse.Namespace) -> dict:
+    """The training settings of every network trained from scratch (and of the runs' members)."""
+    return {"batch_size": args.batch_size, "lr": args.lr, "grad_clip": args.grad_clip, "optimizer": args.optimizer}
+
+
 def _scratch(args: argparse.Namespace) -> int:
     """Epochs of every network trained from scratch (members, random cells): the seed's plus the peers' fine-tune
     epochs, so that everyone has trained as long (the search itself is not counted)."""
@@ -122,7 +139,7 @@ def _adapt(args, data, method: str, out: Path, seed: int, seed_dir: Path, **kwar
         resume=(out / "run.json").exists(),
         seed=seed,
         progress=False,
-        train={"batch_size": args.batch_size, "lr": args.lr, "grad_clip": args.grad_clip, "optimizer": args.optimizer},
+        train=train_settings(args),
         **where,
         **kwargs,
     )
@@ -137,16 +154,21 @@ def run_seed(args: argparse.Namespace, seed: int, root: Path) -> dict:
         out = root / (f"seed-{seed}" if method == "snps" else f"dnad-{seed}")  # the first run keeps the seed
         dnad = _adapt(args, data, method, out, seed, seed_dir, epochs=_scratch(args), method_options=_options(args))
     # random genotypes of the same space at each DNAD member's MACs, trained for the same epochs from scratch
-    space = build_supernet(tuple(data.input_shape), data.num_classes, args.ops.split(","), args.cells, args.channels)
-    rng = np.random.default_rng([seed, 7])
-    for m in _members(dnad, root / f"dnad-{seed}"):
-        genotype = random_genotype(space, m["macs"], rng)
+    space = cell_space(args, data)
+    members = _members(dnad, root / f"dnad-{seed}")
+    for m, genotype in zip(members, random_cells(space, [m["macs"] for m in members], seed)):
         torch.manual_seed(seed)
         model = build_model({**space.plain_arch(), "genotype": genotype})
-        train = {"batch_size": args.batch_size, "lr": args.lr, "grad_clip": args.grad_clip, "optimizer": args.optimizer}
         out = root / f"random-{seed}-{m['id']}"
         train_model(
-            model, data, out=out, epochs=_scratch(args), seed=seed, train=train, progress=False, resume=out.exists()
+            model,
+            data,
+            out=out,
+            epochs=_scratch(args),
+            seed=seed,
+            train=train_settings(args),
+            progress=False,
+            resume=out.exists(),
         )
     for peer in args.peers:
         epochs, opts = args.epochs, {}
@@ -176,7 +198,9 @@ def collect_seed(args: argparse.Namespace, seed: int, root: Path) -> dict:
             model = load_model(out)
             cost = count_cost(model, shape)
             accuracy = json.loads((out / "arch.json").read_text())["meta"]["accuracy"]
-            random_rows.append({"matched": m["id"], "accuracy": accuracy, "macs": cost.macs, "params": cost.params})
+            genotype = json.loads((out / "arch.json").read_text())["arch"]["genotype"]
+            row = {"matched": m["id"], "accuracy": accuracy, "macs": cost.macs, "params": cost.params}
+            random_rows.append(row | {"genotype": genotype})
     peers = {}
     for peer in args.peers:
         summary = _summary(root / f"{peer}-{seed}")
@@ -246,10 +270,22 @@ def step_ratio(times: list[float | None]) -> float | None:
     return timed[-1] / timed[0] if len(timed) > 1 else None
 
 
-def summarise(runs: list[dict]) -> dict:
+def comparisons(runs: list[dict]) -> dict:
+    """DNAD - random cells and DNAD - SNPS at matched MACs, over every DNAD member of ``runs``."""
     rows = [row for run in runs for row in matched(run)]
     vs_random = [r["dnad"] - r["random"] for r in rows]
     vs_snps = [r["dnad"] - r["snps"] for r in rows if r["snps"] is not None]
+    return {
+        name: {
+            "mean_std": mean_std(diffs) if diffs else None,
+            "all_at_or_above": all(d >= 0 for d in diffs),
+            "points": len(diffs),
+        }
+        for name, diffs in (("dnad_minus_random", vs_random), ("dnad_minus_snps", vs_snps))
+    }
+
+
+def summarise(runs: list[dict]) -> dict:
     ratios = {  # last member's re-measured step time over the first member's and over the dense supernet's
         f"{method}_{ref}": [
             step_ratio([run["dense_step_seconds"] if ref == "dense" else None, *run["remeasured_step_seconds"][method]])
@@ -260,19 +296,7 @@ def summarise(runs: list[dict]) -> dict:
         for method in ("snps", "dnad")
         for ref in ("first", "dense")
     }
-    return {
-        "dnad_minus_random": {
-            "mean_std": mean_std(vs_random) if vs_random else None,
-            "all_at_or_above": all(d >= 0 for d in vs_random),
-            "points": len(vs_random),
-        },
-        "dnad_minus_snps": {
-            "mean_std": mean_std(vs_snps) if vs_snps else None,
-            "all_at_or_above": all(d >= 0 for d in vs_snps),
-            "points": len(vs_snps),
-        },
-        "step_time_ratio_last_over_first": ratios,
-    }
+    return {**comparisons(runs), "step_time_ratio_last_over_first": ratios}
 
 
 def _pct(value: float | None) -> str:
@@ -287,7 +311,7 @@ def _ms(values: list[float], scale: float = 100.0, unit: str = "") -> str:
     return f"{scale * m:.2f}{unit}" + (f" ± {scale * sd:.2f}" if len(values) > 1 else "")
 
 
-def _verdict(name: str, d: dict) -> str:
+def verdict(name: str, d: dict) -> str:
     if not d["mean_std"]:
         return f"- {name} at matched MACs: no matched points."
     m, sd = d["mean_std"]
@@ -364,8 +388,8 @@ def to_markdown(args: argparse.Namespace, runs: list[dict], summary: dict) -> st
         "",
         "## Targets",
         "",
-        _verdict("DNAD - random cells", summary["dnad_minus_random"]),
-        _verdict("DNAD - SNPS", summary["dnad_minus_snps"]),
+        verdict("DNAD - random cells", summary["dnad_minus_random"]),
+        verdict("DNAD - SNPS", summary["dnad_minus_snps"]),
         "- Supernet training step time (re-measured), last member over first member and over the dense supernet the "
         "search starts from (target <= 0.5): "
         + "; ".join(f"{k}: {', '.join('-' if v is None else f'{v:.2f}' for v in vals)}" for k, vals in ratios.items())

@@ -339,3 +339,51 @@ def test_blockwise_ranking_noise_ceiling_from_repeated_trainings():
     )
     assert single["tau"] == pytest.approx(1.0) and single["tau_macs"] == pytest.approx(1.0)
     assert "tau_between_retrains" not in single
+
+
+def test_dnad_noise_compares_the_sets_on_the_mean_of_their_trainings():
+    from benchmarks.dnad_noise import summarise, to_markdown
+
+    run = {
+        "seed": 0,
+        "snps": [{"id": "snps-m0", "macs": 100, "accuracy": 0.90}],
+        "dnad": [{"id": "dnad-m0", "macs": 100, "accuracy": 0.92}],
+        "random": [{"matched": "dnad-m0", "macs": 95, "accuracy": 0.95}],
+        "trainings": {"snps-m0": [0.90, 0.96], "dnad-m0": [0.92, 0.92], "random-dnad-m0": [0.95, 0.93]},
+    }
+    summary = summarise([run])
+    first, means = summary["first_training"], summary["mean_of_trainings"]
+    assert first["dnad_minus_snps"]["mean_std"][0] == pytest.approx(0.02)
+    assert first["dnad_minus_random"]["mean_std"][0] == pytest.approx(-0.03)
+    assert means["dnad_minus_snps"]["mean_std"][0] == pytest.approx(-0.01)  # SNPS's second training caught up
+    assert means["dnad_minus_random"]["mean_std"][0] == pytest.approx(-0.02)
+    assert summary["noise_ceiling"][0]["std_within"] == pytest.approx((0.06 + 0.0 + 0.02) / 3 / 2**0.5)
+    saved = types.SimpleNamespace(data="digits", cells=2, channels=4, ops="skip_connect", epochs=1, seed_epochs=1)
+    saved.__dict__.update(optimizer="adamw", lr=0.003, batch_size=8, grad_clip=None)
+    markdown = to_markdown(saved, 2, [run], summary)
+    assert "| 0 | snps-m0 | 90.00% / 96.00% | 93.00% |" in markdown
+    assert "| 0 | dnad-m0 | 100 | 92.00% | 93.00% | 94.00% |" in markdown
+
+
+def test_dnad_noise_draws_the_recorded_random_cells_again_or_refuses(digits):
+    import argparse
+
+    from benchmarks.dnad import cell_space, random_cells
+    from benchmarks.dnad_noise import architectures
+    from netfit.cost import count_cost
+    from netfit.models import build_model
+
+    args = argparse.Namespace(ops="sep_conv_3x3,skip_connect", cells=2, channels=4)
+    space = cell_space(args, digits)
+    shape = tuple(digits.input_shape)
+    limit = count_cost(space, shape).macs // 2
+    genotype = random_cells(space, [limit], seed=3)[0]
+    macs = count_cost(build_model({**space.plain_arch(), "genotype": genotype}), shape).macs
+    member = {"id": "dnad-m0", "genotype": genotype, "macs": limit, "accuracy": 0.9}
+    run = {"seed": 3, "snps": [], "dnad": [member], "random": [{"matched": "dnad-m0", "macs": macs, "accuracy": 0.8}]}
+    archs = architectures(run, space, shape)
+    assert [(a["id"], a["init_seed"]) for a in archs] == [("dnad-m0", 3), ("random-dnad-m0", 3)]
+    assert archs[1]["genotype"] == genotype
+    run["random"][0]["macs"] = macs + 1
+    with pytest.raises(SystemExit, match="not the one recorded"):
+        architectures(run, space, shape)
