@@ -29,7 +29,7 @@ from netfit.data import load_data
 from netfit.engine import StepContext, TrainConfig, fixed_batch_ids
 from netfit.export import load_model
 from netfit.methods.dna import DNA
-from netfit.methods.dna_passes import choose_passes
+from netfit.methods.dna_passes import budget_sizes, choose_passes
 from netfit.space.elastic import ElasticNet
 from netfit.space.grow import grow
 
@@ -168,7 +168,8 @@ def step_ratios(
     if auto:  # chosen as the search chooses them, on this batch
         net.attach()
         try:
-            choice, seconds = choose_passes(net, arch, x, method.samples, seed, torch.bfloat16 if cuda else None)
+            sizes, amp = budget_sizes(net, limits, metrics), torch.bfloat16 if cuda else None
+            choice, seconds = choose_passes(net, arch, x, method.samples, seed, sizes, method.group_span, amp)
         finally:
             net.detach()
         print(f"auto passes: {choice}: {seconds}", flush=True)

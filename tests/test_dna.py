@@ -2,6 +2,7 @@
 the search hits its budgets (condensing and expanding), on built-in and user-defined models."""
 
 import copy
+import dataclasses
 import json
 import types
 
@@ -390,7 +391,8 @@ def test_soft_sliced_pass_is_the_expected_network_without_its_negligible_tail(na
 def test_one_pass_per_batch_matches_one_pass_per_budget(name):
     """set_soft_rows runs every budget's expected network on its share of the batch in one pass: the same
     outputs and gradients (weights and architecture logits) as one set_soft pass per share; set_hard_rows runs
-    one sampled sub-network per share in one masked pass: the same as running each sliced on its share."""
+    one sampled sub-network per share in one masked pass: the same as running each sliced on its share. Both
+    again in one pass of the sliced union of the rows' networks (run_soft_rows_sliced, run_hard_rows_sliced)."""
     net, shape = _float64_elastic(name)
     net.model.train()
     x = torch.randn(10, *shape, dtype=torch.float64)
@@ -432,6 +434,12 @@ def test_one_pass_per_batch_matches_one_pass_per_budget(name):
         net.set_hard_rows(list(zip(archs, shares)))
         return net.model(x)
 
+    def one_sliced_pass():  # the union of the rows' expected networks, sliced (tail 0: nothing left out)
+        return net.run_soft_rows_sliced([(w, d, part) for (w, d), part in zip(logits, shares)], x, 0.0)
+
+    def one_sliced_hard_pass():
+        return net.run_hard_rows_sliced(list(zip(archs, shares)), x)
+
     stats = {n: b.clone() for n, b in net.model.named_buffers() if "running" in n}
     net.attach()
     try:
@@ -440,11 +448,13 @@ def test_one_pass_per_batch_matches_one_pass_per_budget(name):
             hard = [outputs_and_grads(sliced_per_share), outputs_and_grads(one_masked_pass)]
     finally:
         net.detach()
+    soft_sliced, hard_sliced = outputs_and_grads(one_sliced_pass), outputs_and_grads(one_sliced_hard_pass)
     for n, b in net.model.named_buffers():
         if n in stats:
             assert torch.equal(b, stats[n]), n  # running statistics untouched
     assert any(g.abs().sum() > 0 for g in soft[1][1][-2 * len(shares) :])  # the logits did get gradients
-    for (apart, apart_grads), (together, together_grads) in (soft, hard):
+    pairs = (soft, hard, (soft[0], soft_sliced), (hard[0], hard_sliced))
+    for (apart, apart_grads), (together, together_grads) in pairs:
         assert torch.allclose(apart, together, atol=1e-10)
         for a, b in zip(apart_grads, together_grads):
             assert (a - b).abs().max() <= 1e-10 + 1e-8 * b.abs().max()
@@ -810,36 +820,49 @@ def test_architecture_step_and_weight_gradients(one_level):
 @pytest.mark.parametrize("every_budget", [True, False])
 def test_sandwich_trains_sub_networks_of_every_budget_or_one(every_budget, monkeypatch):
     """every_budget: each step draws ``samples`` sub-networks from EVERY budget's chains, each run on its own
-    share of the batch; otherwise from one budget's chains (round-robin) on the whole batch."""
+    share of the batch (one sliced pass each with group_span 0; the i-th samples of all budgets in one sliced
+    pass when a group spans them); otherwise from one budget's chains (round-robin) on the whole batch."""
     from netfit.engine import StepContext, TrainConfig
 
     model, shape = _model("cnn_small")
     net = ElasticNet(grow(model, shape, 1.5, 0.5, np.random.default_rng(0)), shape, units=4)
     limits = [1e5, 5e4, 2e4]
-    method = DNA(samples=2, warmup_epochs=1, every_budget=every_budget, sample_pass="sliced")
+    method = DNA(samples=2, warmup_epochs=1, every_budget=every_budget, sample_pass="sliced", group_span=0.0)
     arch = method.init_arch(net, limits, ["macs"] * 3, [len(s) for s in model.stages])
-    drawn, batches = [], []
-    sample, run_sliced = net.sample, net.run_sliced
+    drawn, batches, grouped = [], [], []
+    sample, run_sliced, run_rows = net.sample, net.run_sliced, net.run_hard_rows_sliced
     monkeypatch.setattr(net, "sample", lambda w, d, gen: drawn.append(w) or sample(w, d, gen))
     monkeypatch.setattr(net, "run_sliced", lambda sub, x: batches.append(len(x)) or run_sliced(sub, x))
+    monkeypatch.setattr(
+        net, "run_hard_rows_sliced", lambda rows, x: grouped.append([len(x[p]) for _, p in rows]) or run_rows(rows, x)
+    )
     x, y = torch.randn(15, *shape), torch.randint(0, 10, (15,))
-    net.attach()
-    try:
-        method.step_fn(net, arch, limits, ["macs"] * 3, 0)(
-            StepContext(net.model.train(), net.model, x, y, 0, 4, TrainConfig(), torch.device("cpu"))
-        )
-    finally:
-        net.detach()
+
+    def step(method):
+        net.attach()
+        try:
+            method.step_fn(net, arch, limits, ["macs"] * 3, 0)(
+                StepContext(net.model.train(), net.model, x, y, 0, 4, TrainConfig(), torch.device("cpu"))
+            )
+        finally:
+            net.detach()
+
+    step(method)
     rows = [next(r for r in range(3) if w is arch.width[r] or torch.equal(w, arch.width[r])) for w in drawn]
     if every_budget:
         assert rows == [0, 0, 1, 1, 2, 2] and batches == [15] + [5] * 6  # the smallest on the whole batch
+        assert not grouped
+        batches.clear()
+        step(dataclasses.replace(method, group_span=1.0))
+        assert batches == [15] and grouped == [[5, 5, 5]] * 2  # the smallest alone; each sample's budgets at once
     else:
         assert rows == [1, 1] and batches == [15] * 3  # step 4 -> budget 4 % 3 = 1
 
 
-def test_batched_sample_pass_gives_the_sliced_passes_gradients():
-    """sample_pass="batched" runs the i-th sample of every budget in one masked pass with per-sample gates:
-    the search step's weight and logit gradients equal those of one sliced pass per budget and sample."""
+def test_batched_and_grouped_sample_passes_give_the_sliced_passes_gradients():
+    """sample_pass="batched" runs the i-th sample of every budget in one masked pass with per-sample gates, and
+    "sliced" with a group_span of the whole supernet in one sliced pass of their union: the search step's weight
+    and logit gradients equal those of one sliced pass per budget and sample (group_span 0)."""
     from netfit.engine import StepContext, TrainConfig
 
     torch.manual_seed(0)
@@ -849,8 +872,8 @@ def test_batched_sample_pass_gives_the_sliced_passes_gradients():
     limits = [2e6, 1e6, 4e5]
     x, y = torch.randn(15, *shape, dtype=torch.float64), torch.randint(0, 10, (15,))
     grads = []
-    for sample_pass in ("sliced", "batched"):
-        method = DNA(samples=2, warmup_epochs=0, sample_pass=sample_pass)
+    for sample_pass, span in (("sliced", 0.0), ("batched", 0.25), ("sliced", 1.0)):
+        method = DNA(samples=2, warmup_epochs=0, sample_pass=sample_pass, group_span=span)
         arch = method.init_arch(net, limits, ["macs"] * 3, [len(s) for s in model.stages]).double()
         grown.zero_grad(set_to_none=True)
         net.attach()
@@ -861,9 +884,10 @@ def test_batched_sample_pass_gives_the_sliced_passes_gradients():
         finally:
             net.detach()
         grads.append([p.grad.clone() for p in [*grown.parameters(), *arch.parameters()] if p.grad is not None])
-    assert len(grads[0]) == len(grads[1])
-    for a, b in zip(*grads):
-        assert (a - b).abs().max() <= 1e-10 + 1e-8 * b.abs().max()
+    for other in grads[1:]:
+        assert len(grads[0]) == len(other)
+        for a, b in zip(grads[0], other):
+            assert (a - b).abs().max() <= 1e-10 + 1e-8 * b.abs().max()
 
 
 def test_seed_as_inplace_teacher_drops_only_the_largest_pass():

@@ -11,7 +11,7 @@ import torch
 from netfit import tuning
 from netfit.api import adapt
 from netfit.methods.dna import DNA
-from netfit.methods.dna_passes import PASS_MODES, choose_passes
+from netfit.methods.dna_passes import PASS_MODES, budget_sizes, choose_passes, pass_groups
 from netfit.models import create_model
 from netfit.space.elastic import ElasticNet
 from netfit.space.grow import grow
@@ -50,7 +50,8 @@ def test_timing_the_passes_leaves_no_trace():
     stats = {k: v.clone() for k, v in net.model.state_dict().items() if "running" in k}
     net.attach()
     try:
-        choice, seconds = choose_passes(net, arch, torch.randn(12, *shape), samples=1, seed=0)
+        sizes = budget_sizes(net, limits, ["macs"] * 3)
+        choice, seconds = choose_passes(net, arch, torch.randn(12, *shape), 1, 0, sizes, span=0.25)
     finally:
         net.detach()
     assert set(choice) == set(seconds) == {"sample_pass", "soft_pass"}
@@ -59,6 +60,17 @@ def test_timing_the_passes_leaves_no_trace():
         assert modes[choice[name]] == min(modes.values())
     assert all(p.grad is None for p in [*net.model.parameters(), *arch.parameters()])
     assert all(torch.equal(net.model.state_dict()[k], v) for k, v in stats.items())
+
+
+def test_sliced_passes_group_the_budgets_within_the_span():
+    """From the largest budget down, a budget joins the group while it is within the span of the group's first."""
+    sizes = [0.33, 0.17, 0.07, 0.03, 0.013, 0.007, 0.003, 1.0]  # the MNIST-10k suite's budgets over a 1.5x supernet
+    rows = list(range(8))
+    assert pass_groups(rows, sizes, 0.25) == [[7], [0, 1], [2, 3, 4, 5, 6]]
+    assert pass_groups(rows, sizes, 0.0) == [[k] for k in (7, 0, 1, 2, 3, 4, 5, 6)]
+    assert pass_groups(rows, sizes, 1.0) == [[7, 0, 1, 2, 3, 4, 5, 6]]
+    assert pass_groups([4, 0], sizes, 0.5) == [[1, 0]]  # positions in rows, the largest budget's first
+    assert pass_groups([4, 0], sizes, 0.25) == [[1], [0]]
 
 
 def _events(out, name):
@@ -88,7 +100,7 @@ def test_a_pinned_pass_is_used_and_the_other_measured(tmp_path, digits, soft_pas
 
     used = []
     original = dna_step.soft_pass
-    monkeypatch.setattr(dna_step, "soft_pass", lambda *a: used.append(a[-1]) or original(*a))
+    monkeypatch.setattr(dna_step, "soft_pass", lambda *a: used.append(a[5]) or original(*a))
     options = {"search_epochs": 1, "warmup_epochs": 0, "units": 4, "soft_pass": soft_pass}
     adapt("cnn_small", digits, "50%,25%", "dna", out=tmp_path, method_options=options, **FAST)
     (measured,) = _events(tmp_path, "dna-passes")

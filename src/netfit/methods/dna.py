@@ -39,7 +39,7 @@ from ..space.latency_table import LatencyTable, measure_table
 from ..tuning import machine, remembered_choice
 from .base import METHODS, Candidate, Seed, Target
 from .common import cost_fn, finetune, from_scratch, inherited_accuracy, probe_inputs
-from .dna_passes import PASS_MODES, choose_passes
+from .dna_passes import PASS_MODES, budget_sizes, choose_passes
 from .dna_step import DEAD_ZONE, dead_zone_loss, search_step
 from .uniform import _slug
 
@@ -105,18 +105,25 @@ class DNA:
             False: from one budget per step (round-robin) on the whole batch, which left the sub-networks of the
             smallest budgets under-trained when the search moved them away from the smallest network
             (docs/methods/dna.md).
-        sample_pass: how the budgets' sampled sub-networks run (``every_budget``): "sliced" (each on its share,
-            on slices of the supernet's weights: its own MACs, but one pass and one sliced copy per budget),
+        sample_pass: how the budgets' sampled sub-networks run (``every_budget``): "sliced" (on their shares, on
+            slices of the supernet's weights: about their own MACs, one pass per group, ``group_span``),
             "batched" (all in one masked pass of the supernet with per-sample gates: one pass at the supernet's
             MACs; same outputs and gradients), or "auto" (the default): the faster of the two, timed once per
             machine, network and settings and remembered (``netfit.tuning``). Which is faster depends on both:
             batched on the mnist1d ResNets on CPU (0.05 s against 0.19 s per step) and on an H200, sliced on
             the MNIST-10k ResNet-18 on CPU (0.29 s against 0.66 s). docs/methods/dna.md, "Costs and limits".
         soft_pass: how the architecture pass runs the budgets' expected networks: "batched" (one pass of the
-            supernet with per-sample soft gates), "sliced" (each on its share, on the slices its units and blocks
-            kept with probability >= 1e-3 need: the small budgets' networks cost a fraction of the supernet, and
-            the dropped tail's gates are below 1e-3), or "auto" (the default): the faster, timed with
+            supernet with per-sample soft gates), "sliced" (on their shares, one pass per group, ``group_span``,
+            on the slices the units and blocks some network of the group keeps with probability >= 1e-3 need: the
+            small budgets' networks cost a fraction of the supernet, and the dropped tail's gates are below
+            1e-3), or "auto" (the default): the faster, timed with
             ``sample_pass``.
+        group_span: a sliced pass runs several budgets' networks together, each on its share with its own gates
+            and batch statistics, on the slices of their union: from the largest budget down, every budget
+            within this fraction of the supernet's cost of the group's first joins it. A group costs at most
+            ``group_span`` x the supernet per sample above its networks apart and saves a pass's fixed costs per
+            budget (on CPU 10-20 ms for a ResNet-18 sub-network, plus building its sliced layers); 0 runs each
+            budget's networks on their own. docs/methods/dna.md, "Costs and limits".
         latency_table: for latency budgets, search on a per-layer latency table measured on the budget's device
             and backend (``netfit.space.latency_table``); False: on MACs scaled by the seed's latency per MAC.
         finetune_warmup: the fraction of each fine-tune spent warming the learning rate up linearly from 0: the
@@ -159,6 +166,7 @@ class DNA:
     arch_batch: float = 1.0
     sample_pass: str = "auto"
     soft_pass: str = "auto"
+    group_span: float = 0.25
     split_batch: bool = True
     latency_table: bool = True
     finetune_warmup: float = 0.25
@@ -187,6 +195,8 @@ class DNA:
                 raise NetfitError(f"dna {name} must be one of {', '.join((*PASS_MODES, 'auto'))}, got {mode!r}")
         if not 0 < self.arch_batch <= 1:
             raise NetfitError(f"dna arch_batch is a fraction of the batch in (0, 1], got {self.arch_batch}")
+        if self.group_span < 0:
+            raise NetfitError(f"dna group_span is a fraction of the supernet's cost >= 0, got {self.group_span}")
         if self.arch_every < 1:
             raise NetfitError(f"dna arch_every is a step count >= 1, got {self.arch_every}")
         if self.arch_lr <= 0 or self.cost_weight <= 0 or self.warmup_epochs < 0 or self.search_lr_scale <= 0:
@@ -305,7 +315,7 @@ class DNA:
         net.model.to(run.device)  # before attaching: the gates keep their indices on the model's device
         net.attach()
         try:
-            opts = dataclasses.replace(self, **self._passes(net, arch, data, run))
+            opts = dataclasses.replace(self, **self._passes(net, arch, limits, metrics, data, run))
             result = run.train(
                 net.model,
                 data,
@@ -320,7 +330,7 @@ class DNA:
             net.detach()
         return result.model
 
-    def _passes(self, net: ElasticNet, arch: ArchParams, data, run) -> dict[str, str]:
+    def _passes(self, net: ElasticNet, arch: ArchParams, limits, metrics, data, run) -> dict[str, str]:
         """``sample_pass`` and ``soft_pass``, "auto" measured: both ways timed on a training batch (a few steps'
         worth of passes) the first time this machine searches this supernet with these settings, then read back
         from netfit's tuning cache (``netfit.tuning``: runs of one seed stay reproducible); kept in the run
@@ -340,10 +350,12 @@ class DNA:
             amp = amp_dtype(run.config, run.device)  # the search's autocast, as training sets it
             supernet = [(n, tuple(p.shape)) for n, p in net.model.named_parameters()]
             key = {**machine(run.device), "supernet": supernet, "input": tuple(x.shape), "amp": str(amp)}
+            sizes = budget_sizes(net, limits, metrics)
             key |= {"budgets": len(arch.width), "samples": self.samples, "depths": net.depths, "fixed": passes}
+            key |= {"sizes": [round(v, 4) for v in sizes], "group_span": self.group_span}
 
             def measure() -> tuple[str, dict]:
-                fastest, seconds = choose_passes(net, arch, x, self.samples, run.seed, amp)
+                fastest, seconds = choose_passes(net, arch, x, self.samples, run.seed, sizes, self.group_span, amp)
                 return json.dumps({k: fastest[k] if v == "auto" else v for k, v in passes.items()}), seconds
 
             combos = [json.dumps({"sample_pass": a, "soft_pass": b}) for a in PASS_MODES for b in PASS_MODES]

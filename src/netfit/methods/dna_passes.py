@@ -11,6 +11,7 @@ blocks whose keep probability is below ``SOFT_TAIL``. Which is faster depends on
 
 from __future__ import annotations
 
+import itertools
 from typing import TYPE_CHECKING
 
 import torch
@@ -46,12 +47,48 @@ def fraction(part: slice, batch: torch.Tensor) -> float:
     return len(batch[part]) / len(batch)
 
 
-def soft_pass(net: ElasticNet, model, arch: ArchParams, shares, x: torch.Tensor, mode: str) -> torch.Tensor:
+def budget_sizes(net: ElasticNet, limits: list[float], metrics: list[str]) -> list[float]:
+    """Each budget as a fraction of the supernet's largest network's cost in its metric: about what its
+    networks cost to run, relative to the supernet (``pass_groups``)."""
+    largest = net.cost(net.largest())
+    return [limit / float(largest[metric]) for limit, metric in zip(limits, metrics)]
+
+
+def pass_groups(rows: list[int], sizes: list[float], span: float) -> list[list[int]]:
+    """Which shares (positions in ``rows``, their budget rows) a sliced pass runs together: from the largest
+    budget down, each share joins the current group while its budget's size is within ``span`` of the group's
+    first (so a group costs at most ``span`` x the supernet per sample above what its shares cost apart, and
+    saves a pass's fixed costs per share); ``span`` 0 runs each budget on its own."""
+    groups: list[list[int]] = []
+    for k in sorted(range(len(rows)), key=lambda k: -sizes[rows[k]]):
+        if groups and sizes[rows[groups[-1][0]]] - sizes[rows[k]] <= span:
+            groups[-1].append(k)
+        else:
+            groups.append([k])
+    return groups
+
+
+def _gather(x: torch.Tensor, parts: list[slice]) -> tuple[torch.Tensor, list[slice], torch.Tensor]:
+    """The samples of ``parts`` (consecutive slices of ``x``), the parts renumbered within them, their indices."""
+    index = torch.cat([torch.arange(p.start, p.stop) for p in parts]).to(x.device)
+    bounds = [0, *itertools.accumulate(p.stop - p.start for p in parts)]
+    return x[index], [slice(a, b) for a, b in itertools.pairwise(bounds)], index
+
+
+def soft_pass(
+    net: ElasticNet, model, arch: ArchParams, shares, x: torch.Tensor, mode: str, sizes: list[float], span: float
+) -> torch.Tensor:
     """Every share's budget's expected network on its share of ``x`` (the logits of the whole ``x``): "batched"
-    in one pass with per-sample gates, through ``model`` (the DDP wrapper under torchrun); "sliced" one pass per
-    share on its network's own slices, on one process."""
+    in one pass with per-sample gates, through ``model`` (the DDP wrapper under torchrun); "sliced", on one
+    process, one pass per group of budgets (``pass_groups``) on the slices of the union of its networks."""
     if mode == "sliced" and not is_distributed():
-        return torch.cat([net.run_soft_sliced(arch.width[r], arch.depth[r], x[part], SOFT_TAIL) for r, part in shares])
+        outs, order = [], []
+        for group in pass_groups([r for r, _ in shares], sizes, span):
+            xg, local, index = _gather(x, [shares[k][1] for k in group])
+            rows = [(arch.width[shares[k][0]], arch.depth[shares[k][0]], part) for k, part in zip(group, local)]
+            outs.append(net.run_soft_rows_sliced(rows, xg, SOFT_TAIL))
+            order.append(index)
+        return torch.cat(outs)[torch.cat(order).argsort()]
     net.set_soft_rows([(arch.width[r], arch.depth[r], part) for r, part in shares])
     return model(x)
 
@@ -61,19 +98,36 @@ def draw_samples(net: ElasticNet, arch: ArchParams, shares, samples: int, gen: t
     return [(net.sample(arch.width[r], arch.depth[r], gen), part) for r, part in shares for _ in range(samples)]
 
 
-def sample_passes(net: ElasticNet, model, drawn, shares, samples: int, x, teacher, backward, mode: str) -> None:
+def sample_passes(
+    net: ElasticNet, model, drawn, shares, samples: int, x, teacher, backward, mode: str, sizes, span: float
+) -> None:
     """The sampled sub-networks distilled from ``teacher`` and back-propagated through ``backward``: "batched"
-    runs the i-th sample of every share in one masked pass; "sliced" each sample alone on its share."""
+    runs the i-th sample of every share in one masked pass; "sliced" the i-th samples of each group of budgets
+    (``pass_groups``) in one pass of the slices of their union (a group of one: its sub-network alone)."""
     if len(shares) > 1 and mode == "batched":
         for i in range(samples):
             net.set_hard_rows(drawn[i::samples])
             out = model(x)
             backward(sum(kd_loss(out[p], teacher[p]) * fraction(p, teacher) for _, p in shares) / (1 + samples))
             net.set_full()
-    else:
+        return
+    if is_distributed():  # every pass through the DDP wrapper, one sub-network at a time
         for sub, part in drawn:
             loss = kd_loss(run_subnet(net, sub, x[part], model), teacher[part])
             backward(loss * fraction(part, teacher) / (1 + samples))
+        return
+    for i in range(samples):
+        picked = [sub for sub, _ in drawn[i::samples]]  # drawn holds each share's samples in turn
+        for group in pass_groups([r for r, _ in shares], sizes, span):
+            parts = [shares[k][1] for k in group]
+            if len(group) == 1:
+                outs = [net.run_sliced(picked[group[0]], x[parts[0]])]
+            else:
+                xg, local, _ = _gather(x, parts)
+                out = net.run_hard_rows_sliced([(picked[k], part) for k, part in zip(group, local)], xg)
+                outs = [out[part] for part in local]
+            loss = sum(kd_loss(o, teacher[p]) * fraction(p, teacher) for o, p in zip(outs, parts))
+            backward(loss / (1 + samples))
 
 
 def run_subnet(net: ElasticNet, sub, x: torch.Tensor, model) -> torch.Tensor:
@@ -86,7 +140,15 @@ def run_subnet(net: ElasticNet, sub, x: torch.Tensor, model) -> torch.Tensor:
 
 
 def time_passes(
-    net: ElasticNet, arch: ArchParams, x: torch.Tensor, samples: int, seed: int, amp_dtype, repeats: int = 3
+    net: ElasticNet,
+    arch: ArchParams,
+    x: torch.Tensor,
+    samples: int,
+    seed: int,
+    amp_dtype,
+    sizes: list[float],
+    span: float,
+    repeats: int = 3,
 ) -> dict[str, dict[str, float]]:
     """Median seconds of one step's sample passes and of its architecture pass for every budget (forward and
     backward, under ``amp_dtype`` autocast where given), batched and sliced, on the batch ``x``; each sample
@@ -112,11 +174,14 @@ def time_passes(
 
             def samples_pass(mode=mode, draws=draws) -> None:
                 with autocast:
-                    sample_passes(net, model, next(draws), shares, samples, x, teacher, lambda t: t.backward(), mode)
+                    sample_passes(
+                        net, model, next(draws), shares, samples, x, teacher, lambda t: t.backward(), mode, sizes, span
+                    )
 
             def architecture_pass(mode=mode) -> None:
                 with autocast:
-                    F.cross_entropy(soft_pass(net, model, arch, shares, x, mode), teacher.argmax(1)).backward()
+                    out = soft_pass(net, model, arch, shares, x, mode, sizes, span)
+                    F.cross_entropy(out, teacher.argmax(1)).backward()
                 net.set_full()
 
             seconds["sample_pass"][mode] = median(samples_pass)
@@ -128,11 +193,18 @@ def time_passes(
 
 
 def choose_passes(
-    net: ElasticNet, arch: ArchParams, x: torch.Tensor, samples: int, seed: int, amp_dtype=None
+    net: ElasticNet,
+    arch: ArchParams,
+    x: torch.Tensor,
+    samples: int,
+    seed: int,
+    sizes: list[float],
+    span: float,
+    amp_dtype=None,
 ) -> tuple[dict[str, str], dict[str, dict[str, float]]]:
     """The faster way to run each of a step's two passes on this device and batch (``time_passes``), as
     ``{"sample_pass": mode, "soft_pass": mode}``, and the seconds measured (measured on CPU: batched on the
     small mnist1d ResNets and on MobileNetV2, sliced samples on the MNIST-10k ResNet-18; batched on an H200)."""
-    seconds = time_passes(net, arch, x, samples, seed, amp_dtype)
+    seconds = time_passes(net, arch, x, samples, seed, amp_dtype, sizes, span)
     choice = {name: min(modes, key=modes.__getitem__) for name, modes in seconds.items()}
     return choice, {name: {k: round(v, 5) for k, v in modes.items()} for name, modes in seconds.items()}

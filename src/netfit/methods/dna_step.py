@@ -15,7 +15,7 @@ from ..engine import StepFn, StepOutput
 from ..engine.distributed import is_distributed
 from ..engine.norms import frozen_norm_statistics
 from ..space.elastic import ElasticNet
-from .dna_passes import batch_shares, draw_samples, fraction, run_subnet, sample_passes, soft_pass
+from .dna_passes import batch_shares, budget_sizes, draw_samples, fraction, run_subnet, sample_passes, soft_pass
 
 if TYPE_CHECKING:
     from .dna import DNA, ArchParams
@@ -46,7 +46,8 @@ def search_step(
     else from one budget's, round-robin; run as ``sample_pass`` says), distilled in place from the largest."""
     warmup, samples, cost_weight, one_level = opts.warmup_epochs, opts.samples, opts.cost_weight, opts.one_level
     split_batch, every_budget, arch_every = opts.split_batch, opts.every_budget, opts.arch_every
-    arch_batch = opts.arch_batch
+    arch_batch, span = opts.arch_batch, opts.group_span
+    sizes = budget_sizes(net, limits, metrics)  # which budgets a sliced pass runs together
     # DNA.search measures "auto"
     sample_pass = opts.sample_pass if opts.sample_pass != "auto" else "batched"
     soft_mode = opts.soft_pass if opts.soft_pass != "auto" else "batched"
@@ -81,7 +82,7 @@ def search_step(
                 budgets = [dead_zone_loss(e, limits[r]) for e, (r, _) in zip(expected, shares)]
                 budget_loss = sum(fraction(part, y) * b for (_, part), b in zip(shares, budgets))
                 # every budget's expected network on its share
-                out = soft_pass(net, ctx.model, arch, shares, x, soft_mode)
+                out = soft_pass(net, ctx.model, arch, shares, x, soft_mode, sizes, span)
                 ctx.backward(F.cross_entropy(out, y) + cost_weight * budget_loss)
                 ratios = [e.item() / limits[r] for e, (r, _) in zip(expected, shares)]
                 budget_losses = [b.item() for b in budgets]
@@ -101,7 +102,9 @@ def search_step(
             smallest = kd_loss(run_subnet(net, net.smallest(), ctx.x, ctx.model), teacher)
             ctx.backward(smallest / (1 + samples))
             loss = smallest if loss is None else loss  # what the step reports without a largest pass
-            sample_passes(net, ctx.model, drawn, shares, samples, ctx.x, teacher, ctx.backward, sample_pass)
+            sample_passes(
+                net, ctx.model, drawn, shares, samples, ctx.x, teacher, ctx.backward, sample_pass, sizes, span
+            )
         net.set_full()
         return StepOutput(loss.detach(), logits.detach() if logits is not None else None, out_metrics)
 

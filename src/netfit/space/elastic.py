@@ -248,18 +248,26 @@ class ElasticNet:
         """Soft gates per share of the batch: ``rows`` holds (width logits, depth logits, batch slice) with
         consecutive slices covering the batch. One gated pass then computes what a ``set_soft`` pass per share
         computes (same outputs and gradients: each share's batch norms use that share's statistics)."""
-        units = self.unit_probs(torch.stack([w for w, _, _ in rows]))
-        blocks = self.block_probs(torch.stack([d for _, d, _ in rows])) if self.blocks else None
-        self._set_rows(units, blocks, [part for _, _, part in rows])
+        self._set_rows(*self._soft_keep(rows), [part for _, _, part in rows])
 
     def set_hard_rows(self, rows: Sequence[tuple[Arch, slice]]) -> None:
         """0/1 gates per share of the batch: one masked pass computes what a ``set_hard`` pass per share does."""
-        kept = torch.tensor([a.units for a, _ in rows])  # (rows, gates)
+        self._set_rows(*self._hard_keep([a for a, _ in rows]), [part for _, part in rows])
+
+    def _soft_keep(self, rows: Sequence[tuple]) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """Keep probabilities of the rows' (width logits, depth logits, ...): per gate (rows, units), and
+        (rows, blocks) or None."""
+        units = self.unit_probs(torch.stack([row[0] for row in rows]))
+        return units, self.block_probs(torch.stack([row[1] for row in rows])) if self.blocks else None
+
+    def _hard_keep(self, archs: Sequence[Arch]) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """0/1 keep values of ``archs``, shaped as ``_soft_keep``'s."""
+        kept = torch.tensor([a.units for a in archs])  # (rows, gates)
         units = [(torch.arange(len(b) - 1) < kept[:, i, None]).float() for i, b in enumerate(self.unit_bounds)]
         blocks = None
         if self.blocks:
-            blocks = torch.tensor([[float(j < a.depths[s]) for s, j in self.blocks] for a, _ in rows])
-        self._set_rows(units, blocks, [part for _, part in rows])
+            blocks = torch.tensor([[float(j < a.depths[s]) for s, j in self.blocks] for a in archs])
+        return units, blocks
 
     def _set_rows(self, units: list[torch.Tensor], blocks: torch.Tensor | None, parts: list[slice]) -> None:
         """Per-sample gates from each gate's unit keep values (rows, units) and the block keep values (rows,
@@ -291,7 +299,19 @@ class ElasticNet:
     ) -> torch.Tensor:
         """The expected network of one row of logits on ``x``, sliced: ``set_soft`` + a gated pass without the
         units and blocks whose keep probability is below ``tail`` (``netfit.space.sliced``)."""
-        return self._sliced.run_soft(width_logits, depth_logits, x, tail)
+        return self.run_soft_rows_sliced([(width_logits, depth_logits, slice(0, len(x)))], x, tail)
+
+    def run_soft_rows_sliced(
+        self, rows: Sequence[tuple[torch.Tensor, torch.Tensor, slice]], x: torch.Tensor, tail: float
+    ) -> torch.Tensor:
+        """``set_soft_rows(rows)`` + a gated pass, computed in one pass of the sliced union of the rows' expected
+        networks without the units and blocks every row keeps with probability below ``tail``."""
+        return self._sliced.run_rows(*self._soft_keep(rows), [part for _, _, part in rows], x, tail)
+
+    def run_hard_rows_sliced(self, rows: Sequence[tuple[Arch, slice]], x: torch.Tensor) -> torch.Tensor:
+        """``set_hard_rows(rows)`` + a gated pass, computed in one pass of the sliced union of the rows' networks
+        (the same outputs and gradients as ``run_sliced`` per row on its share)."""
+        return self._sliced.run_rows(*self._hard_keep([a for a, _ in rows]), [part for _, part in rows], x, 0.5)
 
     def attach(self) -> None:
         """Install the gates (forward pre-hooks on consumers, gated forwards on skippable blocks)."""

@@ -5,7 +5,10 @@ parameters, so a pass costs the sub-network's MACs instead of the supernet's (``
 A hard (0/1) architecture runs exactly as the gated supernet would. A soft one (every gate at its keep
 probability, DNA's expected network) is first truncated where the keep probabilities fall below ``tail``; the
 units and blocks left keep their probabilities as gates, applied by hooks on the shared shape-only template,
-so the pass computes the expected network minus channels and blocks whose gate is below ``tail``.
+so the pass computes the expected network minus channels and blocks whose gate is below ``tail``. Several
+networks (0/1 or soft) can share one pass, each on its share of the batch (``run_rows``): the pass runs the
+slices of their union, the hooks gate each sample by its own network's values and batch norms normalise each
+share on its own statistics, so it computes what one pass per network would, with one pass's fixed costs.
 """
 
 from __future__ import annotations
@@ -16,9 +19,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from .layers import BATCH_NORMS
 from .prune import sliced_view
 
 if TYPE_CHECKING:
@@ -61,23 +66,35 @@ class SlicedRunner:
             tensors[name] = tensor
         return functional_call(skeleton.module, tensors, (x,))
 
-    def run_soft(self, width_logits: torch.Tensor, depth_logits: torch.Tensor, x: torch.Tensor, tail: float):
-        """The expected network of one row of logits on ``x`` (as ``set_soft`` + a gated pass), truncated to the
-        units and blocks whose keep probability is at least ``tail``; gradients reach the logits."""
-        net = self.net
-        unit_p = net.unit_probs(width_logits)
-        block_p = net.block_probs(depth_logits) if net.blocks else None
-        arch = _truncated(net, unit_p, block_p, tail)
+    def run_rows(
+        self, units: list[torch.Tensor], blocks: torch.Tensor | None, parts: list[slice], x: torch.Tensor, tail: float
+    ) -> torch.Tensor:
+        """Several networks of the space, each on its share of ``x`` (``parts``: consecutive slices covering it),
+        in ONE pass of the sliced union of their networks: row r's units and blocks are gated by its keep values
+        (``units``: per gate (rows, units); ``blocks``: (rows, blocks); 0/1 for sampled sub-networks, keep
+        probabilities for expected networks, whose gradients then reach the logits) on its share's samples, and
+        every share's batch norms normalise it on its own statistics, as one pass per row would. Units and blocks
+        kept below ``tail`` by every row are left out."""
+        net, device = self.net, x.device
+        arch = _truncated(net, [u.detach().amax(0) for u in units], None if blocks is None else blocks.amax(0), tail)
         kept = self._soft_ready(self._skeleton(arch), arch)
-        index = net._unit_index_on(x.device)
-        channel_p = [p.to(x.device)[index[i]] for i, p in enumerate(unit_p)]
+        index = net._unit_index_on(device)
+        channel = [u.to(device)[:, index[i]] for i, u in enumerate(units)]  # (rows, channels) per gate
+        one = len(parts) == 1  # one row: its gates broadcast over the batch
+        lengths = torch.tensor([part.stop - part.start for part in parts], device=device)
+        row_of = torch.repeat_interleave(torch.arange(len(parts), device=device), lengths)
         inputs = {}
-        for name, (_, size, parts) in net._consumers.items():
-            full = channel_p[0].new_ones(size)  # a consumer reads a gated group, so there is a gate
-            for gate, pos, rep in parts:
-                full = full.index_put((pos.to(x.device),), channel_p[gate].repeat_interleave(rep))
-            inputs[name] = full[kept[name].to(x.device)]
-        self.soft = {"inputs": inputs, "blocks": block_p.to(x.device) if block_p is not None else None}
+        for name, (_, size, entries) in net._consumers.items():
+            full = channel[0].new_ones(len(parts), size)  # a consumer reads a gated group, so there is a gate
+            for gate, pos, rep in entries:
+                full = full.index_copy(1, pos.to(device), channel[gate].repeat_interleave(rep, dim=1))
+            gates = full[:, kept[name].to(device)]
+            inputs[name] = gates[0] if one else gates[row_of]
+        block_gates = None
+        if blocks is not None:
+            blocks = blocks.to(device)
+            block_gates = list(blocks[0] if one else blocks[row_of].t())
+        self.soft = {"inputs": inputs, "blocks": block_gates, "shares": None if one else parts}
         try:
             return self.run(arch, x)
         finally:
@@ -128,14 +145,20 @@ class SlicedRunner:
             kept = arch.depths is None or j < arch.depths[stage]  # no depths: every block
             if kept and not _gated(skeleton.stages[stage][j]._forward_hooks):
                 skeleton.stages[stage][j].register_forward_hook(self._block_gate(k))
+        for norm in skeleton.modules():
+            if isinstance(norm, BATCH_NORMS) and not _gated(norm._forward_hooks):
+                norm.register_forward_hook(self._share_norm())
 
     def _input_gate(self, name: str, dim: int):
         def hook(module: nn.Module, args: tuple):
             if self.soft is None:
                 return None
-            x, shape = args[0], [1] * args[0].dim()
+            x, gate = args[0], self.soft["inputs"][name]
+            shape = [1] * x.dim()
             shape[dim] = -1
-            return (x * self.soft["inputs"][name].to(x.dtype).reshape(shape), *args[1:])
+            if gate.dim() == 2:  # one row of gates per sample
+                shape[0] = x.shape[0]
+            return (x * gate.to(x.dtype).reshape(shape), *args[1:])
 
         hook.netfit_gate = True
         return hook
@@ -144,8 +167,23 @@ class SlicedRunner:
         def hook(module: nn.Module, args: tuple, output: torch.Tensor):
             if self.soft is None:
                 return None
-            x = args[0]
-            return x + self.soft["blocks"][k].to(output.dtype) * (output - x)
+            x, gate = args[0], self.soft["blocks"][k].to(output.dtype)
+            if gate.dim() == 1:  # one gate per sample
+                gate = gate.reshape(-1, *[1] * (x.dim() - 1))
+            return x + gate * (output - x)
+
+        hook.netfit_gate = True
+        return hook
+
+    def _share_norm(self):
+        """While rows share a pass, a batch norm's output is recomputed share by share on each share's own
+        statistics (the running statistics are the pass's clones: nothing to leave alone)."""
+
+        def hook(module: nn.Module, args: tuple, output: torch.Tensor):
+            if self.soft is None or self.soft["shares"] is None or not module.training:
+                return None
+            x, w, b, eps = args[0], module.weight, module.bias, module.eps
+            return torch.cat([F.batch_norm(x[part], None, None, w, b, True, 0.0, eps) for part in self.soft["shares"]])
 
         hook.netfit_gate = True
         return hook
