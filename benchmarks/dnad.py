@@ -117,7 +117,7 @@ def train_settings(args: argparse.Namespace) -> dict:
     return {"batch_size": args.batch_size, "lr": args.lr, "grad_clip": args.grad_clip, "optimizer": args.optimizer}
 
 
-def _scratch(args: argparse.Namespace) -> int:
+def scratch_epochs(args: argparse.Namespace) -> int:
     """Epochs of every network trained from scratch (members, random cells): the seed's plus the peers' fine-tune
     epochs, so that everyone has trained as long (the search itself is not counted)."""
     return args.seed_epochs + args.epochs
@@ -152,7 +152,8 @@ def run_seed(args: argparse.Namespace, seed: int, root: Path) -> dict:
     dnad = None
     for method in ("snps", "dnad"):
         out = root / (f"seed-{seed}" if method == "snps" else f"dnad-{seed}")  # the first run keeps the seed
-        dnad = _adapt(args, data, method, out, seed, seed_dir, epochs=_scratch(args), method_options=_options(args))
+        epochs, options = scratch_epochs(args), _options(args)
+        dnad = _adapt(args, data, method, out, seed, seed_dir, epochs=epochs, method_options=options)
     # random genotypes of the same space at each DNAD member's MACs, trained for the same epochs from scratch
     space = cell_space(args, data)
     members = _members(dnad, root / f"dnad-{seed}")
@@ -164,7 +165,7 @@ def run_seed(args: argparse.Namespace, seed: int, root: Path) -> dict:
             model,
             data,
             out=out,
-            epochs=_scratch(args),
+            epochs=scratch_epochs(args),
             seed=seed,
             train=train_settings(args),
             progress=False,
@@ -299,7 +300,7 @@ def summarise(runs: list[dict]) -> dict:
     return {**comparisons(runs), "step_time_ratio_last_over_first": ratios}
 
 
-def _pct(value: float | None) -> str:
+def percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}%"
 
 
@@ -334,7 +335,7 @@ def to_markdown(args: argparse.Namespace, runs: list[dict], summary: dict) -> st
         f"{seeds[0]['macs'] if seeds else 0:,} MACs, test accuracy {_ms(seed_acc)}%. Space: {args.cells} cells, "
         f"C = {args.channels}, 4 nodes, ops {args.ops}. Search: {args.search_epochs} epochs per run, controller "
         f"{json.dumps(dict(args.x))} (the rest published defaults). Every member and every random cell: "
-        f"{_scratch(args)} epochs from scratch (the seed's + the peers'), batch {args.batch_size}, "
+        f"{scratch_epochs(args)} epochs from scratch (the seed's + the peers'), batch {args.batch_size}, "
         f"{args.optimizer} lr {args.lr}, "
         f"grad clip {args.grad_clip}. "
         f"Peers on the seed: {'; '.join(peer_text[p] for p in args.peers) or 'none'}. "
@@ -356,7 +357,7 @@ def to_markdown(args: argparse.Namespace, runs: list[dict], summary: dict) -> st
                 in_run = f"{m['step_seconds']:.3f}" if m["step_seconds"] else "-"
                 lines.append(
                     f"| {run['seed']} | {method} | {m['id']} | {m['reason']} | {m['pairs']} | {m['macs']:,} | "
-                    f"{m['params']:,} | {_pct(m['accuracy'])} | {in_run} | {t:.3f} |"
+                    f"{m['params']:,} | {percent(m['accuracy'])} | {in_run} | {t:.3f} |"
                 )
     lines += [
         "",
@@ -369,8 +370,8 @@ def to_markdown(args: argparse.Namespace, runs: list[dict], summary: dict) -> st
     for run in runs:
         for r in matched(run):
             lines.append(
-                f"| {run['seed']} | {r['id']} | {r['macs']:,} | {_pct(r['dnad'])} | {_pct(r['snps'])} | "
-                f"{_pct(r['random'])} ({r['random_macs']:,}) |"
+                f"| {run['seed']} | {r['id']} | {r['macs']:,} | {percent(r['dnad'])} | {percent(r['snps'])} | "
+                f"{percent(r['random'])} ({r['random_macs']:,}) |"
             )
     for peer in args.peers:
         lines += [
@@ -382,7 +383,7 @@ def to_markdown(args: argparse.Namespace, runs: list[dict], summary: dict) -> st
         ]
         for run in runs:
             for r in run["peers"].get(peer, []):
-                lines.append(f"| {run['seed']} | {r['target']} | {r['macs']:,} | {_pct(r['accuracy'])} |")
+                lines.append(f"| {run['seed']} | {r['target']} | {r['macs']:,} | {percent(r['accuracy'])} |")
     ratios = summary["step_time_ratio_last_over_first"]
     lines += [
         "",

@@ -28,7 +28,7 @@ from netfit.data import load_data
 from netfit.models import build_model
 
 from .common import environment, merge_runs, noise_ceiling, noise_ceiling_text, write_results
-from .dnad import _pct, _scratch, cell_space, comparisons, matched, random_cells, train_settings, verdict
+from .dnad import cell_space, comparisons, matched, percent, random_cells, scratch_epochs, train_settings, verdict
 
 RETRAIN_SEED_STEP = 1000  # training k of an architecture: its recorded seeds + k x 1000
 
@@ -68,7 +68,7 @@ def retrain_seed(saved: argparse.Namespace, retrains: int, run: dict, root: Path
                 model,
                 data,
                 out=out,
-                epochs=_scratch(saved),
+                epochs=scratch_epochs(saved),
                 seed=run["seed"] + step,
                 train=train_settings(saved),
                 progress=False,
@@ -106,9 +106,9 @@ def to_markdown(saved: argparse.Namespace, retrains: int, runs: list[dict], summ
         "",
         f"The architectures of `benchmarks.dnad` (seeds {[r['seed'] for r in runs]}; {saved.cells} cells, C = "
         f"{saved.channels}, ops {saved.ops}): both sets' members and the random cells at the DNAD members' MACs, each "
-        f"trained {_scratch(saved)} epochs from scratch ({saved.optimizer} lr {saved.lr}, batch {saved.batch_size}, "
-        f"grad clip {saved.grad_clip}) {retrains} times: the recorded training, then initial weights and data order "
-        f"from its seeds + {RETRAIN_SEED_STEP}, + {2 * RETRAIN_SEED_STEP}, ...",
+        f"trained {scratch_epochs(saved)} epochs from scratch ({saved.optimizer} lr {saved.lr}, batch "
+        f"{saved.batch_size}, grad clip {saved.grad_clip}) {retrains} times: the recorded training, then initial "
+        f"weights and data order from its seeds + {RETRAIN_SEED_STEP}, + {2 * RETRAIN_SEED_STEP}, ...",
         "",
         "## Accuracy per training (test %)",
         "",
@@ -117,8 +117,8 @@ def to_markdown(saved: argparse.Namespace, retrains: int, runs: list[dict], summ
     ]
     for run in runs:
         for arch, accuracies in run["trainings"].items():
-            each = " / ".join(_pct(a) for a in accuracies)
-            lines.append(f"| {run['seed']} | {arch} | {each} | {_pct(float(np.mean(accuracies)))} |")
+            each = " / ".join(percent(a) for a in accuracies)
+            lines.append(f"| {run['seed']} | {arch} | {each} | {percent(float(np.mean(accuracies)))} |")
     lines += [
         "",
         "## Matched MACs on the mean of the trainings",
@@ -129,8 +129,8 @@ def to_markdown(saved: argparse.Namespace, retrains: int, runs: list[dict], summ
     for run in runs:
         for r in matched(mean_run(run)):
             lines.append(
-                f"| {run['seed']} | {r['id']} | {r['macs']:,} | {_pct(r['dnad'])} | {_pct(r['snps'])} | "
-                f"{_pct(r['random'])} |"
+                f"| {run['seed']} | {r['id']} | {r['macs']:,} | {percent(r['dnad'])} | {percent(r['snps'])} | "
+                f"{percent(r['random'])} |"
             )
     first, means = summary["first_training"], summary["mean_of_trainings"]
     lines += [
