@@ -150,10 +150,10 @@ def run_seed(args: argparse.Namespace, seed: int, root: Path) -> dict:
     data = load_data(args.data)
     seed_dir = root / f"seed-{seed}" / "seed"
     dnad = None
+    scratch, options = scratch_epochs(args), _options(args)
     for method in ("snps", "dnad"):
         out = root / (f"seed-{seed}" if method == "snps" else f"dnad-{seed}")  # the first run keeps the seed
-        epochs, options = scratch_epochs(args), _options(args)
-        dnad = _adapt(args, data, method, out, seed, seed_dir, epochs=epochs, method_options=options)
+        dnad = _adapt(args, data, method, out, seed, seed_dir, epochs=scratch, method_options=options)
     # random genotypes of the same space at each DNAD member's MACs, trained for the same epochs from scratch
     space = cell_space(args, data)
     members = _members(dnad, root / f"dnad-{seed}")
@@ -165,7 +165,7 @@ def run_seed(args: argparse.Namespace, seed: int, root: Path) -> dict:
             model,
             data,
             out=out,
-            epochs=scratch_epochs(args),
+            epochs=scratch,
             seed=seed,
             train=train_settings(args),
             progress=False,
@@ -198,10 +198,9 @@ def collect_seed(args: argparse.Namespace, seed: int, root: Path) -> dict:
         if (out / "model.safetensors").exists():
             model = load_model(out)
             cost = count_cost(model, shape)
-            accuracy = json.loads((out / "arch.json").read_text())["meta"]["accuracy"]
-            genotype = json.loads((out / "arch.json").read_text())["arch"]["genotype"]
-            row = {"matched": m["id"], "accuracy": accuracy, "macs": cost.macs, "params": cost.params}
-            random_rows.append(row | {"genotype": genotype})
+            saved = json.loads((out / "arch.json").read_text())
+            row = {"matched": m["id"], "accuracy": saved["meta"]["accuracy"], "macs": cost.macs, "params": cost.params}
+            random_rows.append(row | {"genotype": saved["arch"]["genotype"]})
     peers = {}
     for peer in args.peers:
         summary = _summary(root / f"{peer}-{seed}")

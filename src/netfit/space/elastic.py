@@ -39,7 +39,7 @@ from .blocks import stage_blocks
 from .cost_formula import CostFormula, trace_layers
 from .latency_table import LatencyTable
 from .layers import BATCH_NORMS, CONVS, dim_size
-from .sliced import SlicedRunner
+from .sliced import SlicedRunner, sample_rows
 from .subnet import SubnetSpace
 
 
@@ -273,8 +273,7 @@ class ElasticNet:
         """Per-sample gates from each gate's unit keep values (rows, units) and the block keep values (rows,
         blocks), row r covering the samples of ``parts[r]``."""
         device = _device(self.model)
-        lengths = torch.tensor([part.stop - part.start for part in parts], device=device)
-        sample_row = torch.repeat_interleave(torch.arange(len(parts), device=device), lengths)
+        sample_row = sample_rows(parts, device)
         units = torch.cat(units, 1).to(device).split(self.num_units, 1)  # one host-to-device copy, not one per gate
         index = self._unit_index_on(device)
         self._masks = [u[:, index[i]][sample_row] for i, u in enumerate(units)]

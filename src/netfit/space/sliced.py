@@ -81,8 +81,7 @@ class SlicedRunner:
         index = net._unit_index_on(device)
         channel = [u.to(device)[:, index[i]] for i, u in enumerate(units)]  # (rows, channels) per gate
         one = len(parts) == 1  # one row: its gates broadcast over the batch
-        lengths = torch.tensor([part.stop - part.start for part in parts], device=device)
-        row_of = torch.repeat_interleave(torch.arange(len(parts), device=device), lengths)
+        row_of = None if one else sample_rows(parts, device)
         inputs = {}
         for name, (_, size, entries) in net._consumers.items():
             full = channel[0].new_ones(len(parts), size)  # a consumer reads a gated group, so there is a gate
@@ -187,6 +186,12 @@ class SlicedRunner:
 
         hook.netfit_gate = True
         return hook
+
+
+def sample_rows(parts: list[slice], device: torch.device) -> torch.Tensor:
+    """The row of every sample of a batch split into ``parts`` (consecutive slices covering it)."""
+    lengths = torch.tensor([part.stop - part.start for part in parts], device=device)
+    return torch.repeat_interleave(torch.arange(len(parts), device=device), lengths)
 
 
 def _gated(hooks: dict) -> bool:
