@@ -156,7 +156,7 @@ def step_ratios(
     seed_macs = count_cost(model, shape).macs
     limits = [b / 100 * seed_macs for b in budgets]
     width, depth = method.growth(limits, seed_macs)
-    grown = grow(model, shape, width, depth, np.random.default_rng(seed)).to(device)
+    grown = grow(model, shape, width, depth, np.random.default_rng(seed)).to(device).train()  # as the search runs
     net = ElasticNet(grown, shape, units=method.units)
     metrics = ["macs"] * len(limits)
     arch = method.init_arch(net, limits, metrics, [len(s) for s in model.stages] if net.depths else None)

@@ -392,7 +392,7 @@ def test_one_pass_per_batch_matches_one_pass_per_budget(name):
     """set_soft_rows runs every budget's expected network on its share of the batch in one pass: the same
     outputs and gradients (weights and architecture logits) as one set_soft pass per share; set_hard_rows runs
     one sampled sub-network per share in one masked pass: the same as running each sliced on its share. Both
-    again in one pass of the sliced union of the rows' networks (run_soft_rows_sliced, run_hard_rows_sliced)."""
+    again in one pass of the sliced union of the rows' networks (run_rows_sliced)."""
     net, shape = _float64_elastic(name)
     net.model.train()
     x = torch.randn(10, *shape, dtype=torch.float64)
@@ -435,10 +435,10 @@ def test_one_pass_per_batch_matches_one_pass_per_budget(name):
         return net.model(x)
 
     def one_sliced_pass():  # the union of the rows' expected networks, sliced (tail 0: nothing left out)
-        return net.run_soft_rows_sliced([(w, d, part) for (w, d), part in zip(logits, shares)], x, 0.0)
+        return net.run_rows_sliced(x, 0.0, soft=[(w, d, part) for (w, d), part in zip(logits, shares)])
 
     def one_sliced_hard_pass():
-        return net.run_hard_rows_sliced(list(zip(archs, shares)), x)
+        return net.run_rows_sliced(x, 0.5, hard=list(zip(archs, shares)))
 
     stats = {n: b.clone() for n, b in net.model.named_buffers() if "running" in n}
     net.attach()
@@ -820,7 +820,7 @@ def test_architecture_step_and_weight_gradients(one_level):
 @pytest.mark.parametrize("every_budget", [True, False])
 def test_sandwich_trains_sub_networks_of_every_budget_or_one(every_budget, monkeypatch):
     """every_budget: each step draws ``samples`` sub-networks from EVERY budget's chains, each run on its own
-    share of the batch (one sliced pass each with group_span 0; the i-th samples of all budgets in one sliced
+    share of the batch (a budget's samples in one sliced pass with group_span 0; every budget's in one sliced
     pass when a group spans them); otherwise from one budget's chains (round-robin) on the whole batch."""
     from netfit.engine import StepContext, TrainConfig
 
@@ -830,12 +830,15 @@ def test_sandwich_trains_sub_networks_of_every_budget_or_one(every_budget, monke
     method = DNA(samples=2, warmup_epochs=1, every_budget=every_budget, sample_pass="sliced", group_span=0.0)
     arch = method.init_arch(net, limits, ["macs"] * 3, [len(s) for s in model.stages])
     drawn, batches, grouped = [], [], []
-    sample, run_sliced, run_rows = net.sample, net.run_sliced, net.run_hard_rows_sliced
+    sample, run_sliced, run_rows = net.sample, net.run_sliced, net.run_rows_sliced
     monkeypatch.setattr(net, "sample", lambda w, d, gen: drawn.append(w) or sample(w, d, gen))
     monkeypatch.setattr(net, "run_sliced", lambda sub, x: batches.append(len(x)) or run_sliced(sub, x))
-    monkeypatch.setattr(
-        net, "run_hard_rows_sliced", lambda rows, x: grouped.append([len(x[p]) for _, p in rows]) or run_rows(rows, x)
-    )
+
+    def rows_pass(x, tail, soft=(), hard=()):
+        grouped.append([len(x[p]) for _, p in hard])
+        return run_rows(x, tail, soft, hard)
+
+    monkeypatch.setattr(net, "run_rows_sliced", rows_pass)
     x, y = torch.randn(15, *shape), torch.randint(0, 10, (15,))
 
     def step(method):
@@ -850,32 +853,46 @@ def test_sandwich_trains_sub_networks_of_every_budget_or_one(every_budget, monke
     step(method)
     rows = [next(r for r in range(3) if w is arch.width[r] or torch.equal(w, arch.width[r])) for w in drawn]
     if every_budget:
-        assert rows == [0, 0, 1, 1, 2, 2] and batches == [15] + [5] * 6  # the smallest on the whole batch
-        assert not grouped
-        batches.clear()
+        assert rows == [0, 0, 1, 1, 2, 2] and batches == [15]  # the smallest alone, on the whole batch
+        assert grouped == [[5, 5]] * 3  # each budget's two samples in one pass
+        batches.clear(), grouped.clear()
         step(dataclasses.replace(method, group_span=1.0))
-        assert batches == [15] and grouped == [[5, 5, 5]] * 2  # the smallest alone; each sample's budgets at once
+        assert batches == [15] and grouped == [[5] * 6]  # every budget's samples at once
     else:
-        assert rows == [1, 1] and batches == [15] * 3  # step 4 -> budget 4 % 3 = 1
+        assert rows == [1, 1] and grouped == [[15, 15]] and batches == [15]  # step 4 -> budget 4 % 3 = 1
 
 
-def test_batched_and_grouped_sample_passes_give_the_sliced_passes_gradients():
-    """sample_pass="batched" runs the i-th sample of every budget in one masked pass with per-sample gates, and
-    "sliced" with a group_span of the whole supernet in one sliced pass of their union: the search step's weight
-    and logit gradients equal those of one sliced pass per budget and sample (group_span 0)."""
+def test_batched_grouped_and_joint_passes_give_the_same_gradients(monkeypatch):
+    """sample_pass="batched" runs the i-th sample of every budget in one masked pass with per-sample gates,
+    "sliced" with a group_span of the whole supernet every sample in one sliced pass of their union, and both
+    passes "sliced" run the expected networks and the samples of a group in one pass: the search step's weight
+    and logit gradients are those of one sliced pass per budget (group_span 0) and a batched architecture pass
+    (the sliced expected networks with a tail of 0, so that nothing is left out)."""
     from netfit.engine import StepContext, TrainConfig
+    from netfit.methods import dna_passes
 
+    monkeypatch.setattr(dna_passes, "SOFT_TAIL", 0.0)
     torch.manual_seed(0)
     model, shape = _model("resnet18_cifar")
     net = ElasticNet(grow(model, shape, 1.5, 0.5, np.random.default_rng(0)), shape, units=4)
     grown = net.model.double()  # float64: batch shares of 5 make float32 batch-norm rounding large
     limits = [2e6, 1e6, 4e5]
     x, y = torch.randn(15, *shape, dtype=torch.float64), torch.randint(0, 10, (15,))
+    run_rows, passes = net.run_rows_sliced, []
+
+    def rows_pass(x, tail, soft=(), hard=()):
+        passes[-1].append((len(soft), len(hard)))
+        return run_rows(x, tail, soft, hard)
+
+    monkeypatch.setattr(net, "run_rows_sliced", rows_pass)
     grads = []
-    for sample_pass, span in (("sliced", 0.0), ("batched", 0.25), ("sliced", 1.0)):
-        method = DNA(samples=2, warmup_epochs=0, sample_pass=sample_pass, group_span=span)
+    ways = [("sliced", "batched", 0.0), ("batched", "batched", 0.25), ("sliced", "batched", 1.0)]
+    ways += [("batched", "sliced", 0.25), ("sliced", "sliced", 0.0), ("sliced", "sliced", 1.0)]
+    for sample_pass, soft_pass, span in ways:
+        method = DNA(samples=2, warmup_epochs=0, sample_pass=sample_pass, soft_pass=soft_pass, group_span=span)
         arch = method.init_arch(net, limits, ["macs"] * 3, [len(s) for s in model.stages]).double()
         grown.zero_grad(set_to_none=True)
+        passes.append([])
         net.attach()
         try:
             method.step_fn(net, arch, limits, ["macs"] * 3, 0)(
@@ -888,6 +905,8 @@ def test_batched_and_grouped_sample_passes_give_the_sliced_passes_gradients():
         assert len(grads[0]) == len(other)
         for a, b in zip(grads[0], other):
             assert (a - b).abs().max() <= 1e-10 + 1e-8 * b.abs().max()
+    assert passes[2] == [(0, 6)] and passes[-1] == [(3, 6)]  # both passes sliced: one pass for all of them
+    assert passes[-2] == [(1, 2)] * 3  # span 0: per budget, its expected network and its two samples
 
 
 def test_seed_as_inplace_teacher_drops_only_the_largest_pass():

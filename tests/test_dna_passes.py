@@ -39,27 +39,58 @@ def test_remembered_choice_measures_once_per_key(tmp_path, monkeypatch):
 
 
 def test_timing_the_passes_leaves_no_trace():
-    """Timing both ways of both passes trains nothing: no gradients left (weights or architecture logits),
-    batch norm running statistics unchanged; each choice is its faster way."""
+    """Timing both ways of both passes (in training mode, as the search runs them) trains nothing: no gradients
+    left (weights or architecture logits), batch norm statistics and counters unchanged, the mode restored."""
     torch.manual_seed(0)
     model = create_model("resnet18_cifar", num_classes=10, in_chans=1, width_mult=0.25)
     shape = (1, 16, 16)
     net = ElasticNet(grow(model, shape, 1.0, 0.0, np.random.default_rng(0)), shape, units=4)
     limits = [2e6, 1e6, 4e5]
     arch = DNA().init_arch(net, limits, ["macs"] * 3, [len(s) for s in model.stages])
-    stats = {k: v.clone() for k, v in net.model.state_dict().items() if "running" in k}
+    stats = {k: v.clone() for k, v in net.model.state_dict().items() if "running" in k or "batches" in k}
+    modes = []
+    norm = next(m for m in net.model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    norm.register_forward_pre_hook(lambda module, args: modes.append(module.training))
     net.attach()
     try:
         sizes = budget_sizes(net, limits, ["macs"] * 3)
         choice, seconds = choose_passes(net, arch, torch.randn(12, *shape), 1, 0, sizes, span=0.25)
     finally:
         net.detach()
-    assert set(choice) == set(seconds) == {"sample_pass", "soft_pass"}
-    for name, modes in seconds.items():
-        assert set(modes) == set(PASS_MODES) and min(modes.values()) > 0
-        assert modes[choice[name]] == min(modes.values())
+    assert set(choice) == {"sample_pass", "soft_pass"} and set(seconds) == {"sample_pass", "soft_pass", "together"}
+    assert set(seconds["together"]) == {"sliced"} and seconds["together"]["sliced"] > 0
+    for name in choice:
+        assert set(seconds[name]) == set(PASS_MODES) and min(seconds[name].values()) > 0
     assert all(p.grad is None for p in [*net.model.parameters(), *arch.parameters()])
     assert all(torch.equal(net.model.state_dict()[k], v) for k, v in stats.items())
+    assert modes and all(modes) and not net.model.training  # timed training; grow's eval mode given back
+
+
+@pytest.mark.parametrize(
+    ("sample_batched", "together", "pinned", "arch_every", "expected"),
+    [
+        (1.0, 0.5, {}, 1, ("sliced", "sliced")),  # one joint pass: 0.5 against 0.6 + 0.5 apart
+        (1.0, 1.2, {}, 1, ("sliced", "batched")),  # 0.6 + 0.5 against 1.2
+        (0.5, 0.6, {}, 1, ("sliced", "sliced")),  # 0.6 against 0.5 + 0.5 batched
+        (0.5, 0.6, {}, 8, ("batched", "batched")),  # (0.6 + 7 x 0.6) / 8 against 0.5 + 0.5 / 8
+        (1.0, 0.5, {"soft_pass": "batched"}, 1, ("sliced", "batched")),  # a pinned pass is kept
+        (1.0, 0.5, {"sample_pass": "batched"}, 1, ("batched", "batched")),
+    ],
+)
+def test_the_fastest_pair_counts_both_sliced_as_one_pass(
+    monkeypatch, sample_batched, together, pinned, arch_every, expected
+):
+    """choose_passes picks the pair with the least time per step; both sliced cost the joint pass's time where
+    the step runs them together (the samples' alone on the steps without the architecture pass)."""
+    from netfit.methods import dna_passes
+
+    seconds = {"sample_pass": {"batched": sample_batched, "sliced": 0.6}, "soft_pass": {"batched": 0.5, "sliced": 0.7}}
+    seconds["together"] = {"sliced": together}
+    monkeypatch.setattr(dna_passes, "time_passes", lambda *args: seconds)
+    choice, _ = choose_passes(None, None, None, 1, 0, [], 0.25, None, pinned, True, arch_every)
+    assert (choice["sample_pass"], choice["soft_pass"]) == expected
+    apart, _ = choose_passes(None, None, None, 1, 0, [], 0.25, None, pinned, False, arch_every)
+    assert (apart["sample_pass"], apart["soft_pass"]) != ("sliced", "sliced")  # 0.6 + 0.7 apart: never the fastest
 
 
 def test_sliced_passes_group_the_budgets_within_the_span():
@@ -95,12 +126,14 @@ def test_auto_is_measured_once_then_read_back(tmp_path, digits):
 
 @pytest.mark.parametrize("soft_pass", PASS_MODES)
 def test_a_pinned_pass_is_used_and_the_other_measured(tmp_path, digits, soft_pass, monkeypatch):
-    """A pinned soft_pass is kept as given while sample_pass "auto" is measured; the step runs the pinned way."""
+    """A pinned soft_pass is kept as given while sample_pass "auto" is measured; the step runs the pinned way
+    (sliced: on its own, or with the samples where they run sliced too)."""
     from netfit.methods import dna_step
 
     used = []
-    original = dna_step.soft_pass
+    original, joint = dna_step.soft_pass, dna_step.sliced_passes
     monkeypatch.setattr(dna_step, "soft_pass", lambda *a: used.append(a[5]) or original(*a))
+    monkeypatch.setattr(dna_step, "sliced_passes", lambda *a: used.append("sliced") or joint(*a))
     options = {"search_epochs": 1, "warmup_epochs": 0, "units": 4, "soft_pass": soft_pass}
     adapt("cnn_small", digits, "50%,25%", "dna", out=tmp_path, method_options=options, **FAST)
     (measured,) = _events(tmp_path, "dna-passes")

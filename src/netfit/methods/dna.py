@@ -116,8 +116,9 @@ class DNA:
             supernet with per-sample soft gates), "sliced" (on their shares, one pass per group, ``group_span``,
             on the slices the units and blocks some network of the group keeps with probability >= 1e-3 need: the
             small budgets' networks cost a fraction of the supernet, and the dropped tail's gates are below
-            1e-3), or "auto" (the default): the faster, timed with
-            ``sample_pass``.
+            1e-3), or "auto" (the default): timed with ``sample_pass``, the fastest pair. Both "sliced" (with
+            ``one_level``) run together: one pass per group for the expected networks and the samples, on
+            their inputs stacked (``dna_passes.sliced_passes``).
         group_span: a sliced pass runs several budgets' networks together, each on its share with its own gates
             and batch statistics, on the slices of their union: from the largest budget down, every budget
             within this fraction of the supernet's cost of the group's first joins it. A group costs at most
@@ -353,10 +354,15 @@ class DNA:
             sizes = budget_sizes(net, limits, metrics)
             key |= {"budgets": len(arch.width), "samples": self.samples, "depths": net.depths, "fixed": passes}
             key |= {"sizes": [round(v, 4) for v in sizes], "group_span": self.group_span}
+            together = self.one_level  # both sliced run in one pass per group (dna_step)
+            key |= {"together": together, "arch_every": self.arch_every}
+            pinned = {k: v for k, v in passes.items() if v != "auto"}
 
             def measure() -> tuple[str, dict]:
-                fastest, seconds = choose_passes(net, arch, x, self.samples, run.seed, sizes, self.group_span, amp)
-                return json.dumps({k: fastest[k] if v == "auto" else v for k, v in passes.items()}), seconds
+                fastest, seconds = choose_passes(
+                    net, arch, x, self.samples, run.seed, sizes, self.group_span, amp, pinned, together, self.arch_every
+                )
+                return json.dumps(fastest), seconds
 
             combos = [json.dumps({"sample_pass": a, "soft_pass": b}) for a in PASS_MODES for b in PASS_MODES]
             choice, seconds = remembered_choice("dna-passes", key, combos, measure)

@@ -11,7 +11,6 @@ blocks whose keep probability is below ``SOFT_TAIL``. Which is faster depends on
 
 from __future__ import annotations
 
-import itertools
 from typing import TYPE_CHECKING
 
 import torch
@@ -68,11 +67,42 @@ def pass_groups(rows: list[int], sizes: list[float], span: float) -> list[list[i
     return groups
 
 
-def _gather(x: torch.Tensor, parts: list[slice]) -> tuple[torch.Tensor, list[slice], torch.Tensor]:
-    """The samples of ``parts`` (consecutive slices of ``x``), the parts renumbered within them, their indices."""
-    index = torch.cat([torch.arange(p.start, p.stop) for p in parts]).to(x.device)
-    bounds = [0, *itertools.accumulate(p.stop - p.start for p in parts)]
-    return x[index], [slice(a, b) for a, b in itertools.pairwise(bounds)], index
+def sliced_passes(
+    net: ElasticNet, arch: ArchParams | None, soft, x_soft, drawn, shares, samples: int, x, sizes, span: float
+) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+    """The architecture pass (every ``soft`` share's budget's expected network on its share of ``x_soft``) and
+    the sample passes (the ``drawn`` sub-networks, ``samples`` per share of ``x``), sliced: per group of budgets
+    (``pass_groups`` over both passes' budgets) ONE pass of the slices of the union of all their networks, on
+    the group's inputs stacked, each gated by its own network and normalised on its own statistics (so it
+    computes what a pass per network would, with one pass's fixed costs per group). Returns the expected
+    networks' logits of ``x_soft`` (None without ``soft``) and each sample's logits of ``x``."""
+    budgets = sorted({r for r, _ in soft} | {r for r, _ in shares})
+    pieces: dict = {}  # output (-1: the soft pass, i: the i-th samples) -> its pieces' logits and batch positions
+    for group in pass_groups(budgets, sizes, span):
+        members = {budgets[k] for k in group}
+        soft_rows, hard_rows, inputs, taken, size = [], [], [], [], 0
+        for key, batch, row_shares in [(-1, x_soft, soft)] + [(i, x, shares) for i in range(samples)]:
+            for s, (r, part) in enumerate(row_shares):
+                if r in members:  # the soft rows first, as run_rows_sliced stacks them
+                    local = slice(size, size + part.stop - part.start)
+                    if key < 0:
+                        soft_rows.append((arch.width[r], arch.depth[r], local))
+                    else:
+                        hard_rows.append((drawn[s * samples + key][0], local))
+                    inputs.append(batch[part])
+                    taken.append((key, part, local))
+                    size = local.stop
+        if not inputs:  # no samples drawn (``samples`` 0) and no architecture pass
+            continue
+        out = net.run_rows_sliced(torch.cat(inputs), SOFT_TAIL, soft_rows, hard_rows)
+        for key, part, local in taken:
+            pieces.setdefault(key, []).append((out[local], torch.arange(part.start, part.stop)))
+
+    def logits(key: int) -> torch.Tensor:
+        outs, positions = zip(*pieces[key])
+        return torch.cat(outs)[torch.cat(positions).argsort().to(x.device)]
+
+    return (logits(-1) if soft else None), [logits(i) for i in range(samples)]
 
 
 def soft_pass(
@@ -82,13 +112,7 @@ def soft_pass(
     in one pass with per-sample gates, through ``model`` (the DDP wrapper under torchrun); "sliced", on one
     process, one pass per group of budgets (``pass_groups``) on the slices of the union of its networks."""
     if mode == "sliced" and not is_distributed():
-        outs, order = [], []
-        for group in pass_groups([r for r, _ in shares], sizes, span):
-            xg, local, index = _gather(x, [shares[k][1] for k in group])
-            rows = [(arch.width[shares[k][0]], arch.depth[shares[k][0]], part) for k, part in zip(group, local)]
-            outs.append(net.run_soft_rows_sliced(rows, xg, SOFT_TAIL))
-            order.append(index)
-        return torch.cat(outs)[torch.cat(order).argsort()]
+        return sliced_passes(net, arch, shares, x, [], [], 0, x, sizes, span)[0]
     net.set_soft_rows([(arch.width[r], arch.depth[r], part) for r, part in shares])
     return model(x)
 
@@ -98,17 +122,26 @@ def draw_samples(net: ElasticNet, arch: ArchParams, shares, samples: int, gen: t
     return [(net.sample(arch.width[r], arch.depth[r], gen), part) for r, part in shares for _ in range(samples)]
 
 
+def samples_loss(outs: list[torch.Tensor], shares, teacher: torch.Tensor, samples: int) -> torch.Tensor:
+    """The sampled sub-networks' distillation loss: ``outs[i]`` holds the i-th sample of every share on its
+    share of the batch; each share weighs by its fraction of the batch, the sandwich's ``1 + samples`` passes
+    equally (the smallest is the other one)."""
+    total = sum(kd_loss(out[p], teacher[p]) * fraction(p, teacher) for out in outs for _, p in shares)
+    return total / (1 + samples)
+
+
 def sample_passes(
     net: ElasticNet, model, drawn, shares, samples: int, x, teacher, backward, mode: str, sizes, span: float
 ) -> None:
     """The sampled sub-networks distilled from ``teacher`` and back-propagated through ``backward``: "batched"
-    runs the i-th sample of every share in one masked pass; "sliced" the i-th samples of each group of budgets
-    (``pass_groups``) in one pass of the slices of their union (a group of one: its sub-network alone)."""
+    runs the i-th sample of every share in one masked pass; "sliced" all samples of each group of budgets
+    (``pass_groups``) in one pass of the slices of their union (``sliced_passes``)."""
+    if not drawn:
+        return
     if len(shares) > 1 and mode == "batched":
         for i in range(samples):
             net.set_hard_rows(drawn[i::samples])
-            out = model(x)
-            backward(sum(kd_loss(out[p], teacher[p]) * fraction(p, teacher) for _, p in shares) / (1 + samples))
+            backward(samples_loss([model(x)], shares, teacher, samples))
             net.set_full()
         return
     if is_distributed():  # every pass through the DDP wrapper, one sub-network at a time
@@ -116,18 +149,12 @@ def sample_passes(
             loss = kd_loss(run_subnet(net, sub, x[part], model), teacher[part])
             backward(loss * fraction(part, teacher) / (1 + samples))
         return
-    for i in range(samples):
-        picked = [sub for sub, _ in drawn[i::samples]]  # drawn holds each share's samples in turn
-        for group in pass_groups([r for r, _ in shares], sizes, span):
-            parts = [shares[k][1] for k in group]
-            if len(group) == 1:
-                outs = [net.run_sliced(picked[group[0]], x[parts[0]])]
-            else:
-                xg, local, _ = _gather(x, parts)
-                out = net.run_hard_rows_sliced([(picked[k], part) for k, part in zip(group, local)], xg)
-                outs = [out[part] for part in local]
-            loss = sum(kd_loss(o, teacher[p]) * fraction(p, teacher) for o, p in zip(outs, parts))
-            backward(loss / (1 + samples))
+    arch = None  # the drawn sub-networks need no logits
+    backward(
+        samples_loss(
+            sliced_passes(net, arch, [], None, drawn, shares, samples, x, sizes, span)[1], shares, teacher, samples
+        )
+    )
 
 
 def run_subnet(net: ElasticNet, sub, x: torch.Tensor, model) -> torch.Tensor:
@@ -151,26 +178,33 @@ def time_passes(
     repeats: int = 3,
 ) -> dict[str, dict[str, float]]:
     """Median seconds of one step's sample passes and of its architecture pass for every budget (forward and
-    backward, under ``amp_dtype`` autocast where given), batched and sliced, on the batch ``x``; each sample
-    repeat draws new sub-networks (a sliced pass pays for building a new sub-network's layers). The gradients
-    they leave are cleared and the normalisation statistics untouched: ``{"sample_pass": {mode: s}, "soft_pass":
-    {mode: s}}``."""
+    backward, under ``amp_dtype`` autocast where given), batched and sliced, and of both sliced together
+    (``sliced_passes``), on the batch ``x``; each sample repeat draws new sub-networks (a sliced pass pays for
+    building a new sub-network's layers). Timed in training mode, as the search runs them (batch norms on batch
+    statistics, each share's its own); the gradients they leave are cleared and the normalisation statistics
+    untouched: ``{"sample_pass": {mode: s}, "soft_pass": {mode: s}, "together": {"sliced": s}}``."""
     model, device = net.model, x.device
+    was_training, counters = model.training, [b for n, b in model.named_buffers() if n.endswith("num_batches_tracked")]
+    counts = [c.clone() for c in counters]
+    model.train()
     shares = batch_shares(range(len(arch.width)), len(x))
     gen = torch.Generator().manual_seed(seed)
-    seconds: dict[str, dict[str, float]] = {"sample_pass": {}, "soft_pass": {}}
+    seconds: dict[str, dict[str, float]] = {"sample_pass": {}, "soft_pass": {}, "together": {}}
     autocast = torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
 
     def median(fn) -> float:
         return sorted(time_calls(fn, 1, repeats, device_sync(device)))[repeats // 2]
 
+    def new_draws():  # new sub-networks for every call (the warm-up's included), as every step draws, untimed
+        return iter([draw_samples(net, arch, shares, samples, gen) for _ in range(repeats + 1)])
+
     with frozen_norm_statistics(model):  # no trace left in the running statistics either
         with torch.no_grad():
             net.set_full()
             teacher = model(x).float()
+        labels = teacher.argmax(1)
         for mode in PASS_MODES:
-            # new sub-networks for every call (the warm-up's included), as every step draws, drawn untimed
-            draws = iter([draw_samples(net, arch, shares, samples, gen) for _ in range(repeats + 1)])
+            draws = new_draws()
 
             def samples_pass(mode=mode, draws=draws) -> None:
                 with autocast:
@@ -181,11 +215,23 @@ def time_passes(
             def architecture_pass(mode=mode) -> None:
                 with autocast:
                     out = soft_pass(net, model, arch, shares, x, mode, sizes, span)
-                    F.cross_entropy(out, teacher.argmax(1)).backward()
+                    F.cross_entropy(out, labels).backward()
                 net.set_full()
 
             seconds["sample_pass"][mode] = median(samples_pass)
             seconds["soft_pass"][mode] = median(architecture_pass)
+
+        draws = new_draws()
+
+        def both_passes(draws=draws) -> None:
+            with autocast:
+                out, outs = sliced_passes(net, arch, shares, x, next(draws), shares, samples, x, sizes, span)
+                (F.cross_entropy(out, labels) + samples_loss(outs, shares, teacher, samples)).backward()
+
+        seconds["together"]["sliced"] = median(both_passes)
+    model.train(was_training)
+    for counter, count in zip(counters, counts):
+        counter.copy_(count)
     model.zero_grad(set_to_none=True)
     arch.zero_grad(set_to_none=True)
     net.set_full()
@@ -201,10 +247,25 @@ def choose_passes(
     sizes: list[float],
     span: float,
     amp_dtype=None,
+    pinned: dict[str, str] | None = None,
+    together: bool = True,
+    arch_every: int = 1,
 ) -> tuple[dict[str, str], dict[str, dict[str, float]]]:
-    """The faster way to run each of a step's two passes on this device and batch (``time_passes``), as
-    ``{"sample_pass": mode, "soft_pass": mode}``, and the seconds measured (measured on CPU: batched on the
-    small mnist1d ResNets and on MobileNetV2, sliced samples on the MNIST-10k ResNet-18; batched on an H200)."""
+    """The fastest way to run a step's two passes on this device and batch (``time_passes``), as
+    ``{"sample_pass": mode, "soft_pass": mode}`` (the ``pinned`` ones as given), and the seconds measured. Both
+    "sliced" cost one pass per group for both where the step runs them ``together`` (``sliced_passes``); the
+    architecture pass runs on one step in ``arch_every``. Measured on CPU: batched on the small mnist1d ResNets
+    and on MobileNetV2, sliced samples on the MNIST-10k ResNet-18; batched on an H200."""
     seconds = time_passes(net, arch, x, samples, seed, amp_dtype, sizes, span)
-    choice = {name: min(modes, key=modes.__getitem__) for name, modes in seconds.items()}
-    return choice, {name: {k: round(v, 5) for k, v in modes.items()} for name, modes in seconds.items()}
+
+    def per_step(sample: str, soft: str) -> float:
+        if together and sample == soft == "sliced":
+            alone = (arch_every - 1) * seconds["sample_pass"]["sliced"]
+            return (seconds["together"]["sliced"] + alone) / arch_every
+        return seconds["sample_pass"][sample] + seconds["soft_pass"][soft] / arch_every
+
+    modes = {name: (pinned[name],) if pinned and name in pinned else PASS_MODES for name in seconds}
+    combos = [(sample, soft) for sample in modes["sample_pass"] for soft in modes["soft_pass"]]
+    sample, soft = min(combos, key=lambda combo: per_step(*combo))
+    rounded = {name: {k: round(v, 5) for k, v in modes.items()} for name, modes in seconds.items()}
+    return {"sample_pass": sample, "soft_pass": soft}, rounded

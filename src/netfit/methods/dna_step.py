@@ -15,7 +15,17 @@ from ..engine import StepFn, StepOutput
 from ..engine.distributed import is_distributed
 from ..engine.norms import frozen_norm_statistics
 from ..space.elastic import ElasticNet
-from .dna_passes import batch_shares, budget_sizes, draw_samples, fraction, run_subnet, sample_passes, soft_pass
+from .dna_passes import (
+    batch_shares,
+    budget_sizes,
+    draw_samples,
+    fraction,
+    run_subnet,
+    sample_passes,
+    samples_loss,
+    sliced_passes,
+    soft_pass,
+)
 
 if TYPE_CHECKING:
     from .dna import DNA, ArchParams
@@ -43,7 +53,9 @@ def search_step(
     gradient on the expected network of every budget on its share of the batch's leading ``arch_batch``
     fraction (``split_batch``; else of one budget, round-robin; run as ``soft_pass`` says), then the smallest
     and ``samples`` sub-nets sampled from every budget's chains on its share of the batch (``every_budget``;
-    else from one budget's, round-robin; run as ``sample_pass`` says), distilled in place from the largest."""
+    else from one budget's, round-robin; run as ``sample_pass`` says), distilled in place from the largest.
+    Both passes sliced, the samples run in the architecture pass's sliced passes (``sliced_passes``): the same
+    gradients, one pass's fixed costs per group of budgets fewer."""
     warmup, samples, cost_weight, one_level = opts.warmup_epochs, opts.samples, opts.cost_weight, opts.one_level
     split_batch, every_budget, arch_every = opts.split_batch, opts.every_budget, opts.arch_every
     arch_batch, span = opts.arch_batch, opts.group_span
@@ -51,6 +63,10 @@ def search_step(
     # DNA.search measures "auto"
     sample_pass = opts.sample_pass if opts.sample_pass != "auto" else "batched"
     soft_mode = opts.soft_pass if opts.soft_pass != "auto" else "batched"
+
+    # both passes sliced: one pass per group of budgets for both (sliced_passes), except where the architecture
+    # pass's weight gradients are dropped (alternating) or every pass must go through the DDP wrapper
+    together = sample_pass == soft_mode == "sliced" and one_level and not is_distributed()
 
     def step(ctx) -> StepOutput:
         row = ctx.step % len(limits)
@@ -64,6 +80,10 @@ def search_step(
             teacher = logits.detach()
         else:
             teacher = frozen(ctx.x, ctx.ids)
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + ctx.step)
+        shares = batch_shares(range(len(limits)) if every_budget else [row], len(ctx.y))
+        drawn = draw_samples(net, arch, shares, samples, gen)
+        samples_done = False
         with frozen_norm_statistics(ctx.raw_model):
             if ctx.epoch >= warmup and ctx.step % arch_every == 0:  # alternating: its weight grads are dropped
                 params = [] if one_level else list(ctx.raw_model.parameters())
@@ -75,16 +95,21 @@ def search_step(
                 # the loader shuffles, so the batch's leading fraction is a random subset of it
                 size = min(len(ctx.y), max(len(moving), round(arch_batch * len(ctx.y))))
                 x, y = ctx.x[:size], ctx.y[:size]
-                shares = batch_shares(moving, size)
-                rows = [r for r, _ in shares]
+                soft = batch_shares(moving, size)
+                rows = [r for r, _ in soft]
                 costs = net.expected_cost(arch.width[rows], arch.depth[rows])  # every row's metrics at once
                 expected = [costs[metrics[r]][i] for i, r in enumerate(rows)]
-                budgets = [dead_zone_loss(e, limits[r]) for e, (r, _) in zip(expected, shares)]
-                budget_loss = sum(fraction(part, y) * b for (_, part), b in zip(shares, budgets))
-                # every budget's expected network on its share
-                out = soft_pass(net, ctx.model, arch, shares, x, soft_mode, sizes, span)
-                ctx.backward(F.cross_entropy(out, y) + cost_weight * budget_loss)
-                ratios = [e.item() / limits[r] for e, (r, _) in zip(expected, shares)]
+                budgets = [dead_zone_loss(e, limits[r]) for e, (r, _) in zip(expected, soft)]
+                budget_loss = sum(fraction(part, y) * b for (_, part), b in zip(soft, budgets))
+                arch_loss = cost_weight * budget_loss
+                if together:  # every budget's expected network on its share, and the samples on theirs
+                    out, outs = sliced_passes(net, arch, soft, x, drawn, shares, samples, ctx.x, sizes, span)
+                    arch_loss = arch_loss + samples_loss(outs, shares, teacher, samples)
+                    samples_done = True
+                else:  # every budget's expected network on its share
+                    out = soft_pass(net, ctx.model, arch, soft, x, soft_mode, sizes, span)
+                ctx.backward(F.cross_entropy(out, y) + arch_loss)
+                ratios = [e.item() / limits[r] for e, (r, _) in zip(expected, soft)]
                 budget_losses = [b.item() for b in budgets]
                 for p, grad in zip(params, grads):
                     p.grad = grad
@@ -95,16 +120,14 @@ def search_step(
                     "expected_cost_ratio_min": min(ratios),
                     "expected_cost_ratio_max": max(ratios),
                 }
-            gen = torch.Generator().manual_seed(seed * 1_000_003 + ctx.step)
-            shares = batch_shares(range(len(limits)) if every_budget else [row], len(ctx.y))
-            drawn = draw_samples(net, arch, shares, samples, gen)
             net.set_full()
             smallest = kd_loss(run_subnet(net, net.smallest(), ctx.x, ctx.model), teacher)
             ctx.backward(smallest / (1 + samples))
             loss = smallest if loss is None else loss  # what the step reports without a largest pass
-            sample_passes(
-                net, ctx.model, drawn, shares, samples, ctx.x, teacher, ctx.backward, sample_pass, sizes, span
-            )
+            if not samples_done:
+                sample_passes(
+                    net, ctx.model, drawn, shares, samples, ctx.x, teacher, ctx.backward, sample_pass, sizes, span
+                )
         net.set_full()
         return StepOutput(loss.detach(), logits.detach() if logits is not None else None, out_metrics)
 

@@ -16,7 +16,8 @@ run in one pass, with batch norms normalising each share on its own statistics a
 A hard architecture can also run SLICED (``run_sliced``): the sub-network's own layers on slices of the
 supernet's parameters, so it costs the sub-network's MACs instead of the supernet's, with the same outputs
 and gradients as the masked pass; so can a soft one, without the units and blocks it keeps with probability
-below a tail (``run_soft_sliced``; both in ``netfit.space.sliced``).
+below a tail (``run_soft_sliced``); several of either kind share one sliced pass, each on its share of a batch
+(``run_rows_sliced``; all in ``netfit.space.sliced``).
 
 The expected cost is the cost model's own formula (conv/linear MACs at batch 1, trainable parameters) with
 expected widths and block keep probabilities in place of integers, calibrated once against ``count_cost``,
@@ -298,19 +299,28 @@ class ElasticNet:
     ) -> torch.Tensor:
         """The expected network of one row of logits on ``x``, sliced: ``set_soft`` + a gated pass without the
         units and blocks whose keep probability is below ``tail`` (``netfit.space.sliced``)."""
-        return self.run_soft_rows_sliced([(width_logits, depth_logits, slice(0, len(x)))], x, tail)
+        return self.run_rows_sliced(x, tail, soft=[(width_logits, depth_logits, slice(0, len(x)))])
 
-    def run_soft_rows_sliced(
-        self, rows: Sequence[tuple[torch.Tensor, torch.Tensor, slice]], x: torch.Tensor, tail: float
+    def run_rows_sliced(
+        self,
+        x: torch.Tensor,
+        tail: float,
+        soft: Sequence[tuple[torch.Tensor, torch.Tensor, slice]] = (),
+        hard: Sequence[tuple[Arch, slice]] = (),
     ) -> torch.Tensor:
-        """``set_soft_rows(rows)`` + a gated pass, computed in one pass of the sliced union of the rows' expected
-        networks without the units and blocks every row keeps with probability below ``tail``."""
-        return self._sliced.run_rows(*self._soft_keep(rows), [part for _, _, part in rows], x, tail)
-
-    def run_hard_rows_sliced(self, rows: Sequence[tuple[Arch, slice]], x: torch.Tensor) -> torch.Tensor:
-        """``set_hard_rows(rows)`` + a gated pass, computed in one pass of the sliced union of the rows' networks
-        (the same outputs and gradients as ``run_sliced`` per row on its share)."""
-        return self._sliced.run_rows(*self._hard_keep([a for a, _ in rows]), [part for _, part in rows], x, 0.5)
+        """Expected networks (``soft``: width logits, depth logits, batch slice) and sub-networks (``hard``:
+        architecture, batch slice), each on its slice of ``x`` (the soft rows' first, all consecutive and covering
+        it), in ONE pass of the sliced union of their networks: what ``set_soft_rows`` / ``set_hard_rows`` and a
+        gated pass per kind compute, without the units and blocks every row keeps below ``tail``. One sub-network
+        alone runs as ``run_sliced``."""
+        if not soft and len(hard) == 1:
+            return self.run_sliced(hard[0][0], x)
+        keeps = ([self._soft_keep(soft)] if soft else []) + ([self._hard_keep([a for a, _ in hard])] if hard else [])
+        device = keeps[0][0][0].device
+        units = [torch.cat([keep[0][i].to(device) for keep in keeps]) for i in range(len(self.num_units))]
+        blocks = torch.cat([keep[1].to(device) for keep in keeps]) if self.blocks else None
+        parts = [row[-1] for row in soft] + [part for _, part in hard]
+        return self._sliced.run_rows(units, blocks, parts, x, tail)
 
     def attach(self) -> None:
         """Install the gates (forward pre-hooks on consumers, gated forwards on skippable blocks)."""
