@@ -31,7 +31,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..cost import count_cost
@@ -39,7 +38,7 @@ from ..models import StagedNet
 from .blocks import stage_blocks
 from .cost_formula import CostFormula, trace_layers
 from .latency_table import LatencyTable
-from .layers import BATCH_NORMS, CONVS, dim_size
+from .layers import BATCH_NORMS, CONVS, dim_size, share_batch_norm
 from .sliced import SlicedRunner, sample_rows
 from .subnet import SubnetSpace
 
@@ -387,8 +386,7 @@ class ElasticNet:
         def normed(x: torch.Tensor) -> torch.Tensor:
             if self._shares is None or not self.model.training:
                 return forward(x)
-            w, b, eps = norm.weight, norm.bias, norm.eps
-            return torch.cat([F.batch_norm(x[part], None, None, w, b, True, 0.0, eps) for part in self._shares])
+            return share_batch_norm(x, self._shares, norm.weight, norm.bias, norm.eps)
 
         return normed
 

@@ -1,8 +1,11 @@
 """The layer kinds whose channels netfit follows (convs, norms), and the size of the layer dimension a
-channel group claims. Shared by the tracer, pruning, growth and the elastic supernet."""
+channel group claims. Shared by the tracer, pruning, growth and the elastic supernet; and the batch norm of a
+batch whose shares belong to different networks."""
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -19,3 +22,11 @@ def dim_size(module: nn.Module, role: str) -> int | None:
     if isinstance(module, nn.LayerNorm):
         return module.normalized_shape[-1]
     return getattr(module, "num_features", getattr(module, "num_channels", None))
+
+
+def share_batch_norm(
+    x: torch.Tensor, parts: list[slice], weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
+) -> torch.Tensor:
+    """``x`` normalised share by share (``parts``: consecutive slices covering the batch), each on its own batch
+    statistics, running statistics untouched: what a training-mode batch norm computes for each share alone."""
+    return torch.cat([F.batch_norm(x[part], None, None, weight, bias, True, 0.0, eps) for part in parts])
