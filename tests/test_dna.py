@@ -507,6 +507,12 @@ def test_bad_options_are_refused():
     for name in ("sample_pass", "soft_pass"):
         with pytest.raises(NetfitError, match=name):
             DNA(**{name: "masked"})
+    with pytest.raises(NetfitError, match="sample_pass"):
+        DNA(sample_pass="joint")  # an architecture-pass way only
+    for bad in ({"sample_pass": "batched"}, {"one_level": False}):
+        with pytest.raises(NetfitError, match="joint"):
+            DNA(soft_pass="joint", **bad)
+    DNA(soft_pass="joint")  # with sample_pass auto: the sliced samples where auto picks them
     for fraction in (0, 1.5):
         with pytest.raises(NetfitError, match="arch_batch"):
             DNA(arch_batch=fraction)
@@ -864,8 +870,8 @@ def test_sandwich_trains_sub_networks_of_every_budget_or_one(every_budget, monke
 
 def test_batched_grouped_and_joint_passes_give_the_same_gradients(monkeypatch):
     """sample_pass="batched" runs the i-th sample of every budget in one masked pass with per-sample gates,
-    "sliced" with a group_span of the whole supernet every sample in one sliced pass of their union, and both
-    passes "sliced" run the expected networks and the samples of a group in one pass: the search step's weight
+    "sliced" with a group_span of the whole supernet every sample in one sliced pass of their union, and
+    soft_pass "joint" runs the expected networks and the samples of a group in one pass: the search step's weight
     and logit gradients are those of one sliced pass per budget (group_span 0) and a batched architecture pass
     (the sliced expected networks with a tail of 0, so that nothing is left out)."""
     from netfit.engine import StepContext, TrainConfig
@@ -887,7 +893,7 @@ def test_batched_grouped_and_joint_passes_give_the_same_gradients(monkeypatch):
     monkeypatch.setattr(net, "run_rows_sliced", rows_pass)
     grads = []
     ways = [("sliced", "batched", 0.0), ("batched", "batched", 0.25), ("sliced", "batched", 1.0)]
-    ways += [("batched", "sliced", 0.25), ("sliced", "sliced", 0.0), ("sliced", "sliced", 1.0)]
+    ways += [("batched", "sliced", 0.25), ("sliced", "sliced", 1.0), ("sliced", "joint", 0.0), ("sliced", "joint", 1.0)]
     for sample_pass, soft_pass, span in ways:
         method = DNA(samples=2, warmup_epochs=0, sample_pass=sample_pass, soft_pass=soft_pass, group_span=span)
         arch = method.init_arch(net, limits, ["macs"] * 3, [len(s) for s in model.stages]).double()
@@ -905,7 +911,8 @@ def test_batched_grouped_and_joint_passes_give_the_same_gradients(monkeypatch):
         assert len(grads[0]) == len(other)
         for a, b in zip(grads[0], other):
             assert (a - b).abs().max() <= 1e-10 + 1e-8 * b.abs().max()
-    assert passes[2] == [(0, 6)] and passes[-1] == [(3, 6)]  # both passes sliced: one pass for all of them
+    assert passes[2] == [(0, 6)] and passes[4] == [(3, 0), (0, 6)]  # sliced apart: a pass each
+    assert passes[-1] == [(3, 6)]  # joint: one pass for all of them
     assert passes[-2] == [(1, 2)] * 3  # span 0: per budget, its expected network and its two samples
 
 

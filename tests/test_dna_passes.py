@@ -11,7 +11,7 @@ import torch
 from netfit import tuning
 from netfit.api import adapt
 from netfit.methods.dna import DNA
-from netfit.methods.dna_passes import PASS_MODES, budget_sizes, choose_passes, pass_groups
+from netfit.methods.dna_passes import PASS_MODES, SOFT_MODES, budget_sizes, choose_passes, pass_groups
 from netfit.models import create_model
 from netfit.space.elastic import ElasticNet
 from netfit.space.grow import grow
@@ -57,40 +57,43 @@ def test_timing_the_passes_leaves_no_trace():
         choice, seconds = choose_passes(net, arch, torch.randn(12, *shape), 1, 0, sizes, span=0.25)
     finally:
         net.detach()
-    assert set(choice) == {"sample_pass", "soft_pass"} and set(seconds) == {"sample_pass", "soft_pass", "together"}
-    assert set(seconds["together"]) == {"sliced"} and seconds["together"]["sliced"] > 0
-    for name in choice:
-        assert set(seconds[name]) == set(PASS_MODES) and min(seconds[name].values()) > 0
+    assert set(choice) == set(seconds) == {"sample_pass", "soft_pass"}
+    assert set(seconds["sample_pass"]) == set(PASS_MODES) and set(seconds["soft_pass"]) == set(SOFT_MODES)
+    assert min(v for modes in seconds.values() for v in modes.values()) > 0
     assert all(p.grad is None for p in [*net.model.parameters(), *arch.parameters()])
     assert all(torch.equal(net.model.state_dict()[k], v) for k, v in stats.items())
     assert modes and all(modes) and not net.model.training  # timed training; grow's eval mode given back
 
 
 @pytest.mark.parametrize(
-    ("sample_batched", "together", "pinned", "arch_every", "expected"),
+    ("sample_batched", "soft_sliced", "joint", "pinned", "arch_every", "expected"),
     [
-        (1.0, 0.5, {}, 1, ("sliced", "sliced")),  # one joint pass: 0.5 against 0.6 + 0.5 apart
-        (1.0, 1.2, {}, 1, ("sliced", "batched")),  # 0.6 + 0.5 against 1.2
-        (0.5, 0.6, {}, 1, ("sliced", "sliced")),  # 0.6 against 0.5 + 0.5 batched
-        (0.5, 0.6, {}, 8, ("batched", "batched")),  # (0.6 + 7 x 0.6) / 8 against 0.5 + 0.5 / 8
-        (1.0, 0.5, {"soft_pass": "batched"}, 1, ("sliced", "batched")),  # a pinned pass is kept
-        (1.0, 0.5, {"sample_pass": "batched"}, 1, ("batched", "batched")),
+        (1.0, 0.7, 0.5, {}, 1, ("sliced", "joint")),  # both at once: 0.5 against 0.6 + 0.5 apart
+        (1.0, 0.7, 1.2, {}, 1, ("sliced", "batched")),  # 0.6 + 0.5 against 1.2 at once
+        (1.0, 0.4, 1.2, {}, 1, ("sliced", "sliced")),  # 0.6 + 0.4 apart against 1.2 at once
+        (0.5, 0.7, 0.6, {}, 1, ("sliced", "joint")),  # 0.6 against 0.5 + 0.5 batched
+        (0.5, 0.7, 0.6, {}, 8, ("batched", "batched")),  # (0.6 + 7 x 0.6) / 8 against 0.5 + 0.5 / 8
+        (1.0, 0.7, 0.5, {"soft_pass": "batched"}, 1, ("sliced", "batched")),  # a pinned pass is kept
+        (1.0, 0.7, 0.5, {"sample_pass": "batched"}, 1, ("batched", "batched")),  # no joint pass without it
     ],
 )
-def test_the_fastest_pair_counts_both_sliced_as_one_pass(
-    monkeypatch, sample_batched, together, pinned, arch_every, expected
+def test_the_fastest_pair_of_passes_is_chosen(
+    monkeypatch, sample_batched, soft_sliced, joint, pinned, arch_every, expected
 ):
-    """choose_passes picks the pair with the least time per step; both sliced cost the joint pass's time where
-    the step runs them together (the samples' alone on the steps without the architecture pass)."""
+    """choose_passes picks the pair with the least time per step, "joint" (both passes at once) only with
+    sliced samples and where the step can run it (the samples' pass alone on the steps without the
+    architecture pass)."""
     from netfit.methods import dna_passes
 
-    seconds = {"sample_pass": {"batched": sample_batched, "sliced": 0.6}, "soft_pass": {"batched": 0.5, "sliced": 0.7}}
-    seconds["together"] = {"sliced": together}
+    seconds = {
+        "sample_pass": {"batched": sample_batched, "sliced": 0.6},
+        "soft_pass": {"batched": 0.5, "sliced": soft_sliced, "joint": joint},
+    }
     monkeypatch.setattr(dna_passes, "time_passes", lambda *args: seconds)
     choice, _ = choose_passes(None, None, None, 1, 0, [], 0.25, None, pinned, True, arch_every)
     assert (choice["sample_pass"], choice["soft_pass"]) == expected
     apart, _ = choose_passes(None, None, None, 1, 0, [], 0.25, None, pinned, False, arch_every)
-    assert (apart["sample_pass"], apart["soft_pass"]) != ("sliced", "sliced")  # 0.6 + 0.7 apart: never the fastest
+    assert apart["soft_pass"] != "joint"
 
 
 def test_sliced_passes_group_the_budgets_within_the_span():
@@ -113,8 +116,8 @@ def test_auto_is_measured_once_then_read_back(tmp_path, digits):
     first = adapt("cnn_small", digits, "50%,25%", "dna", out=tmp_path / "a", method_options=options, **FAST)
     second = adapt("cnn_small", digits, "50%,25%", "dna", out=tmp_path / "b", method_options=options, **FAST)
     (measured,), (cached,) = _events(tmp_path / "a", "dna-passes"), _events(tmp_path / "b", "dna-passes")
-    for name in ("sample_pass", "soft_pass"):
-        assert measured[name] in PASS_MODES and set(measured["measured_seconds"][name]) == set(PASS_MODES)
+    for name, modes in (("sample_pass", PASS_MODES), ("soft_pass", SOFT_MODES)):
+        assert measured[name] in modes and set(measured["measured_seconds"][name]) == set(modes)
         assert cached[name] == measured[name]
     assert cached["measured_seconds"] is None
     kept = json.loads((tmp_path / "a" / "dna-passes.json").read_text())
@@ -126,14 +129,12 @@ def test_auto_is_measured_once_then_read_back(tmp_path, digits):
 
 @pytest.mark.parametrize("soft_pass", PASS_MODES)
 def test_a_pinned_pass_is_used_and_the_other_measured(tmp_path, digits, soft_pass, monkeypatch):
-    """A pinned soft_pass is kept as given while sample_pass "auto" is measured; the step runs the pinned way
-    (sliced: on its own, or with the samples where they run sliced too)."""
+    """A pinned soft_pass is kept as given while sample_pass "auto" is measured; the step runs the pinned way."""
     from netfit.methods import dna_step
 
     used = []
-    original, joint = dna_step.soft_pass, dna_step.sliced_passes
+    original = dna_step.soft_pass
     monkeypatch.setattr(dna_step, "soft_pass", lambda *a: used.append(a[5]) or original(*a))
-    monkeypatch.setattr(dna_step, "sliced_passes", lambda *a: used.append("sliced") or joint(*a))
     options = {"search_epochs": 1, "warmup_epochs": 0, "units": 4, "soft_pass": soft_pass}
     adapt("cnn_small", digits, "50%,25%", "dna", out=tmp_path, method_options=options, **FAST)
     (measured,) = _events(tmp_path, "dna-passes")

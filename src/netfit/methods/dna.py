@@ -39,7 +39,7 @@ from ..space.latency_table import LatencyTable, measure_table
 from ..tuning import machine, remembered_choice
 from .base import METHODS, Candidate, Seed, Target
 from .common import cost_fn, finetune, from_scratch, inherited_accuracy, probe_inputs
-from .dna_passes import PASS_MODES, budget_sizes, choose_passes
+from .dna_passes import PASS_MODES, SOFT_MODES, budget_sizes, choose_passes
 from .dna_step import DEAD_ZONE, dead_zone_loss, search_step
 from .uniform import _slug
 
@@ -109,16 +109,16 @@ class DNA:
             slices of the supernet's weights: about their own MACs, one pass per group, ``group_span``),
             "batched" (all in one masked pass of the supernet with per-sample gates: one pass at the supernet's
             MACs; same outputs and gradients), or "auto" (the default): the faster of the two, timed once per
-            machine, network and settings and remembered (``netfit.tuning``). Which is faster depends on both:
-            batched on the mnist1d ResNets on CPU (0.05 s against 0.19 s per step) and on an H200, sliced on
-            the MNIST-10k ResNet-18 on CPU (0.29 s against 0.66 s). docs/methods/dna.md, "Costs and limits".
+            machine, network and settings and remembered (``netfit.tuning``). Which is faster depends on both
+            (batched on an H200; sliced on the suite's CPU cases, and ``soft_pass`` joint on three of the
+            four): docs/methods/dna.md, "Costs and limits".
         soft_pass: how the architecture pass runs the budgets' expected networks: "batched" (one pass of the
             supernet with per-sample soft gates), "sliced" (on their shares, one pass per group, ``group_span``,
             on the slices the units and blocks some network of the group keeps with probability >= 1e-3 need: the
             small budgets' networks cost a fraction of the supernet, and the dropped tail's gates are below
-            1e-3), or "auto" (the default): timed with ``sample_pass``, the fastest pair. Both "sliced" (with
-            ``one_level``) run together: one pass per group for the expected networks and the samples, on
-            their inputs stacked (``dna_passes.sliced_passes``).
+            1e-3), "joint" (sliced, in the same passes as the sliced samples: one pass per group for the
+            expected networks and the samples, on their inputs stacked; needs ``sample_pass`` sliced and
+            ``one_level``), or "auto" (the default): timed with ``sample_pass``, the fastest pair.
         group_span: a sliced pass runs several budgets' networks together, each on its share with its own gates
             and batch statistics, on the slices of their union: from the largest budget down, every budget
             within this fraction of the supernet's cost of the group's first joins it. A group costs at most
@@ -191,9 +191,16 @@ class DNA:
             raise NetfitError(
                 f"dna inplace_teacher must be one of {', '.join(INPLACE_TEACHERS)}, got {self.inplace_teacher!r}"
             )
-        for name, mode in (("sample_pass", self.sample_pass), ("soft_pass", self.soft_pass)):
-            if mode not in (*PASS_MODES, "auto"):
-                raise NetfitError(f"dna {name} must be one of {', '.join((*PASS_MODES, 'auto'))}, got {mode!r}")
+        for name, mode, modes in (
+            ("sample_pass", self.sample_pass, PASS_MODES),
+            ("soft_pass", self.soft_pass, SOFT_MODES),
+        ):
+            if mode not in (*modes, "auto"):
+                raise NetfitError(f"dna {name} must be one of {', '.join((*modes, 'auto'))}, got {mode!r}")
+        if self.soft_pass == "joint" and (self.sample_pass == "batched" or not self.one_level):
+            raise NetfitError(
+                "dna soft_pass joint runs in the sliced sample passes: needs sample_pass sliced or auto, and one_level"
+            )
         if not 0 < self.arch_batch <= 1:
             raise NetfitError(f"dna arch_batch is a fraction of the batch in (0, 1], got {self.arch_batch}")
         if self.group_span < 0:
@@ -354,17 +361,17 @@ class DNA:
             sizes = budget_sizes(net, limits, metrics)
             key |= {"budgets": len(arch.width), "samples": self.samples, "depths": net.depths, "fixed": passes}
             key |= {"sizes": [round(v, 4) for v in sizes], "group_span": self.group_span}
-            together = self.one_level  # both sliced run in one pass per group (dna_step)
-            key |= {"together": together, "arch_every": self.arch_every}
+            joint = self.one_level  # the step can run the architecture pass in the sample passes (dna_step)
+            key |= {"joint": joint, "arch_every": self.arch_every}
             pinned = {k: v for k, v in passes.items() if v != "auto"}
 
             def measure() -> tuple[str, dict]:
                 fastest, seconds = choose_passes(
-                    net, arch, x, self.samples, run.seed, sizes, self.group_span, amp, pinned, together, self.arch_every
+                    net, arch, x, self.samples, run.seed, sizes, self.group_span, amp, pinned, joint, self.arch_every
                 )
                 return json.dumps(fastest), seconds
 
-            combos = [json.dumps({"sample_pass": a, "soft_pass": b}) for a in PASS_MODES for b in PASS_MODES]
+            combos = [json.dumps({"sample_pass": a, "soft_pass": b}) for a in PASS_MODES for b in SOFT_MODES]
             choice, seconds = remembered_choice("dna-passes", key, combos, measure)
             atomic_write_text(path, json.dumps({**json.loads(choice), "seconds": seconds}))
             run.log.write("dna-passes", **json.loads(choice), measured_seconds=seconds)

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from .dna import ArchParams
 
 PASS_MODES = ("batched", "sliced")  # how a step runs several budgets' networks (DNA.sample_pass, DNA.soft_pass)
+SOFT_MODES = (*PASS_MODES, "joint")  # joint: sliced, in the sliced sample passes' passes (sliced_passes)
 SOFT_TAIL = 1e-3  # a sliced expected network keeps the units and blocks kept with at least this probability
 
 
@@ -182,14 +183,15 @@ def time_passes(
     (``sliced_passes``), on the batch ``x``; each sample repeat draws new sub-networks (a sliced pass pays for
     building a new sub-network's layers). Timed in training mode, as the search runs them (batch norms on batch
     statistics, each share's its own); the gradients they leave are cleared and the normalisation statistics
-    untouched: ``{"sample_pass": {mode: s}, "soft_pass": {mode: s}, "together": {"sliced": s}}``."""
+    untouched: ``{"sample_pass": {mode: s}, "soft_pass": {mode: s}}``, the soft pass's "joint" the time of both
+    passes sliced in one (``sliced_passes``)."""
     model, device = net.model, x.device
     was_training, counters = model.training, [b for n, b in model.named_buffers() if n.endswith("num_batches_tracked")]
     counts = [c.clone() for c in counters]
     model.train()
     shares = batch_shares(range(len(arch.width)), len(x))
     gen = torch.Generator().manual_seed(seed)
-    seconds: dict[str, dict[str, float]] = {"sample_pass": {}, "soft_pass": {}, "together": {}}
+    seconds: dict[str, dict[str, float]] = {"sample_pass": {}, "soft_pass": {}}
     autocast = torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
 
     def median(fn) -> float:
@@ -228,7 +230,7 @@ def time_passes(
                 out, outs = sliced_passes(net, arch, shares, x, next(draws), shares, samples, x, sizes, span)
                 (F.cross_entropy(out, labels) + samples_loss(outs, shares, teacher, samples)).backward()
 
-        seconds["together"]["sliced"] = median(both_passes)
+        seconds["soft_pass"]["joint"] = median(both_passes)
     model.train(was_training)
     for counter, count in zip(counters, counts):
         counter.copy_(count)
@@ -248,24 +250,31 @@ def choose_passes(
     span: float,
     amp_dtype=None,
     pinned: dict[str, str] | None = None,
-    together: bool = True,
+    joint: bool = True,
     arch_every: int = 1,
 ) -> tuple[dict[str, str], dict[str, dict[str, float]]]:
     """The fastest way to run a step's two passes on this device and batch (``time_passes``), as
-    ``{"sample_pass": mode, "soft_pass": mode}`` (the ``pinned`` ones as given), and the seconds measured. Both
-    "sliced" cost one pass per group for both where the step runs them ``together`` (``sliced_passes``); the
-    architecture pass runs on one step in ``arch_every``. Measured on CPU: batched on the small mnist1d ResNets
-    and on MobileNetV2, sliced samples on the MNIST-10k ResNet-18; batched on an H200."""
+    ``{"sample_pass": mode, "soft_pass": mode}`` (the ``pinned`` ones as given; the soft pass "joint" with
+    sliced samples only, where the step can run it so: ``joint``), and the seconds measured. The architecture
+    pass runs on one step in ``arch_every``. Measured on CPU at initialisation: batched on the mnist1d ResNet
+    x0.25, joint on x0.5 and on MobileNetV2, sliced apart on the MNIST-10k ResNet-18; batched on an H200."""
     seconds = time_passes(net, arch, x, samples, seed, amp_dtype, sizes, span)
 
     def per_step(sample: str, soft: str) -> float:
-        if together and sample == soft == "sliced":
+        if soft == "joint":  # both passes at once on the steps with the architecture pass
             alone = (arch_every - 1) * seconds["sample_pass"]["sliced"]
-            return (seconds["together"]["sliced"] + alone) / arch_every
+            return (seconds["soft_pass"]["joint"] + alone) / arch_every
         return seconds["sample_pass"][sample] + seconds["soft_pass"][soft] / arch_every
 
-    modes = {name: (pinned[name],) if pinned and name in pinned else PASS_MODES for name in seconds}
-    combos = [(sample, soft) for sample in modes["sample_pass"] for soft in modes["soft_pass"]]
+    def options(name: str, modes: tuple[str, ...]) -> tuple[str, ...]:
+        return (pinned[name],) if pinned and name in pinned else modes
+
+    combos = [
+        (sample, soft)
+        for sample in options("sample_pass", PASS_MODES)
+        for soft in options("soft_pass", SOFT_MODES)
+        if soft != "joint" or (sample == "sliced" and joint)
+    ]
     sample, soft = min(combos, key=lambda combo: per_step(*combo))
     rounded = {name: {k: round(v, 5) for k, v in modes.items()} for name, modes in seconds.items()}
     return {"sample_pass": sample, "soft_pass": soft}, rounded

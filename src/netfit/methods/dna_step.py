@@ -54,8 +54,8 @@ def search_step(
     fraction (``split_batch``; else of one budget, round-robin; run as ``soft_pass`` says), then the smallest
     and ``samples`` sub-nets sampled from every budget's chains on its share of the batch (``every_budget``;
     else from one budget's, round-robin; run as ``sample_pass`` says), distilled in place from the largest.
-    Both passes sliced, the samples run in the architecture pass's sliced passes (``sliced_passes``): the same
-    gradients, one pass's fixed costs per group of budgets fewer."""
+    ``soft_pass`` "joint": the samples run in the architecture pass's sliced passes (``sliced_passes``), the same
+    gradients with one pass's fixed costs per group of budgets fewer."""
     warmup, samples, cost_weight, one_level = opts.warmup_epochs, opts.samples, opts.cost_weight, opts.one_level
     split_batch, every_budget, arch_every = opts.split_batch, opts.every_budget, opts.arch_every
     arch_batch, span = opts.arch_batch, opts.group_span
@@ -64,9 +64,10 @@ def search_step(
     sample_pass = opts.sample_pass if opts.sample_pass != "auto" else "batched"
     soft_mode = opts.soft_pass if opts.soft_pass != "auto" else "batched"
 
-    # both passes sliced: one pass per group of budgets for both (sliced_passes), except where the architecture
-    # pass's weight gradients are dropped (alternating) or every pass must go through the DDP wrapper
-    together = sample_pass == soft_mode == "sliced" and one_level and not is_distributed()
+    # "joint": one sliced pass per group of budgets for both passes (sliced_passes); sliced apart where the
+    # samples run batched, the architecture pass's weight gradients are dropped (alternating) or under torchrun
+    together = soft_mode == "joint" and sample_pass == "sliced" and one_level and not is_distributed()
+    soft_mode = "sliced" if soft_mode == "joint" else soft_mode
 
     def step(ctx) -> StepOutput:
         row = ctx.step % len(limits)
