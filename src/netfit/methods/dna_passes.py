@@ -150,12 +150,8 @@ def sample_passes(
             loss = kd_loss(run_subnet(net, sub, x[part], model), teacher[part])
             backward(loss * fraction(part, teacher) / (1 + samples))
         return
-    arch = None  # the drawn sub-networks need no logits
-    backward(
-        samples_loss(
-            sliced_passes(net, arch, [], None, drawn, shares, samples, x, sizes, span)[1], shares, teacher, samples
-        )
-    )
+    outs = sliced_passes(net, None, [], None, drawn, shares, samples, x, sizes, span)[1]  # no logits needed
+    backward(samples_loss(outs, shares, teacher, samples))
 
 
 def run_subnet(net: ElasticNet, sub, x: torch.Tensor, model) -> torch.Tensor:
@@ -256,8 +252,8 @@ def choose_passes(
     """The fastest way to run a step's two passes on this device and batch (``time_passes``), as
     ``{"sample_pass": mode, "soft_pass": mode}`` (the ``pinned`` ones as given; the soft pass "joint" with
     sliced samples only, where the step can run it so: ``joint``), and the seconds measured. The architecture
-    pass runs on one step in ``arch_every``. Measured on CPU at initialisation: batched on the mnist1d ResNet
-    x0.25, joint on x0.5 and on MobileNetV2, sliced apart on the MNIST-10k ResNet-18; batched on an H200."""
+    pass runs on one step in ``arch_every``. Measured on CPU at initialisation: joint on the mnist1d ResNets and
+    MobileNetV2, sliced apart on the MNIST-10k ResNet-18; batched on an H200 (before "joint" existed)."""
     seconds = time_passes(net, arch, x, samples, seed, amp_dtype, sizes, span)
 
     def per_step(sample: str, soft: str) -> float:
