@@ -169,7 +169,20 @@ def step_ratios(
         net.attach()
         try:
             sizes, amp = budget_sizes(net, limits, metrics), torch.bfloat16 if cuda else None
-            choice, seconds = choose_passes(net, arch, x, method.samples, seed, sizes, method.group_span, amp)
+            pinned = {name: getattr(method, name) for name in ("sample_pass", "soft_pass") if name not in auto}
+            choice, seconds = choose_passes(
+                net,
+                arch,
+                x,
+                method.samples,
+                seed,
+                sizes,
+                method.group_span,
+                amp,
+                pinned,
+                method.one_level,
+                method.arch_every,
+            )
         finally:
             net.detach()
         print(f"auto passes: {choice}: {seconds}", flush=True)

@@ -66,7 +66,7 @@ def search_step(
 
     # "joint": one sliced pass per group of budgets for both passes (sliced_passes); sliced apart where the
     # samples run batched, the architecture pass's weight gradients are dropped (alternating) or under torchrun
-    together = soft_mode == "joint" and sample_pass == "sliced" and one_level and not is_distributed()
+    joint = soft_mode == "joint" and sample_pass == "sliced" and one_level and not is_distributed()
     soft_mode = "sliced" if soft_mode == "joint" else soft_mode
 
     def step(ctx) -> StepOutput:
@@ -103,7 +103,7 @@ def search_step(
                 budgets = [dead_zone_loss(e, limits[r]) for e, (r, _) in zip(expected, soft)]
                 budget_loss = sum(fraction(part, y) * b for (_, part), b in zip(soft, budgets))
                 arch_loss = cost_weight * budget_loss
-                if together:  # every budget's expected network on its share, and the samples on theirs
+                if joint:  # every budget's expected network on its share, and the samples on theirs
                     out, outs = sliced_passes(net, arch, soft, x, drawn, shares, samples, ctx.x, sizes, span)
                     arch_loss = arch_loss + samples_loss(outs, shares, teacher, samples)
                     samples_done = True

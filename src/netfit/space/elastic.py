@@ -315,9 +315,8 @@ class ElasticNet:
         if not soft and len(hard) == 1:
             return self.run_sliced(hard[0][0], x)
         keeps = ([self._soft_keep(soft)] if soft else []) + ([self._hard_keep([a for a, _ in hard])] if hard else [])
-        device = keeps[0][0][0].device
-        units = [torch.cat([keep[0][i].to(device) for keep in keeps]) for i in range(len(self.num_units))]
-        blocks = torch.cat([keep[1].to(device) for keep in keeps]) if self.blocks else None
+        units = [torch.cat([keep[0][i].to(x.device) for keep in keeps]) for i in range(len(self.num_units))]
+        blocks = torch.cat([keep[1].to(x.device) for keep in keeps]) if self.blocks else None
         parts = [row[-1] for row in soft] + [part for _, part in hard]
         return self._sliced.run_rows(units, blocks, parts, x, tail)
 
