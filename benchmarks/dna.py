@@ -29,7 +29,7 @@ from netfit.data import load_data
 from netfit.engine import StepContext, TrainConfig, fixed_batch_ids
 from netfit.export import load_model
 from netfit.methods.dna import DNA
-from netfit.methods.dna_passes import budget_sizes, choose_passes
+from netfit.methods.dna_passes import choose_passes
 from netfit.space.elastic import ElasticNet
 from netfit.space.grow import grow
 
@@ -168,7 +168,7 @@ def step_ratios(
     if auto:  # chosen as the search chooses them, on this batch
         net.attach()
         try:
-            sizes, amp = budget_sizes(net, limits, metrics), torch.bfloat16 if cuda else None
+            amp = torch.bfloat16 if cuda else None
             pinned = {name: getattr(method, name) for name in ("sample_pass", "soft_pass") if name not in auto}
             choice, seconds = choose_passes(
                 net,
@@ -176,8 +176,7 @@ def step_ratios(
                 x,
                 method.samples,
                 seed,
-                sizes,
-                method.group_span,
+                method.pass_layout(net, limits, metrics),
                 amp,
                 pinned,
                 method.one_level,

@@ -872,12 +872,12 @@ def test_batched_grouped_and_joint_passes_give_the_same_gradients(monkeypatch):
     """sample_pass="batched" runs the i-th sample of every budget in one masked pass with per-sample gates,
     "sliced" with a group_span of the whole supernet every sample in one sliced pass of their union, and
     soft_pass "joint" runs the expected networks and the samples of a group in one pass: the search step's weight
-    and logit gradients are those of one sliced pass per budget (group_span 0) and a batched architecture pass
-    (the sliced expected networks with a tail of 0, so that nothing is left out)."""
+    and logit gradients are those of one sliced pass per budget (group_span 0) and a batched architecture pass,
+    with the expected networks cut at a soft_tail that leaves units out (the batched pass gates them 0, the sliced
+    ones do not compute them)."""
     from netfit.engine import StepContext, TrainConfig
-    from netfit.methods import dna_passes
 
-    monkeypatch.setattr(dna_passes, "SOFT_TAIL", 0.0)
+    tail = 0.2
     torch.manual_seed(0)
     model, shape = _model("resnet18_cifar")
     net = ElasticNet(grow(model, shape, 1.5, 0.5, np.random.default_rng(0)), shape, units=4)
@@ -895,8 +895,11 @@ def test_batched_grouped_and_joint_passes_give_the_same_gradients(monkeypatch):
     ways = [("sliced", "batched", 0.0), ("batched", "batched", 0.25), ("sliced", "batched", 1.0)]
     ways += [("batched", "sliced", 0.25), ("sliced", "sliced", 1.0), ("sliced", "joint", 0.0), ("sliced", "joint", 1.0)]
     for sample_pass, soft_pass, span in ways:
-        method = DNA(samples=2, warmup_epochs=0, sample_pass=sample_pass, soft_pass=soft_pass, group_span=span)
+        method = DNA(
+            samples=2, warmup_epochs=0, sample_pass=sample_pass, soft_pass=soft_pass, group_span=span, soft_tail=tail
+        )
         arch = method.init_arch(net, limits, ["macs"] * 3, [len(s) for s in model.stages]).double()
+        assert min(float(p.min()) for p in net.unit_probs(arch.width.detach())) < tail  # the tail leaves units out
         grown.zero_grad(set_to_none=True)
         passes.append([])
         net.attach()

@@ -11,7 +11,7 @@ import torch
 from netfit import tuning
 from netfit.api import adapt
 from netfit.methods.dna import DNA
-from netfit.methods.dna_passes import PASS_MODES, SOFT_MODES, budget_sizes, choose_passes, pass_groups
+from netfit.methods.dna_passes import PASS_MODES, SOFT_MODES, PassLayout, budget_sizes, choose_passes, pass_groups
 from netfit.models import create_model
 from netfit.space.elastic import ElasticNet
 from netfit.space.grow import grow
@@ -53,8 +53,8 @@ def test_timing_the_passes_leaves_no_trace():
     norm.register_forward_pre_hook(lambda module, args: modes.append(module.training))
     net.attach()
     try:
-        sizes = budget_sizes(net, limits, ["macs"] * 3)
-        choice, seconds = choose_passes(net, arch, torch.randn(12, *shape), 1, 0, sizes, span=0.25)
+        layout = PassLayout(budget_sizes(net, limits, ["macs"] * 3), span=0.25)
+        choice, seconds = choose_passes(net, arch, torch.randn(12, *shape), 1, 0, layout)
     finally:
         net.detach()
     assert set(choice) == set(seconds) == {"sample_pass", "soft_pass"}
@@ -90,9 +90,9 @@ def test_the_fastest_pair_of_passes_is_chosen(
         "soft_pass": {"batched": 0.5, "sliced": soft_sliced, "joint": joint},
     }
     monkeypatch.setattr(dna_passes, "time_passes", lambda *args: seconds)
-    choice, _ = choose_passes(None, None, None, 1, 0, [], 0.25, None, pinned, True, arch_every)
+    choice, _ = choose_passes(None, None, None, 1, 0, PassLayout([], 0.25), None, pinned, True, arch_every)
     assert (choice["sample_pass"], choice["soft_pass"]) == expected
-    apart, _ = choose_passes(None, None, None, 1, 0, [], 0.25, None, pinned, False, arch_every)
+    apart, _ = choose_passes(None, None, None, 1, 0, PassLayout([], 0.25), None, pinned, False, arch_every)
     assert apart["soft_pass"] != "joint"
 
 

@@ -39,7 +39,7 @@ from ..space.latency_table import LatencyTable, measure_table
 from ..tuning import machine, remembered_choice
 from .base import METHODS, Candidate, Seed, Target
 from .common import cost_fn, finetune, from_scratch, inherited_accuracy, probe_inputs
-from .dna_passes import PASS_MODES, SOFT_MODES, budget_sizes, choose_passes
+from .dna_passes import PASS_MODES, SOFT_MODES, SOFT_TAIL, PassLayout, budget_sizes, choose_passes
 from .dna_step import DEAD_ZONE, dead_zone_loss, search_step
 from .uniform import _slug
 
@@ -114,17 +114,20 @@ class DNA:
             four): docs/methods/dna.md, "Costs and limits".
         soft_pass: how the architecture pass runs the budgets' expected networks: "batched" (one pass of the
             supernet with per-sample soft gates), "sliced" (on their shares, one pass per group, ``group_span``,
-            on the slices the units and blocks some network of the group keeps with probability >= 1e-3 need: the
-            small budgets' networks cost a fraction of the supernet, and the dropped tail's gates are below
-            1e-3), "joint" (sliced, in the same passes as the sliced samples: one pass per group for the
-            expected networks and the samples, on their inputs stacked; needs ``sample_pass`` sliced and
-            ``one_level``), or "auto" (the default): timed with ``sample_pass``, the fastest pair.
+            on the slices the units and blocks some network of the group keeps with probability >= ``soft_tail``
+            need: the small budgets' networks cost a fraction of the supernet), "joint" (sliced, in the same
+            passes as the sliced samples: one pass per group for the expected networks and the samples, on their
+            inputs stacked; needs ``sample_pass`` sliced and ``one_level``), or "auto" (the default): timed with
+            ``sample_pass``, the fastest pair.
         group_span: a sliced pass runs several budgets' networks together, each on its share with its own gates
             and batch statistics, on the slices of their union: from the largest budget down, every budget
             within this fraction of the supernet's cost of the group's first joins it. A group costs at most
             ``group_span`` x the supernet per sample above its networks apart and saves a pass's fixed costs per
             budget (on CPU 10-20 ms for a ResNet-18 sub-network, plus building its sliced layers); 0 runs each
             budget's networks on their own. docs/methods/dna.md, "Costs and limits".
+        soft_tail: the expected networks leave out the units and blocks they keep with a probability below this
+            (gate 0, in every ``soft_pass``): a sliced pass does not compute them, so the smaller the budget, the
+            narrower its pass. docs/methods/dna.md, "Costs and limits".
         latency_table: for latency budgets, search on a per-layer latency table measured on the budget's device
             and backend (``netfit.space.latency_table``); False: on MACs scaled by the seed's latency per MAC.
         finetune_warmup: the fraction of each fine-tune spent warming the learning rate up linearly from 0: the
@@ -168,6 +171,7 @@ class DNA:
     sample_pass: str = "auto"
     soft_pass: str = "auto"
     group_span: float = 0.25
+    soft_tail: float = SOFT_TAIL
     split_batch: bool = True
     latency_table: bool = True
     finetune_warmup: float = 0.25
@@ -205,6 +209,8 @@ class DNA:
             raise NetfitError(f"dna arch_batch is a fraction of the batch in (0, 1], got {self.arch_batch}")
         if self.group_span < 0:
             raise NetfitError(f"dna group_span is a fraction of the supernet's cost >= 0, got {self.group_span}")
+        if not 0 < self.soft_tail < 1:
+            raise NetfitError(f"dna soft_tail is a keep probability in (0, 1), got {self.soft_tail}")
         if self.arch_every < 1:
             raise NetfitError(f"dna arch_every is a step count >= 1, got {self.arch_every}")
         if self.arch_lr <= 0 or self.cost_weight <= 0 or self.warmup_epochs < 0 or self.search_lr_scale <= 0:
@@ -310,6 +316,11 @@ class DNA:
 
     step_fn = search_step  # the search step for engine.train: ``dna_step.search_step`` with these options
 
+    def pass_layout(self, net: ElasticNet, limits: list[float], metrics: list[str]) -> PassLayout:
+        """How the search step's passes group the budgets and cut the expected networks (``group_span``,
+        ``soft_tail``)."""
+        return PassLayout(budget_sizes(net, limits, metrics), self.group_span, self.soft_tail)
+
     def _inplace_teacher(self, seed_model: nn.Module) -> CachedTeacher | None:
         """The frozen seed as the search's in-place teacher (``inplace_teacher``), or None for the largest
         network. A copy: the teacher is frozen, and an ungrown supernet may share the seed's modules."""
@@ -358,16 +369,17 @@ class DNA:
             amp = amp_dtype(run.config, run.device)  # the search's autocast, as training sets it
             supernet = [(n, tuple(p.shape)) for n, p in net.model.named_parameters()]
             key = {**machine(run.device), "supernet": supernet, "input": tuple(x.shape), "amp": str(amp)}
-            sizes = budget_sizes(net, limits, metrics)
+            layout = self.pass_layout(net, limits, metrics)
             key |= {"budgets": len(arch.width), "samples": self.samples, "depths": net.depths, "fixed": passes}
-            key |= {"sizes": [round(v, 4) for v in sizes], "group_span": self.group_span}
+            key |= {"sizes": [round(v, 4) for v in layout.sizes], "group_span": layout.span}
+            key |= {"soft_tail": layout.tail}
             joint = self.one_level  # the step can run the architecture pass in the sample passes (dna_step)
             key |= {"joint": joint, "arch_every": self.arch_every}
             pinned = {k: v for k, v in passes.items() if v != "auto"}
 
             def measure() -> tuple[str, dict]:
                 fastest, seconds = choose_passes(
-                    net, arch, x, self.samples, run.seed, sizes, self.group_span, amp, pinned, joint, self.arch_every
+                    net, arch, x, self.samples, run.seed, layout, amp, pinned, joint, self.arch_every
                 )
                 return json.dumps(fastest), seconds
 

@@ -5,12 +5,14 @@ and sub-networks sampled from every budget's chains on their shares. Either runs
 whole supernet with per-sample gates: one pass at the supernet's MACs) or "sliced" (one pass per share on a
 sliced copy of the supernet: each at its own network's MACs, plus a pass's overhead per share). Sampled
 sub-networks give the same outputs and gradients both ways; a sliced expected network leaves out the units and
-blocks whose keep probability is below ``SOFT_TAIL``. Which is faster depends on the network and the device, so
+blocks whose keep probability is below a tail (``PassLayout.tail``; the batched pass gates them 0, so both ways
+give the same outputs and gradients there too). Which is faster depends on the network and the device, so
 ``choose_passes`` times both (``DNA.sample_pass`` / ``DNA.soft_pass`` "auto").
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -27,7 +29,18 @@ if TYPE_CHECKING:
 
 PASS_MODES = ("batched", "sliced")  # how a step runs several budgets' networks (DNA.sample_pass, DNA.soft_pass)
 SOFT_MODES = (*PASS_MODES, "joint")  # joint: sliced, in the sliced sample passes' passes (sliced_passes)
-SOFT_TAIL = 1e-3  # a sliced expected network keeps the units and blocks kept with at least this probability
+SOFT_TAIL = 1e-3  # the default PassLayout.tail (DNA.soft_tail)
+
+
+@dataclass(frozen=True)
+class PassLayout:
+    """How a step's passes over several budgets' networks run: which budgets share a sliced pass (``sizes``,
+    each budget's cost as a fraction of the supernet's, ``budget_sizes``; ``span``, ``pass_groups``) and where an
+    expected network is cut (``tail``: the units and blocks it keeps with a lower probability are left out)."""
+
+    sizes: list[float]
+    span: float
+    tail: float = SOFT_TAIL
 
 
 def batch_shares(rows, size: int) -> list[tuple[int, slice]]:
@@ -69,7 +82,7 @@ def pass_groups(rows: list[int], sizes: list[float], span: float) -> list[list[i
 
 
 def sliced_passes(
-    net: ElasticNet, arch: ArchParams | None, soft, x_soft, drawn, shares, samples: int, x, sizes, span: float
+    net: ElasticNet, arch: ArchParams | None, soft, x_soft, drawn, shares, samples: int, x, layout: PassLayout
 ) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
     """The architecture pass (every ``soft`` share's budget's expected network on its share of ``x_soft``) and
     the sample passes (the ``drawn`` sub-networks, ``samples`` per share of ``x``), sliced: per group of budgets
@@ -79,7 +92,7 @@ def sliced_passes(
     networks' logits of ``x_soft`` (None without ``soft``) and each sample's logits of ``x``."""
     budgets = sorted({r for r, _ in soft} | {r for r, _ in shares})
     pieces: dict = {}  # output (-1: the soft pass, i: the i-th samples) -> its pieces' logits and batch positions
-    for group in pass_groups(budgets, sizes, span):
+    for group in pass_groups(budgets, layout.sizes, layout.span):
         members = {budgets[k] for k in group}
         soft_rows, hard_rows, inputs, taken, size = [], [], [], [], 0
         for key, batch, row_shares in [(-1, x_soft, soft)] + [(i, x, shares) for i in range(samples)]:
@@ -95,7 +108,7 @@ def sliced_passes(
                     size = local.stop
         if not inputs:  # no samples drawn (``samples`` 0) and no architecture pass
             continue
-        out = net.run_rows_sliced(torch.cat(inputs), SOFT_TAIL, soft_rows, hard_rows)
+        out = net.run_rows_sliced(torch.cat(inputs), layout.tail, soft_rows, hard_rows)
         for key, part, local in taken:
             pieces.setdefault(key, []).append((out[local], torch.arange(part.start, part.stop)))
 
@@ -107,14 +120,14 @@ def sliced_passes(
 
 
 def soft_pass(
-    net: ElasticNet, model, arch: ArchParams, shares, x: torch.Tensor, mode: str, sizes: list[float], span: float
+    net: ElasticNet, model, arch: ArchParams, shares, x: torch.Tensor, mode: str, layout: PassLayout
 ) -> torch.Tensor:
     """Every share's budget's expected network on its share of ``x`` (the logits of the whole ``x``): "batched"
     in one pass with per-sample gates, through ``model`` (the DDP wrapper under torchrun); "sliced", on one
     process, one pass per group of budgets (``pass_groups``) on the slices of the union of its networks."""
     if mode == "sliced" and not is_distributed():
-        return sliced_passes(net, arch, shares, x, [], [], 0, x, sizes, span)[0]
-    net.set_soft_rows([(arch.width[r], arch.depth[r], part) for r, part in shares])
+        return sliced_passes(net, arch, shares, x, [], [], 0, x, layout)[0]
+    net.set_soft_rows([(arch.width[r], arch.depth[r], part) for r, part in shares], layout.tail)
     return model(x)
 
 
@@ -132,7 +145,7 @@ def samples_loss(outs: list[torch.Tensor], shares, teacher: torch.Tensor, sample
 
 
 def sample_passes(
-    net: ElasticNet, model, drawn, shares, samples: int, x, teacher, backward, mode: str, sizes, span: float
+    net: ElasticNet, model, drawn, shares, samples: int, x, teacher, backward, mode: str, layout: PassLayout
 ) -> None:
     """The sampled sub-networks distilled from ``teacher`` and back-propagated through ``backward``: "batched"
     runs the i-th sample of every share in one masked pass; "sliced" all samples of each group of budgets
@@ -150,7 +163,7 @@ def sample_passes(
             loss = kd_loss(run_subnet(net, sub, x[part], model), teacher[part])
             backward(loss * fraction(part, teacher) / (1 + samples))
         return
-    outs = sliced_passes(net, None, [], None, drawn, shares, samples, x, sizes, span)[1]  # no logits needed
+    outs = sliced_passes(net, None, [], None, drawn, shares, samples, x, layout)[1]  # no logits needed
     backward(samples_loss(outs, shares, teacher, samples))
 
 
@@ -170,8 +183,7 @@ def time_passes(
     samples: int,
     seed: int,
     amp_dtype,
-    sizes: list[float],
-    span: float,
+    layout: PassLayout,
     repeats: int = 3,
 ) -> dict[str, dict[str, float]]:
     """Median seconds of one step's sample passes and of its architecture pass for every budget (forward and
@@ -207,12 +219,12 @@ def time_passes(
             def samples_pass(mode=mode, draws=draws) -> None:
                 with autocast:
                     sample_passes(
-                        net, model, next(draws), shares, samples, x, teacher, lambda t: t.backward(), mode, sizes, span
+                        net, model, next(draws), shares, samples, x, teacher, lambda t: t.backward(), mode, layout
                     )
 
             def architecture_pass(mode=mode) -> None:
                 with autocast:
-                    out = soft_pass(net, model, arch, shares, x, mode, sizes, span)
+                    out = soft_pass(net, model, arch, shares, x, mode, layout)
                     F.cross_entropy(out, labels).backward()
                 net.set_full()
 
@@ -223,7 +235,7 @@ def time_passes(
 
         def both_passes(draws=draws) -> None:
             with autocast:
-                out, outs = sliced_passes(net, arch, shares, x, next(draws), shares, samples, x, sizes, span)
+                out, outs = sliced_passes(net, arch, shares, x, next(draws), shares, samples, x, layout)
                 (F.cross_entropy(out, labels) + samples_loss(outs, shares, teacher, samples)).backward()
 
         seconds["soft_pass"]["joint"] = median(both_passes)
@@ -242,8 +254,7 @@ def choose_passes(
     x: torch.Tensor,
     samples: int,
     seed: int,
-    sizes: list[float],
-    span: float,
+    layout: PassLayout,
     amp_dtype=None,
     pinned: dict[str, str] | None = None,
     joint: bool = True,
@@ -254,7 +265,7 @@ def choose_passes(
     sliced samples only, where the step can run it so: ``joint``), and the seconds measured. The architecture
     pass runs on one step in ``arch_every``. Measured on CPU at initialisation: joint on the mnist1d ResNets and
     MobileNetV2, sliced apart on the MNIST-10k ResNet-18; batched on an H200 (before "joint" existed)."""
-    seconds = time_passes(net, arch, x, samples, seed, amp_dtype, sizes, span)
+    seconds = time_passes(net, arch, x, samples, seed, amp_dtype, layout)
 
     def per_step(sample: str, soft: str) -> float:
         if soft == "joint":  # both passes at once on the steps with the architecture pass

@@ -17,7 +17,6 @@ from ..engine.norms import frozen_norm_statistics
 from ..space.elastic import ElasticNet
 from .dna_passes import (
     batch_shares,
-    budget_sizes,
     draw_samples,
     fraction,
     run_subnet,
@@ -58,8 +57,7 @@ def search_step(
     gradients with one pass's fixed costs per group of budgets fewer."""
     warmup, samples, cost_weight, one_level = opts.warmup_epochs, opts.samples, opts.cost_weight, opts.one_level
     split_batch, every_budget, arch_every = opts.split_batch, opts.every_budget, opts.arch_every
-    arch_batch, span = opts.arch_batch, opts.group_span
-    sizes = budget_sizes(net, limits, metrics)  # which budgets a sliced pass runs together
+    arch_batch, layout = opts.arch_batch, opts.pass_layout(net, limits, metrics)
     # DNA.search measures "auto"
     sample_pass = opts.sample_pass if opts.sample_pass != "auto" else "batched"
     soft_mode = opts.soft_pass if opts.soft_pass != "auto" else "batched"
@@ -104,11 +102,11 @@ def search_step(
                 budget_loss = sum(fraction(part, y) * b for (_, part), b in zip(soft, budgets))
                 arch_loss = cost_weight * budget_loss
                 if joint:  # every budget's expected network on its share, and the samples on theirs
-                    out, outs = sliced_passes(net, arch, soft, x, drawn, shares, samples, ctx.x, sizes, span)
+                    out, outs = sliced_passes(net, arch, soft, x, drawn, shares, samples, ctx.x, layout)
                     arch_loss = arch_loss + samples_loss(outs, shares, teacher, samples)
                     samples_done = True
                 else:  # every budget's expected network on its share
-                    out = soft_pass(net, ctx.model, arch, soft, x, soft_mode, sizes, span)
+                    out = soft_pass(net, ctx.model, arch, soft, x, soft_mode, layout)
                 ctx.backward(F.cross_entropy(out, y) + arch_loss)
                 ratios = [e.item() / limits[r] for e, (r, _) in zip(expected, soft)]
                 budget_losses = [b.item() for b in budgets]
@@ -126,9 +124,7 @@ def search_step(
             ctx.backward(smallest / (1 + samples))
             loss = smallest if loss is None else loss  # what the step reports without a largest pass
             if not samples_done:
-                sample_passes(
-                    net, ctx.model, drawn, shares, samples, ctx.x, teacher, ctx.backward, sample_pass, sizes, span
-                )
+                sample_passes(net, ctx.model, drawn, shares, samples, ctx.x, teacher, ctx.backward, sample_pass, layout)
         net.set_full()
         return StepOutput(loss.detach(), logits.detach() if logits is not None else None, out_metrics)
 

@@ -244,21 +244,26 @@ class ElasticNet:
             self._unit_index_device = (device, [i.to(device) for i in self.unit_index])
         return self._unit_index_device[1]
 
-    def set_soft_rows(self, rows: Sequence[tuple[torch.Tensor, torch.Tensor, slice]]) -> None:
+    def set_soft_rows(self, rows: Sequence[tuple[torch.Tensor, torch.Tensor, slice]], tail: float = 0.0) -> None:
         """Soft gates per share of the batch: ``rows`` holds (width logits, depth logits, batch slice) with
         consecutive slices covering the batch. One gated pass then computes what a ``set_soft`` pass per share
-        computes (same outputs and gradients: each share's batch norms use that share's statistics)."""
-        self._set_rows(*self._soft_keep(rows), [part for _, _, part in rows])
+        computes (same outputs and gradients: each share's batch norms use that share's statistics), without the
+        units and blocks a row keeps with probability below ``tail`` (gate 0, as ``run_rows_sliced``)."""
+        self._set_rows(*self._soft_keep(rows, tail), [part for _, _, part in rows])
 
     def set_hard_rows(self, rows: Sequence[tuple[Arch, slice]]) -> None:
         """0/1 gates per share of the batch: one masked pass computes what a ``set_hard`` pass per share does."""
         self._set_rows(*self._hard_keep([a for a, _ in rows]), [part for _, part in rows])
 
-    def _soft_keep(self, rows: Sequence[tuple]) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+    def _soft_keep(self, rows: Sequence[tuple], tail: float) -> tuple[list[torch.Tensor], torch.Tensor | None]:
         """Keep probabilities of the rows' (width logits, depth logits, ...): per gate (rows, units), and
-        (rows, blocks) or None."""
-        units = self.unit_probs(torch.stack([row[0] for row in rows]))
-        return units, self.block_probs(torch.stack([row[1] for row in rows])) if self.blocks else None
+        (rows, blocks) or None; those below ``tail`` are 0 (the chains fall, so a row keeps a leading run)."""
+
+        def above(p: torch.Tensor) -> torch.Tensor:
+            return p * (p.detach() >= tail) if tail > 0 else p
+
+        units = [above(p) for p in self.unit_probs(torch.stack([row[0] for row in rows]))]
+        return units, above(self.block_probs(torch.stack([row[1] for row in rows]))) if self.blocks else None
 
     def _hard_keep(self, archs: Sequence[Arch]) -> tuple[list[torch.Tensor], torch.Tensor | None]:
         """0/1 keep values of ``archs``, shaped as ``_soft_keep``'s."""
@@ -310,11 +315,12 @@ class ElasticNet:
         """Expected networks (``soft``: width logits, depth logits, batch slice) and sub-networks (``hard``:
         architecture, batch slice), each on its slice of ``x`` (the soft rows' first, all consecutive and covering
         it), in ONE pass of the sliced union of their networks: what ``set_soft_rows`` / ``set_hard_rows`` and a
-        gated pass per kind compute, without the units and blocks every row keeps below ``tail``. One sub-network
-        alone runs as ``run_sliced``."""
+        gated pass per kind compute, the soft rows without the units and blocks they keep below ``tail`` (which
+        the pass's slices then leave out where no row keeps them). One sub-network alone runs as ``run_sliced``."""
         if not soft and len(hard) == 1:
             return self.run_sliced(hard[0][0], x)
-        keeps = ([self._soft_keep(soft)] if soft else []) + ([self._hard_keep([a for a, _ in hard])] if hard else [])
+        keeps = [self._soft_keep(soft, tail)] if soft else []
+        keeps += [self._hard_keep([a for a, _ in hard])] if hard else []
         units = [torch.cat([keep[0][i].to(x.device) for keep in keeps]) for i in range(len(self.num_units))]
         blocks = torch.cat([keep[1].to(x.device) for keep in keeps]) if self.blocks else None
         parts = [row[-1] for row in soft] + [part for _, part in hard]
