@@ -114,8 +114,8 @@ class DNA:
             four): docs/methods/dna.md, "Costs and limits".
         soft_pass: how the architecture pass runs the budgets' expected networks: "batched" (one pass of the
             supernet with per-sample soft gates), "sliced" (on their shares, one pass per group, ``group_span``,
-            on the slices the units and blocks some network of the group keeps with probability >= ``soft_tail``
-            need: the small budgets' networks cost a fraction of the supernet), "joint" (sliced, in the same
+            on the slices the units and blocks some network of the group keeps above ``soft_tail`` need: the small
+            budgets' networks cost a fraction of the supernet), "joint" (sliced, in the same
             passes as the sliced samples: one pass per group for the expected networks and the samples, on their
             inputs stacked; needs ``sample_pass`` sliced and ``one_level``), or "auto" (the default): timed with
             ``sample_pass``, the fastest pair.
@@ -125,9 +125,11 @@ class DNA:
             ``group_span`` x the supernet per sample above its networks apart and saves a pass's fixed costs per
             budget (on CPU 10-20 ms for a ResNet-18 sub-network, plus building its sliced layers); 0 runs each
             budget's networks on their own. docs/methods/dna.md, "Costs and limits".
-        soft_tail: the expected networks leave out the units and blocks they keep with a probability below this
-            (gate 0, in every ``soft_pass``): a sliced pass does not compute them, so the smaller the budget, the
-            narrower its pass. docs/methods/dna.md, "Costs and limits".
+        soft_tail: the expected networks leave out (gate 0, in every ``soft_pass``) each unit whose share of its
+            gate's expected width is below this (its keep probability below ``soft_tail`` x the gate's expected
+            unit count) and each block kept with a probability below it: a sliced pass does not compute them,
+            so a budget's pass is about as narrow as its network. Relative, so that a narrow expected network
+            loses as small a part of itself as a wide one. docs/methods/dna.md, "Costs and limits".
         latency_table: for latency budgets, search on a per-layer latency table measured on the budget's device
             and backend (``netfit.space.latency_table``); False: on MACs scaled by the seed's latency per MAC.
         finetune_warmup: the fraction of each fine-tune spent warming the learning rate up linearly from 0: the

@@ -36,7 +36,7 @@ SOFT_TAIL = 1e-3  # the default PassLayout.tail (DNA.soft_tail)
 class PassLayout:
     """How a step's passes over several budgets' networks run: which budgets share a sliced pass (``sizes``,
     each budget's cost as a fraction of the supernet's, ``budget_sizes``; ``span``, ``pass_groups``) and where an
-    expected network is cut (``tail``: the units and blocks it keeps with a lower probability are left out)."""
+    expected network is cut (``tail``: ``DNA.soft_tail``, the units and blocks it keeps below it are left out)."""
 
     sizes: list[float]
     span: float
