@@ -40,9 +40,12 @@ def test_remembered_choice_measures_once_per_key(tmp_path, monkeypatch):
 
 def test_timing_the_passes_leaves_no_trace():
     """Timing both ways of both passes (in training mode, as the search runs them) trains nothing: no gradients
-    left (weights or architecture logits), batch norm statistics and counters unchanged, the mode restored."""
+    left (weights or architecture logits), batch norm statistics and counters unchanged, the mode restored, and
+    the random stream where it was (a search must not depend on whether its timing was cached: MobileNetV2's
+    dropout draws from it)."""
     torch.manual_seed(0)
     model = create_model("resnet18_cifar", num_classes=10, in_chans=1, width_mult=0.25)
+    model.head.dropout = torch.nn.Dropout(0.2)  # a training pass draws random numbers
     shape = (1, 16, 16)
     net = ElasticNet(grow(model, shape, 1.0, 0.0, np.random.default_rng(0)), shape, units=4)
     limits = [2e6, 1e6, 4e5]
@@ -51,10 +54,12 @@ def test_timing_the_passes_leaves_no_trace():
     modes = []
     norm = next(m for m in net.model.modules() if isinstance(m, torch.nn.BatchNorm2d))
     norm.register_forward_pre_hook(lambda module, args: modes.append(module.training))
+    x = torch.randn(12, *shape)
+    rng = torch.get_rng_state()
     net.attach()
     try:
         layout = PassLayout(budget_sizes(net, limits, ["macs"] * 3), span=0.25)
-        choice, seconds = choose_passes(net, arch, torch.randn(12, *shape), 1, 0, layout)
+        choice, seconds = choose_passes(net, arch, x, 1, 0, layout)
     finally:
         net.detach()
     assert set(choice) == set(seconds) == {"sample_pass", "soft_pass"}
@@ -63,6 +68,7 @@ def test_timing_the_passes_leaves_no_trace():
     assert all(p.grad is None for p in [*net.model.parameters(), *arch.parameters()])
     assert all(torch.equal(net.model.state_dict()[k], v) for k, v in stats.items())
     assert modes and all(modes) and not net.model.training  # timed training; grow's eval mode given back
+    assert torch.equal(torch.get_rng_state(), rng)
 
 
 @pytest.mark.parametrize(

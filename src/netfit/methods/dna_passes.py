@@ -208,7 +208,10 @@ def time_passes(
     def new_draws():  # new sub-networks for every call (the warm-up's included), as every step draws, untimed
         return iter([draw_samples(net, arch, shares, samples, gen) for _ in range(repeats + 1)])
 
-    with frozen_norm_statistics(model):  # no trace left in the running statistics either
+    # no trace left in the running statistics or the random stream (dropout draws from it): a search's result
+    # must not depend on whether its passes were timed or read back from the tuning cache
+    rng_devices = [device] if device.type == "cuda" else []
+    with frozen_norm_statistics(model), torch.random.fork_rng(devices=rng_devices):
         with torch.no_grad():
             net.set_full()
             teacher = model(x).float()
