@@ -502,8 +502,9 @@ def test_bad_options_are_refused():
         DNA(inplace_teacher="teacher")
     with pytest.raises(NetfitError, match="finetune_warmup"):
         DNA(finetune_warmup=2)
-    with pytest.raises(NetfitError, match="finetune_clip"):
-        DNA(finetune_clip=0)
+    for name in ("finetune_clip", "search_clip"):
+        with pytest.raises(NetfitError, match=name):
+            DNA(**{name: 0})
     for name in ("sample_pass", "soft_pass"):
         with pytest.raises(NetfitError, match=name):
             DNA(**{name: "masked"})
@@ -518,18 +519,21 @@ def test_bad_options_are_refused():
             DNA(arch_batch=fraction)
 
 
-def test_inherited_fine_tunes_clip_the_gradient_unless_training_settings_do():
+def test_search_and_inherited_fine_tunes_clip_the_gradient_unless_training_settings_do():
     config = TrainConfig(epochs=4)
     assert DNA()._finetune_settings(config) == {"warmup_epochs": 1.0, "grad_clip": 10.0}
     assert DNA(finetune_clip=None)._finetune_settings(config) == {"warmup_epochs": 1.0}
     assert DNA()._finetune_settings(TrainConfig(epochs=4, grad_clip=2.0)) == {"warmup_epochs": 1.0}  # the user's
+    assert DNA()._search_settings(config)["grad_clip"] == 20.0
+    assert "grad_clip" not in DNA(search_clip=None)._search_settings(config)
+    assert "grad_clip" not in DNA()._search_settings(TrainConfig(epochs=4, grad_clip=2.0))  # the user's
 
 
 def test_search_runs_every_epoch_whatever_the_training_settings_keep_or_stop_on():
     """The search's per-epoch validation accuracy is the raw largest network's: nothing to keep weights by or
     stop on (the logits are the last epoch's; earlier weights would not match them)."""
     config = TrainConfig(epochs=4, lr=0.1, keep_best=True, early_stop_patience=1)
-    settings = DNA(search_lr_scale=0.5)._search_settings(config)
+    settings = DNA(search_lr_scale=0.5, search_clip=None)._search_settings(config)
     assert settings == {"lr": 0.05, "keep_best": False, "early_stop_patience": None}
     assert not config.replace(**settings).keep_best
 
@@ -592,9 +596,9 @@ def test_dna_fine_tunes_recalibrated_subnetworks_with_a_warm_up(dna_run):
         assert cand["info"]["val_acc_inherited"] == inherited[cand["id"]]["val_acc"]
         assert not near_chance(cand["info"]["val_acc_inherited"], 10)
     epochs = dna_run.summary["settings"]["train"]["epochs"]
-    for phase, warmup, clip in (("dna-50pct", 0.25 * epochs, 10.0), ("dna-search", 0.0, None)):
+    for phase, warmup, clip in (("dna-50pct", 0.25 * epochs, 10.0), ("dna-search", 0.0, 20.0)):
         config = load_checkpoint(dna_run.out / "ckpt" / f"{phase}.pt")["config"]
-        assert (config["warmup_epochs"], config["grad_clip"]) == (warmup, clip)  # fine-tunes clip (finetune_clip)
+        assert (config["warmup_epochs"], config["grad_clip"]) == (warmup, clip)  # finetune_clip, search_clip
 
 
 def test_dna_distils_from_the_better_of_seed_and_largest_on_validation(dna_run):

@@ -140,6 +140,11 @@ class DNA:
             give ``grad_clip`` (None: no clipping). A safety net: a healthy fine-tune's norms stayed below it, while
             the deep, very narrow networks some searches find spiked to 23-56 once the warm-up reached the full
             learning rate and lost what they knew (docs/methods/dna.md, "Costs and limits").
+        search_clip: the global gradient norm the search clips at, unless the training settings give
+            ``grad_clip`` (None: no clipping). A safety net: a healthy search step's norm stays below about 13,
+            while on MobileNetV2 the very narrow sampled sub-networks (one unit per gate, batch norms over nearly
+            constant channels) can send it to 1e20 for a few steps, which without a clip blew the weights up
+            to infinity in the warm-up epoch (docs/methods/dna.md, "Costs and limits").
         inherit: fine-tune the searched sub-networks (False: train their architectures from scratch, without
             recalibration; the benchmark's ``dna-scratch`` entry, which separates architecture from weights).
         init_depth_logit: starting keep logit of every skippable block (0: each block kept with p = 1/2 given
@@ -178,6 +183,7 @@ class DNA:
     latency_table: bool = True
     finetune_warmup: float = 0.25
     finetune_clip: float | None = 10.0
+    search_clip: float | None = 20.0
     inherit: bool = True
     every_budget: bool = True
 
@@ -191,8 +197,9 @@ class DNA:
             raise NetfitError(f"dna kd_teacher must be one of {', '.join(KD_TEACHERS)}, got {self.kd_teacher!r}")
         if not 0 <= self.finetune_warmup <= 1:
             raise NetfitError(f"dna finetune_warmup is a fraction of the fine-tune, got {self.finetune_warmup}")
-        if self.finetune_clip is not None and not self.finetune_clip > 0:
-            raise NetfitError(f"dna finetune_clip is a gradient norm > 0 or None, got {self.finetune_clip}")
+        for name, clip in (("finetune_clip", self.finetune_clip), ("search_clip", self.search_clip)):
+            if clip is not None and not clip > 0:
+                raise NetfitError(f"dna {name} is a gradient norm > 0 or None, got {clip}")
         if self.inplace_teacher not in INPLACE_TEACHERS:
             raise NetfitError(
                 f"dna inplace_teacher must be one of {', '.join(INPLACE_TEACHERS)}, got {self.inplace_teacher!r}"
@@ -264,18 +271,17 @@ class DNA:
         return candidates
 
     def _search_settings(self, config: TrainConfig) -> dict:
-        """Training overrides of the search: its learning rate, and every epoch run with the last one's weights
-        kept. The epoch's validation accuracy is the raw largest network's (batch norms not recalibrated; with
-        the seed as in-place teacher it never trains whole), no measure of the search to stop on or keep by."""
-        return {"lr": config.lr * self.search_lr_scale, "keep_best": False, "early_stop_patience": None}
+        """Training overrides of the search: its learning rate, the gradient clip where the training settings
+        have none, and every epoch run with the last one's weights kept. The epoch's validation accuracy is the
+        raw largest network's (batch norms not recalibrated; with the seed as in-place teacher it never trains
+        whole), no measure of the search to stop on or keep by."""
+        settings = {"lr": config.lr * self.search_lr_scale, "keep_best": False, "early_stop_patience": None}
+        return settings | _clip(config, self.search_clip)
 
     def _finetune_settings(self, config: TrainConfig) -> dict:
         """Training overrides of an inherited sub-network's fine-tune: the learning-rate warm-up, and the
         gradient clip where the training settings have none."""
-        settings: dict = {"warmup_epochs": self.finetune_warmup * config.epochs}
-        if config.grad_clip is None and self.finetune_clip is not None:
-            settings["grad_clip"] = self.finetune_clip
-        return settings
+        return {"warmup_epochs": self.finetune_warmup * config.epochs} | _clip(config, self.finetune_clip)
 
     def growth(self, limits: list[float], seed_value: float) -> tuple[float, float]:
         """(grow_width, grow_depth): the options where given, else just what the largest budget can use: with r
@@ -436,6 +442,11 @@ class DNA:
             **_growth_vs_seed(model, seed.model),
         }
         return model, info
+
+
+def _clip(config: TrainConfig, clip: float | None) -> dict:
+    """The ``grad_clip`` override of a phase: ``clip``, unless the training settings give one (or it is None)."""
+    return {"grad_clip": clip} if config.grad_clip is None and clip is not None else {}
 
 
 def _staged_seed(seed: Seed, run) -> Seed:
