@@ -248,7 +248,7 @@ class ElasticNet:
         """Soft gates per share of the batch: ``rows`` holds (width logits, depth logits, batch slice) with
         consecutive slices covering the batch. One gated pass then computes what a ``set_soft`` pass per share
         computes (same outputs and gradients: each share's batch norms use that share's statistics), without the
-        units and blocks a row keeps with probability below ``tail`` (gate 0, as ``run_rows_sliced``)."""
+        units and blocks a row keeps below ``tail`` (gate 0, as ``run_rows_sliced``; ``_soft_keep``)."""
         self._set_rows(*self._soft_keep(rows, tail), [part for _, _, part in rows])
 
     def set_hard_rows(self, rows: Sequence[tuple[Arch, slice]]) -> None:
@@ -304,7 +304,7 @@ class ElasticNet:
         self, width_logits: torch.Tensor, depth_logits: torch.Tensor, x: torch.Tensor, tail: float
     ) -> torch.Tensor:
         """The expected network of one row of logits on ``x``, sliced: ``set_soft`` + a gated pass without the
-        units and blocks whose keep probability is below ``tail`` (``netfit.space.sliced``)."""
+        units and blocks it keeps below ``tail`` (``_soft_keep``; ``netfit.space.sliced``)."""
         return self.run_rows_sliced(x, tail, soft=[(width_logits, depth_logits, slice(0, len(x)))])
 
     def run_rows_sliced(
