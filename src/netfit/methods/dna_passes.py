@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 PASS_MODES = ("batched", "sliced")  # how a step runs several budgets' networks (DNA.sample_pass, DNA.soft_pass)
 SOFT_MODES = (*PASS_MODES, "joint")  # joint: sliced, in the sliced sample passes' passes (sliced_passes)
-SOFT_TAIL = 0.01  # the default PassLayout.tail (DNA.soft_tail)
+SOFT_TAIL = 1e-3  # the default PassLayout.tail (DNA.soft_tail)
 
 
 @dataclass(frozen=True)

@@ -257,15 +257,13 @@ class ElasticNet:
 
     def _soft_keep(self, rows: Sequence[tuple], tail: float) -> tuple[list[torch.Tensor], torch.Tensor | None]:
         """Keep probabilities of the rows' (width logits, depth logits, ...): per gate (rows, units), and
-        (rows, blocks) or None. A unit kept with probability below ``tail`` x its row's expected unit count of
-        the gate (its share of the expected width is below ``tail``), and a block kept with probability below
-        ``tail``, get 0 (the chains fall, so a row keeps a leading run); ``tail`` 0 keeps all."""
+        (rows, blocks) or None; those below ``tail`` are 0 (the chains fall, so a row keeps a leading run)."""
 
-        def above(p: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
-            return p * (p.detach() >= tail * scale) if tail > 0 else p
+        def above(p: torch.Tensor) -> torch.Tensor:
+            return p * (p.detach() >= tail) if tail > 0 else p
 
-        units = [above(p, p.detach().sum(-1, keepdim=True)) for p in self.unit_probs(torch.stack([r[0] for r in rows]))]
-        return units, above(self.block_probs(torch.stack([r[1] for r in rows])), 1.0) if self.blocks else None
+        units = [above(p) for p in self.unit_probs(torch.stack([row[0] for row in rows]))]
+        return units, above(self.block_probs(torch.stack([row[1] for row in rows]))) if self.blocks else None
 
     def _hard_keep(self, archs: Sequence[Arch]) -> tuple[list[torch.Tensor], torch.Tensor | None]:
         """0/1 keep values of ``archs``, shaped as ``_soft_keep``'s."""
