@@ -115,10 +115,10 @@ class DNA:
         soft_pass: how the architecture pass runs the budgets' expected networks: "batched" (one pass of the
             supernet with per-sample soft gates), "sliced" (on their shares, one pass per group, ``group_span``,
             on the slices the units and blocks some network of the group keeps above ``soft_tail`` need: the small
-            budgets' networks cost a fraction of the supernet), "joint" (sliced, in the same
-            passes as the sliced samples: one pass per group for the expected networks and the samples, on their
-            inputs stacked; needs ``sample_pass`` sliced and ``one_level``), or "auto" (the default): timed with
-            ``sample_pass``, the fastest pair.
+            budgets' networks cost a fraction of the supernet), "joint" (sliced, in the same passes as the sliced
+            samples: one pass per group for the expected networks and the samples, on their inputs stacked; needs
+            ``sample_pass`` sliced and ``one_level``), or "auto" (the default): timed with ``sample_pass``, the
+            fastest pair.
         group_span: a sliced pass runs several budgets' networks together, each on its share with its own gates
             and batch statistics, on the slices of their union: from the largest budget down, every budget
             within this fraction of the supernet's cost of the group's first joins it. A group costs at most
