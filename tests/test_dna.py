@@ -505,6 +505,9 @@ def test_bad_options_are_refused():
     for name in ("finetune_clip", "search_clip"):
         with pytest.raises(NetfitError, match=name):
             DNA(**{name: 0})
+    for tail in (0.0, 1.0):
+        with pytest.raises(NetfitError, match="soft_tail"):
+            DNA(soft_tail=tail)
     for name in ("sample_pass", "soft_pass"):
         with pytest.raises(NetfitError, match=name):
             DNA(**{name: "masked"})
