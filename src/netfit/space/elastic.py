@@ -260,7 +260,7 @@ class ElasticNet:
         (rows, blocks) or None; those below ``tail`` are 0 (the chains fall, so a row keeps a leading run)."""
 
         def above(p: torch.Tensor) -> torch.Tensor:
-            return p * (p.detach() >= tail) if tail > 0 else p
+            return p * (p.detach() >= tail)  # probabilities are >= 0: tail 0 keeps all, unchanged
 
         units = [above(p) for p in self.unit_probs(torch.stack([row[0] for row in rows]))]
         return units, above(self.block_probs(torch.stack([row[1] for row in rows]))) if self.blocks else None
