@@ -304,13 +304,18 @@ def _float64_elastic(name: str) -> tuple[ElasticNet, tuple[int, ...]]:
     return net, shape
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("name", ["resnet18_cifar", "mobilenetv2_cifar", "user"])
-def test_sliced_runs_match_the_gated_network_in_outputs_and_gradients(name):
-    """run_sliced computes the sub-network on slices of the supernet's parameters: the masked pass's outputs
-    and gradients, and the supernet's normalisation statistics stay as they were."""
+def test_sliced_runs_match_the_gated_network_in_outputs_and_gradients(name, channels_last):
+    """run_sliced computes the sub-network on slices of the supernet's parameters (leading channels as views,
+    which keep a channels_last supernet's layout): the masked pass's outputs and gradients, and the supernet's
+    normalisation statistics stay as they were."""
     net, shape = _float64_elastic(name)
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(4, *shape, dtype=torch.float64)
+    if channels_last:
+        net.model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
     archs = [net.smallest()] + [
         net.sample(torch.randn(net.num_width_logits) + 1, torch.randn(net.num_depth_logits), gen) for _ in range(2)
     ]

@@ -64,8 +64,11 @@ class SlicedRunner:
         tensors = {}
         for name in _tensor_names(skeleton.module):
             tensor = live[name]
-            for dim, idx in skeleton.selections.get(name, ()):
-                tensor = tensor.index_select(dim, idx.to(tensor.device))
+            for dim, idx in skeleton.selections.get(name, ()):  # a leading range (an int): a view, no copy
+                if isinstance(idx, int):
+                    tensor = tensor.narrow(dim, 0, idx)
+                else:
+                    tensor = tensor.index_select(dim, idx.to(tensor.device))
             tensors[name] = tensor
         return functional_call(skeleton.module, tensors, (x,))
 
@@ -116,6 +119,7 @@ class SlicedRunner:
         if arch.depths:
             for s, depth in enumerate(arch.depths):
                 skeleton.stages[s] = nn.Sequential(*list(skeleton.stages[s])[:depth])
+        selections = {name: [(dim, _leading(idx)) for dim, idx in sel] for name, sel in selections.items()}
         self.skeletons[key] = _Skeleton(skeleton, selections)
         if len(self.skeletons) > self.CACHE:
             self.skeletons.popitem(last=False)
@@ -183,6 +187,14 @@ def sample_rows(parts: list[slice], device: torch.device) -> torch.Tensor:
     """The row of every sample of a batch split into ``parts`` (consecutive slices covering it)."""
     lengths = torch.tensor([part.stop - part.start for part in parts], device=device)
     return torch.repeat_interleave(torch.arange(len(parts), device=device), lengths)
+
+
+def _leading(idx: torch.Tensor) -> torch.Tensor | int:
+    """``idx``'s length where it is the leading range 0..n-1, else ``idx``. A leading range is sliced as a view:
+    a copy (``index_select``) of a channels_last weight comes out in the default layout, and oneDNN's depthwise
+    convolution with both input and weight in it is ~6x slower on 1x1 maps (MobileNetV2's last stages)."""
+    n = len(idx)
+    return n if torch.equal(idx, torch.arange(n, device=idx.device)) else idx
 
 
 def _gated(hooks: dict) -> bool:
