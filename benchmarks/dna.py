@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from netfit.api import adapt
 from netfit.cost import count_cost
 from netfit.data import load_data
-from netfit.engine import StepContext, TrainConfig, fixed_batch_ids
+from netfit.engine import StepContext, TrainConfig, channels_last, channels_last_layout, fixed_batch_ids
 from netfit.export import load_model
 from netfit.methods.dna import DNA
 from netfit.methods.dna_passes import choose_passes
@@ -149,7 +149,8 @@ def step_ratios(
     ``options`` and ``budgets`` (percent of the seed's MACs) does; a frozen teacher's logits are remembered as in a
     run where the data has no random augmentation (then the step repeats one batch: steady state). On CUDA every
     pass runs under bf16 autocast, as training does there (``TrainConfig.amp``), and the dense seed step's
-    milliseconds are added (``dense_seed_ms``) for throughput."""
+    milliseconds are added (``dense_seed_ms``) for throughput. Images are laid out as training lays them out
+    (channels_last on CPU, ``engine.channels_last``)."""
     model = model.to(device).train()
     shape = data.input_shape
     method = DNA(**((options or {}) | {"warmup_epochs": 0}))
@@ -160,71 +161,75 @@ def step_ratios(
     net = ElasticNet(grown, shape, units=method.units)
     metrics = ["macs"] * len(limits)
     arch = method.init_arch(net, limits, metrics, [len(s) for s in model.stages] if net.depths else None)
-    x = data.prepare(data.train.tensors[0][:batch_size], train=True).to(device)
-    y = data.train.tensors[1][:batch_size].to(device)
-    frozen = method._inplace_teacher(model)
-    cuda = torch.device(device).type == "cuda"
-    auto = [name for name in ("sample_pass", "soft_pass") if getattr(method, name) == "auto"]
-    if auto:  # chosen as the search chooses them, on this batch
+    dev = torch.device(device)
+    layout = channels_last(TrainConfig(), dev, shape)  # the layout training uses here
+    with channels_last_layout(model, layout), channels_last_layout(grown, layout):
+        x = data.prepare(data.train.tensors[0][:batch_size], train=True).to(device)
+        x = x.contiguous(memory_format=torch.channels_last) if layout else x
+        y = data.train.tensors[1][:batch_size].to(device)
+        frozen = method._inplace_teacher(model)
+        cuda = torch.device(device).type == "cuda"
+        auto = [name for name in ("sample_pass", "soft_pass") if getattr(method, name) == "auto"]
+        if auto:  # chosen as the search chooses them, on this batch
+            net.attach()
+            try:
+                amp = torch.bfloat16 if cuda else None
+                pinned = {name: getattr(method, name) for name in ("sample_pass", "soft_pass") if name not in auto}
+                choice, seconds = choose_passes(
+                    net,
+                    arch,
+                    x,
+                    method.samples,
+                    seed,
+                    method.pass_layout(net, limits, metrics),
+                    amp,
+                    pinned,
+                    method.one_level,
+                    method.arch_every,
+                )
+            finally:
+                net.detach()
+            print(f"auto passes: {choice}: {seconds}", flush=True)
+            method = dataclasses.replace(method, **{name: choice[name] for name in auto})
+        step, steps_taken = method.step_fn(net, arch, limits, metrics, seed, frozen), itertools.count()
+        ids = fixed_batch_ids(data, torch.arange(batch_size))
+
+        def search_steps() -> None:
+            """``arch_every`` consecutive steps (one with the architecture pass), each drawing new sub-networks as the
+            search does (repeating one step number would draw the same ones and find their sliced copies cached)."""
+            for _ in range(method.arch_every):
+                grown.zero_grad(set_to_none=True)
+                ctx = StepContext(grown, grown, x, y, 0, next(steps_taken), TrainConfig(), dev, ids=ids)
+                step(ctx)
+
+        sample = net.sample(arch.width[0], arch.depth[0], torch.Generator().manual_seed(seed))
+
+        def pass_of(network: torch.nn.Module, setup=lambda: None, forward=None):
+            def run() -> None:
+                setup()
+                network.zero_grad(set_to_none=True)
+                F.cross_entropy((forward or network)(x), y).backward()
+
+            return run
+
+        timings = {"dense_seed": pass_of(model)}
         net.attach()
         try:
-            amp = torch.bfloat16 if cuda else None
-            pinned = {name: getattr(method, name) for name in ("sample_pass", "soft_pass") if name not in auto}
-            choice, seconds = choose_passes(
-                net,
-                arch,
-                x,
-                method.samples,
-                seed,
-                method.pass_layout(net, limits, metrics),
-                amp,
-                pinned,
-                method.one_level,
-                method.arch_every,
-            )
+            timings |= {
+                "supernet_largest": pass_of(grown, net.set_full),
+                "supernet_soft": pass_of(grown, lambda: net.set_soft(arch.width[0].detach(), arch.depth[0].detach())),
+                "sampled_masked": pass_of(grown, lambda: net.set_hard(sample)),
+                "sampled_sliced": pass_of(grown, net.set_full, lambda inputs: net.run_sliced(sample, inputs)),
+                "smallest_sliced": pass_of(grown, net.set_full, lambda inputs: net.run_sliced(net.smallest(), inputs)),
+                "dna_search_step": search_steps,
+            }
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+                seconds = {name: median_seconds(fn, repeats, cuda) for name, fn in timings.items()}
+            seconds["dna_search_step"] /= method.arch_every
         finally:
             net.detach()
-        print(f"auto passes: {choice}: {seconds}", flush=True)
-        method = dataclasses.replace(method, **{name: choice[name] for name in auto})
-    step, steps_taken = method.step_fn(net, arch, limits, metrics, seed, frozen), itertools.count()
-    ids = fixed_batch_ids(data, torch.arange(batch_size))
-
-    def search_steps() -> None:
-        """``arch_every`` consecutive steps (one with the architecture pass), each drawing new sub-networks as the
-        search does (repeating one step number would draw the same ones and find their sliced copies cached)."""
-        for _ in range(method.arch_every):
-            grown.zero_grad(set_to_none=True)
-            ctx = StepContext(grown, grown, x, y, 0, next(steps_taken), TrainConfig(), torch.device(device), ids=ids)
-            step(ctx)
-
-    sample = net.sample(arch.width[0], arch.depth[0], torch.Generator().manual_seed(seed))
-
-    def pass_of(network: torch.nn.Module, setup=lambda: None, forward=None):
-        def run() -> None:
-            setup()
-            network.zero_grad(set_to_none=True)
-            F.cross_entropy((forward or network)(x), y).backward()
-
-        return run
-
-    timings = {"dense_seed": pass_of(model)}
-    net.attach()
-    try:
-        timings |= {
-            "supernet_largest": pass_of(grown, net.set_full),
-            "supernet_soft": pass_of(grown, lambda: net.set_soft(arch.width[0].detach(), arch.depth[0].detach())),
-            "sampled_masked": pass_of(grown, lambda: net.set_hard(sample)),
-            "sampled_sliced": pass_of(grown, net.set_full, lambda inputs: net.run_sliced(sample, inputs)),
-            "smallest_sliced": pass_of(grown, net.set_full, lambda inputs: net.run_sliced(net.smallest(), inputs)),
-            "dna_search_step": search_steps,
-        }
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-            seconds = {name: median_seconds(fn, repeats, cuda) for name, fn in timings.items()}
-        seconds["dna_search_step"] /= method.arch_every
-    finally:
-        net.detach()
-    ratios = {name: round(value / seconds["dense_seed"], 3) for name, value in seconds.items()}
-    return ratios | ({"dense_seed_ms": round(1e3 * seconds["dense_seed"], 3)} if cuda else {})
+        ratios = {name: round(value / seconds["dense_seed"], 3) for name, value in seconds.items()}
+        return ratios | ({"dense_seed_ms": round(1e3 * seconds["dense_seed"], 3)} if cuda else {})
 
 
 def _span(events: list[dict], clock: str) -> float:

@@ -133,3 +133,16 @@ def test_adapt_on_offline_data_sets(capsys, tmp_path, model, data):
     assert code == 0, err
     summary = json.loads((tmp_path / "r" / "result.json").read_text())
     assert summary["data"] == data and all(r["within_budget"] for r in summary["candidates"])
+
+
+@pytest.mark.parametrize(
+    ("flag", "expected"), [([], None), (["--no-channels-last"], False), (["--channels-last"], True)]
+)
+def test_train_memory_layout_flag(capsys, tmp_path, flag, expected):
+    """--channels-last/--no-channels-last reach the training settings; unset, the engine decides (None)."""
+    from netfit.engine import load_checkpoint
+
+    out = tmp_path / "seed"
+    code, _, err = run(capsys, "train", "--model", "cnn_small", "--epochs", "1", "--quiet", "--out", str(out), *flag)
+    assert code == 0, err
+    assert load_checkpoint(out / "ckpt" / "train.pt")["config"]["channels_last"] is expected

@@ -578,3 +578,59 @@ def test_ddp_two_processes_gloo(tmp_path):
     accs = {line.split()[1] for line in out.stdout.splitlines() if line.startswith("RANK_ACC")}
     assert len(accs) == 1  # both ranks hold the same synchronised model and global metrics
     assert load_checkpoint(tmp_path / "c.pt")["epoch"] == 2
+
+
+@dataclass
+class ToyImages(ToyData):
+    """The toy task as 1x2x4 images: the layout (channels_last) applies to them."""
+
+    input_shape: tuple = (1, 2, 4)
+
+    def prepare(self, x, train, generator=None):
+        return x.float().reshape(-1, 1, 2, 4)
+
+
+def small_cnn():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.Flatten(), nn.Linear(48, 4))
+
+
+def test_channels_last_default_is_cpu_images_only():
+    from netfit.engine import channels_last
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert channels_last(TrainConfig(), cpu, (1, 28, 28))
+    assert not channels_last(TrainConfig(), cpu, (1, 40))  # signals have no channels_last layout
+    assert not channels_last(TrainConfig(), gpu, (1, 28, 28))
+    assert channels_last(TrainConfig(channels_last=True), gpu, (3, 32, 32))
+    assert not channels_last(TrainConfig(channels_last=False), cpu, (1, 28, 28))
+    with pytest.raises(TrainConfigError, match="channels_last must be a bool"):
+        TrainConfig(channels_last="yes").validate()
+
+
+def test_channels_last_trains_like_the_default_layout_and_resumes(tmp_path):
+    """Training in channels_last computes what the default layout does (to float rounding), the model comes
+    back in the default layout, and a killed run resumes exactly."""
+    toy = toy_data(n=128)
+    data = ToyImages(toy.train, toy.val, toy.test)
+    cfg = CFG.replace(epochs=2)
+    plain = train(small_cnn(), data, cfg.replace(channels_last=False), progress=False).model
+    last = train(small_cnn(), data, cfg.replace(channels_last=True), progress=False).model
+    conv = last[0].weight
+    assert conv.is_contiguous() and conv.stride() == (9, 9, 3, 1)
+    for a, b in zip(plain.state_dict().values(), last.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-4)
+    with pytest.raises(KeyboardInterrupt):
+        train(
+            small_cnn(),
+            data,
+            cfg.replace(channels_last=True),
+            checkpoint=tmp_path / "c.pt",
+            progress=False,
+            callbacks=[KillAt(1)],
+        )
+    resumed = train(
+        small_cnn(), data, cfg.replace(channels_last=True), checkpoint=tmp_path / "c.pt", resume=True, progress=False
+    ).model
+    for a, b in zip(last.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)

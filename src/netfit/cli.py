@@ -40,11 +40,19 @@ BatchOpt = Annotated[int | None, typer.Option("--batch-size", help="Batch size (
 OptimOpt = Annotated[str | None, typer.Option("--optimizer", help="sgd | adamw.")]
 ClipOpt = Annotated[float | None, typer.Option("--grad-clip", help="Clip gradient norm to this value.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+LayoutOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--channels-last/--no-channels-last", help="Train image models channels_last (default: on CPU, not on GPU)."
+    ),
+]
 
 
-def _train_overrides(lr: float | None, batch_size: int | None, optimizer: str | None, grad_clip: float | None) -> dict:
+def _train_overrides(
+    lr: float | None, batch_size: int | None, optimizer: str | None, grad_clip: float | None, layout: bool | None
+) -> dict:
     given = {"lr": lr, "batch_size": batch_size, "optimizer": optimizer, "grad_clip": grad_clip}
-    return {k: v for k, v in given.items() if v is not None}
+    return {k: v for k, v in (given | {"channels_last": layout}).items() if v is not None}
 
 
 def _parse_options(pairs: list[str]) -> dict[str, Any]:
@@ -155,6 +163,7 @@ def train_cmd(
     batch_size: BatchOpt = None,
     optimizer: OptimOpt = None,
     grad_clip: ClipOpt = None,
+    channels_last: LayoutOpt = None,
     resume: ResumeOpt = False,
     device: DeviceOpt = None,
     quiet: QuietOpt = False,
@@ -170,7 +179,7 @@ def train_cmd(
         seed=seed,
         resume=resume,
         device=device,
-        train=_train_overrides(lr, batch_size, optimizer, grad_clip),
+        train=_train_overrides(lr, batch_size, optimizer, grad_clip, channels_last),
         progress=not quiet,
     )
     console.print(
@@ -209,6 +218,7 @@ def adapt(
     batch_size: BatchOpt = None,
     optimizer: OptimOpt = None,
     grad_clip: ClipOpt = None,
+    channels_last: LayoutOpt = None,
     resume: ResumeOpt = False,
     device: DeviceOpt = None,
     quiet: QuietOpt = False,
@@ -227,7 +237,7 @@ def adapt(
         seed=seed,
         seed_weights=seed_weights,
         method_options=_parse_options(option or []),
-        train=_train_overrides(lr, batch_size, optimizer, grad_clip),
+        train=_train_overrides(lr, batch_size, optimizer, grad_clip, channels_last),
         resume=resume,
         device=device,
         progress=not quiet,

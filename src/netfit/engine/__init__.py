@@ -14,7 +14,7 @@ from .hooks import (
 )
 from .log import RunLog
 from .seeding import seed_everything
-from .trainer import amp_dtype, evaluate, train
+from .trainer import amp_dtype, channels_last, channels_last_layout, evaluate, train
 
 __all__ = [
     "Callback",
@@ -28,6 +28,8 @@ __all__ = [
     "TrainResult",
     "TrainState",
     "amp_dtype",
+    "channels_last",
+    "channels_last_layout",
     "evaluate",
     "fixed_batch_ids",
     "load_checkpoint",

@@ -12,7 +12,8 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -107,9 +108,8 @@ class _Trainer:
         self.extra_optimizers: Sequence[torch.optim.Optimizer] = hooks["extra_optimizers"]
         self.step_fn = hooks["step_fn"] or _default_step(hooks["extra_losses"])
         self.ckpt_path = Path(checkpoint) if checkpoint is not None else None
-        self.model = model.to(device)
-        if config.channels_last and len(data.input_shape) == 3:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.model = model.to(device)  # keeps the layout train() gave it
+        self.channels_last = channels_last(config, device, data.input_shape)
         self.optimizer = _make_optimizer(self.model, config, hooks["param_filter"])
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]  # a resume overwrites the groups' lr
         self.x_all, self.y_all = data.train.tensors
@@ -307,7 +307,7 @@ class _Trainer:
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
             group["lr"] = base * factor
         x, ids = training_batch(self.data, self.x_all[idx].to(device, non_blocking=True), idx, generator)
-        if config.channels_last and x.ndim == 4:
+        if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         y = self.y_all[idx].to(device, non_blocking=True)
         ctx = StepContext(
@@ -350,6 +350,27 @@ def amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
+def channels_last(config: TrainConfig, device: torch.device, input_shape: Sequence[int]) -> bool:
+    """Whether training with ``config`` on ``device`` uses the channels_last layout: for images (C, H, W) only,
+    by default on CPU (``TrainConfig.channels_last``)."""
+    wanted = config.channels_last if config.channels_last is not None else device.type == "cpu"
+    return wanted and len(input_shape) == 3
+
+
+@contextmanager
+def channels_last_layout(model: nn.Module, on: bool) -> Iterator[None]:
+    """``model``'s 4-D weights in the channels_last layout inside the block (``on``), in the default layout
+    after it: the layout is training's business, a model leaves training as it came."""
+    if not on:
+        yield
+        return
+    model.to(memory_format=torch.channels_last)
+    try:
+        yield
+    finally:
+        model.to(memory_format=torch.contiguous_format)
+
+
 def train(
     model: nn.Module,
     data: Any,
@@ -371,7 +392,8 @@ def train(
     """Train ``model`` on ``data.train``, evaluating on ``eval_split`` after every epoch.
 
     Args:
-        model: the network; moved to ``device`` and trained in place.
+        model: the network; moved to ``device`` and trained in place (in the channels_last layout where
+            ``channels_last`` says so, and back in the default layout when it returns).
         data: a DataBundle (``train``/``val``/``test`` TensorDatasets and ``prepare(x, train, generator)``).
         config: the training settings.
         step_fn: replaces the default step (cross-entropy + ``extra_losses``); it may call ``ctx.backward``
@@ -404,8 +426,9 @@ def train(
         "extra_optimizers": extra_optimizers,
         "param_filter": param_filter,
     }
-    trainer = _Trainer(model, data, config, hooks, checkpoint, log, desc, progress, device, eval_split)
-    return trainer.run(resume)
+    with channels_last_layout(model, channels_last(config, device, data.input_shape)):
+        trainer = _Trainer(model, data, config, hooks, checkpoint, log, desc, progress, device, eval_split)
+        return trainer.run(resume)
 
 
 @torch.no_grad()

@@ -28,7 +28,7 @@ from torch import nn
 
 from ..cost import measure
 from ..distill import CachedTeacher
-from ..engine import Callback, TrainConfig, amp_dtype, evaluate
+from ..engine import Callback, TrainConfig, amp_dtype, channels_last, channels_last_layout, evaluate
 from ..engine.distributed import barrier, is_distributed, is_main
 from ..errors import BudgetInfeasibleError, NetfitError
 from ..fileio import atomic_write_text
@@ -382,12 +382,16 @@ class DNA:
             key |= {"soft_tail": layout.tail}
             joint = self.one_level  # the step can run the architecture pass in the sample passes (dna_step)
             key |= {"joint": joint, "arch_every": self.arch_every}
+            layout_cl = channels_last(run.config, run.device, data.input_shape)  # timed as the search will train
+            key |= {"channels_last": layout_cl}
             pinned = {k: v for k, v in passes.items() if v != "auto"}
 
             def measure() -> tuple[str, dict]:
-                fastest, seconds = choose_passes(
-                    net, arch, x, self.samples, run.seed, layout, amp, pinned, joint, self.arch_every
-                )
+                batch = x.contiguous(memory_format=torch.channels_last) if layout_cl else x
+                with channels_last_layout(net.model, layout_cl):
+                    fastest, seconds = choose_passes(
+                        net, arch, batch, self.samples, run.seed, layout, amp, pinned, joint, self.arch_every
+                    )
                 return json.dumps(fastest), seconds
 
             combos = [json.dumps({"sample_pass": a, "soft_pass": b}) for a in PASS_MODES for b in SOFT_MODES]
