@@ -60,7 +60,7 @@ class SlicedRunner:
         """``arch``'s sub-network on ``x``, in the supernet's train/eval mode; its statistics are not touched."""
         skeleton = self._skeleton(arch)
         skeleton.module.train(self.net.model.training)
-        live = dict(self.net.model.named_parameters()) | {n: b.clone() for n, b in self.net.model.named_buffers()}
+        live = dict(self.net.model.named_parameters()) | dict(self.net.model.named_buffers())  # read only
         tensors = {}
         for name in _tensor_names(skeleton.module):
             tensor = live[name]
@@ -236,11 +236,13 @@ _SHARE_NORM_CLASSES: dict[type, type] = {}
 
 
 def _shape_only(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` on the meta device (no memory, no compute) whose norms never update statistics."""
+    """A copy of ``model`` on the meta device (no memory, no compute) whose norms never write their statistics:
+    in training mode they normalise on batch statistics without passing the running ones (which the passes
+    read from the supernet's own buffers, uncopied), in eval mode they read them."""
     template = copy.deepcopy(model).to("meta")
     for m in template.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.momentum = 0.0
+            m.track_running_stats = False
     return template
 
 
