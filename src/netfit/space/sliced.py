@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
-from torch.func import functional_call
 
 from .layers import BATCH_NORMS, share_batch_norm
 from .prune import sliced_view
@@ -35,7 +34,7 @@ class _Skeleton:
     soft pass also, per gated consumer, the positions of the supernet's input channels it keeps."""
 
     module: nn.Module
-    selections: dict
+    slots: list  # (skeleton module's tensor dict, name, supernet module's tensor dict, selections) per tensor
     kept: dict | None = None  # set (and the soft gates hooked) the first time a soft pass uses it
 
 
@@ -53,6 +52,7 @@ class SlicedRunner:
             if isinstance(norm, BATCH_NORMS):
                 norm.__class__ = _share_norm_class(type(norm))
                 norm.netfit_shares = self._shares
+        self.sources = _tensor_slots(net.model)  # the modules are fixed; their tensors are read at every pass
         self.skeletons: OrderedDict[tuple, _Skeleton] = OrderedDict()
         self.soft: dict | None = None  # while a soft pass runs: input gates per consumer, gates per block
 
@@ -60,17 +60,23 @@ class SlicedRunner:
         """``arch``'s sub-network on ``x``, in the supernet's train/eval mode; its statistics are not touched."""
         skeleton = self._skeleton(arch)
         skeleton.module.train(self.net.model.training)
-        live = dict(self.net.model.named_parameters()) | dict(self.net.model.named_buffers())  # read only
-        tensors = {}
-        for name in _tensor_names(skeleton.module):
-            tensor = live[name]
-            for dim, idx in skeleton.selections.get(name, ()):  # a leading range (an int): a view, no copy
-                if isinstance(idx, int):
-                    tensor = tensor.narrow(dim, 0, idx)
-                else:
-                    tensor = tensor.index_select(dim, idx.to(tensor.device))
-            tensors[name] = tensor
-        return functional_call(skeleton.module, tensors, (x,))
+        # the skeleton's meta tensors swapped for slices of the supernet's for the pass and back (what
+        # functional_call does, without walking both module trees at every pass: 5% of a MobileNetV2 step)
+        swapped = []
+        try:
+            for target, name, source, selections in skeleton.slots:
+                tensor = source[name]
+                for dim, idx in selections:  # a leading range (an int): a view, no copy
+                    if isinstance(idx, int):
+                        tensor = tensor.narrow(dim, 0, idx)
+                    else:
+                        tensor = tensor.index_select(dim, idx.to(tensor.device))
+                swapped.append((target, name, target[name]))
+                target[name] = tensor
+            return skeleton.module(x)
+        finally:
+            for target, name, original in reversed(swapped):
+                target[name] = original
 
     def run_rows(
         self, units: list[torch.Tensor], blocks: torch.Tensor | None, parts: list[slice], x: torch.Tensor, tail: float
@@ -119,8 +125,11 @@ class SlicedRunner:
         if arch.depths:
             for s, depth in enumerate(arch.depths):
                 skeleton.stages[s] = nn.Sequential(*list(skeleton.stages[s])[:depth])
-        selections = {name: [(dim, _leading(idx)) for dim, idx in sel] for name, sel in selections.items()}
-        self.skeletons[key] = _Skeleton(skeleton, selections)
+        slots = [
+            (target, name, self.sources[full][0], [(dim, _leading(idx)) for dim, idx in selections.get(full, ())])
+            for full, (target, name) in _tensor_slots(skeleton).items()
+        ]
+        self.skeletons[key] = _Skeleton(skeleton, slots)
         if len(self.skeletons) > self.CACHE:
             self.skeletons.popitem(last=False)
         return self.skeletons[key]
@@ -246,5 +255,13 @@ def _shape_only(model: nn.Module) -> nn.Module:
     return template
 
 
-def _tensor_names(model: nn.Module) -> list[str]:
-    return [n for n, _ in model.named_parameters()] + [n for n, _ in model.named_buffers()]
+def _tensor_slots(model: nn.Module) -> dict[str, tuple[dict, str]]:
+    """Every parameter and buffer of ``model`` by its full name: the dict that holds it and its key there."""
+    slots = {}
+    for prefix, module in model.named_modules():
+        for store in (module._parameters, module._buffers):
+            for name, tensor in store.items():
+                full = f"{prefix}.{name}" if prefix else name
+                if tensor is not None and full not in slots:
+                    slots[full] = (store, name)
+    return slots
