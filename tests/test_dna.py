@@ -290,6 +290,31 @@ def test_hard_gates_compute_the_sliced_network(name):
             assert torch.allclose(gated, sliced(x), atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["resnet18_cifar", "mobilenetv2_cifar"])
+def test_sliced_runs_follow_the_supernets_mode(name):
+    """A sliced pass runs in the supernet's train/eval mode, also after it changes between passes (the runner
+    sets its skeletons' mode only when the supernet's changes): batch statistics in training, running ones in
+    eval, as the materialised sub-network does."""
+    net, shape = _float64_elastic(name)
+    for m in net.model.modules():
+        if isinstance(m, nn.BatchNorm2d):  # running statistics unlike any batch's
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+    gen = torch.Generator().manual_seed(5)
+    arch = net.sample(torch.randn(net.num_width_logits) + 1, torch.randn(net.num_depth_logits), gen)
+    x = torch.randn(8, *shape, dtype=torch.float64)
+    for training in (True, False, True, False):
+        net.model.train(training)
+        plain = net.materialize(arch).double().train(training)
+        for m in plain.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.momentum = 0.0  # the sliced pass never writes statistics
+        with torch.no_grad():
+            torch.testing.assert_close(
+                net.run_sliced(arch, x), plain(x), atol=1e-6, rtol=1e-5
+            )  # plain: float32 weights
+
+
 def _float64_elastic(name: str) -> tuple[ElasticNet, tuple[int, ...]]:
     """A seeded elastic supernet without dropout, in float64: with small batches, a train-mode norm whose batch
     variance is tiny amplifies float32 rounding (two equivalent passes sum in different orders) into gradient
