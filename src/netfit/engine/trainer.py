@@ -360,7 +360,8 @@ def channels_last(config: TrainConfig, device: torch.device, input_shape: Sequen
 @contextmanager
 def channels_last_layout(model: nn.Module, on: bool) -> Iterator[None]:
     """``model``'s 4-D weights in the channels_last layout inside the block (``on``), in the default layout
-    after it: the layout is training's business, a model leaves training as it came."""
+    after it: the layout is training's business; what comes after (export, slicing, cost and latency
+    measurement) sees the default one."""
     if not on:
         yield
         return
