@@ -256,8 +256,11 @@ def run_tau(args: argparse.Namespace) -> dict:
     rng = np.random.default_rng([args.seeds[0], 11])
     x = metric_batch(data, args.metric_samples, seed=args.seeds[0])
     rows, retrains = [], args.retrains
+    shard, shards = args.shard
     for k in range(args.networks):
-        arch = random_arch(template, rng, max_nodes=MAX_NODES)
+        arch = random_arch(template, rng, max_nodes=MAX_NODES)  # every network drawn, so shards draw the same ones
+        if k % shards != shard:
+            continue
         torch.manual_seed(k)
         metrics = score(SpiderNet(arch), x)
         trained = [_train_scratch(arch, data, args.epochs, args.seeds[0] + 1000 * r, args) for r in range(retrains)]
@@ -268,6 +271,12 @@ def run_tau(args: argparse.Namespace) -> dict:
             accs = accs | {"accuracy": float(np.mean(accuracies)), "accuracies": accuracies}
         rows.append({"network": k, **metrics, "macs": cost.macs, "params": cost.params, **accs})
         print(json.dumps(rows[-1]), flush=True)
+    return tau_summary(rows)
+
+
+def tau_summary(rows: list[dict]) -> dict:
+    """The networks' rows with each ranking's Kendall tau against test accuracy (and, where every network was
+    trained several times, the noise ceiling)."""
     acc = [r["accuracy"] for r in rows]
     taus = {}
     for name, values in {
@@ -278,13 +287,15 @@ def run_tau(args: argparse.Namespace) -> dict:
     }.items():
         result = kendalltau(values, acc)
         taus[name] = {"tau": float(result.statistic), "p_value": float(result.pvalue)}
-    ceiling = {"noise_ceiling": noise_ceiling([r["accuracies"] for r in rows])} if retrains > 1 else {}
+    retrained = all("accuracies" in r for r in rows)
+    ceiling = {"noise_ceiling": noise_ceiling([r["accuracies"] for r in rows])} if retrained else {}
     return {"rows": rows, "kendall_tau": taus, **ceiling}
 
 
 def tau_markdown(args: argparse.Namespace, result: dict) -> str:
     lines = [
-        f"# Train-free metrics vs trained accuracy on {args.data}: Kendall tau over {args.networks} random networks",
+        f"# Train-free metrics vs trained accuracy on {args.data}: Kendall tau over {len(result['rows'])} random "
+        "networks",
         "",
         f"Random networks of SpiderNet's space ({args.channels} initial channels, {args.reductions} reduction cells, "
         f"up to {MAX_NODES} intermediate nodes per cell, each op kept with p = 0.5); metrics at initialisation on "
@@ -312,6 +323,16 @@ def tau_markdown(args: argparse.Namespace, result: dict) -> str:
             "",
         ]
     return "\n".join(lines)
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        shard, shards = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected I/N (two integers), got {text!r}") from None
+    if not 0 <= shard < shards:
+        raise argparse.ArgumentTypeError(f"shard {shard} of {shards}: needs 0 <= I < N")
+    return shard, shards
 
 
 def _clip(args: argparse.Namespace) -> str:
@@ -348,16 +369,25 @@ def main() -> None:
     parser.add_argument("--networks", type=int, default=20)
     parser.add_argument("--metric-samples", type=int, default=16)
     parser.add_argument("--retrains", type=int, default=1, help="tau: trainings per network (noise ceiling)")
+    parser.add_argument("--shard", type=_shard, default=(0, 1), help="tau: I/N trains networks k with k %% N == I")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--grad-clip", type=float, default=None, help="networks trained from scratch: clip the norm")
     parser.add_argument("--root", type=Path, default=None)
     parser.add_argument("--rewrite", action="store_true", help="only rewrite the markdown from the committed JSON")
-    parser.add_argument("--merge", type=Path, nargs="+", help="compare: only combine these result JSONs' seeds")
+    parser.add_argument("--merge", type=Path, nargs="+", help="only combine these result JSONs' seeds (shards)")
     args = parser.parse_args()
     if args.retrains < 1:
         parser.error("--retrains must be at least 1")
     Budget.parse(args.budget)  # fail early on a malformed budget
+    if args.merge and args.part == "tau":  # shards measured by separate processes (--shard I/N --tag _pI)
+        payloads = [json.loads(path.read_text()) for path in args.merge]
+        rows = sorted((r for p in payloads for r in p["rows"]), key=lambda r: r["network"])
+        settings = payloads[0]["settings"] | {"shard": [0, 1], "tag": args.tag}
+        result = tau_summary(rows)
+        payload = payloads[0] | {"settings": settings, **result}
+        write_results(f"spider_tau_{settings['data']}{args.tag}", payload, tau_markdown(saved_args(settings), result))
+        return
     if args.merge:  # seeds measured by separate processes (--tag _pS), one table
         first, runs = merge_runs(args.merge)
         settings = first["settings"] | {"seeds": [r["seed"] for r in runs], "tag": args.tag}

@@ -387,3 +387,19 @@ def test_dnad_noise_draws_the_recorded_random_cells_again_or_refuses(digits):
     run["random"][0]["macs"] = macs + 1
     with pytest.raises(SystemExit, match="not the one recorded"):
         architectures(run, space, shape)
+
+
+def test_spider_tau_shards_train_the_networks_of_one_run():
+    """``spider tau --shard I/N``: the shards together train exactly the networks one process would (the same
+    architectures, metrics and accuracies), so separate processes can share the work and be merged."""
+    from argparse import Namespace
+
+    from benchmarks.spider import run_tau, tau_summary
+
+    base = {"data": "digits", "seeds": [0], "channels": 4, "reductions": 1, "metric_samples": 8, "retrains": 1}
+    base |= {"networks": 3, "epochs": 1, "lr": 0.05, "batch_size": 64, "grad_clip": 5.0}
+    whole = run_tau(Namespace(**base, shard=(0, 1)))
+    parts = [run_tau(Namespace(**base, shard=(i, 2)))["rows"] for i in range(2)]
+    assert [r["network"] for r in parts[0]] == [0, 2] and [r["network"] for r in parts[1]] == [1]
+    merged = tau_summary(sorted(parts[0] + parts[1], key=lambda r: r["network"]))
+    assert merged == whole

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -20,6 +23,7 @@ from netfit.space import (
     slice_channels,
     trace_channel_groups,
 )
+from netfit.space.layers import share_batch_norm
 from user_zoo import randomise_bn
 
 # ---- small models ---------------------------------------------------------------------------------------
@@ -598,3 +602,26 @@ def test_fit_width_widest_network_under_the_limit_each_built_once() -> None:
     assert len(built) == len(set(built)) < 18, built  # 16 bisection steps + both ends, repeats not rebuilt
     wider = space.materialize(space.scaled_widths(min(1.0, scale + 1 / 64)))
     assert count_macs(wider, (1, 8, 8)) > limit  # a step wider is over: the widest under the limit
+
+
+@pytest.mark.parametrize(
+    ("shape", "channels_last"), [((12, 5, 3, 3), False), ((12, 5, 3, 3), True), ((12, 5, 7), False), ((12, 5), False)]
+)
+@pytest.mark.parametrize("sizes", [(4, 4, 4), (5, 4, 3)])
+def test_share_batch_norm_normalises_each_share_alone(shape, channels_last, sizes):
+    """A training-mode batch norm per share (outputs and gradients), in the input's memory layout."""
+    torch.manual_seed(0)
+    x = torch.randn(*shape, dtype=torch.float64)
+    x = x.to(memory_format=torch.channels_last) if channels_last else x
+    x.requires_grad_()
+    weight, bias = (torch.randn(5, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    parts = [slice(int(a), int(b)) for a, b in itertools.pairwise(np.cumsum((0, *sizes)))]
+    out = share_batch_norm(x, parts, weight, bias, 1e-5)
+    ref = torch.cat([F.batch_norm(x[p], None, None, weight, bias, True, 0.0, 1e-5) for p in parts])
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad(out, (x, weight, bias), grad)
+    want = torch.autograd.grad(ref, (x, weight, bias), grad)
+    torch.testing.assert_close(out, ref)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+    assert out.stride() == x.stride()
