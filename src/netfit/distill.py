@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -34,10 +36,11 @@ class CachedTeacher:
             p.requires_grad_(False)
         self._logits: torch.Tensor | None = None
         self._known: torch.Tensor | None = None
+        self._channels_last: nn.Module | None = None
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
-        teacher = self.teacher.to(x.device)
+        teacher = self._in_layout_of(x).to(x.device)
         if ids is None:
             return teacher(x)
         ids = ids.to(x.device)
@@ -53,6 +56,17 @@ class CachedTeacher:
         if not self._remember(ids[~known], fresh):
             return teacher(x) if bool(known.any()) else fresh
         return self._logits[ids]
+
+    def _in_layout_of(self, x: torch.Tensor) -> nn.Module:
+        """The teacher, or for a channels_last batch (the engine's default for images on CPU) a channels_last
+        copy of it: a MobileNetV2's forward on such a batch is a quarter faster in that layout. A copy, so the
+        model given keeps its layout (saving weights needs contiguous tensors)."""
+        last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        if not last:
+            return self.teacher
+        if self._channels_last is None:
+            self._channels_last = copy.deepcopy(self.teacher).to(memory_format=torch.channels_last)
+        return self._channels_last
 
     def _remember(self, ids: torch.Tensor, logits: torch.Tensor) -> bool:
         """Store ``logits`` of samples ``ids``, growing the table to the largest id; False when it would be too
