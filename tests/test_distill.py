@@ -131,16 +131,18 @@ def test_augmented_samples_are_remembered_per_version_drawn():
         torch.testing.assert_close(value, weights["every step"][key], atol=1e-5, rtol=1e-5)
 
 
-def test_a_channels_last_batch_runs_a_channels_last_copy_of_the_teacher():
-    """The engine trains images in channels_last on CPU: the teacher runs in that layout too (a copy, the same
-    logits), and the model given keeps its default layout (its weights stay savable)."""
+def test_a_channels_last_student_gets_a_channels_last_copy_of_the_teacher():
+    """The engine trains images in channels_last on CPU (``StepContext.channels_last``): the teacher runs in that
+    layout too (a copy, the same logits; a one-channel batch's strides cannot say which layout it is in), and
+    the model given keeps its default layout (its weights stay savable)."""
     torch.manual_seed(0)
-    teacher = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.LazyLinear(4))
-    x = torch.randn(5, 3, 6, 6)
+    teacher = nn.Sequential(nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.LazyLinear(4))
+    x = torch.randn(5, 1, 6, 6)
     expected = teacher.eval()(x)
     cached = CachedTeacher(teacher)
-    got = cached(x.contiguous(memory_format=torch.channels_last), torch.arange(5))
-    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(cached(x, torch.arange(5)), expected)
+    assert cached._channels_last is None  # the default layout: no copy
+    torch.testing.assert_close(cached(x, None, channels_last=True), expected)
     assert cached._channels_last is not None and cached._channels_last is not teacher
     assert cached._channels_last[0].weight.is_contiguous(memory_format=torch.channels_last)
     assert all(p.is_contiguous() for p in teacher.parameters())

@@ -608,6 +608,21 @@ def test_channels_last_default_is_cpu_images_only():
         TrainConfig(channels_last="yes").validate()
 
 
+@pytest.mark.parametrize("on", [False, True])
+def test_the_step_says_which_layout_the_model_trains_in(on):
+    """``StepContext.channels_last`` is the engine's choice (frozen teachers follow it: CachedTeacher)."""
+    toy = toy_data(n=64)
+    seen = set()
+
+    def record(ctx, logits):
+        seen.add(ctx.channels_last)
+        return logits.sum() * 0
+
+    data = ToyImages(toy.train, toy.val, toy.test)
+    train(small_cnn(), data, CFG.replace(epochs=1, channels_last=on), progress=False, extra_losses=[record])
+    assert seen == {on}
+
+
 def test_channels_last_trains_like_the_default_layout_and_resumes(tmp_path):
     """Training in channels_last computes what the default layout does (to float rounding), the model comes
     back in the default layout, and a killed run resumes exactly."""

@@ -41,6 +41,9 @@ class StepContext:
     # ids that fix each sample's input (its index into the training split, and the augmentation drawn where the
     # data augments; training_batch), so a frozen model's per-sample outputs may be remembered (CachedTeacher)
     ids: torch.Tensor | None = None
+    # whether the model trains in the channels_last layout (``engine.channels_last``): a frozen teacher runs in
+    # it too (CachedTeacher), which a one-channel batch cannot tell (its layouts have the same strides)
+    channels_last: bool = False
 
     def backward(self, loss: torch.Tensor) -> None:
         """Backpropagate (AMP-scaled when active); a step function may call it several times per step."""

@@ -311,7 +311,17 @@ class _Trainer:
             x = x.contiguous(memory_format=torch.channels_last)
         y = self.y_all[idx].to(device, non_blocking=True)
         ctx = StepContext(
-            self.ddp_model, self.model, x, y, state.epoch, state.step, config, device, self.scaler, ids=ids
+            self.ddp_model,
+            self.model,
+            x,
+            y,
+            state.epoch,
+            state.step,
+            config,
+            device,
+            self.scaler,
+            ids=ids,
+            channels_last=self.channels_last,
         )
         optimizers = (self.optimizer, *self.extra_optimizers)
         for opt in optimizers:

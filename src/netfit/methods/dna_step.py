@@ -78,7 +78,7 @@ def search_step(
             ctx.backward(loss)
             teacher = logits.detach()
         else:
-            teacher = frozen(ctx.x, ctx.ids)
+            teacher = frozen(ctx.x, ctx.ids, ctx.channels_last)
         gen = torch.Generator().manual_seed(seed * 1_000_003 + ctx.step)
         shares = batch_shares(range(len(limits)) if every_budget else [row], len(ctx.y))
         drawn = draw_samples(net, arch, shares, samples, gen)

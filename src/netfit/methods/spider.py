@@ -214,7 +214,7 @@ class SpiderNetSearch:
             loss = ce + aux_weight * aux_loss
             metrics = {"ce": float(ce.detach()), "aux": float(aux_loss.detach())}
             if teacher is not None:
-                distill = self.kd_weight * kd_loss(logits, teacher(ctx.x, ctx.ids))
+                distill = self.kd_weight * kd_loss(logits, teacher(ctx.x, ctx.ids, ctx.channels_last))
                 loss = loss + distill
                 metrics["kd"] = float(distill.detach())
             return StepOutput(loss, logits, metrics)
