@@ -199,7 +199,8 @@ def step_ratios(
             search does (repeating one step number would draw the same ones and find their sliced copies cached)."""
             for _ in range(method.arch_every):
                 grown.zero_grad(set_to_none=True)
-                ctx = StepContext(grown, grown, x, y, 0, next(steps_taken), TrainConfig(), dev, ids=ids)
+                n = next(steps_taken)
+                ctx = StepContext(grown, grown, x, y, 0, n, TrainConfig(), dev, ids=ids, channels_last=layout)
                 step(ctx)
 
         sample = net.sample(arch.width[0], arch.depth[0], torch.Generator().manual_seed(seed))
