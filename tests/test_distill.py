@@ -84,17 +84,25 @@ def test_fine_tunes_sharing_one_cached_teacher_run_it_once_per_sample():
     assert teacher.rows == len(data.train)
 
 
+_CONV_ROWS: list[int] = []  # per teacher, shared with its copies (CachedTeacher runs a channels_last copy)
+
+
 class CountingConvTeacher(nn.Module):
-    """A fixed random image classifier that counts the samples it has been run on."""
+    """A fixed random image classifier that counts the samples it, or a copy of it, has been run on."""
 
     def __init__(self) -> None:
         super().__init__()
         torch.manual_seed(1)
         self.net = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 36, 10))
-        self.rows = 0
+        self.key = len(_CONV_ROWS)  # an int, so a deep copy counts into the same entry
+        _CONV_ROWS.append(0)
+
+    @property
+    def rows(self) -> int:
+        return _CONV_ROWS[self.key]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.rows += len(x)
+        _CONV_ROWS[self.key] += len(x)
         return self.net(x)
 
 

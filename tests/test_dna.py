@@ -987,11 +987,11 @@ def test_seed_as_inplace_teacher_drops_only_the_largest_pass():
     for name, value in stats.items():  # the pass above moved them: put them back
         buffers[name].copy_(value)
     sandwich, grads, width_grad = step()
-    frozen_out, frozen_grads, frozen_width_grad = step(lambda inputs, ids: largest.detach())
+    frozen_out, frozen_grads, frozen_width_grad = step(lambda inputs, ids, channels_last: largest.detach())
     assert sandwich.logits is not None and frozen_out.logits is None and torch.isfinite(frozen_out.loss)
     torch.testing.assert_close(frozen_width_grad, width_grad)
     for name, grad in grads.items():
         torch.testing.assert_close(frozen_grads[name] + ce_grads[name], grad, atol=1e-5, rtol=1e-4)
     before = {n: b.clone() for n, b in model_.named_buffers() if "running" in n}
-    step(lambda inputs, ids: largest.detach())
+    step(lambda inputs, ids, channels_last: largest.detach())
     assert before and all(torch.equal(buffers[n], v) for n, v in before.items())
