@@ -379,6 +379,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.retrains < 1:
         parser.error("--retrains must be at least 1")
+    if args.shard[0] >= args.networks:
+        parser.error(f"--shard {args.shard[0]}/{args.shard[1]} has none of the {args.networks} networks to train")
     Budget.parse(args.budget)  # fail early on a malformed budget
     if args.merge and args.part == "tau":  # shards measured by separate processes (--shard I/N --tag _pI)
         payloads = [json.loads(path.read_text()) for path in args.merge]
