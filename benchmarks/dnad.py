@@ -48,6 +48,7 @@ def _options(args: argparse.Namespace) -> dict:
         "ops": args.ops,
         "cells": args.cells,
         "channels": args.channels,
+        "stem_stride": stem_stride(args),
         "search_epochs": args.search_epochs,
         **extra,
     }
@@ -78,7 +79,7 @@ def supernet_step_seconds(
     on the GPU when there is one (bf16 autocast, as training there; the queued kernels waited for)."""
     torch.manual_seed(0)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    net = build_supernet(shape, 10, args.ops.split(","), args.cells, args.channels)
+    net = build_supernet(shape, 10, args.ops.split(","), args.cells, args.channels, stem_stride=stem_stride(args))
     for cell, nodes in zip(net.cells, genotype or []):  # None: the dense supernet the search starts from
         for node, pairs in zip(cell.nodes, nodes):
             for i, pair in enumerate(node.all_pairs):
@@ -101,8 +102,15 @@ def supernet_step_seconds(
 
 
 def cell_space(args: argparse.Namespace, data) -> CellSupernet:
-    """The benchmark's DARTS cell space (``--ops``, ``--cells``, ``--channels``) for ``data``."""
-    return build_supernet(tuple(data.input_shape), data.num_classes, args.ops.split(","), args.cells, args.channels)
+    """The benchmark's DARTS cell space (``--ops``, ``--cells``, ``--channels``, ``--stem-stride``) for ``data``."""
+    ops = args.ops.split(",")
+    return build_supernet(
+        tuple(data.input_shape), data.num_classes, ops, args.cells, args.channels, stem_stride=stem_stride(args)
+    )
+
+
+def stem_stride(args: argparse.Namespace) -> int:
+    return getattr(args, "stem_stride", 1)  # results recorded before the option had stride 1
 
 
 def random_cells(space: CellSupernet, macs: list[int], seed: int) -> list:
@@ -332,7 +340,8 @@ def to_markdown(args: argparse.Namespace, runs: list[dict], summary: dict) -> st
     setup = (
         f"Seeds {[r['seed'] for r in runs]}. Seed network: {args.seed_epochs} epochs, "
         f"{seeds[0]['macs'] if seeds else 0:,} MACs, test accuracy {_ms(seed_acc)}%. Space: {args.cells} cells, "
-        f"C = {args.channels}, 4 nodes, ops {args.ops}. Search: {args.search_epochs} epochs per run, controller "
+        f"C = {args.channels}, stem stride {stem_stride(args)}, 4 nodes, ops {args.ops}. "
+        f"Search: {args.search_epochs} epochs per run, controller "
         f"{json.dumps(dict(args.x))} (the rest published defaults). Every member and every random cell: "
         f"{scratch_epochs(args)} epochs from scratch (the seed's + the peers'), batch {args.batch_size}, "
         f"{args.optimizer} lr {args.lr}, "
@@ -436,6 +445,7 @@ def main() -> None:
     parser.add_argument("--ops", default=DEFAULT_OPS)
     parser.add_argument("--cells", type=int, default=8)
     parser.add_argument("--channels", type=int, default=16)
+    parser.add_argument("--stem-stride", type=int, default=1)
     parser.add_argument("-x", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"), help="method option")
     parser.add_argument("--peers", nargs="*", default=["uniform", "dna"], choices=["uniform", "dna"])
     parser.add_argument("--batch-size", type=int, default=128)

@@ -128,6 +128,17 @@ def test_genotype_round_trip(tmp_path, shape):
     export_onnx(build_model(empty), tmp_path / "m.onnx", shape)  # raises when ONNX Runtime disagrees with torch
 
 
+def test_stem_stride_runs_the_cells_on_half_size_maps():
+    shape = (1, 16, 16)
+    x = torch.randn(2, *shape)
+    nets = {s: build_supernet(shape, 10, OPS, **TINY, stem_stride=s) for s in (1, 2)}
+    sizes = {s: [o.shape[-1] for o in (net(x), net.stage_outputs)[1]] for s, net in nets.items()}
+    assert sizes == {1: [16, 8, 4], 2: [8, 4, 2]}
+    assert nets[2].cost()["macs"] < nets[1].cost()["macs"] / 3
+    plain = build_model(nets[2].plain_arch())  # a member keeps the stride: the table's cost is the model's
+    assert arch_of(plain)["stem_stride"] == 2 and count_cost(plain, shape).macs == nets[2].cost()["macs"]
+
+
 @pytest.mark.parametrize(("name", "shape"), [("resnet18_cifar", (1, 8, 8)), ("resnet18_1d", (1, 40))])
 def test_feature_kd_adapters_at_three_stage_ends(name, shape):
     teacher = create_model(name, num_classes=10, in_chans=1, width_mult=0.25)
@@ -155,6 +166,8 @@ def test_bad_input_is_refused_in_one_line(tmp_path, digits):
         create_method("snps", {"kd_ratios": "0.5,0.5"})
     with pytest.raises(NetfitError, match="gamma0"):
         create_method("dnad", {"gamma0": 1.0, "gamma_max": 0.1})
+    with pytest.raises(NetfitError, match="stem_stride >= 1"):
+        create_method("dnad", {"stem_stride": 0})
     seed = create_model("cnn_small", num_classes=10, in_chans=1)  # two stages: no three stage ends
     with pytest.raises(UnsupportedLayerError, match="stages of teacher"):
         adapt(seed, digits, "100%", "dnad", out=tmp_path / "a", method_options=TINY, epochs=1, progress=False)

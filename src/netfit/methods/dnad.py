@@ -218,6 +218,8 @@ class DNAD(ControllerConfig):
     Options:
         ops: the operations every pair may use, comma-separated (any of ``netfit.models.cell_ops.OPS``).
         cells, channels, nodes: cells of the supernet, initial channels C (doubled at each reduction), nodes per cell.
+        stem_stride: stride of the stem (1 keeps the input's size; 2 runs the cells on half-size maps, for
+            28x28 and larger inputs on a small compute budget).
         search_epochs: supernet training epochs (default: the run's epochs).
         warmup_epochs: epochs of plain (CE + KD) training before sparsity and deletion start.
         lr, weight_decay: Adam(W) settings of the supernet's weights during the search; arch_lr: SGD lr of theta.
@@ -241,6 +243,7 @@ class DNAD(ControllerConfig):
     cells: int = 8
     channels: int = 16
     nodes: int = 4
+    stem_stride: int = 1
     search_epochs: int | None = None
     warmup_epochs: int = 0
     lr: float = 5e-4
@@ -270,8 +273,8 @@ class DNAD(ControllerConfig):
         if len(self.ratios) != 3:
             raise NetfitError(f"{self.name} kd_ratios needs three numbers, got {self.kd_ratios!r}")
         bad = self.controller_config().check()
-        if self.cells < 3 or self.channels < 2 or self.nodes < 1:
-            bad.append("cells >= 3, channels >= 2, nodes >= 1")
+        if self.cells < 3 or self.channels < 2 or self.nodes < 1 or self.stem_stride < 1:
+            bad.append("cells >= 3, channels >= 2, nodes >= 1, stem_stride >= 1")
         if not 0 < self.threshold < 1 or self.lr <= 0 or self.arch_lr <= 0 or self.warmup_epochs < 0:
             bad.append("0 < threshold < 1, lr > 0, arch_lr > 0, warmup_epochs >= 0")
         if self.target_sparsity is not None and not 0 < self.target_sparsity <= 1:
@@ -288,7 +291,9 @@ class DNAD(ControllerConfig):
         if len(shape) not in (2, 3):
             raise UnsupportedLayerError(f"{self.name} builds 1-D or 2-D cells; input shape {shape} is neither")
         torch.manual_seed(run.seed)  # the supernet's initial weights belong to the run seed
-        net = build_supernet(shape, data.num_classes, self.op_list, self.cells, self.channels, self.nodes)
+        net = build_supernet(
+            shape, data.num_classes, self.op_list, self.cells, self.channels, self.nodes, self.stem_stride
+        )
         smallest_target = min(targets, key=lambda t: t.limit)
         self._check_reachable(net, smallest_target, run)
         taps = TeacherTaps(seed.model, _names(self.teacher_layers), shape) if self.kd or self.logit_kd else None

@@ -130,15 +130,23 @@ SPARSITY_SCALE = 50.0
 
 
 def build_supernet(
-    input_shape: tuple[int, ...], num_classes: int, ops: list[str], cells: int = 8, channels: int = 16, nodes: int = 4
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    ops: list[str],
+    cells: int = 8,
+    channels: int = 16,
+    nodes: int = 4,
+    stem_stride: int = 1,
 ) -> CellSupernet:
-    """The dense supernet: ``cells`` cells of ``nodes`` nodes, each node mixing every earlier state x every op."""
+    """The dense supernet: ``cells`` cells of ``nodes`` nodes, each node mixing every earlier state x every op;
+    ``stem_stride`` 2 halves the maps the cells run on (a quarter of their MACs on 2-D input)."""
     arch = darts_arch(
         dense_genotype(cells, nodes, ops),
         num_classes=num_classes,
         in_chans=input_shape[0],
         ndim=len(input_shape) - 1,
         channels=channels,
+        stem_stride=stem_stride,
     )
     return CellSupernet(arch, input_shape)
 
