@@ -159,6 +159,20 @@ def test_feature_kd_adapters_at_three_stage_ends(name, shape):
     assert not any(p.requires_grad for p in taps.teacher.parameters())
 
 
+def test_teacher_taps_follow_the_students_layout():
+    teacher = create_model("resnet18_cifar", num_classes=10, in_chans=3, width_mult=0.25).eval()
+    taps = TeacherTaps(teacher, None, (3, 8, 8))
+    x = torch.randn(4, 3, 8, 8)
+    logits, features = taps(x)
+    features = list(features)
+    last_logits, last_features = taps(x.contiguous(memory_format=torch.channels_last), channels_last=True)
+    assert torch.allclose(last_logits, logits, atol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(last_features, features))
+    conv = next(p for p in taps.teacher.parameters() if p.ndim == 4)
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert next(p for p in teacher.parameters() if p.ndim == 4).is_contiguous()  # the model given keeps its layout
+
+
 def test_bad_input_is_refused_in_one_line(tmp_path, digits):
     with pytest.raises(NetfitError, match=r"unknown operation.*sep_conv_9x9"):
         create_method("dnad", {"ops": "sep_conv_3x3,sep_conv_9x9"})

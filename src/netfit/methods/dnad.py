@@ -56,6 +56,7 @@ class TeacherTaps:
 
     def __init__(self, teacher: nn.Module, layers: list[str] | None, input_shape: tuple[int, ...]) -> None:
         self.teacher = copy.deepcopy(teacher).eval()
+        self.channels_last = False
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         modules = dict(self.teacher.named_modules())
@@ -83,8 +84,13 @@ class TeacherTaps:
         self.channels = [o.shape[1] for o in self.outputs]
 
     @torch.no_grad()
-    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def __call__(self, x: torch.Tensor, channels_last: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Logits and tapped outputs of ``x``; ``channels_last``: the student trains in that layout
+        (``StepContext.channels_last``), and so does the teacher from then on (it is this object's own copy)."""
         self.teacher.to(x.device)
+        if channels_last and not self.channels_last:
+            self.teacher.to(memory_format=torch.channels_last)
+            self.channels_last = True
         self.outputs = []
         logits = self.teacher(x)
         return logits, self.outputs
@@ -344,7 +350,7 @@ class DNAD(ControllerConfig):
             task = F.cross_entropy(logits, ctx.y, label_smoothing=ctx.config.label_smoothing)
             metrics = {"ce": float(task.detach())}
             if taps is not None:
-                teacher_logits, teacher_features = taps(ctx.x)
+                teacher_logits, teacher_features = taps(ctx.x, ctx.channels_last)
                 if model.distiller is not None:
                     kd = model.distiller(net.stage_outputs, teacher_features)
                     metrics["kd"] = float(kd.detach())
