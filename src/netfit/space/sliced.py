@@ -35,7 +35,23 @@ class _Skeleton:
 
     module: nn.Module
     slots: list  # (skeleton module's tensor dict, name, supernet module's tensor dict, selections) per tensor
-    kept: dict | None = None  # set (and the soft gates hooked) the first time a soft pass uses it
+    gather: _Gather | None = None  # set (and the soft gates hooked) the first time a soft pass uses it
+
+
+@dataclass
+class _Gather:
+    """Where each gated consumer's kept input channels read their gate in a soft pass: columns of the bank
+    [1, the units of gate 0, of gate 1, ...] (column 0 for channels no gate drives), all consumers' in one index,
+    so a pass builds every consumer's gates with one gather instead of a few ops per consumer."""
+
+    names: list[str]
+    sizes: list[int]
+    columns: torch.Tensor
+
+    def on(self, device: torch.device) -> torch.Tensor:
+        if self.columns.device != device:
+            self.columns = self.columns.to(device)
+        return self.columns
 
 
 class SlicedRunner:
@@ -90,18 +106,13 @@ class SlicedRunner:
         kept below ``tail`` by every row are left out."""
         net, device = self.net, x.device
         arch = _truncated(net, [u.detach().amax(0) for u in units], None if blocks is None else blocks.amax(0), tail)
-        kept = self._soft_ready(self._skeleton(arch), arch)
-        index = net._unit_index_on(device)
-        channel = [u.to(device)[:, index[i]] for i, u in enumerate(units)]  # (rows, channels) per gate
+        gather = self._soft_ready(self._skeleton(arch), arch)
+        bank = torch.cat([units[0].new_ones(len(parts), 1).to(device), *(u.to(device) for u in units)], 1)
+        gates = bank[:, gather.on(device)]  # (rows, every consumer's kept channels)
         one = len(parts) == 1  # one row: its gates broadcast over the batch
         row_of = None if one else sample_rows(parts, device)
-        inputs = {}
-        for name, (_, size, entries) in net._consumers.items():
-            full = channel[0].new_ones(len(parts), size)  # a consumer reads a gated group, so there is a gate
-            for gate, pos, rep in entries:
-                full = full.index_copy(1, pos.to(device), channel[gate].repeat_interleave(rep, dim=1))
-            gates = full[:, kept[name].to(device)]
-            inputs[name] = gates[0] if one else gates[row_of]
+        gates = gates[0] if one else gates[row_of]
+        inputs = dict(zip(gather.names, gates.split(gather.sizes, dim=-1)))
         block_gates = None
         if blocks is not None:
             blocks = blocks.to(device)
@@ -144,19 +155,25 @@ class SlicedRunner:
             self.skeletons.popitem(last=False)
         return self.skeletons[key]
 
-    def _soft_ready(self, skeleton: _Skeleton, arch: Arch) -> dict:
-        """``skeleton.kept``, computed and the soft gates hooked on first use (sampled sub-networks, new every
+    def _soft_ready(self, skeleton: _Skeleton, arch: Arch) -> _Gather:
+        """``skeleton.gather``, computed and the soft gates hooked on first use (sampled sub-networks, new every
         step, never pay for either)."""
-        if skeleton.kept is None:
+        if skeleton.gather is None:
             self._hook(skeleton.module, arch)
-            widths, kept = self.net.widths(arch), {}
-            for name, (_, size, parts) in self.net._consumers.items():
+            net, widths = self.net, self.net.widths(arch)
+            first = torch.tensor([1, *net.num_units]).cumsum(0)  # bank column of each gate's unit 0
+            names, columns = [], []
+            for name, (_, size, parts) in net._consumers.items():
                 mask = torch.ones(size, dtype=torch.bool)
-                for gate, pos, rep in parts:
-                    mask[pos] = torch.arange(len(pos)) // rep < widths[self.net.gated[gate].id]
-                kept[name] = mask.nonzero().squeeze(1)
-            skeleton.kept = kept
-        return skeleton.kept
+                column = torch.zeros(size, dtype=torch.long)
+                for gate, pos, rep in parts:  # position k of ``pos`` reads channel k // rep of the gate's group
+                    channel = torch.arange(len(pos)) // rep
+                    mask[pos] = channel < widths[net.gated[gate].id]
+                    column[pos] = first[gate] + net.unit_index[gate][channel]
+                names.append(name)
+                columns.append(column[mask])
+            skeleton.gather = _Gather(names, [len(c) for c in columns], torch.cat(columns))
+        return skeleton.gather
 
     def _hook(self, skeleton: nn.Module, arch: Arch) -> None:
         """Give the skeleton's gated consumers and skippable blocks the soft pass's gates, once per module: a
