@@ -28,7 +28,17 @@ from netfit.data import load_data
 from netfit.models import build_model
 
 from .common import environment, merge_runs, noise_ceiling, noise_ceiling_text, write_results
-from .dnad import cell_space, comparisons, matched, percent, random_cells, scratch_epochs, train_settings, verdict
+from .dnad import (
+    cell_space,
+    comparisons,
+    matched,
+    percent,
+    random_cells,
+    scratch_epochs,
+    stem_stride,
+    train_settings,
+    verdict,
+)
 
 RETRAIN_SEED_STEP = 1000  # training k of an architecture: its recorded seeds + k x 1000
 
@@ -105,7 +115,8 @@ def to_markdown(saved: argparse.Namespace, retrains: int, runs: list[dict], summ
         f"# DNAD / SNPS on {saved.data}: every architecture trained {retrains} times",
         "",
         f"The architectures of `benchmarks.dnad` (seeds {[r['seed'] for r in runs]}; {saved.cells} cells, C = "
-        f"{saved.channels}, ops {saved.ops}): both sets' members and the random cells at the DNAD members' MACs, each "
+        f"{saved.channels}, stem stride {stem_stride(saved)}, ops {saved.ops}): both sets' members and the random "
+        f"cells at the DNAD members' MACs, each "
         f"trained {scratch_epochs(saved)} epochs from scratch ({saved.optimizer} lr {saved.lr}, batch "
         f"{saved.batch_size}, grad clip {saved.grad_clip}) {retrains} times: the recorded training, then initial "
         f"weights and data order from its seeds + {RETRAIN_SEED_STEP}, + {2 * RETRAIN_SEED_STEP}, ...",
