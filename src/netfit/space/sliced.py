@@ -107,7 +107,8 @@ class SlicedRunner:
         net, device = self.net, x.device
         arch = _truncated(net, [u.detach().amax(0) for u in units], None if blocks is None else blocks.amax(0), tail)
         gather = self._soft_ready(self._skeleton(arch), arch)
-        bank = torch.cat([units[0].new_ones(len(parts), 1).to(device), *(u.to(device) for u in units)], 1)
+        ones = torch.ones(len(parts), 1, dtype=units[0].dtype, device=device)  # column 0: channels no gate drives
+        bank = torch.cat([ones, *(u.to(device) for u in units)], 1)
         gates = bank[:, gather.on(device)]  # (rows, every consumer's kept channels)
         one = len(parts) == 1  # one row: its gates broadcast over the batch
         row_of = None if one else sample_rows(parts, device)
