@@ -47,11 +47,18 @@ def spider_options(args: argparse.Namespace) -> dict:
     return {
         "channels": args.channels,
         "reductions": args.reductions,
+        "stem_stride": args.stem_stride,
         "iterations": args.iterations,
         "mutation_candidates": args.candidates,
         "lr_scale": args.lr_scale,
         "final_epochs": args.final_epochs,
     }
+
+
+def _template(shape, num_classes: int, args: argparse.Namespace) -> dict:
+    """SpiderNet's starting network for these settings: the space the random networks are drawn from."""
+    ndim = len(shape) - 1
+    return initial_arch(ndim, shape[0], num_classes, args.channels, args.reductions, stem_stride=args.stem_stride)
 
 
 def _measure(model: torch.nn.Module, shape) -> dict:
@@ -112,7 +119,7 @@ def run_seed(args: argparse.Namespace, seed: int, root: Path) -> dict:
         "front": [{k: c[k] for k in ("id", "accuracy", "macs", "params")} for c in summary["candidates"]],
     }
     # random search of the same space, the same budget and the same wall time
-    template = initial_arch(len(shape) - 1, shape[0], data.num_classes, args.channels, args.reductions)
+    template = _template(shape, data.num_classes, args)
     rng = np.random.default_rng([seed, 7])
     tried, used = [], 0.0
     while used < spider_seconds or not tried:
@@ -194,7 +201,8 @@ def compare_markdown(args: argparse.Namespace, runs: list[dict], env: dict | Non
         f"Seeds {[r['seed'] for r in runs]} (mean ± std). Budget {budget['spec']} of the {args.model} seed = "
         f"{budget['limit']:,.0f} {budget['metric']}; seed {args.model} trained {args.seed_epochs} epochs, "
         f"test accuracy {100 * mean_std([r['seed_net']['accuracy'] for r in runs])[0]:.2f}%.",
-        f"SpiderNet: {args.channels} initial channels, {args.reductions} reduction cells, {args.iterations} "
+        f"SpiderNet: {args.channels} initial channels, {args.reductions} reduction cells, {_stride(args)}"
+        f"{args.iterations} "
         f"iterations x {per} epochs, supernet weights at lr_scale {args.lr_scale} x the run's lr {args.lr}; "
         + (
             f"then its last network trained alone (plain) for {final} epochs at the same lr, which is its result. "
@@ -252,7 +260,7 @@ def compare_markdown(args: argparse.Namespace, runs: list[dict], env: dict | Non
 def run_tau(args: argparse.Namespace) -> dict:
     data = load_data(args.data)
     shape = data.input_shape
-    template = initial_arch(len(shape) - 1, shape[0], data.num_classes, args.channels, args.reductions)
+    template = _template(shape, data.num_classes, args)
     rng = np.random.default_rng([args.seeds[0], 11])
     x = metric_batch(data, args.metric_samples, seed=args.seeds[0])
     rows, retrains = [], args.retrains
@@ -298,6 +306,7 @@ def tau_markdown(args: argparse.Namespace, result: dict) -> str:
         "networks",
         "",
         f"Random networks of SpiderNet's space ({args.channels} initial channels, {args.reductions} reduction cells, "
+        f"{_stride(args)}"
         f"up to {MAX_NODES} intermediate nodes per cell, each op kept with p = 0.5); metrics at initialisation on "
         f"{args.metric_samples} training samples; each network then trained {args.epochs} epochs from scratch "
         f"(seed {args.seeds[0]}, SGD lr {args.lr}{_clip(args)}), test accuracy. Scale: {load_data(args.data).source}; "
@@ -335,12 +344,16 @@ def _shard(text: str) -> tuple[int, int]:
     return shard, shards
 
 
+def _stride(args: argparse.Namespace) -> str:
+    return f"stem stride {args.stem_stride} (cells on 1/{args.stem_stride} size maps), " if args.stem_stride > 1 else ""
+
+
 def _clip(args: argparse.Namespace) -> str:
     return f", gradient norm clipped at {args.grad_clip:g}" if args.grad_clip else ""
 
 
 # what runs saved before an option existed ran with (lr_scale: the supernet trained at the run's lr)
-BEFORE_OPTIONS = {"lr_scale": 1.0, "grad_clip": None, "final_epochs": 0}
+BEFORE_OPTIONS = {"lr_scale": 1.0, "grad_clip": None, "final_epochs": 0, "stem_stride": 1}
 
 
 def saved_args(settings: dict, fallback: dict | None = None) -> argparse.Namespace:
@@ -360,6 +373,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--channels", type=int, default=8)
     parser.add_argument("--reductions", type=int, default=2)
+    parser.add_argument("--stem-stride", type=int, default=1, help="2: the cells run on half-size maps")
     parser.add_argument("--candidates", type=int, default=3, help="edge splits scored per iteration")
     parser.add_argument("--lr-scale", type=float, default=0.2, help="spider's lr_scale (supernet lr / run lr)")
     parser.add_argument("--final-epochs", type=int, default=None, help="spider's final_epochs (default: its own)")

@@ -318,6 +318,7 @@ def test_epochs_split_between_iterations_and_the_final_phase(options, total, exp
         ({"iterations": 0}, "iterations"),
         ({"final_epochs": -1}, "final_epochs"),
         ({"metric_samples": 1}, "metric_samples"),
+        ({"stem_stride": 0}, "stem_stride"),
     ],
 )
 def test_bad_options(options, match):
@@ -340,6 +341,21 @@ def test_initial_arch_counts():
     assert all(len(c["edges"]) == 6 and all(len(v) == 7 for v in c["edges"].values()) for c in arch["cells"])
     assert sum(1 for _ in gated_edges(SpiderSupernet(arch))) == 30
     assert np.isfinite(SpiderNet(arch)(torch.randn(2, 3, 16, 16)).detach().numpy()).all()
+
+
+def test_stem_stride_runs_the_cells_on_half_size_maps():
+    shape = (1, 16, 16)
+    nets = {s: SpiderSupernet(initial_arch(2, 1, 3, channels=4, reductions=1, stem_stride=s)) for s in (1, 2)}
+    sizes = {s: net.forward_features(torch.randn(2, *shape)).shape[-1] for s, net in nets.items()}
+    assert sizes == {1: 8, 2: 4}
+    macs = {s: count_cost(plain_network(net), shape).macs for s, net in nets.items()}
+    assert macs[2] < macs[1] / 3
+    split_edge(nets[2], 0, "0_2", SPIDER_OPS)  # a grown network and its plain form keep the stride
+    plain = plain_network(nets[2])
+    assert plain.describe()["stem_stride"] == 2 and SpiderNet(plain.describe()).stem[0].stride == (2, 2)
+    legacy = {k: v for k, v in initial_arch(1, 1, 3, channels=4, reductions=1).items() if k != "stem_stride"}
+    assert SpiderNet(legacy).describe()["stem_stride"] == 1  # specs saved before the option load as before
+    assert random_arch(initial_arch(2, 1, 3, channels=4, stem_stride=2), np.random.default_rng(0))["stem_stride"] == 2
 
 
 def test_random_arch_draws_valid_networks_of_the_same_space():

@@ -68,6 +68,8 @@ class SpiderNetSearch:
         reductions: reduction cells (each halves the size, doubles the width); the network is a normal cell then
             (reduction, normal) x reductions.
         channels: initial channels (of the stem and the first cell).
+        stem_stride: stride of the stem (1 keeps the input's size; 2 runs the cells on half-size maps, for
+            28x28 images on a CPU).
         iterations: train -> deadhead -> mutate iterations; every iteration's network is a candidate.
         iteration_epochs: epochs per iteration (default: the run's epochs less the final phase's, spread over the
             iterations, >= 1).
@@ -96,6 +98,7 @@ class SpiderNetSearch:
     )
     reductions: int = 2
     channels: int = 16
+    stem_stride: int = 1
     iterations: int = 4
     iteration_epochs: int | None = None
     final_epochs: int | None = None
@@ -116,8 +119,8 @@ class SpiderNetSearch:
     kd_weight: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.reductions < 0 or self.channels < 2 or self.nodes < 0:
-            raise NetfitError("spider needs reductions >= 0, channels >= 2 and nodes >= 0")
+        if self.reductions < 0 or self.channels < 2 or self.nodes < 0 or self.stem_stride < 1:
+            raise NetfitError("spider needs reductions >= 0, channels >= 2, nodes >= 0 and stem_stride >= 1")
         if self.iterations < 1 or (self.iteration_epochs is not None and self.iteration_epochs < 1):
             raise NetfitError("spider needs iterations >= 1 and iteration_epochs >= 1")
         if self.final_epochs is not None and self.final_epochs < 0:
@@ -142,7 +145,14 @@ class SpiderNetSearch:
             )
         target, measure = targets[0], cost_fn(run, targets[0])
         arch = initial_arch(
-            ndim, seed.input_shape[0], data.num_classes, self.channels, self.reductions, self.nodes, self.ops
+            ndim,
+            seed.input_shape[0],
+            data.num_classes,
+            self.channels,
+            self.reductions,
+            self.nodes,
+            self.ops,
+            self.stem_stride,
         )
         self._check_reachable(arch, target, seed, measure)
         restored = self._restore(run, target) if run.resume else None

@@ -1,14 +1,16 @@
 """SpiderNet networks as plain modules: a stem, a chain of cells whose nodes take input from every earlier node,
 and a head (family ``spidernet``, rebuilt by ``netfit.load``).
 
-Spec: {"family": "spidernet", "ndim", "in_chans", "num_classes", "stem": C,
+Spec: {"family": "spidernet", "ndim", "in_chans", "num_classes", "stem": C, "stem_stride": 1,
        "cells": [{"reduction": bool, "channels": C, "nodes": [0, 2, 1], "edges": {"0_2": ["sep_conv_3x3", ...]}}]}
 
 A cell first maps its input to ``channels`` with a 1x1 ReLU-conv-BN (node ``nodes[0]``); every other node sums
 its incoming edges, each edge sums its operations (``models.cell_ops``), and the cell's output is the last
 node. Node ids are names, their order in ``nodes`` is the topological order, so a node can be inserted between
 two others (SpiderNet's edge split) without renaming anything. Edges leaving the input node of a reduction
-cell stride 2. The gated supernet of the search (``netfit.space.spider``) is this module with gates added.
+cell stride 2. The stem strides ``stem_stride`` (optional, 1: the cells see the input's size; 2: half of it, a
+quarter of their MACs on images). The gated supernet of the search (``netfit.space.spider``) is this module
+with gates added.
 """
 
 from __future__ import annotations
@@ -95,11 +97,12 @@ class SpiderNet(nn.Module):
 
     def __init__(self, arch: dict, make_edge: EdgeFactory = Edge) -> None:
         super().__init__()
-        require_positive(arch, "num_classes", "in_chans", "stem")
+        arch = {"stem_stride": 1, **arch}
+        require_positive(arch, "num_classes", "in_chans", "stem", "stem_stride")
         ndim = self.ndim = arch.get("ndim", 2)
         if ndim not in (1, 2) or not arch["cells"]:
             raise ValueError("a spidernet needs ndim 1 or 2 and at least one cell")
-        self.stem = conv_bn(ndim, arch["in_chans"], arch["stem"], 3)
+        self.stem = conv_bn(ndim, arch["in_chans"], arch["stem"], 3, stride=arch["stem_stride"])
         cells, cin = [], arch["stem"]
         for spec in arch["cells"]:
             cells.append(Cell(ndim, cin, spec, make_edge))
@@ -128,6 +131,7 @@ class SpiderNet(nn.Module):
             "in_chans": conv.in_channels,
             "num_classes": self.head.fc.out_features,
             "stem": conv.out_channels,
+            "stem_stride": conv.stride[0],
             "cells": [cell.describe() for cell in self.cells],
         }
 
@@ -153,11 +157,13 @@ def initial_arch(
     reductions: int = 2,
     nodes: int = 1,
     ops: Iterable[str] = SPIDER_OPS,
+    stem_stride: int = 1,
 ) -> dict:
     """The starting network: a normal cell, then (reduction, normal) x ``reductions``, every cell with ``nodes``
-    intermediate nodes fully connected (each edge holding every op in ``ops``); widths double at reductions."""
-    if channels < 2 or reductions < 0 or nodes < 0:
-        raise ValueError("channels >= 2, reductions >= 0 and nodes >= 0 are required")
+    intermediate nodes fully connected (each edge holding every op in ``ops``); widths double at reductions.
+    ``stem_stride`` 2 runs every cell on half-size maps."""
+    if channels < 2 or reductions < 0 or nodes < 0 or stem_stride < 1:
+        raise ValueError("channels >= 2, reductions >= 0, nodes >= 0 and stem_stride >= 1 are required")
     ids = list(range(nodes + 2))
     edges = {edge_key(a, b): list(ops) for i, a in enumerate(ids) for b in ids[i + 1 :]}
     cells, width = [], channels
@@ -166,4 +172,4 @@ def initial_arch(
         cells.append({"reduction": reduction, "channels": width, "nodes": ids, "edges": edges})
     arch = {"family": "spidernet", "ndim": ndim, "in_chans": in_chans, "num_classes": num_classes}
     fresh = [dict(c, nodes=list(ids), edges={k: list(v) for k, v in edges.items()}) for c in cells]
-    return {**arch, "stem": channels, "cells": fresh}
+    return {**arch, "stem": channels, "stem_stride": stem_stride, "cells": fresh}
