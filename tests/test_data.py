@@ -30,6 +30,14 @@ def test_mnist1d_keeps_its_test_set():
     assert d.augment is None
 
 
+def test_mnist1d_hard_is_mnist1d_with_more_noise():
+    plain, hard = load_data("mnist1d"), load_data("mnist1d_hard")
+    assert hard.input_shape == plain.input_shape and len(hard.test) == len(plain.test)
+    assert torch.equal(hard.test.tensors[1], plain.test.tensors[1])  # same signals and labels, noisier samples
+    assert not torch.allclose(hard.test.tensors[0], plain.test.tensors[0])
+    assert "iid_noise_scale 0.05" in hard.source
+
+
 def test_split_is_seeded_and_disjoint():
     a, b, c = load_data("digits"), load_data("digits"), load_data("digits", split_seed=1)
     assert torch.equal(a.test.tensors[0], b.test.tensors[0])

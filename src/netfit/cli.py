@@ -29,7 +29,10 @@ err_console = Console(stderr=True)
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Built-in model name (netfit list models) or timm:NAME.")]
 DataOpt = Annotated[
-    str, typer.Option("--data", "-d", help="digits | mnist1d | mnist10k | a path (IDX, CIFAR, image folder, .npz).")
+    str,
+    typer.Option(
+        "--data", "-d", help="digits | mnist1d | mnist1d_hard | mnist10k | a path (IDX, CIFAR, image folder, .npz)."
+    ),
 ]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output directory.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed of the run.")]
