@@ -396,7 +396,15 @@ def test_spider_tau_shards_train_the_networks_of_one_run():
 
     from benchmarks.spider import run_tau, tau_summary
 
-    base = {"data": "digits", "seeds": [0], "channels": 4, "reductions": 1, "metric_samples": 8, "retrains": 1}
+    base = {
+        "data": "digits",
+        "seeds": [0],
+        "channels": 4,
+        "reductions": 1,
+        "stem_stride": 1,
+        "metric_samples": 8,
+        "retrains": 1,
+    }
     base |= {"networks": 3, "epochs": 1, "lr": 0.05, "batch_size": 64, "grad_clip": 5.0}
     whole = run_tau(Namespace(**base, shard=(0, 1)))
     parts = [run_tau(Namespace(**base, shard=(i, 2)))["rows"] for i in range(2)]
