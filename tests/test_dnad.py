@@ -48,6 +48,29 @@ def test_node_mixing_is_relu_normalised_over_live_pairs():
     assert node.theta.grad is not None and node.theta.grad.abs().sum() > 0
 
 
+
+def test_cost_weighted_sparsity_weighs_each_pair_by_its_macs():
+    net = tiny_net()
+    plain = net.sparsity()
+    _, pairs = net.pair_table()
+    mean = sum(c["macs"] for c in pairs.values()) / len(pairs)
+    net.weigh_sparsity("macs")
+    expected = 0.0
+    for i, cell in enumerate(net.cells):
+        for k, node in enumerate(cell.nodes):
+            for p, term in zip(node.all_pairs, torch.log1p(50 * node.mixing())):
+                c = pairs[(i, k, p)]["macs"] / mean
+                expected = expected + max(0.1, c) * term
+                if p[1] == "skip_connect" and not cell.reduction:
+                    assert c == 0  # a free skip keeps only the floor's pressure
+    assert torch.isclose(net.sparsity(), expected) and not torch.isclose(net.sparsity(), plain)
+    # the weights are rebuilt, never saved: a checkpoint of a weighted net loads into a plain one unchanged
+    assert not any(k.endswith("sparsity_weight") for k in net.state_dict())
+    net.weigh_sparsity("pairs")
+    assert torch.isclose(net.sparsity(), plain)
+    with pytest.raises(ValueError, match="sparsity cost 'flops'"):
+        net.weigh_sparsity("flops")
+
 @pytest.mark.parametrize("shape", SHAPES)
 def test_deleted_pairs_no_longer_run_or_cost(shape):
     net = tiny_net(shape)
@@ -182,6 +205,8 @@ def test_bad_input_is_refused_in_one_line(tmp_path, digits):
         create_method("dnad", {"gamma0": 1.0, "gamma_max": 0.1})
     with pytest.raises(NetfitError, match="stem_stride >= 1"):
         create_method("dnad", {"stem_stride": 0})
+    with pytest.raises(NetfitError, match="sparsity_cost one of pairs, macs, params"):
+        create_method("dnad", {"sparsity_cost": "flops"})
     seed = create_model("cnn_small", num_classes=10, in_chans=1)  # two stages: no three stage ends
     with pytest.raises(UnsupportedLayerError, match="stages of teacher"):
         adapt(seed, digits, "100%", "dnad", out=tmp_path / "a", method_options=TINY, epochs=1, progress=False)
@@ -228,9 +253,11 @@ def test_snps_run_returns_the_pareto_set_as_plain_networks(tmp_path, digits):
         assert torch.allclose(model(x), result.models[rows[-1]["id"]].cpu().eval()(x), atol=1e-6)
 
 
-def test_resume_in_the_middle_of_shrinking(tmp_path, digits, monkeypatch):
+@pytest.mark.parametrize("sparsity_cost", ["pairs", "macs"])
+def test_resume_in_the_middle_of_shrinking(tmp_path, digits, monkeypatch, sparsity_cost):
     seed = create_model("cnn_small", num_classes=10, in_chans=1)
-    options = {**FAST_SHRINK, "t_max": 1000}  # no plateau: the search runs all its epochs
+    # no plateau: the search runs all its epochs
+    options = {**FAST_SHRINK, "t_max": 1000, "sparsity_cost": sparsity_cost}
     plain = adapt(seed, digits, "100%", "snps", out=tmp_path / "a", method_options=options, **FAST)
 
     original = dnad_module.Shrinker.on_epoch_end

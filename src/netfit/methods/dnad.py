@@ -34,7 +34,7 @@ from ..fileio import atomic_write_text
 from ..models import build_model
 from ..models.cell_ops import OPS
 from ..models.staged import bn_nd, conv_nd
-from ..space.darts import CellSupernet, ControllerConfig, ShrinkController, build_supernet
+from ..space.darts import SPARSITY_COSTS, CellSupernet, ControllerConfig, ShrinkController, build_supernet
 from .base import METHODS, Candidate, Seed, Target
 from .common import cost_fn, finetune
 
@@ -230,6 +230,9 @@ class DNAD(ControllerConfig):
         warmup_epochs: epochs of plain (CE + KD) training before sparsity and deletion start.
         lr, weight_decay: Adam(W) settings of the supernet's weights during the search; arch_lr: SGD lr of theta.
         threshold: a pair whose weight falls below it is deleted.
+        sparsity_cost: what each pair's term of S weighs: ``pairs`` (1 each, the paper), ``macs`` or ``params``
+            (its cost over the mean pair's, floored at 0.1: the pressure falls on what the budget counts and free
+            skip connections are kept; see docs/methods/dnad.md).
         gamma0, gamma_max, phi, k, n_max, tau, t_max, mu0, rho: the adaptive controller, inherited from
             ``space.darts.ControllerConfig`` (the published defaults).
         target_sparsity: stop once this fraction of the pairs is deleted (None: only the other stop rules).
@@ -256,6 +259,7 @@ class DNAD(ControllerConfig):
     weight_decay: float = 3e-4
     arch_lr: float = 0.2
     threshold: float = 0.01
+    sparsity_cost: str = "pairs"
     target_sparsity: float | None = None
     kd: bool = True
     kd_weight: float = 1.0
@@ -283,6 +287,8 @@ class DNAD(ControllerConfig):
             bad.append("cells >= 3, channels >= 2, nodes >= 1, stem_stride >= 1")
         if not 0 < self.threshold < 1 or self.lr <= 0 or self.arch_lr <= 0 or self.warmup_epochs < 0:
             bad.append("0 < threshold < 1, lr > 0, arch_lr > 0, warmup_epochs >= 0")
+        if self.sparsity_cost not in SPARSITY_COSTS:
+            bad.append(f"sparsity_cost one of {', '.join(SPARSITY_COSTS)}")
         if self.target_sparsity is not None and not 0 < self.target_sparsity <= 1:
             bad.append("0 < target_sparsity <= 1")
         if bad:
@@ -300,6 +306,7 @@ class DNAD(ControllerConfig):
         net = build_supernet(
             shape, data.num_classes, self.op_list, self.cells, self.channels, self.nodes, self.stem_stride
         )
+        net.weigh_sparsity(self.sparsity_cost)
         smallest_target = min(targets, key=lambda t: t.limit)
         self._check_reachable(net, smallest_target, run)
         taps = TeacherTaps(seed.model, _names(self.teacher_layers), shape) if self.kd or self.logit_kd else None

@@ -33,6 +33,8 @@ class MixedNode(Node):
         self.all_pairs = list(self.pairs)
         self.theta = nn.Parameter(torch.full((len(self.all_pairs),), THETA_INIT))
         self.register_buffer("alive", torch.ones(len(self.all_pairs), dtype=torch.bool))
+        # each pair's factor in the sparsity sum (1: the paper's plain count); rebuilt from costs, never saved
+        self.register_buffer("sparsity_weight", torch.ones(len(self.all_pairs)), persistent=False)
         self.live_index = list(range(len(self.all_pairs)))  # positions of ``pairs`` in ``all_pairs``
         self.register_load_state_dict_pre_hook(self._match_alive)
 
@@ -78,8 +80,22 @@ class CellSupernet(DartsNet):
         return [node for cell in self.cells for node in cell.nodes]
 
     def sparsity(self) -> torch.Tensor:
-        """S = sum over all pairs of log(1 + 50 w) (differentiable in theta)."""
-        return sum(torch.log1p(SPARSITY_SCALE * node.mixing()).sum() for node in self.nodes())
+        """S = sum over all pairs of c log(1 + 50 w) (differentiable in theta); c = 1 unless ``weigh_sparsity``."""
+        return sum((node.sparsity_weight * torch.log1p(SPARSITY_SCALE * node.mixing())).sum() for node in self.nodes())
+
+    def weigh_sparsity(self, by: str) -> None:
+        """Weigh each pair's sparsity term by its ``macs`` or ``params`` over the mean pair's (floored at
+        ``SPARSITY_FLOOR``, so a free pair such as a skip still counts a little), or not at all (``pairs``, the
+        paper's S). The plain count treats a free skip like a convolution, so the search deletes skips that cost
+        nothing; weighted, the pressure falls on what the budget counts."""
+        if by not in SPARSITY_COSTS:
+            raise ValueError(f"sparsity cost {by!r}: expected one of {', '.join(SPARSITY_COSTS)}")
+        _, pairs = self.pair_table()
+        mean = sum(cost[by] for cost in pairs.values()) / len(pairs) if by != "pairs" else 0.0
+        for i, cell in enumerate(self.cells):
+            for k, node in enumerate(cell.nodes):
+                weights = [max(SPARSITY_FLOOR, pairs[(i, k, p)][by] / mean) if mean else 1.0 for p in node.all_pairs]
+                node.sparsity_weight.copy_(torch.tensor(weights))
 
     def live_pairs(self) -> int:
         return sum(len(node.pairs) for node in self.nodes())
@@ -127,6 +143,8 @@ class CellSupernet(DartsNet):
 
 
 SPARSITY_SCALE = 50.0
+SPARSITY_COSTS = ("pairs", "macs", "params")
+SPARSITY_FLOOR = 0.1
 
 
 def build_supernet(
