@@ -48,7 +48,6 @@ def test_node_mixing_is_relu_normalised_over_live_pairs():
     assert node.theta.grad is not None and node.theta.grad.abs().sum() > 0
 
 
-
 def test_cost_weighted_sparsity_weighs_each_pair_by_its_macs():
     net = tiny_net()
     plain = net.sparsity()
@@ -70,6 +69,7 @@ def test_cost_weighted_sparsity_weighs_each_pair_by_its_macs():
     assert torch.isclose(net.sparsity(), plain)
     with pytest.raises(ValueError, match="sparsity cost 'flops'"):
         net.weigh_sparsity("flops")
+
 
 @pytest.mark.parametrize("shape", SHAPES)
 def test_deleted_pairs_no_longer_run_or_cost(shape):
