@@ -464,7 +464,7 @@ def main() -> None:
         saved = {**first["settings"], "seeds": [r["seed"] for r in runs], "tag": ""}
         args = argparse.Namespace(**{**saved, "x": [tuple(kv) for kv in saved["x"]]})
         payload = {**first, "settings": saved, "summary": summarise(runs), "runs": runs}
-        write_results(f"dnad_{args.data}", payload, to_markdown(args, runs, payload["summary"]))
+        write_results(name, payload, to_markdown(args, runs, payload["summary"]))  # --tag names the merge
         return
     root = args.root or Path(tempfile.mkdtemp(prefix="netfit-dnad-"))
     runs = []
