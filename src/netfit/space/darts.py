@@ -87,7 +87,8 @@ class CellSupernet(DartsNet):
         """Weigh each pair's sparsity term by its ``macs`` or ``params`` over the mean pair's (floored at
         ``SPARSITY_FLOOR``, so a free pair such as a skip still counts a little), or not at all (``pairs``, the
         paper's S). The plain count treats a free skip like a convolution, so the search deletes skips that cost
-        nothing; weighted, the pressure falls on what the budget counts."""
+        nothing; weighted, the pressure falls on what the budget counts, and the costliest operation goes first
+        everywhere (better on mnist1d_hard, worse on MNIST-10k: docs/methods/dnad.md)."""
         if by not in SPARSITY_COSTS:
             raise ValueError(f"sparsity cost {by!r}: expected one of {', '.join(SPARSITY_COSTS)}")
         _, pairs = self.pair_table()
