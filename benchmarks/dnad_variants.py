@@ -16,27 +16,22 @@ import json
 from pathlib import Path
 
 from .common import environment, mean_std, write_results
+from .dnad_noise import mean_run
 
 SETS = ("snps", "dnad")
 
 
-def _trainings(run: dict) -> dict[str, list[float]]:
-    return dict(run["trainings"]) if not isinstance(run["trainings"], dict) else run["trainings"]
-
-
 def budget_rows(files: list[dict], names: list[str], window: float) -> list[dict]:
-    """Per seed: each variant's budget members (MACs, mean accuracy) and the random cells near them."""
+    """Per seed: each variant's budget members (MACs, mean accuracy in %) and the random cells near them."""
     by_seed: dict[int, dict] = {}
     for name, payload in zip(names, files):
-        for run in payload["runs"]:
-            row = by_seed.setdefault(run["seed"], {"seed": run["seed"], "random": []})
-            trainings = _trainings(run)
+        for run in map(mean_run, payload["runs"]):
+            row = by_seed.setdefault(run["seed"], {"seed": run["seed"], "_random": []})
             for s in SETS:
                 member = run[s][-1]
-                row[f"{s}-{name}"] = {"macs": member["macs"], "accuracy": _mean(trainings[member["id"]])}
-            row.setdefault("_random", []).extend(
-                {"macs": r["macs"], "accuracy": _mean(trainings[f"random-{r['matched']}"]), "variant": name}
-                for r in run["random"]
+                row[f"{s}-{name}"] = {"macs": member["macs"], "accuracy": 100 * member["accuracy"]}
+            row["_random"].extend(
+                {"macs": r["macs"], "accuracy": 100 * r["accuracy"], "variant": name} for r in run["random"]
             )
     rows = []
     for row in sorted(by_seed.values(), key=lambda r: r["seed"]):
@@ -44,10 +39,6 @@ def budget_rows(files: list[dict], names: list[str], window: float) -> list[dict
         row["random"] = [r for r in row.pop("_random") if r["macs"] <= window * smallest]
         rows.append(row)
     return rows
-
-
-def _mean(values: list[float]) -> float:
-    return 100 * sum(values) / len(values)
 
 
 def summarise(rows: list[dict], names: list[str]) -> dict:
