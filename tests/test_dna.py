@@ -584,22 +584,47 @@ def test_dna_hits_every_budget_in_one_search(dna_run):
         assert 0.95 * ratio * seed_macs <= cand["macs"] <= ratio * seed_macs
         assert not near_chance(cand["accuracy"], 10)  # trained: above chance even with one fine-tune epoch
     log = _log(dna_run.out)
-    assert sum(1 for e in log if e["event"] == "dna-arch") == 2 * 3  # per search epoch and budget
-    (space,) = [e for e in log if e["event"] == "dna-space"]  # one supernet for all budgets
-    assert (space["grow_width"], space["grow_depth"]) == pytest.approx((1.5**0.5, 0.0))  # what 150% can use
-    assert space["inplace_teacher"] == "seed"  # the default, grown space or not
+    assert sum(1 for e in log if e["event"] == "dna-arch") == 2 * 2  # per search epoch and searched budget
+    (space,) = [e for e in log if e["event"] == "dna-space"]  # one supernet for the budgets below the seed
+    assert (space["grow_width"], space["grow_depth"]) == (1.0, 0.0)  # 150% is widened, not searched
+    assert space["inplace_teacher"] == "seed"
+    assert [c["info"].get("widened", False) for c in summary["candidates"]] == [False, False, True]
 
 
 def test_dna_grows_its_space_only_as_far_as_a_budget_needs():
-    """Condense-only budgets get the seed itself as the largest network (growth only makes the sandwich dearer);
-    a budget above the seed widens it until the widest network reaches that budget (capped), an explicit
-    option as far as it says."""
+    """By default the searched space is the seed (budgets above it are widened, not searched); with a growth
+    option a budget above the seed widens the space until its widest network reaches that budget (capped), an
+    explicit option as far as it says."""
+    assert not DNA().searches_expansion and DNA(grow_depth=0.0).searches_expansion
     assert DNA().growth([500, 1000], 1000) == (1.0, 0.0)
-    assert DNA().growth([500, 1500], 1000) == pytest.approx((1.5**0.5, 0.0))
-    assert DNA().growth([1210], 1000) == pytest.approx((1.1, 0.0))
-    assert DNA().growth([500, 9000], 1000) == (2.0, 0.0)
+    assert DNA().growth([500, 1500], 1000) == (1.0, 0.0)
+    assert DNA(grow_depth=0.0).growth([500, 1500], 1000) == pytest.approx((1.5**0.5, 0.0))
+    assert DNA(grow_depth=0.0).growth([1210], 1000) == pytest.approx((1.1, 0.0))
+    assert DNA(grow_depth=0.0).growth([500, 9000], 1000) == (2.0, 0.0)
     assert DNA(grow_width=1.2).growth([500], 1000) == (1.2, 0.0)
     assert DNA(grow_depth=1.0).growth([4000], 1000) == (2.0, 1.0)
+
+
+def test_dna_widens_a_budget_above_the_seed_as_uniform_does(tmp_path, digits):
+    """Default: a budget above the seed is the seed's widest uniform widening within it (uniform's
+    architecture), and no search runs when every budget is above the seed."""
+    runs = {
+        name: adapt("cnn_small", digits, "150%", name, out=tmp_path / name, **FAST, method_options=opts)
+        for name, opts in (("dna", {}), ("uniform", {"kd": True}))  # KD: the seed becomes a frozen teacher
+    }
+    (dna,), (uni,) = (r.summary["candidates"] for r in runs.values())
+    assert dna["info"]["widened"] and dna["info"]["width_mult"] == uni["info"]["width_mult"] > 1
+    assert dna["arch"] == uni["arch"] and dna["macs"] == uni["macs"] <= 1.5 * runs["dna"].summary["seed"]["macs"]
+    assert not [e for e in _log(runs["dna"].out) if e["event"] in ("dna-space", "dna-arch")]
+
+
+def test_dna_searches_expansion_in_a_grown_space_when_asked(tmp_path, digits):
+    options = {"grow_width": 1.3, "search_epochs": 1, "warmup_epochs": 0, "units": 4}
+    result = adapt("cnn_small", digits, "150%", "dna", out=tmp_path / "g", method_options=options, **FAST)
+    (cand,) = result.summary["candidates"]
+    assert "widened" not in cand["info"] and cand["macs"] <= 1.5 * result.summary["seed"]["macs"]
+    (space,) = [e for e in _log(tmp_path / "g") if e["event"] == "dna-space"]
+    assert space["grow_width"] == 1.3 and [e for e in _log(tmp_path / "g") if e["event"] == "dna-arch"]
 
 
 def test_default_inplace_teacher_is_a_frozen_copy_of_the_seed():

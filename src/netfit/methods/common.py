@@ -51,6 +51,7 @@ def finetune(
     starting weights at ``RETRY_LR_SCALE`` x the learning rate with a one-epoch warm-up (phase ``<phase>-retry``,
     logged); the better of the two on validation is returned (a result still near chance is flagged later)."""
     extra = [LogitDistiller(teacher, weight=kd_weight)] if teacher is not None else []
+    model.requires_grad_(True)  # a copy of a seed that has become a (frozen) teacher is frozen too
     start = copy.deepcopy(model)
     before = _val_accuracy(model, data, run) if start_accuracy is None else start_accuracy
     first, accuracy = None, -1.0

@@ -1,8 +1,9 @@
 """DNA: differentiable, bi-directional adaption of an existing network's width and depth (``--method dna``).
 
 1. Grow the trained seed function-preservingly (channels ordered by importance, Net2Net-widened to
-   ``grow_width`` x, ``grow_depth`` x more identity blocks per stage) into the elastic space; when no budget
-   exceeds the seed's cost, by default nothing is grown and the largest network is the seed itself.
+   ``grow_width`` x, ``grow_depth`` x more identity blocks per stage) into the elastic space where the options
+   ask for a searched expansion; by default nothing is grown, the largest network is the seed itself, and a
+   budget above the seed's cost gets the seed's widest uniform function-preserving widening within it.
 2. Train the supernet with the sandwich rule (largest, smallest and ``samples`` sub-nets drawn from every
    budget's architecture distribution per step, the smaller ones distilled in place from the largest) and,
    after ``warmup_epochs``, update the Markov keep logits of every budget on its expected network:
@@ -34,7 +35,7 @@ from ..errors import BudgetInfeasibleError, NetfitError
 from ..fileio import atomic_write_text
 from ..space.blocks import stage_blocks
 from ..space.elastic import ElasticNet
-from ..space.grow import grow
+from ..space.grow import grow, widen_to_fit
 from ..space.latency_table import LatencyTable, measure_table
 from ..tuning import machine, remembered_choice
 from .base import METHODS, Candidate, Seed, Target
@@ -63,12 +64,16 @@ class DNA:
     """Differentiable width and depth adaption of the seed, condensing or expanding it to each budget.
 
     Options:
-        grow_width: width of the elastic space relative to the seed (1 = condense only); default: sqrt(r) for
-            a largest budget r x the seed's cost, at most 2, and 1 when no budget exceeds the seed: the largest
-            network is then about what the largest budget can use (a larger space only makes every search step
-            dearer).
+        grow_width: width of the elastic space relative to the seed, to search expansion: a budget above the
+            seed is then searched in the grown space like the others. Default (neither ``grow_width`` nor
+            ``grow_depth`` given): the space is the seed (condense only) and a budget above the seed gets the
+            widest uniform function-preserving widening of the seed within it (as ``uniform`` does), fine-tuned
+            like the searched ones: a space grown just as far as the largest budget leaves that budget one
+            architecture, the whole space, and searching it cost 30-40% of every search step for no accuracy
+            (docs/methods/dna.md, "Costs and limits"). Given alone, ``grow_depth`` widens by sqrt(r) for a
+            largest budget r x the seed's cost, at most 2.
         grow_depth: extra identity blocks per stage, as a fraction of the seed's blocks (0 = no deeper nets,
-            the default: with width growth too, the space's largest network would exceed every budget).
+            the default).
         grow_copies: how the widened channels' copies start: "zero" (consumers read them with weight 0, so
             every leading slice of the supernet is the seed's own sub-network) or "split" (Net2Net).
         units: width gates (Markov steps) per channel group.
@@ -226,6 +231,32 @@ class DNA:
 
     def search(self, seed: Seed, data, targets: list[Target], run) -> list[Candidate]:
         seed = _staged_seed(seed, run)
+        widened = [not self.searches_expansion and t.limit > seed.metric_value for t in targets]
+        searched = [t for t, w in zip(targets, widened) if not w]
+        net, arch, teacher = self._search(seed, data, searched, run) if searched else (None, None, None)
+        if teacher is None and self.kd:  # nothing searched: the seed is the only teacher there is
+            teacher = CachedTeacher(seed.model)
+        seed_depths = [len(s) for s in seed.model.stages] if net is not None and net.depths else None
+        candidates, rows = [], iter(range(len(searched)))
+        for target, widen in zip(targets, widened):
+            cid = f"dna-{_slug(target.budget.spec)}"
+            if widen:
+                model, info = _widened(seed, target, run)
+            else:
+                model, info = self._materialize(net, arch, next(rows), target, seed, run)
+                info["seed_depths"] = seed_depths
+            run.log.write("subnet", id=cid, inherit=self.inherit, **info)
+            if self.inherit:
+                info["val_acc_inherited"] = inherited_accuracy(model, data, run, cid)
+                settings = self._finetune_settings(run.config)
+                model = finetune(model, data, run, cid, teacher, self.kd_weight, settings, info["val_acc_inherited"])
+            else:
+                model = finetune(from_scratch(model), data, run, cid, teacher, self.kd_weight)
+            candidates.append(Candidate(cid, model, target, info))
+        return candidates
+
+    def _search(self, seed: Seed, data, targets: list[Target], run):
+        """The search over the elastic space for ``targets``: (space, architecture logits, fine-tune teacher)."""
         grow_width, grow_depth = self.growth([t.limit for t in targets], seed.metric_value)
         probe = probe_inputs(data, seed.model)
         grown = grow(seed.model, seed.input_shape, grow_width, grow_depth, run.rng("dna-grow"), self.grow_copies, probe)
@@ -253,21 +284,7 @@ class DNA:
         )
         # the engine trains in place and returns the same module; keep the space on whatever it returns
         net.model = net.space.model = self._train_supernet(net, arch, limits, metrics, data, run, frozen)
-        teacher = self._kd_teacher(net, seed, data, run, frozen) if self.kd else None
-        candidates = []
-        for row, target in enumerate(targets):
-            cid = f"dna-{_slug(target.budget.spec)}"
-            model, info = self._materialize(net, arch, row, target, seed, run)
-            info["seed_depths"] = seed_depths
-            run.log.write("subnet", id=cid, inherit=self.inherit, **info)
-            if self.inherit:
-                info["val_acc_inherited"] = inherited_accuracy(model, data, run, cid)
-                settings = self._finetune_settings(run.config)
-                model = finetune(model, data, run, cid, teacher, self.kd_weight, settings, info["val_acc_inherited"])
-            else:
-                model = finetune(from_scratch(model), data, run, cid, teacher, self.kd_weight)
-            candidates.append(Candidate(cid, model, target, info))
-        return candidates
+        return net, arch, self._kd_teacher(net, seed, data, run, frozen) if self.kd else None
 
     def _search_settings(self, config: TrainConfig) -> dict:
         """Training overrides of the search: its learning rate, the gradient clip where the training settings
@@ -282,13 +299,21 @@ class DNA:
         gradient clip where the training settings have none."""
         return {"warmup_epochs": self.finetune_warmup * config.epochs} | _clip(config, self.finetune_clip)
 
+    @property
+    def searches_expansion(self) -> bool:
+        """Whether budgets above the seed are searched in a grown space (a growth option is given) rather than
+        met by widening the seed uniformly (``widened``)."""
+        return self.grow_width is not None or self.grow_depth is not None
+
     def growth(self, limits: list[float], seed_value: float) -> tuple[float, float]:
-        """(grow_width, grow_depth): the options where given, else just what the largest budget can use: with r
-        its limit over the seed's value of the budget metric, width sqrt(r) (cost grows with width squared, so
-        the largest network costs about r x the seed's), at most ``MAX_GROW_WIDTH``, and no depth growth; 1 and
-        0 (condense only) when no budget exceeds the seed. Growing depth as well (the default until 2026-12)
-        made a supernet of 2.35x the seed for a 150% budget and a search step 1.4x dearer, for no accuracy
-        (docs/methods/dna.md, "Costs and limits")."""
+        """(grow_width, grow_depth) of the searched space: (1, 0) by default (budgets above the seed are widened,
+        not searched); with a growth option, the options where given, else just what the largest budget can
+        use: with r its limit over the seed's value of the budget metric, width sqrt(r) (cost grows with width
+        squared, so the largest network costs about r x the seed's), at most ``MAX_GROW_WIDTH``, and no depth
+        growth. Growing depth as well (the default until 2026-12) made a supernet of 2.35x the seed for a 150%
+        budget and a search step 1.4x dearer, for no accuracy (docs/methods/dna.md, "Costs and limits")."""
+        if not self.searches_expansion:
+            return 1.0, 0.0
         r = max(1.0, max(limits) / seed_value)
         width = self.grow_width if self.grow_width is not None else min(MAX_GROW_WIDTH, math.sqrt(r))
         depth = self.grow_depth if self.grow_depth is not None else 0.0
@@ -450,6 +475,15 @@ class DNA:
 def _clip(config: TrainConfig, clip: float | None) -> dict:
     """The ``grad_clip`` override of a phase: ``clip``, unless the training settings give one (or it is None)."""
     return {"grad_clip": clip} if config.grad_clip is None and clip is not None else {}
+
+
+def _widened(seed: Seed, target: Target, run) -> tuple[nn.Module, dict]:
+    """A budget above the seed, by default: the seed's widest uniform widening within it (copies read at weight
+    0, so it starts as the seed), as ``uniform`` builds it."""
+    cost = cost_fn(run, target)
+    scale, model, value = widen_to_fit(seed.model, seed.input_shape, cost, target.limit, seed=run.seed)
+    info = {"widened": True, "width_mult": round(scale, 4), "budget_fill": round(value / target.limit, 4)}
+    return model, info | _growth_vs_seed(model, seed.model)
 
 
 def _staged_seed(seed: Seed, run) -> Seed:
