@@ -144,8 +144,8 @@ def step_ratios(
     """Training-step wall time of the DNA supernet grown from ``model`` relative to ``model``'s own dense step,
     measured side by side here: one pass of the grown supernet (largest, soft), of a sampled sub-net (masked
     by the gates, and sliced as the search runs it on one process), of the smallest (sliced), and the whole
-    search step with every budget (largest + architecture pass + smallest + samples; averaged over
-    ``arch_every`` steps). The supernet is grown, and its in-place teacher chosen, as a DNA run with these
+    search step with every searched budget (largest + architecture pass + smallest + samples; averaged over
+    ``arch_every`` steps; the budgets DNA widens instead, ``DNA.widens``, are not in it). The supernet is grown, and its in-place teacher chosen, as a DNA run with these
     ``options`` and ``budgets`` (percent of the seed's MACs) does; a frozen teacher's logits are remembered as in a
     run where the data has no random augmentation (then the step repeats one batch: steady state). On CUDA every
     pass runs under bf16 autocast, as training does there (``TrainConfig.amp``), and the dense seed step's
@@ -155,7 +155,7 @@ def step_ratios(
     shape = data.input_shape
     method = DNA(**((options or {}) | {"warmup_epochs": 0}))
     seed_macs = count_cost(model, shape).macs
-    limits = [b / 100 * seed_macs for b in budgets]
+    limits = [b / 100 * seed_macs for b in budgets if not method.widens(b / 100 * seed_macs, seed_macs)]  # searched
     width, depth = method.growth(limits, seed_macs)
     grown = grow(model, shape, width, depth, np.random.default_rng(seed)).to(device).train()  # as the search runs
     net = ElasticNet(grown, shape, units=method.units)

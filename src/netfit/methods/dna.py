@@ -231,7 +231,7 @@ class DNA:
 
     def search(self, seed: Seed, data, targets: list[Target], run) -> list[Candidate]:
         seed = _staged_seed(seed, run)
-        widened = [not self.searches_expansion and t.limit > seed.metric_value for t in targets]
+        widened = [self.widens(t.limit, seed.metric_value) for t in targets]
         searched = [t for t, w in zip(targets, widened) if not w]
         net, arch, teacher = self._search(seed, data, searched, run) if searched else (None, None, None)
         if teacher is None and self.kd:  # nothing searched: the seed is the only teacher there is
@@ -304,6 +304,11 @@ class DNA:
         """Whether budgets above the seed are searched in a grown space (a growth option is given) rather than
         met by widening the seed uniformly (``widened``)."""
         return self.grow_width is not None or self.grow_depth is not None
+
+    def widens(self, limit: float, seed_value: float) -> bool:
+        """Whether a budget of ``limit`` (the seed's value of its metric: ``seed_value``) is met by widening the
+        seed uniformly instead of searching (``searches_expansion``)."""
+        return not self.searches_expansion and limit > seed_value
 
     def growth(self, limits: list[float], seed_value: float) -> tuple[float, float]:
         """(grow_width, grow_depth) of the searched space: (1, 0) by default (budgets above the seed are widened,
