@@ -142,15 +142,15 @@ def step_ratios(
     device: str = "cpu",
 ) -> dict:
     """Training-step wall time of the DNA supernet grown from ``model`` relative to ``model``'s own dense step,
-    measured side by side here: one pass of the grown supernet (largest, soft), of a sampled sub-net (masked
-    by the gates, and sliced as the search runs it on one process), of the smallest (sliced), and the whole
-    search step with every searched budget (largest + architecture pass + smallest + samples; averaged over
-    ``arch_every`` steps; the budgets DNA widens instead, ``DNA.widens``, are not in it). The supernet is grown, and its in-place teacher chosen, as a DNA run with these
-    ``options`` and ``budgets`` (percent of the seed's MACs) does; a frozen teacher's logits are remembered as in a
-    run where the data has no random augmentation (then the step repeats one batch: steady state). On CUDA every
-    pass runs under bf16 autocast, as training does there (``TrainConfig.amp``), and the dense seed step's
-    milliseconds are added (``dense_seed_ms``) for throughput. Images are laid out as training lays them out
-    (channels_last on CPU, ``engine.channels_last``)."""
+    measured side by side here: one pass of the grown supernet (largest, soft), of a sampled sub-net (masked by the
+    gates, and sliced as the search runs it on one process), of the smallest (sliced), and the whole search step
+    with every searched budget (largest + architecture pass + smallest + samples; averaged over ``arch_every``
+    steps; the budgets DNA widens instead, ``DNA.widens``, are not in it). The supernet is grown, and its in-place
+    teacher chosen, as a DNA run with these ``options`` and ``budgets`` (percent of the seed's MACs) does; a frozen
+    teacher's logits are remembered as in a run where the data has no random augmentation (then the step repeats one
+    batch: steady state). On CUDA every pass runs under bf16 autocast, as training does there (``TrainConfig.amp``),
+    and the dense seed step's milliseconds are added (``dense_seed_ms``) for throughput. Images are laid out as
+    training lays them out (channels_last on CPU, ``engine.channels_last``)."""
     model = model.to(device).train()
     shape = data.input_shape
     method = DNA(**((options or {}) | {"warmup_epochs": 0}))
