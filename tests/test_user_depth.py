@@ -230,6 +230,23 @@ def _log(out) -> list[dict]:
     return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
 
 
+def test_dna_widens_a_user_resnet_above_the_seed_and_searches_below(tmp_path, digits):
+    """Default options: 25% is searched over the user model cut into stages, 150% is the user model as given,
+    widened uniformly; both export and load back to the same function."""
+    options = {"search_epochs": 1, "warmup_epochs": 0, "units": 4}
+    out = tmp_path / "w"
+    torch.manual_seed(0)
+    result = adapt(UserResNet(), digits, "25%,150%", "dna", out=out, train_seed=True, method_options=options, **FAST)
+    small, large = result.summary["candidates"]
+    seed = result.summary["seed"]["macs"]
+    assert small["arch"]["family"] == "staged_graph" and small["macs"] <= 0.25 * seed
+    assert large["info"]["widened"] and large["arch"]["family"] == "graph" and seed < large["macs"] <= 1.5 * seed
+    x = torch.randn(4, *SHAPE)
+    for cand in (small, large):
+        with torch.no_grad():
+            torch.testing.assert_close(netfit.load(out / cand["id"])(x), result.models[cand["id"]].cpu().eval()(x))
+
+
 def test_dna_searches_the_depth_of_a_user_resnet(tmp_path, digits):
     options = {"search_epochs": 1, "warmup_epochs": 0, "units": 4, "grow_depth": 0.5}  # depth grows when asked
     out = tmp_path / "r"

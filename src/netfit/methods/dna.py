@@ -230,20 +230,20 @@ class DNA:
             raise NetfitError("dna needs arch_lr > 0, cost_weight > 0, warmup_epochs >= 0 and search_lr_scale > 0")
 
     def search(self, seed: Seed, data, targets: list[Target], run) -> list[Candidate]:
-        seed = _staged_seed(seed, run)
         widened = [self.widens(t.limit, seed.metric_value) for t in targets]
         searched = [t for t, w in zip(targets, widened) if not w]
-        net, arch, teacher = self._search(seed, data, searched, run) if searched else (None, None, None)
+        staged = _staged_seed(seed, run) if searched else seed
+        net, arch, teacher = self._search(staged, data, searched, run) if searched else (None, None, None)
         if teacher is None and self.kd:  # nothing searched: the seed is the only teacher there is
             teacher = CachedTeacher(seed.model)
-        seed_depths = [len(s) for s in seed.model.stages] if net is not None and net.depths else None
+        seed_depths = [len(s) for s in staged.model.stages] if net is not None and net.depths else None
         candidates, rows = [], iter(range(len(searched)))
         for target, widen in zip(targets, widened):
             cid = f"dna-{_slug(target.budget.spec)}"
-            if widen:
+            if widen:  # from the seed as given, as uniform widens it (a user model is not cut into stages)
                 model, info = _widened(seed, target, run)
             else:
-                model, info = self._materialize(net, arch, next(rows), target, seed, run)
+                model, info = self._materialize(net, arch, next(rows), target, staged, run)
                 info["seed_depths"] = seed_depths
             run.log.write("subnet", id=cid, inherit=self.inherit, **info)
             if self.inherit:
