@@ -117,7 +117,8 @@ def _events(out, name):
     return [e for e in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if e["event"] == name]
 
 
-def test_auto_is_measured_once_then_read_back(tmp_path, digits):
+def test_auto_is_measured_once_then_read_back(tmp_path, digits, monkeypatch):
+    monkeypatch.setenv("NETFIT_CACHE_DIR", str(tmp_path / "cache"))  # not what earlier tests of this space measured
     options = {"search_epochs": 1, "warmup_epochs": 0, "units": 4}
     first = adapt("cnn_small", digits, "50%,25%", "dna", out=tmp_path / "a", method_options=options, **FAST)
     second = adapt("cnn_small", digits, "50%,25%", "dna", out=tmp_path / "b", method_options=options, **FAST)
