@@ -302,7 +302,7 @@ class DNA:
     @property
     def searches_expansion(self) -> bool:
         """Whether budgets above the seed are searched in a grown space (a growth option is given) rather than
-        met by widening the seed uniformly (``widened``)."""
+        met by widening the seed uniformly (``widens``)."""
         return self.grow_width is not None or self.grow_depth is not None
 
     def widens(self, limit: float, seed_value: float) -> bool:
