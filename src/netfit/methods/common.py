@@ -16,6 +16,7 @@ from ..errors import TrainingError
 from ..health import fell_far_below, near_chance
 from ..models import arch_of, build_model
 from ..run import Run
+from ..space.grow import widen_to_fit
 from ..space.subnet import SubnetSpace
 from .base import Seed, Target
 
@@ -100,6 +101,12 @@ def cost_fn(run: Run, target: Target):
     pad = 1 / (1 - LATENCY_MARGIN) if target.metric == "latency_ms" else 1.0
     budget = target.budget
     return lambda model: pad * run.measure(model, target.metric, device=budget.device, backend=budget.backend)
+
+
+def widest_widening(seed: Seed, run: Run, target: Target) -> tuple[float, nn.Module, float]:
+    """The seed's widest uniform widening within ``target`` (copies read at weight 0, so it starts as the seed):
+    (width factor, network, its cost); the network ``uniform`` and DNA give a budget above the seed."""
+    return widen_to_fit(seed.model, seed.input_shape, cost_fn(run, target), target.limit, seed=run.seed)
 
 
 def require_reachable(space: SubnetSpace, run: Run, target: Target, seed: Seed, depths=None) -> None:

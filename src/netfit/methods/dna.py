@@ -35,11 +35,11 @@ from ..errors import BudgetInfeasibleError, NetfitError
 from ..fileio import atomic_write_text
 from ..space.blocks import stage_blocks
 from ..space.elastic import ElasticNet
-from ..space.grow import grow, widen_to_fit
+from ..space.grow import grow
 from ..space.latency_table import LatencyTable, measure_table
 from ..tuning import machine, remembered_choice
 from .base import METHODS, Candidate, Seed, Target
-from .common import cost_fn, finetune, from_scratch, inherited_accuracy, probe_inputs
+from .common import cost_fn, finetune, from_scratch, inherited_accuracy, probe_inputs, widest_widening
 from .dna_passes import PASS_MODES, SOFT_MODES, SOFT_TAIL, PassLayout, budget_sizes, choose_passes
 from .dna_step import DEAD_ZONE, dead_zone_loss, search_step
 from .uniform import _slug
@@ -483,10 +483,8 @@ def _clip(config: TrainConfig, clip: float | None) -> dict:
 
 
 def _widened(seed: Seed, target: Target, run) -> tuple[nn.Module, dict]:
-    """A budget above the seed, by default: the seed's widest uniform widening within it (copies read at weight
-    0, so it starts as the seed), as ``uniform`` builds it."""
-    cost = cost_fn(run, target)
-    scale, model, value = widen_to_fit(seed.model, seed.input_shape, cost, target.limit, seed=run.seed)
+    """A budget above the seed, by default: the seed's widest uniform widening within it, as ``uniform``'s."""
+    scale, model, value = widest_widening(seed, run, target)
     info = {"widened": True, "width_mult": round(scale, 4), "budget_fill": round(value / target.limit, 4)}
     return model, info | _growth_vs_seed(model, seed.model)
 

@@ -10,10 +10,18 @@ from typing import ClassVar
 from ..budget import check_feasible
 from ..distill import CachedTeacher
 from ..errors import NetfitError, UnsupportedLayerError
-from ..space.grow import deepen_to_fit, widen_to_fit
+from ..space.grow import deepen_to_fit
 from ..space.subnet import SubnetSpace
 from .base import METHODS, Candidate, Seed, Target
-from .common import cost_fn, finetune, from_scratch, inherited_accuracy, probe_inputs, require_reachable
+from .common import (
+    cost_fn,
+    finetune,
+    from_scratch,
+    inherited_accuracy,
+    probe_inputs,
+    require_reachable,
+    widest_widening,
+)
 
 
 @METHODS.register("uniform")
@@ -71,7 +79,7 @@ class Uniform:
     def _fit_width(self, space: SubnetSpace, run, target: Target, seed: Seed):
         cost = cost_fn(run, target)
         if self.grow and cost(seed.model) < target.limit:
-            scale, model, _ = widen_to_fit(seed.model, seed.input_shape, cost, target.limit, seed=run.seed)
+            scale, model, _ = widest_widening(seed, run, target)
         else:
             require_reachable(space, run, target, seed)
             scale, model, _ = space.fit_width(cost, target.limit)
