@@ -23,7 +23,8 @@ from netfit.errors import NetfitError
 from netfit.health import near_chance
 from netfit.methods import dna as dna_module
 from netfit.methods.dna import DNA, dead_zone_loss
-from netfit.models import create_model
+from netfit.methods.dna_networks import searched_network, top_up
+from netfit.models import arch_of, create_model
 from netfit.space.channels import trace_channel_groups
 from netfit.space.elastic import ElasticNet
 from netfit.space.grow import deepen, deepen_to_fit, grow, max_difference, order_channels, widen, widen_to_fit
@@ -163,7 +164,7 @@ def _elastic(name: str) -> ElasticNet:
 
 
 def test_top_up_is_the_greedy_walk_priced_in_batches():
-    """``_top_up`` prices every group's trial in one call; it must add the same channels as the plain greedy
+    """``top_up`` prices every group's trial in one call; it must add the same channels as the plain greedy
     walk (one ``cost_at`` per trial, first fitting group in the order of the searched shares)."""
     net = _elastic("mobilenetv2_cifar")
     sizes = {g.id: g.size for g in net.gated}
@@ -183,11 +184,46 @@ def test_top_up_is_the_greedy_walk_priced_in_batches():
             else:
                 return widths
 
-    topped = dna_module._top_up(net, start, depths, "macs", limit, ratios)
+    topped = top_up(net, start, depths, "macs", limit, ratios)
     assert topped == walk(dict(start)) and topped != start
     assert net.cost_at(topped, depths)["macs"] <= limit
     batched = net.costs_at([start, topped], depths)
     assert batched["macs"].tolist() == [net.cost_at(w, depths)["macs"] for w in (start, topped)]
+
+
+@pytest.mark.parametrize("name", ["mobilenetv2_cifar", "resnet18_cifar"])
+def test_searched_network_prices_its_trials_by_the_formula_and_builds_one_network(name, monkeypatch):
+    """A MACs budget's network: bisection and top-up priced by the cost formula, one network built, the same one
+    as pricing every trial by the cost model; where the formula is off, the counted bisection takes over."""
+    model, shape = _model(name)
+    net = ElasticNet(model, shape, units=8)
+    gen = torch.Generator().manual_seed(0)
+    arch = types.SimpleNamespace(
+        width=torch.randn(1, net.num_width_logits, generator=gen), depth=torch.randn(1, net.num_depth_logits)
+    )
+    macs = lambda m: count_cost(m, shape).macs  # noqa: E731
+    run = types.SimpleNamespace(measure=lambda m, metric, **_: macs(m))
+    budget = types.SimpleNamespace(device=None, backend=None)
+    target = types.SimpleNamespace(limit=0.3 * macs(model), metric="macs", budget=budget)
+    seed = types.SimpleNamespace(model=model)
+    builds = []
+    materialize = net.space.materialize
+    monkeypatch.setattr(net.space, "materialize", lambda *a: builds.append(a) or materialize(*a))
+    built, info = searched_network(net, arch, 0, target, seed, run)
+    assert len(builds) == 1 and macs(built) <= target.limit
+    assert info["budget_fill"] == round(macs(built) / target.limit, 4)
+
+    ratios, rounded = net.most_probable(arch.width[0], arch.depth[0])  # the same walk, every trial counted
+    scale, _, _ = net.space.fit_width(macs, target.limit, ratios, rounded.depths)
+    widths = net.space.scaled_widths({g: min(1.0, scale * r) for g, r in ratios.items()})
+    widths = top_up(net, widths, rounded.depths, "macs", target.limit, ratios)
+    counted = materialize(widths, rounded.depths)
+    assert info["width_scale"] == round(scale, 4) and arch_of(built) == arch_of(counted)
+
+    cost_at = net.cost_at  # a formula that prices everything at half: its top-up would overrun the budget
+    monkeypatch.setattr(net, "cost_at", lambda *a: {k: v / 2 for k, v in cost_at(*a).items()})
+    built, info = searched_network(net, arch, 0, target, seed, run)
+    assert 0.9 * target.limit < macs(built) <= target.limit and info["budget_fill"] <= 1
 
 
 @pytest.mark.parametrize("name", ["resnet18_cifar", "mobilenetv2_cifar", "user"])
@@ -567,6 +603,10 @@ def test_search_runs_every_epoch_whatever_the_training_settings_keep_or_stop_on(
     settings = DNA(search_lr_scale=0.5, search_clip=None)._search_settings(config)
     assert settings == {"lr": 0.05, "keep_best": False, "early_stop_patience": None}
     assert not config.replace(**settings).keep_best
+    # nothing evaluated with the frozen seed as in-place teacher (the largest network never trains whole)
+    frozen = DNA()._inplace_teacher(nn.Linear(2, 2))
+    assert DNA._search_eval_split(config, frozen) is None and DNA._search_eval_split(config, None) == "val"
+    assert DNA._search_eval_split(config.replace(schedule="plateau", early_stop_patience=None), frozen) == "val"
 
 
 @pytest.fixture(scope="module")
@@ -588,6 +628,8 @@ def test_dna_hits_every_budget_in_one_search(dna_run):
     (space,) = [e for e in log if e["event"] == "dna-space"]  # one supernet for the budgets below the seed
     assert (space["grow_width"], space["grow_depth"]) == (1.0, 0.0)  # 150% is widened, not searched
     assert space["inplace_teacher"] == "seed"
+    search_epochs = [e for e in log if e["event"] == "epoch" and e["phase"] == "dna-search"]
+    assert len(search_epochs) == 2 and not any("val_acc" in e for e in search_epochs)
     assert [c["info"].get("widened", False) for c in summary["candidates"]] == [False, False, True]
 
 

@@ -81,6 +81,23 @@ def test_learns():
     assert result.best_val_acc == max(r["val_acc"] for r in result.history)
 
 
+def test_training_without_evaluation_evaluates_nothing_and_trains_the_same(monkeypatch):
+    """eval_split=None: the same weights as with evaluation, no evaluation run or reported, NaN best accuracy;
+    refused with the settings that follow the evaluation."""
+    data = toy_data()
+    evaluated = train(mlp(), data, CFG, progress=False)
+    calls = []
+    monkeypatch.setattr("netfit.engine.trainer.evaluate", lambda *a, **k: calls.append(a))
+    blind = train(mlp(), data, CFG, progress=False, eval_split=None)
+    assert not calls and math.isnan(blind.best_val_acc) and len(blind.history) == 3
+    assert not any(key.startswith("val_") for row in blind.history for key in row)
+    for a, b in zip(evaluated.model.state_dict().values(), blind.model.state_dict().values()):
+        assert torch.equal(a, b)
+    for change in ({"schedule": "plateau"}, {"keep_best": True}, {"early_stop_patience": 2}):
+        with pytest.raises(TrainConfigError, match="without evaluation"):
+            train(mlp(), data, CFG.replace(**change), progress=False, eval_split=None)
+
+
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
 def test_resume_equals_uninterrupted(tmp_path, optimizer):
     lr, warmup = (0.1, 1.0) if optimizer == "sgd" else (0.01, 0.0)

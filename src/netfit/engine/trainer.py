@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -23,7 +24,7 @@ from torch import nn
 
 from ..errors import DataError, TrainingError
 from .checkpoint import as_checkpoint_error, callback_keys, check_compatible, load_checkpoint, save_checkpoint
-from .config import LrSchedule, TrainConfig
+from .config import LrSchedule, TrainConfig, TrainConfigError
 from .distributed import (
     all_reduce_sum,
     barrier,
@@ -219,9 +220,10 @@ class _Trainer:
         if self.log is not None:
             self.log.write("epoch", phase=self.desc, **row)
         if is_main():
+            acc = f"{self.eval_split} acc {row[f'{self.eval_split}_acc']:.4f} " if self.eval_split else ""
             logger.info(
                 f"{self.desc} epoch {row['epoch']}/{self.config.epochs}: loss {row['train_loss']:.4f} "
-                f"{self.eval_split} acc {row[f'{self.eval_split}_acc']:.4f} ({row['seconds']:.1f}s)"
+                f"{acc}({row['seconds']:.1f}s)"
             )
 
     def finish(self, early_stopped: bool) -> None:
@@ -238,7 +240,8 @@ class _Trainer:
         final = history[-1] if history else {}
         if self.config.keep_best and accs:
             final = history[accs.index(max(accs))]  # the first best epoch, as kept by the loop
-        return TrainResult(self.model, history, max(accs) if accs else 0.0, final)
+        best = max(accs) if accs else (0.0 if self.eval_split else math.nan)
+        return TrainResult(self.model, history, best, final)
 
     def epoch(self) -> dict:
         """Train one epoch, evaluate, update the lr controller and callbacks; return the history row."""
@@ -280,19 +283,19 @@ class _Trainer:
         )
         if config.precise_bn:  # seeded draw: every rank (and a resumed run) computes the same statistics
             recalibrate_norms(self.model, self.data, config.precise_bn, config.batch_size, config.seed + state.epoch)
-        evaluation = evaluate(self.model, self.data, self.eval_split, batch_size=config.eval_batch_size)
         row = {
             "epoch": state.epoch + 1,
             "lr": self.optimizer.param_groups[0]["lr"],
             "train_loss": loss_sum / max(count, 1),
             "train_acc": correct / max(count, 1),
-            f"{self.eval_split}_loss": evaluation["loss"],
-            f"{self.eval_split}_acc": evaluation["accuracy"],
-            "seconds": round(time.perf_counter() - started, 3),
         }
+        if self.eval_split:
+            evaluation = evaluate(self.model, self.data, self.eval_split, batch_size=config.eval_batch_size)
+            row |= {f"{self.eval_split}_loss": evaluation["loss"], f"{self.eval_split}_acc": evaluation["accuracy"]}
+        row["seconds"] = round(time.perf_counter() - started, 3)
         metric_totals, metric_ns = rest[: len(keys)], rest[len(keys) :]
         row.update({k: s / max(c, 1) for k, s, c in zip(keys, metric_totals, metric_ns) if k not in row})
-        if self.lr_control.end_epoch(evaluation["accuracy"]) and config.keep_best:
+        if self.eval_split and self.lr_control.end_epoch(evaluation["accuracy"]) and config.keep_best:
             self.best_weights = copy.deepcopy(self.model.state_dict())
         state.history.append(row)
         state.epoch += 1
@@ -347,6 +350,19 @@ class _Trainer:
         return out, y
 
 
+def _check_unevaluated(config: TrainConfig) -> None:
+    needs = [name for name, on in _EVALUATED.items() if on(config)]
+    if needs:
+        raise TrainConfigError(f"training without evaluation cannot use {', '.join(needs)}: they follow it")
+
+
+_EVALUATED = {  # the settings that follow the evaluation accuracy
+    "schedule=plateau": lambda c: c.schedule == "plateau",
+    "keep_best": lambda c: c.keep_best,
+    "early_stop_patience": lambda c: c.early_stop_patience is not None,
+}
+
+
 def _check_split(data: Any, split: str) -> None:
     if not isinstance(split, str) or not hasattr(getattr(data, split, None), "tensors"):
         raise DataError(f"the data has no split {split!r}; use val, test or train")
@@ -398,7 +414,7 @@ def train(
     desc: str = "train",
     progress: bool = True,
     device: str | torch.device | None = None,
-    eval_split: str = "val",
+    eval_split: str | None = "val",
 ) -> TrainResult:
     """Train ``model`` on ``data.train``, evaluating on ``eval_split`` after every epoch.
 
@@ -417,7 +433,9 @@ def train(
         resume: continue from ``checkpoint`` if it exists (a finished one returns at once).
         log: the JSONL run log ("epoch" events); desc names the phase in the log and the progress bar.
         device: default cuda:LOCAL_RANK when available, else cpu.
-        eval_split: the split evaluated after every epoch (drives plateau, early stop and keep_best).
+        eval_split: the split evaluated after every epoch (drives plateau, early stop and keep_best); None
+            evaluates nothing (for a phase whose network has no accuracy worth its time; then
+            ``TrainResult.best_val_acc`` is NaN, and those three settings are refused).
 
     Raises:
         TrainingError: the loss became NaN/inf (the last checkpoint stays intact).
@@ -427,7 +445,10 @@ def train(
         >>> result = train(model, load_data("digits"), TrainConfig(epochs=5), checkpoint="runs/x/ckpt.pt")
     """
     config.validate()
-    _check_split(data, eval_split)
+    if eval_split is None:
+        _check_unevaluated(config)
+    else:
+        _check_split(data, eval_split)
     device = torch.device(device) if device is not None else default_device()
     init_distributed(device)
     hooks = {

@@ -31,7 +31,7 @@ from ..cost import measure
 from ..distill import CachedTeacher
 from ..engine import Callback, TrainConfig, amp_dtype, channels_last, channels_last_layout, evaluate
 from ..engine.distributed import barrier, is_distributed, is_main
-from ..errors import BudgetInfeasibleError, NetfitError
+from ..errors import NetfitError
 from ..fileio import atomic_write_text
 from ..space.blocks import stage_blocks
 from ..space.elastic import ElasticNet
@@ -39,7 +39,8 @@ from ..space.grow import grow
 from ..space.latency_table import LatencyTable, measure_table
 from ..tuning import machine, remembered_choice
 from .base import METHODS, Candidate, Seed, Target
-from .common import cost_fn, finetune, from_scratch, inherited_accuracy, probe_inputs, widest_widening
+from .common import finetune, from_scratch, inherited_accuracy, probe_inputs
+from .dna_networks import searched_network, widened_network
 from .dna_passes import PASS_MODES, SOFT_MODES, SOFT_TAIL, PassLayout, budget_sizes, choose_passes
 from .dna_step import DEAD_ZONE, dead_zone_loss, search_step
 from .uniform import _slug
@@ -241,9 +242,9 @@ class DNA:
         for target, widen in zip(targets, widened):
             cid = f"dna-{_slug(target.budget.spec)}"
             if widen:  # from the seed as given, as uniform widens it (a user model is not cut into stages)
-                model, info = _widened(seed, target, run)
+                model, info = widened_network(seed, target, run)
             else:
-                model, info = self._materialize(net, arch, next(rows), target, staged, run)
+                model, info = searched_network(net, arch, next(rows), target, staged, run)
                 info["seed_depths"] = seed_depths
             run.log.write("subnet", id=cid, inherit=self.inherit, **info)
             if self.inherit:
@@ -288,11 +289,16 @@ class DNA:
 
     def _search_settings(self, config: TrainConfig) -> dict:
         """Training overrides of the search: its learning rate, the gradient clip where the training settings
-        have none, and every epoch run with the last one's weights kept. The epoch's validation accuracy is the
-        raw largest network's (batch norms not recalibrated; with the seed as in-place teacher it never trains
-        whole), no measure of the search to stop on or keep by."""
+        have none, and every epoch run with the last one's weights kept (``_search_eval_split``)."""
         settings = {"lr": config.lr * self.search_lr_scale, "keep_best": False, "early_stop_patience": None}
         return settings | _clip(config, self.search_clip)
+
+    @staticmethod
+    def _search_eval_split(config: TrainConfig, frozen: CachedTeacher | None) -> str | None:
+        """What a search epoch evaluates: the raw largest network on validation, no measure of the search to stop
+        on or keep by (batch norms not recalibrated), and none at all with the seed as in-place teacher, where the
+        largest network never trains whole (its accuracy would be noise), unless a plateau schedule needs it."""
+        return None if frozen is not None and config.schedule != "plateau" else "val"
 
     def _finetune_settings(self, config: TrainConfig) -> dict:
         """Training overrides of an inherited sub-network's fine-tune: the learning-rate warm-up, and the
@@ -381,6 +387,7 @@ class DNA:
                 step_fn=opts.step_fn(net, arch, limits, metrics, run.seed, frozen),
                 extra_optimizers=[optimizer],
                 callbacks=[_ArchLog(net, arch, limits, metrics, run)],
+                eval_split=self._search_eval_split(run.config, frozen),
             )
         finally:
             net.detach()
@@ -450,43 +457,10 @@ class DNA:
         run.log.write("dna-kd-teacher", teacher=choice, val_accuracy=scores)
         return CachedTeacher(largest if choice == "largest" else seed.model)
 
-    def _materialize(self, net: ElasticNet, arch: ArchParams, row: int, target: Target, seed: Seed, run):
-        """The most probable architecture of budget ``row``: its widths scaled together to the largest network
-        within the budget, then topped up channel by channel (exact cost model) into the dead zone."""
-        ratios, rounded = net.most_probable(arch.width[row], arch.depth[row])
-        cost = cost_fn(run, target)
-        depths = rounded.depths
-        try:
-            scale, _, _ = net.space.fit_width(cost, target.limit, ratios, depths)
-        except BudgetInfeasibleError:
-            if depths is None or depths == net.min_depths:
-                raise
-            depths = list(net.min_depths)  # the chosen depth is too deep for the budget at any width
-            scale, _, _ = net.space.fit_width(cost, target.limit, ratios, depths)
-        widths = net.space.scaled_widths({g: min(1.0, scale * r) for g, r in ratios.items()})
-        if target.metric in ("macs", "params"):
-            widths = _top_up(net, widths, depths, target.metric, target.limit, ratios)
-        model = net.space.materialize(widths, depths)
-        info = {
-            "depths": depths,
-            "width_scale": round(scale, 4),
-            "expected_widths": {str(g): round(r, 4) for g, r in ratios.items()},
-            "budget_fill": round(cost(model) / target.limit, 4),
-            **_growth_vs_seed(model, seed.model),
-        }
-        return model, info
-
 
 def _clip(config: TrainConfig, clip: float | None) -> dict:
     """The ``grad_clip`` override of a phase: ``clip``, unless the training settings give one (or it is None)."""
     return {"grad_clip": clip} if config.grad_clip is None and clip is not None else {}
-
-
-def _widened(seed: Seed, target: Target, run) -> tuple[nn.Module, dict]:
-    """A budget above the seed, by default: the seed's widest uniform widening within it, as ``uniform``'s."""
-    scale, model, value = widest_widening(seed, run, target)
-    info = {"widened": True, "width_mult": round(scale, 4), "budget_fill": round(value / target.limit, 4)}
-    return model, info | _growth_vs_seed(model, seed.model)
 
 
 def _staged_seed(seed: Seed, run) -> Seed:
@@ -497,24 +471,6 @@ def _staged_seed(seed: Seed, run) -> Seed:
         return seed
     run.log.write("dna-blocks", depths=[len(stage) for stage in staged.stages])
     return dataclasses.replace(seed, model=staged)
-
-
-def _top_up(net: ElasticNet, widths: dict[int, int], depths, metric: str, limit: float, ratios: dict) -> dict:
-    """Add channels one at a time, always to the group furthest below its searched share that stays within budget
-    (every group's trial priced in one batched call: the greedy walk adds hundreds of channels on MobileNetV2)."""
-    widths = dict(widths)
-    sizes = {g.id: g.size for g in net.gated}
-    while True:
-        order = sorted(
-            (g for g in sizes if widths[g] < sizes[g]), key=lambda g: widths[g] / max(ratios[g] * sizes[g], 1e-9)
-        )
-        if not order:
-            return widths
-        costs = net.costs_at([{**widths, g: widths[g] + 1} for g in order], depths)[metric]
-        fitting = (costs <= limit).nonzero()
-        if len(fitting) == 0:
-            return widths
-        widths[order[int(fitting[0])]] += 1
 
 
 class _ArchLog(Callback):
@@ -562,23 +518,6 @@ def _uniform_logits(net: ElasticNet, depth_logits: torch.Tensor, goal: float, me
             else:
                 hi = mid
     return logits(lo)
-
-
-def _growth_vs_seed(model: nn.Module, seed: nn.Module) -> dict:
-    """How the result compares with the seed: layers with more/fewer output channels, stages with more blocks."""
-    seed_modules = dict(seed.named_modules())
-    wider = narrower = 0
-    for name, module in model.named_modules():
-        other = seed_modules.get(name)
-        width = getattr(module, "out_channels", None)
-        if width is None or other is None or type(other) is not type(module):
-            continue
-        wider += width > other.out_channels
-        narrower += width < other.out_channels
-    out = {"layers_wider_than_seed": wider, "layers_narrower_than_seed": narrower}
-    if hasattr(model, "stages") and hasattr(seed, "stages"):
-        out["stages_deeper_than_seed"] = sum(len(a) > len(b) for a, b in zip(model.stages, seed.stages))
-    return out
 
 
 __all__ = ["DNA", "dead_zone_loss"]

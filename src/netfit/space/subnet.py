@@ -79,38 +79,54 @@ class SubnetSpace:
         Returns (s, sub-network, its cost). Raises ``BudgetInfeasibleError`` with the reachable range when even
         one channel per group is too expensive.
         """
+        widest: list = [None, -1]  # the widest network within the limit built so far, and its channel count
+
+        def price(widths: dict[int, int]) -> float:
+            model = self.materialize(widths, depths)
+            value = cost(model)
+            if value <= limit and sum(widths.values()) > widest[1]:  # widths grow with the scale
+                widest[:] = [model, sum(widths.values())]
+            return value
+
+        scale, _, value = self.fit_scale(price, limit, ratios, steps)
+        return scale, widest[0], value
+
+    def fit_scale(
+        self,
+        price: Callable[[dict[int, int]], float],
+        limit: float,
+        ratios: dict[int, float] | None = None,
+        steps: int = 16,
+    ) -> tuple[float, dict[int, int], float]:
+        """``fit_width`` for any ``price`` of a width choice (a cost formula needs no network built): the largest
+        scale s whose widths ``scaled_widths(s * ratios)`` price <= limit, by bisection; (s, widths, price).
+        Each distinct width choice is priced once (whole channels: later scales mostly repeat lo's or hi's)."""
         ratios = ratios or {g.id: 1.0 for g in self.prunable}
         top = 1.0 / min(ratios.values()) if ratios else 1.0  # past this every group is at full width
+        prices: dict[tuple, float] = {}
 
-        costs: dict[tuple, float] = {}
-
-        def build(s: float) -> tuple[nn.Module | None, float]:
-            """The network at scale s and its cost; (None, cost) when its widths were built before (whole
-            channels: the bisection's later scales mostly repeat lo's or hi's widths)."""
+        def at(s: float) -> tuple[dict[int, int], float]:
             widths = self.scaled_widths({g: min(1.0, s * r) for g, r in ratios.items()})
             key = tuple(sorted(widths.items()))
-            if key in costs:
-                return None, costs[key]
-            model = self.materialize(widths, depths)
-            costs[key] = cost(model)
-            return model, costs[key]
+            if key not in prices:
+                prices[key] = price(widths)
+            return widths, prices[key]
 
-        best_model, best_cost = build(top)
-        if best_cost <= limit:
-            return top, best_model, best_cost
-        low_model, low_cost = build(0.0)
-        if low_cost > limit:
+        widths, value = at(top)
+        if value <= limit:
+            return top, widths, value
+        low_widths, low_value = at(0.0)
+        if low_value > limit:
             raise BudgetInfeasibleError(
-                f"even one channel per group costs {low_cost:.4g} > limit {limit:.4g}; the reachable range of "
-                f"this space is {low_cost:.4g} .. {best_cost:.4g}"
+                f"even one channel per group costs {low_value:.4g} > limit {limit:.4g}; the reachable range of "
+                f"this space is {low_value:.4g} .. {value:.4g}"
             )
-        lo, hi, best = 0.0, top, (0.0, low_model, low_cost)
+        lo, hi, best = 0.0, top, (0.0, low_widths, low_value)
         for _ in range(steps):
             mid = (lo + hi) / 2
-            model, value = build(mid)
+            widths, value = at(mid)
             if value <= limit:
-                # widths grow with the scale, so a repeated feasible network is lo's: the best one kept
-                lo, best = mid, (mid, best[1] if model is None else model, value)
+                lo, best = mid, (mid, widths, value)
             else:
                 hi = mid
         return best
