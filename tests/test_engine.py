@@ -98,6 +98,23 @@ def test_training_without_evaluation_evaluates_nothing_and_trains_the_same(monke
             train(mlp(), data, CFG.replace(**change), progress=False, eval_split=None)
 
 
+def test_a_phase_draws_from_its_own_stream_whatever_ran_before_it():
+    """Dropout masks (any draw from the global generators) come from the run seed and the phase's name, not from
+    how much randomness the method used before the phase (e.g. how many networks it built)."""
+
+    def dropout_mlp():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Dropout(0.5), nn.Linear(32, 4))
+
+    data = toy_data()
+    first = train(dropout_mlp(), data, CFG, progress=False, desc="phase").model
+    torch.rand(1000)  # the method drew more before the same phase
+    again = train(dropout_mlp(), data, CFG, progress=False, desc="phase").model
+    other = train(dropout_mlp(), data, CFG, progress=False, desc="another phase").model
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values()))
+    assert not all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), other.state_dict().values()))
+
+
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
 def test_resume_equals_uninterrupted(tmp_path, optimizer):
     lr, warmup = (0.1, 1.0) if optimizer == "sgd" else (0.01, 0.0)

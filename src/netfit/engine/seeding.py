@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import zlib
 
 import numpy as np
 import torch
@@ -13,6 +14,12 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def phase_seed(seed: int, phase: str) -> int:
+    """The seed of a training phase's own random stream: the run seed and the phase's name, stable across processes
+    (``hash`` of a str is salted per process)."""
+    return (seed * 1_000_003 + zlib.crc32(phase.encode())) % 2**63
 
 
 def epoch_generator(seed: int, epoch: int, device: torch.device | str = "cpu") -> torch.Generator:

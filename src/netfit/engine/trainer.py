@@ -49,7 +49,7 @@ from .hooks import (
 )
 from .log import ProgressBar, RunLog
 from .norms import recalibrate_norms
-from .seeding import epoch_generator, rng_state, set_rng_state
+from .seeding import epoch_generator, phase_seed, rng_state, seed_everything, set_rng_state
 
 logger = logging.getLogger("netfit")
 
@@ -193,6 +193,8 @@ class _Trainer:
     def run(self, resume: bool) -> TrainResult:
         if resume and self.ckpt_path is not None and self.ckpt_path.exists() and self.restore():
             return self.result()
+        if self.state.epoch == 0:  # a fresh phase draws (dropout, ...) from its own stream, whatever ran before it
+            seed_everything(phase_seed(self.config.seed, self.desc))
         if is_distributed():
             index = [self.device.index] if self.device.type == "cuda" else None
             # find_unused_parameters: step functions may run only a sub-network (sandwich rule, exits)
