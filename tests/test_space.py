@@ -604,6 +604,34 @@ def test_fit_width_widest_network_under_the_limit_each_built_once() -> None:
     assert count_macs(wider, (1, 8, 8)) > limit  # a step wider is over: the widest under the limit
 
 
+@pytest.mark.parametrize("metric", ["macs", "params"])
+@pytest.mark.parametrize("name", ["mobilenetv2_cifar", "resnet18_cifar", "resnet18_1d"])
+def test_fit_width_priced_by_the_formula_builds_the_counted_network_once(name, metric, monkeypatch) -> None:
+    """MACs and params by the width formula: the same scale and network as counting every trial, one network
+    built; a formula that is off falls back to counting."""
+    from netfit.cost import count_cost
+    from netfit.models import arch_of, create_model
+    from netfit.space.subnet import SubnetSpace
+
+    shape = input_shape(name)
+    model = create_model(name, in_chans=shape[0], num_classes=10, width_mult=0.25)
+    space = SubnetSpace(model, shape)
+    cost = lambda m: getattr(count_cost(m, shape), metric)  # noqa: E731
+    limit = 0.3 * cost(model)
+    counted = space.fit_width(cost, limit)
+    builds, materialize = [], space.materialize
+    monkeypatch.setattr(space, "materialize", lambda *a: builds.append(a) or materialize(*a))
+    priced = space.fit_width(cost, limit, formula=space.formula_price(metric))
+    assert len(builds) == 1 and priced[0] == counted[0] and priced[2] == counted[2] <= limit
+    assert arch_of(priced[1]) == arch_of(counted[1])
+    exact = space.formula_price(metric)
+    halved = space.fit_width(cost, limit, formula=lambda w: exact(w) / 2)  # over the limit when built
+    assert len(builds) > 2 and halved[0] == counted[0] and halved[2] == counted[2]
+    assert space.formula_price("latency_ms") is None
+    with pytest.raises(ValueError, match="full-depth"):
+        space.fit_width(cost, limit, depths=[1, 1, 1, 1], formula=exact)
+
+
 @pytest.mark.parametrize(
     ("shape", "channels_last"), [((12, 5, 3, 3), False), ((12, 5, 3, 3), True), ((12, 5, 7), False), ((12, 5), False)]
 )

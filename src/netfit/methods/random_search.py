@@ -56,7 +56,8 @@ class RandomSearch:
                     depths = [int(rng.integers(1, n + 1)) for n in space.depths]
                     if cost_fn(run, target)(space.materialize(space.scaled_widths(0.0), depths)) > target.limit:
                         depths = None  # this depth cannot meet the budget at any width: sample widths only
-                scale, model, _ = space.fit_width(cost_fn(run, target), target.limit, ratios, depths)
+                formula = space.formula_price(target.metric) if depths is None else None
+                scale, model, _ = space.fit_width(cost_fn(run, target), target.limit, ratios, depths, formula=formula)
                 info = {
                     "width_ratios": {str(g): round(min(1.0, scale * r), 4) for g, r in ratios.items()},
                     "depths": depths or space.depths,

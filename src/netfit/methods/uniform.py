@@ -82,7 +82,7 @@ class Uniform:
             scale, model, _ = widest_widening(seed, run, target)
         else:
             require_reachable(space, run, target, seed)
-            scale, model, _ = space.fit_width(cost, target.limit)
+            scale, model, _ = space.fit_width(cost, target.limit, formula=space.formula_price(target.metric))
         return model, {"width_mult": round(scale, 4)}
 
     def _fit_depth(self, space: SubnetSpace, run, target: Target, seed: Seed):

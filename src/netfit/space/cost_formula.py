@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..cost import count_cost
 from .layers import CONVS, dim_size
 
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm)
@@ -93,6 +94,20 @@ class CostFormula:
             a, b = (as_width(torch.tensor([c[k] if c else 0.0 for c in coefs], dtype=torch.float64)) for k in (0, 1))
             cost["latency"] = (scale * (a + b * channels)).sum(1)
         return cost
+
+
+def calibrated_formula(
+    model: nn.Module, input_shape: Sequence[int], groups: Sequence, gated: Sequence, blocks: Sequence[tuple[int, int]]
+) -> tuple[list[CostLayer], CostFormula, dict[str, float]]:
+    """The formula of ``model``'s layers over the ``gated`` groups' widths (in that order) and the skippable
+    ``blocks``' keeps, with the offset that calibrates it to the cost model at full size (what it does not see is
+    counted as fixed there): (layers, formula, offset per metric)."""
+    layers = trace_layers(model, input_shape, groups, {g.id: i for i, g in enumerate(gated)}, blocks)
+    formula = CostFormula(layers, len(gated))
+    full = count_cost(model, input_shape)
+    width = torch.tensor([[float(g.size) for g in gated]], dtype=torch.float64)
+    raw = formula(width, torch.ones(1, len(blocks), dtype=torch.float64))
+    return layers, formula, {"macs": full.macs - float(raw["macs"][0]), "params": full.params - float(raw["params"][0])}
 
 
 def trace_layers(

@@ -33,10 +33,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..cost import count_cost
 from ..models import StagedNet
 from .blocks import stage_blocks
-from .cost_formula import CostFormula, trace_layers
+from .cost_formula import calibrated_formula
 from .latency_table import LatencyTable
 from .layers import BATCH_NORMS, CONVS, dim_size, share_batch_norm
 from .sliced import SlicedRunner, sample_rows
@@ -83,14 +82,12 @@ class ElasticNet:
             torch.repeat_interleave(torch.arange(len(b) - 1), torch.as_tensor(b).diff()) for b in self.unit_bounds
         ]
         self.blocks, self.min_depths = self._skippable_blocks(min_depths)
-        self.layers = trace_layers(model, self.input_shape, self.space.groups, self.gate_of, self.blocks)
-        self.formula = CostFormula(self.layers, len(self.gated))
+        self.layers, self.formula, self.offset = calibrated_formula(
+            model, self.input_shape, self.space.groups, self.gated, self.blocks
+        )
         self.latency_table: LatencyTable | None = None  # set by ``latency_table.measure_table``
         self._consumers = self._consumer_entries()
         self._unit_index_device: tuple[torch.device, list[torch.Tensor]] | None = None
-        full = count_cost(model, self.input_shape)
-        formula = self.cost(self.largest(), calibrated=False)
-        self.offset = {"macs": full.macs - formula["macs"], "params": full.params - formula["params"]}
         self._masks: list[torch.Tensor | None] | None = None
         self._block_gates: list[torch.Tensor | float | None] | None = None
         self._shares: list[slice] | None = None  # batch shares normalised apart (``set_soft_rows``)

@@ -16,6 +16,7 @@ from torch import nn
 from ..errors import BudgetInfeasibleError
 from ..models import StagedNet, arch_of, build_model
 from .channels import ChannelGroup, trace_channel_groups
+from .cost_formula import calibrated_formula
 from .importance import channel_scores, keep_top
 from .inherit import inherit_weights
 from .prune import slice_channels
@@ -33,12 +34,29 @@ class SubnetSpace:
     """
 
     def __init__(self, model: nn.Module, input_shape: Sequence[int], probe: torch.Tensor | None = None) -> None:
-        self.model = model.eval()
+        self.model, self.input_shape = model.eval(), tuple(input_shape)
         example = torch.zeros(1, *input_shape, device=next(model.parameters()).device)
         self.groups: list[ChannelGroup] = trace_channel_groups(model, example)
         self.prunable = [g for g in self.groups if g.prunable]
         self.importance = channel_scores(model, self.prunable, probe)
         self.depths: list[int] | None = [len(s) for s in model.stages] if isinstance(model, StagedNet) else None
+        self._formula: tuple | None = None  # (gated groups, formula, offset), traced when first asked for
+
+    def formula_price(self, metric: str) -> Callable[[dict[int, int]], float] | None:
+        """A width choice's MACs or params at full depth by the cost formula, no network built (exact on the
+        built-in models; a user layer it prices wrongly makes it approximate); None for measured metrics."""
+        if metric not in ("macs", "params"):
+            return None
+        if self._formula is None:
+            gated = [g for g in self.prunable if g.size > 1]
+            self._formula = (gated, *calibrated_formula(self.model, self.input_shape, self.groups, gated, [])[1:])
+        gated, formula, offset = self._formula
+
+        def price(widths: dict[int, int]) -> float:
+            width = torch.tensor([[float(widths.get(g.id, g.size)) for g in gated]], dtype=torch.float64)
+            return float(formula(width, width.new_zeros(1, 0))[metric][0]) + offset[metric]
+
+        return price
 
     def full_widths(self) -> dict[int, int]:
         return {g.id: g.size for g in self.prunable}
@@ -73,12 +91,23 @@ class SubnetSpace:
         ratios: dict[int, float] | None = None,
         depths: Sequence[int] | None = None,
         steps: int = 16,
+        formula: Callable[[dict[int, int]], float] | None = None,
     ) -> tuple[float, nn.Module, float]:
         """Largest common scale s of the widths (``s * ratios`` per group, default 1) whose network costs <= limit.
 
         Returns (s, sub-network, its cost). Raises ``BudgetInfeasibleError`` with the reachable range when even
-        one channel per group is too expensive.
+        one channel per group is too expensive. With a ``formula`` (``formula_price``, full depth only) the trials
+        are priced by it and one network is built, its cost checked; should the formula be off, every trial is
+        built and measured after all.
         """
+        if formula is not None:
+            if depths is not None:
+                raise ValueError("the width formula prices full-depth networks: no depths with it")
+            scale, widths, _ = self.fit_scale(formula, limit, ratios, steps)
+            model = self.materialize(widths)
+            value = cost(model)
+            if value <= limit:
+                return scale, model, value
         widest: list = [None, -1]  # the widest network within the limit built so far, and its channel count
 
         def price(widths: dict[int, int]) -> float:
