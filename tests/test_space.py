@@ -627,6 +627,8 @@ def test_fit_width_priced_by_the_formula_builds_the_counted_network_once(name, m
     exact = space.formula_price(metric)
     halved = space.fit_width(cost, limit, formula=lambda w: exact(w) / 2)  # over the limit when built
     assert len(builds) > 2 and halved[0] == counted[0] and halved[2] == counted[2]
+    floor = space.fit_width(cost, limit, formula=lambda w: exact(w) * 100)  # "infeasible" by the formula alone
+    assert floor[0] == counted[0] and floor[2] == counted[2]
     assert space.formula_price("latency_ms") is None
     with pytest.raises(ValueError, match="full-depth"):
         space.fit_width(cost, limit, depths=[1, 1, 1, 1], formula=exact)

@@ -97,17 +97,21 @@ class SubnetSpace:
 
         Returns (s, sub-network, its cost). Raises ``BudgetInfeasibleError`` with the reachable range when even
         one channel per group is too expensive. With a ``formula`` (``formula_price``, full depth only) the trials
-        are priced by it and one network is built, its cost checked; should the formula be off, every trial is
-        built and measured after all.
+        are priced by it and one network is built, its cost checked (within the limit, and as the formula priced
+        it); should the formula be off, every trial is built and measured after all.
         """
         if formula is not None:
             if depths is not None:
                 raise ValueError("the width formula prices full-depth networks: no depths with it")
-            scale, widths, _ = self.fit_scale(formula, limit, ratios, steps)
-            model = self.materialize(widths)
-            value = cost(model)
-            if value <= limit:
-                return scale, model, value
+            try:
+                scale, widths, priced = self.fit_scale(formula, limit, ratios, steps)
+            except BudgetInfeasibleError:  # an approximate formula may misjudge the space's floor: count
+                pass
+            else:
+                model = self.materialize(widths)
+                value = cost(model)
+                if value <= limit and formula_agrees(priced, value):
+                    return scale, model, value
         widest: list = [None, -1]  # the widest network within the limit built so far, and its channel count
 
         def price(widths: dict[int, int]) -> float:
@@ -159,6 +163,12 @@ class SubnetSpace:
             else:
                 hi = mid
         return best
+
+
+def formula_agrees(priced: float, counted: float) -> bool:
+    """Whether a cost formula priced a network as the cost model counts it (integer costs: to rounding); where
+    it does not, a fit by the formula may lie anywhere below the budget, so the caller counts instead."""
+    return abs(priced - counted) <= 1e-9 * max(abs(counted), 1.0)
 
 
 def truncate_depth(model: nn.Module, depths: Sequence[int]) -> nn.Module:
