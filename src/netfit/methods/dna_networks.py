@@ -7,9 +7,7 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
-from ..errors import BudgetInfeasibleError
 from ..space.elastic import ElasticNet
-from ..space.subnet import formula_agrees
 from .base import Seed, Target
 from .common import cost_fn, widest_widening
 
@@ -37,20 +35,11 @@ def searched_network(
     depths = rounded.depths
     if depths not in (None, net.min_depths) and price(net.space.scaled_widths(0.0), depths) > target.limit:
         depths = list(net.min_depths)  # the chosen depth is too deep for the budget at any width
-    model = None
+    fitted = None
     if formula:
-        try:
-            scale, widths, _ = net.space.fit_scale(lambda w: price(w, depths), target.limit, ratios)
-        except BudgetInfeasibleError:  # an approximate formula may misjudge the space's floor: count
-            widths = None
-        if widths is not None:
-            widths = top_up(net, widths, depths, target.metric, target.limit, ratios)
-            model = net.space.materialize(widths, depths)
-            value = cost(model)
-            if not formula_agrees(price(widths, depths), value):
-                model = None  # the formula is off on this network: its fit may lie anywhere below the budget
-    if model is None or value > target.limit:
-        scale, model, value = net.space.fit_width(cost, target.limit, ratios, depths)
+        fill = lambda w: top_up(net, w, depths, target.metric, target.limit, ratios)  # noqa: E731
+        fitted = net.space.fit_by_formula(cost, target.limit, lambda w: price(w, depths), ratios, depths, fill)
+    scale, model, value = fitted or net.space.fit_width(cost, target.limit, ratios, depths)
     info = {
         "depths": depths,
         "width_scale": round(scale, 4),

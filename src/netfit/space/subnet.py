@@ -103,15 +103,9 @@ class SubnetSpace:
         if formula is not None:
             if depths is not None:
                 raise ValueError("the width formula prices full-depth networks: no depths with it")
-            try:
-                scale, widths, priced = self.fit_scale(formula, limit, ratios, steps)
-            except BudgetInfeasibleError:  # an approximate formula may misjudge the space's floor: count
-                pass
-            else:
-                model = self.materialize(widths)
-                value = cost(model)
-                if value <= limit and formula_agrees(priced, value):
-                    return scale, model, value
+            fitted = self.fit_by_formula(cost, limit, formula, ratios, steps=steps)
+            if fitted is not None:
+                return fitted
         widest: list = [None, -1]  # the widest network within the limit built so far, and its channel count
 
         def price(widths: dict[int, int]) -> float:
@@ -123,6 +117,30 @@ class SubnetSpace:
 
         scale, _, value = self.fit_scale(price, limit, ratios, steps)
         return scale, widest[0], value
+
+    def fit_by_formula(
+        self,
+        cost: CostFn,
+        limit: float,
+        formula: Callable[[dict[int, int]], float],
+        ratios: dict[int, float] | None = None,
+        depths: Sequence[int] | None = None,
+        refine: Callable[[dict[int, int]], dict[int, int]] | None = None,
+        steps: int = 16,
+    ) -> tuple[float, nn.Module, float] | None:
+        """``fit_width``'s bisection priced by ``formula`` (a width choice's cost at ``depths``, no network built),
+        its widths then passed through ``refine`` (e.g. a top-up priced by the same formula), and ONE network built:
+        (s, network, its cost), or None where the formula cannot be trusted for this fit (it judged the budget
+        below the space's floor, or priced the built network otherwise than ``cost`` counts it, or the network is
+        over the limit): the caller then counts every trial (``fit_width`` without a formula)."""
+        try:
+            scale, widths, _ = self.fit_scale(formula, limit, ratios, steps)
+        except BudgetInfeasibleError:  # an approximate formula may misjudge the space's floor
+            return None
+        widths = refine(widths) if refine is not None else widths
+        model = self.materialize(widths, depths)
+        value = cost(model)
+        return (scale, model, value) if value <= limit and formula_agrees(formula(widths), value) else None
 
     def fit_scale(
         self,
