@@ -401,6 +401,16 @@ def test_log_stamps_every_event_with_wall_and_cpu_time(tmp_path):
     assert after["cpu"] > before["cpu"] >= 0 and after["time"] >= before["time"]
 
 
+def test_progress_bar_writes_nothing_where_the_output_is_not_a_terminal(capsys):
+    """Piped into a log file, a bar would leave one blank line per epoch between the epoch summaries."""
+    from netfit.engine.log import ProgressBar
+
+    with ProgressBar(True, "seed epoch 1/1", total=2) as advance:
+        advance(loss=1.0)
+        advance(loss=0.5)
+    assert capsys.readouterr().out == ""
+
+
 def test_session_seconds_per_clock_counts_each_session_and_skips_unclocked_ones(tmp_path):
     from netfit.engine.log import session_seconds
 

@@ -57,7 +57,8 @@ def session_seconds(path: str | Path, clock: str = "time") -> list[float]:
 
 
 class ProgressBar:
-    """A transient rich progress bar over an epoch's steps; a no-op when disabled (progress=False, rank > 0).
+    """A transient rich progress bar over an epoch's steps; a no-op when disabled (progress=False, rank > 0) or
+    when the output is not a terminal (a log file or pipe would only collect a blank line per bar).
 
     Example:
         >>> with ProgressBar(True, "seed epoch 1/5", total=40) as advance:
@@ -68,6 +69,9 @@ class ProgressBar:
         self.enabled, self.description, self.total = enabled, description, total
 
     def __enter__(self) -> Callable[..., None]:
+        from rich.console import Console
+
+        self.enabled = self.enabled and Console().is_terminal
         if not self.enabled:
             return lambda **_: None
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
