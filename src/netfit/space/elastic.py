@@ -35,6 +35,7 @@ from torch import nn
 
 from ..models import StagedNet
 from .blocks import stage_blocks
+from .chains import Chains
 from .cost_formula import calibrated_formula
 from .latency_table import LatencyTable
 from .layers import BATCH_NORMS, CONVS, dim_size, share_batch_norm
@@ -82,6 +83,12 @@ class ElasticNet:
             torch.repeat_interleave(torch.arange(len(b) - 1), torch.as_tensor(b).diff()) for b in self.unit_bounds
         ]
         self.blocks, self.min_depths = self._skippable_blocks(min_depths)
+        # the gates' and stages' Markov chains evaluated together (``Chains``), and each gate's unit sizes
+        self._width_chains = Chains([len(b) - 2 for b in self.unit_bounds])
+        self._depth_chains = Chains([d - m for d, m in zip(self.depths or [], self.min_depths)])
+        self._unit_sizes = torch.zeros(len(self.gated), self._width_chains.longest + 1)
+        for i, b in enumerate(self.unit_bounds):
+            self._unit_sizes[i, : len(b) - 1] = torch.as_tensor(b).diff()
         self.layers, self.formula, self.offset = calibrated_formula(
             model, self.input_shape, self.space.groups, self.gated, self.blocks
         )
@@ -128,49 +135,48 @@ class ElasticNet:
     def num_depth_logits(self) -> int:
         return len(self.blocks)
 
-    def _chains(self, logits: torch.Tensor, width: bool) -> list[torch.Tensor]:
-        """The flat logits (..., n) split into one chain of conditional keep probabilities per gate (or stage)."""
-        if width:
-            lengths = [n - 1 for n in self.num_units]
-        else:
-            lengths = [d - m for d, m in zip(self.depths or [], self.min_depths)]
-        return list(torch.sigmoid(logits).split(lengths, dim=-1))
+    def _padded_unit_probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """P(width >= u) of every gate as one (..., gates, most units) tensor, 0 past a gate's units."""
+        reach = self._width_chains.products(torch.sigmoid(logits))
+        return torch.cat([reach.new_ones(*reach.shape[:-1], 1), reach], -1)
 
     def unit_probs(self, logits: torch.Tensor) -> list[torch.Tensor]:
         """P(width >= u) for u = 0..U-1 of every gate, from the flat width logits (one per unit after the first);
         logits of shape (R, n) give (R, U) per gate."""
-        return [torch.cat([c.new_ones(*c.shape[:-1], 1), c.cumprod(-1)], -1) for c in self._chains(logits, width=True)]
+        padded = self._padded_unit_probs(logits)
+        return [padded[..., g, :n] for g, n in enumerate(self.num_units)]
 
     def block_probs(self, logits: torch.Tensor) -> torch.Tensor:
         """P(block kept) of every skippable block (in ``self.blocks`` order), from the flat depth logits: shape
         (blocks,), or (R, blocks) for logits of shape (R, n)."""
-        chains = self._chains(logits, width=False)
-        return torch.cat([c.cumprod(-1) for c in chains], -1) if chains else logits.new_zeros(*logits.shape[:-1], 0)
+        if not self.blocks:
+            return logits.new_zeros(*logits.shape[:-1], 0)
+        return self._depth_chains.flatten(self._depth_chains.products(torch.sigmoid(logits)))
 
     def sample(self, width_logits: torch.Tensor, depth_logits: torch.Tensor, gen: torch.Generator) -> Arch:
         """Draw an architecture from the Markov chains (each unit/block kept only if the previous one is)."""
 
-        def draw(cond: torch.Tensor) -> int:
-            return int((torch.rand(len(cond), generator=gen) < cond).long().cumprod(0).sum())
+        def draw(chains: Chains, logits: torch.Tensor) -> list[int]:  # every chain's leading run of kept links
+            cond = torch.sigmoid(logits.detach().cpu())
+            kept = (torch.rand(len(cond), generator=gen) < cond).to(cond.dtype)
+            return chains.products(kept).sum(-1).long().tolist()
 
-        units = [1 + draw(c) for c in self._chains(width_logits.detach().cpu(), width=True)]
+        units = [1 + n for n in draw(self._width_chains, width_logits)]
         if not self.depths:
             return Arch(units)
-        chains = self._chains(depth_logits.detach().cpu(), width=False)
-        return Arch(units, [m + draw(c) for m, c in zip(self.min_depths, chains)])
+        return Arch(units, [m + n for m, n in zip(self.min_depths, draw(self._depth_chains, depth_logits))])
 
     def most_probable(self, width_logits: torch.Tensor, depth_logits: torch.Tensor) -> tuple[dict[int, float], Arch]:
         """Expected width ratio per group id (of the supernet's width) and the architecture of the expected
         number of units and blocks, rounded."""
-        ratios, units = {}, []
-        for g, p, b in zip(self.gated, self.unit_probs(width_logits.detach().cpu()), self.unit_bounds):
-            ratios[g.id] = float((p * torch.as_tensor(b).diff().float()).sum()) / g.size
-            units.append(max(1, round(float(p.sum()))))
+        probs = self._padded_unit_probs(width_logits.detach().cpu())
+        widths = (probs * self._unit_sizes).sum(-1).tolist()
+        ratios = {g.id: w / g.size for g, w in zip(self.gated, widths)}
+        units = [max(1, round(n)) for n in probs.sum(-1).tolist()]
         if not self.depths:
             return ratios, Arch(units)
-        chains = self._chains(depth_logits.detach().cpu(), width=False)
-        depths = [m + round(float(c.cumprod(0).sum())) for m, c in zip(self.min_depths, chains)]
-        return ratios, Arch(units, depths)
+        reach = self._depth_chains.products(torch.sigmoid(depth_logits.detach().cpu()))
+        return ratios, Arch(units, [m + round(n) for m, n in zip(self.min_depths, reach.sum(-1).tolist())])
 
     # ----- expected cost
     @property
@@ -178,18 +184,9 @@ class ElasticNet:
         """The budget metrics this space's cost model computes exactly (and differentiably)."""
         return ("macs", "params", "latency_ms") if self.latency_table else ("macs", "params")
 
-    def cost(self, arch: Arch | None = None, probs: tuple | None = None, calibrated: bool = True) -> dict:
-        """Every metric of ``metrics`` for a 0/1 ``arch`` (floats), or its expectation under ``probs`` =
-        (unit_probs, block_probs) (tensors; of shape (R,) for probabilities batched over R rows)."""
-        if arch is not None:
-            return self.cost_at(self.widths(arch), arch.depths, calibrated)
-        unit_p, keep = probs
-        diffs = [torch.as_tensor(b).diff().to(p) for p, b in zip(unit_p, self.unit_bounds)]
-        widths = [(p * d).sum(-1) for p, d in zip(unit_p, diffs)]
-        width = torch.stack(widths, -1) if widths else keep.new_zeros(*keep.shape[:-1], 0)
-        if width.dim() == 1:
-            return {k: v[0] for k, v in self._cost(width[None], keep[None], calibrated).items()}
-        return self._cost(width, keep, calibrated)
+    def cost(self, arch: Arch, calibrated: bool = True) -> dict:
+        """Every metric of ``metrics`` for a 0/1 ``arch`` (floats)."""
+        return self.cost_at(self.widths(arch), arch.depths, calibrated)
 
     def cost_at(self, widths: dict[int, int], depths: Sequence[int] | None, calibrated: bool = True) -> dict:
         """MACs and params of the network with ``widths`` channels per group id and ``depths`` blocks per stage."""
@@ -218,8 +215,14 @@ class ElasticNet:
         return cost
 
     def expected_cost(self, width_logits: torch.Tensor, depth_logits: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The expected metrics under the width and depth logits; rows of (R, n) logits give (R,) tensors."""
-        return self.cost(probs=(self.unit_probs(width_logits), self.block_probs(depth_logits)))
+        """The expected metrics under the width and depth logits (tensors); rows of (R, n) logits give (R,)
+        tensors. The expected width of a gate is the sum over its units of P(width >= u) x the unit's size."""
+        probs = self._padded_unit_probs(width_logits)
+        width = (probs * self._unit_sizes.to(probs)).sum(-1)  # (..., gates)
+        keep = self.block_probs(depth_logits)
+        if width.dim() == 1:
+            return {k: v[0] for k, v in self._cost(width[None], keep[None], True).items()}
+        return self._cost(width, keep, True)
 
     # ----- gating
     def set_full(self) -> None:
