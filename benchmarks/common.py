@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from netfit.cost.latency import device_sync, time_calls
 from netfit.engine import seed_everything
@@ -117,6 +118,26 @@ def write_results(name: str, payload: dict, markdown: str, out: Path = RESULTS) 
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(payload, indent=2))
     (out / f"{name}.md").write_text(markdown)
+
+
+class _OperationCounter(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += not func.is_view
+        return func(*args, **(kwargs or {}))
+
+
+def operation_count(fn) -> int:
+    """The aten operations one call of ``fn`` dispatches (forward and backward), views left out: about one
+    kernel launch each on a GPU, where a small network's step costs its launches rather than its MACs. Counted
+    the same on any device, so a CPU measures what a step would cost a launch-bound GPU."""
+    fn()  # built and cached what a first call builds (sliced layers, index tensors)
+    with _OperationCounter() as counter:
+        fn()
+    return counter.count
 
 
 def median_seconds(fn, repeats: int, cuda: bool = False) -> float:

@@ -40,6 +40,7 @@ from .common import (
     log_events,
     mean_std,
     median_seconds,
+    operation_count,
     seed_network,
     write_results,
 )
@@ -140,6 +141,7 @@ def step_ratios(
     options: dict | None = None,
     repeats: int = 6,
     device: str = "cpu",
+    count_operations: bool = False,
 ) -> dict:
     """Training-step wall time of the DNA supernet grown from ``model`` relative to ``model``'s own dense step,
     measured side by side here: one pass of the grown supernet (largest, soft), of a sampled sub-net (masked by the
@@ -150,7 +152,8 @@ def step_ratios(
     teacher's logits are remembered as in a run where the data has no random augmentation (then the step repeats one
     batch: steady state). On CUDA every pass runs under bf16 autocast, as training does there (``TrainConfig.amp``),
     and the dense seed step's milliseconds are added (``dense_seed_ms``) for throughput. Images are laid out as
-    training lays them out (channels_last on CPU, ``engine.channels_last``)."""
+    training lays them out (channels_last on CPU, ``engine.channels_last``). ``count_operations`` adds each pass's
+    and the search step's aten operations over the dense step's (``operations``; ``common.operation_count``)."""
     model = model.to(device).train()
     shape = data.input_shape
     method = DNA(**((options or {}) | {"warmup_epochs": 0}))
@@ -226,10 +229,16 @@ def step_ratios(
             }
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
                 seconds = {name: median_seconds(fn, repeats, cuda) for name, fn in timings.items()}
+                operations = {name: operation_count(fn) for name, fn in timings.items()} if count_operations else {}
             seconds["dna_search_step"] /= method.arch_every
+            if operations:
+                operations["dna_search_step"] /= method.arch_every
         finally:
             net.detach()
         ratios = {name: round(value / seconds["dense_seed"], 3) for name, value in seconds.items()}
+        if operations:
+            ratios["operations"] = {name: round(n / operations["dense_seed"], 2) for name, n in operations.items()}
+            ratios["operations"]["dense_seed_count"] = operations["dense_seed"]
         return ratios | ({"dense_seed_ms": round(1e3 * seconds["dense_seed"], 3)} if cuda else {})
 
 

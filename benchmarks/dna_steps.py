@@ -5,8 +5,9 @@
 
 Times ``benchmarks.dna.step_ratios`` on a freshly initialised seed network (a step's cost does not depend on
 what the weights learnt), first with DNA's default options, then with each ``--variant`` (a label and KEY=VALUE
-options), in one process on ``--threads`` threads. Writes benchmarks/results/dna_steps_<data>_<model>[_<name>]
-.{json,md}.
+options), in one process on ``--threads`` threads, and counts each one's aten operations (views left out) over
+the dense step's: about the kernel launches a launch-bound GPU pays, the same on any device. Writes
+benchmarks/results/dna_steps_<data>_<model>[_<name>].{json,md}.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ def measure(args: argparse.Namespace) -> list[dict]:
     rows = []
     for label, *options in [["default"], *args.variant]:
         opts = dict(_option(o) for o in options)
-        ratios = step_ratios(model, data, args.batch_size, args.seed, args.budgets, opts, args.repeats, args.device)
+        timing = (args.batch_size, args.seed, args.budgets, opts, args.repeats, args.device)
+        ratios = step_ratios(model, data, *timing, count_operations=True)
         rows.append({"variant": label, "options": opts, "ratios": ratios})
         print(label, ratios, flush=True)
     return rows
@@ -55,6 +57,19 @@ def to_markdown(args: argparse.Namespace, rows: list[dict], env: dict) -> str:
         cells = " | ".join(f"{row['ratios'][p]:.2f}x" for p in PASSES)
         options = " ".join(f"{k}={v}" for k, v in row["options"].items()) or "-"
         lines.append(f"| {row['variant']} | {options} | {cells} | **{row['ratios']['dna_search_step']:.2f}x** |")
+    if "operations" in rows[0]["ratios"]:
+        count = rows[0]["ratios"]["operations"]["dense_seed_count"]
+        lines += [
+            "",
+            f"Aten operations (views left out) over the dense seed step's {count} (forward + backward; "
+            "about the kernel launches on a GPU, where a step of a small network costs its launches):",
+            "",
+        ]
+        lines += [f"| variant | {head} | whole search step |", "|---|" + "---|" * (len(PASSES) + 1)]
+        for row in rows:
+            ops = row["ratios"]["operations"]
+            cells = " | ".join(f"{ops[p]:.2f}x" for p in PASSES)
+            lines.append(f"| {row['variant']} | {cells} | **{ops['dna_search_step']:.2f}x** |")
     if "dense_seed_ms" in rows[0]["ratios"]:  # on CUDA: throughput, plain training next to DNA's search
         lines += ["", "| variant | plain training, images/s | DNA search, images/s |", "|---|---|---|"]
         for row in rows:

@@ -49,8 +49,10 @@ x=r.integers(0, 256, ($SYN_N, 3, 32, 32), dtype=np.uint8), y=r.integers(0, 10, $
 steps() { # NAME MODEL BUDGETS... : one dna_steps table
   local name=$1 model=$2
   shift 2
-  timeout 60 $PY -m benchmarks.dna_steps --data "$work/cifar_synthetic.npz" --model "$model" --width 1 \
+  timeout 120 $PY -m benchmarks.dna_steps --data "$work/cifar_synthetic.npz" --model "$model" --width 1 \
     --budgets "$@" --batch-size $BATCH --device $DEVICE --repeats 10 --name "$name" \
+    --variant "passes batched" sample_pass=batched soft_pass=batched \
+    --variant "one pass per step" sample_pass=batched soft_pass=joint \
     --variant "arch every 2" arch_every=2 >"$LOGS/dna_steps_${model}_$name.log" 2>&1
   echo "dna_steps $model $name: rc $?"
 }

@@ -300,11 +300,14 @@ def test_dna_steps_times_every_option_set_side_by_side(digits, monkeypatch):
 
     calls = []
 
-    def fake_ratios(model, data, batch_size, seed, budgets, options, repeats, device):
+    def fake_ratios(model, data, batch_size, seed, budgets, options, repeats, device, count_operations):
         calls.append(options)
         step = 4.0 if options.get("grow_depth") else 3.0
         timed = {"dense_seed_ms": 10.0} if device == "cuda" else {}  # what step_ratios adds on CUDA
-        return {"dense_seed": 1.0, **dict.fromkeys(dna_steps.PASSES, 1.5), "dna_search_step": step} | timed
+        ops = {"dense_seed": 1.0, **dict.fromkeys(dna_steps.PASSES, 1.25), "dna_search_step": 2.5}
+        ops["dense_seed_count"] = 300
+        ratios = {"dense_seed": 1.0, **dict.fromkeys(dna_steps.PASSES, 1.5), "dna_search_step": step} | timed
+        return ratios | ({"operations": ops} if count_operations else {})
 
     monkeypatch.setattr(dna_steps, "step_ratios", fake_ratios)
     monkeypatch.setattr(dna_steps, "load_data", lambda name: digits)
@@ -316,10 +319,23 @@ def test_dna_steps_times_every_option_set_side_by_side(digits, monkeypatch):
     assert calls == [{}, {"grow_depth": 0.5}]
     markdown = dna_steps.to_markdown(args, rows, environment())
     assert "| default | - | 1.50x" in markdown and "| deeper | grow_depth=0.5 |" in markdown and "**4.00x**" in markdown
+    assert "dense seed step's 300" in markdown and "| default | 1.25x" in markdown and "**2.50x**" in markdown
     assert "images/s" not in markdown
     args.device = "cuda"  # throughput: batch 8 in 10 ms = 800 images/s; the search step at 3x and 4x that
     markdown = dna_steps.to_markdown(args, dna_steps.measure(args), environment())
     assert "| default | 800 | 267 |" in markdown and "| deeper | 800 | 200 |" in markdown
+
+
+def test_operation_count_counts_what_computes_not_views():
+    import torch
+
+    from benchmarks.common import operation_count
+
+    x = torch.ones(4, 3, requires_grad=True)
+    assert operation_count(lambda: x.sum()) == 1
+    assert operation_count(lambda: x.t()[:2].unsqueeze(0).sum()) == 1  # views compute nothing
+    assert operation_count(lambda: x.t().contiguous().sum()) == 2  # a copy does
+    assert operation_count(lambda: (x * 2).sum().backward()) > operation_count(lambda: (x * 2).sum())
 
 
 def test_blockwise_ranking_noise_ceiling_from_repeated_trainings():

@@ -95,3 +95,12 @@ def test_the_expected_cost_issues_as_many_operations_whatever_the_number_of_gate
     small, large = _elastic("resnet18_cifar", (1, 8, 8), 0.25), _elastic("resnet34_cifar", (1, 8, 8), 0.25)
     assert len(large.gated) > len(small.gated) and len(large.blocks) > len(small.blocks)
     assert operations(small) == operations(large)
+
+
+def test_the_elastic_net_leaves_the_models_mode_as_given():
+    """Its tracing and costing run in eval mode; a supernet handed over for training must stay in training mode
+    (a benchmark timed the gated passes in eval mode, where the gates and per-share norms do not act)."""
+    for training in (True, False):
+        model = create_model("resnet18_cifar", num_classes=10, in_chans=1, width_mult=0.25).train(training)
+        net = ElasticNet(model, (1, 8, 8), units=4)
+        assert net.model.training == training

@@ -577,10 +577,10 @@ def test_bad_options_are_refused():
             DNA(**{name: "masked"})
     with pytest.raises(NetfitError, match="sample_pass"):
         DNA(sample_pass="joint")  # an architecture-pass way only
-    for bad in ({"sample_pass": "batched"}, {"one_level": False}):
-        with pytest.raises(NetfitError, match="joint"):
-            DNA(soft_pass="joint", **bad)
-    DNA(soft_pass="joint")  # with sample_pass auto: the sliced samples where auto picks them
+    with pytest.raises(NetfitError, match="joint"):
+        DNA(soft_pass="joint", one_level=False)
+    DNA(soft_pass="joint")  # with sample_pass auto: whichever way auto picks for the samples
+    DNA(soft_pass="joint", sample_pass="batched")  # the whole step in one masked pass
     for fraction in (0, 1.5):
         with pytest.raises(NetfitError, match="arch_batch"):
             DNA(arch_batch=fraction)
@@ -973,7 +973,8 @@ def test_sandwich_trains_sub_networks_of_every_budget_or_one(every_budget, monke
 def test_batched_grouped_and_joint_passes_give_the_same_gradients(monkeypatch):
     """sample_pass="batched" runs the i-th sample of every budget in one masked pass with per-sample gates,
     "sliced" with a group_span of the whole supernet every sample in one sliced pass of their union, and
-    soft_pass "joint" runs the expected networks and the samples of a group in one pass: the search step's weight
+    soft_pass "joint" runs the expected networks and the samples of a group in one pass (sliced samples) or every
+    network of the step, the smallest included, in one masked pass (batched samples): the search step's weight
     and logit gradients are those of one sliced pass per budget (group_span 0) and a batched architecture pass,
     with the expected networks cut at a soft_tail that leaves units out (the batched pass gates them 0, the sliced
     ones do not compute them)."""
@@ -993,9 +994,12 @@ def test_batched_grouped_and_joint_passes_give_the_same_gradients(monkeypatch):
         return run_rows(x, tail, soft, hard)
 
     monkeypatch.setattr(net, "run_rows_sliced", rows_pass)
+    forwards = []  # the batch of every pass through the supernet itself (a sliced pass runs a copy)
+    grown.register_forward_pre_hook(lambda module, args: forwards[-1].append(len(args[0])))
     grads = []
     ways = [("sliced", "batched", 0.0), ("batched", "batched", 0.25), ("sliced", "batched", 1.0)]
-    ways += [("batched", "sliced", 0.25), ("sliced", "sliced", 1.0), ("sliced", "joint", 0.0), ("sliced", "joint", 1.0)]
+    ways += [("batched", "sliced", 0.25), ("sliced", "sliced", 1.0), ("batched", "joint", 0.0)]
+    ways += [("sliced", "joint", 0.0), ("sliced", "joint", 1.0)]
     for sample_pass, soft_pass, span in ways:
         method = DNA(
             samples=2, warmup_epochs=0, sample_pass=sample_pass, soft_pass=soft_pass, group_span=span, soft_tail=tail
@@ -1003,7 +1007,7 @@ def test_batched_grouped_and_joint_passes_give_the_same_gradients(monkeypatch):
         arch = method.init_arch(net, limits, ["macs"] * 3, [len(s) for s in model.stages]).double()
         assert min(float(p.min()) for p in net.unit_probs(arch.width.detach())) < tail  # the tail leaves units out
         grown.zero_grad(set_to_none=True)
-        passes.append([])
+        passes.append([]), forwards.append([])
         net.attach()
         try:
             method.step_fn(net, arch, limits, ["macs"] * 3, 0)(
@@ -1019,6 +1023,8 @@ def test_batched_grouped_and_joint_passes_give_the_same_gradients(monkeypatch):
     assert passes[2] == [(0, 6)] and passes[4] == [(3, 0), (0, 6)]  # sliced apart: a pass each
     assert passes[-1] == [(3, 6)]  # joint: one pass for all of them
     assert passes[-2] == [(1, 2)] * 3  # span 0: per budget, its expected network and its two samples
+    assert forwards[1] == [15, 15, 15, 15]  # batched: the largest, the expected networks, each sample index
+    assert passes[-3] == [] and forwards[-3] == [15, 15 + 2 * 15 + 15]  # fused: the largest, then all at once
 
 
 def test_seed_as_inplace_teacher_drops_only_the_largest_pass():

@@ -62,9 +62,11 @@ def test_timing_the_passes_leaves_no_trace():
         choice, seconds = choose_passes(net, arch, x, 1, 0, layout)
     finally:
         net.detach()
-    assert set(choice) == set(seconds) == {"sample_pass", "soft_pass"}
+    assert set(choice) == {"sample_pass", "soft_pass"}
+    assert set(seconds) == {"sample_pass", "soft_pass", "smallest", "fused"}
     assert set(seconds["sample_pass"]) == set(PASS_MODES) and set(seconds["soft_pass"]) == set(SOFT_MODES)
-    assert min(v for modes in seconds.values() for v in modes.values()) > 0
+    assert set(seconds["fused"]) == {"with_arch", "samples_only"} and seconds["smallest"] > 0
+    assert min(v for name in ("sample_pass", "soft_pass", "fused") for v in seconds[name].values()) > 0
     assert all(p.grad is None for p in [*net.model.parameters(), *arch.parameters()])
     assert all(torch.equal(net.model.state_dict()[k], v) for k, v in stats.items())
     assert modes and all(modes) and not net.model.training  # timed training; grow's eval mode given back
@@ -72,28 +74,36 @@ def test_timing_the_passes_leaves_no_trace():
 
 
 @pytest.mark.parametrize(
-    ("sample_batched", "soft_sliced", "joint", "pinned", "arch_every", "expected"),
+    ("sample_batched", "soft_sliced", "joint", "fused", "pinned", "arch_every", "expected"),
     [
-        (1.0, 0.7, 0.5, {}, 1, ("sliced", "joint")),  # both at once: 0.5 against 0.6 + 0.5 apart
-        (1.0, 0.7, 1.2, {}, 1, ("sliced", "batched")),  # 0.6 + 0.5 against 1.2 at once
-        (1.0, 0.4, 1.2, {}, 1, ("sliced", "sliced")),  # 0.6 + 0.4 apart against 1.2 at once
-        (0.5, 0.7, 0.6, {}, 1, ("sliced", "joint")),  # 0.6 against 0.5 + 0.5 batched
-        (0.5, 0.7, 0.6, {}, 8, ("batched", "batched")),  # (0.6 + 7 x 0.6) / 8 against 0.5 + 0.5 / 8
-        (1.0, 0.7, 0.5, {"soft_pass": "batched"}, 1, ("sliced", "batched")),  # a pinned pass is kept
-        (1.0, 0.7, 0.5, {"sample_pass": "batched"}, 1, ("batched", "batched")),  # no joint pass without it
+        (1.0, 0.7, 0.5, 9, {}, 1, ("sliced", "joint")),  # both at once: 0.5 against 0.6 + 0.5 apart
+        (1.0, 0.7, 1.2, 9, {}, 1, ("sliced", "batched")),  # 0.6 + 0.5 against 1.2 at once
+        (1.0, 0.4, 1.2, 9, {}, 1, ("sliced", "sliced")),  # 0.6 + 0.4 apart against 1.2 at once
+        (0.5, 0.7, 0.6, 9, {}, 1, ("sliced", "joint")),  # 0.6 against 0.5 + 0.5 batched
+        (0.5, 0.7, 0.6, 9, {}, 8, ("batched", "batched")),  # (0.6 + 7 x 0.6) / 8 against 0.5 + 0.5 / 8
+        (1.0, 0.7, 0.5, 9, {"soft_pass": "batched"}, 1, ("sliced", "batched")),  # a pinned pass is kept
+        (1.0, 0.7, 0.5, 9, {"sample_pass": "batched"}, 1, ("batched", "batched")),  # 1.0 + 0.5 + 0.1 < 9
+        # every network in one pass: 0.6 (the smallest's pass saved) against 0.5 + 0.1 + 0.1 at best apart
+        (1.0, 0.7, 0.5, 0.55, {}, 1, ("batched", "joint")),
+        (1.0, 0.7, 0.5, 0.65, {}, 1, ("sliced", "joint")),
+        (1.0, 0.7, 0.5, 0.65, {"sample_pass": "batched"}, 1, ("batched", "joint")),  # 0.65 < 1.0 + 0.5 + 0.1
+        # the steps without the architecture pass run the samples and the smallest alone: (0.55 + 3 x 0.8) / 4
+        (1.0, 0.7, 0.5, 0.55, {}, 4, ("sliced", "joint")),
     ],
 )
 def test_the_fastest_pair_of_passes_is_chosen(
-    monkeypatch, sample_batched, soft_sliced, joint, pinned, arch_every, expected
+    monkeypatch, sample_batched, soft_sliced, joint, fused, pinned, arch_every, expected
 ):
-    """choose_passes picks the pair with the least time per step, "joint" (both passes at once) only with
-    sliced samples and where the step can run it (the samples' pass alone on the steps without the
-    architecture pass)."""
+    """choose_passes picks the pair with the least time per step (every way but the fused one, batched
+    "joint", also runs the smallest network's sliced pass), "joint" (both passes at once) only where the step
+    can run it (the samples' pass alone on the steps without the architecture pass)."""
     from netfit.methods import dna_passes
 
     seconds = {
         "sample_pass": {"batched": sample_batched, "sliced": 0.6},
         "soft_pass": {"batched": 0.5, "sliced": soft_sliced, "joint": joint},
+        "smallest": 0.1,
+        "fused": {"with_arch": fused, "samples_only": 0.8},
     }
     monkeypatch.setattr(dna_passes, "time_passes", lambda *args: seconds)
     choice, _ = choose_passes(None, None, None, 1, 0, PassLayout([], 0.25), None, pinned, True, arch_every)

@@ -123,10 +123,11 @@ class DNA:
         soft_pass: how the architecture pass runs the budgets' expected networks: "batched" (one pass of the
             supernet with per-sample soft gates), "sliced" (on their shares, one pass per group, ``group_span``,
             on the slices the units and blocks some network of the group keeps above ``soft_tail`` need: the small
-            budgets' networks cost a fraction of the supernet), "joint" (sliced, in the same passes as the sliced
-            samples: one pass per group for the expected networks and the samples, on their inputs stacked; needs
-            ``sample_pass`` sliced and ``one_level``), or "auto" (the default): timed with ``sample_pass``, the
-            fastest pair.
+            budgets' networks cost a fraction of the supernet), "joint" (in the same passes as the samples, on
+            their inputs stacked: with ``sample_pass`` sliced, one sliced pass per group for the expected networks
+            and the samples; batched, ONE masked pass per step for the expected networks, the samples and the
+            smallest network, for a device where a step costs its launches rather than its MACs; needs
+            ``one_level``), or "auto" (the default): timed with ``sample_pass``, the fastest pair.
         group_span: a sliced pass runs several budgets' networks together, each on its share with its own gates
             and batch statistics, on the slices of their union: from the largest budget down, every budget
             within this fraction of the supernet's cost of the group's first joins it. A group costs at most
@@ -217,10 +218,8 @@ class DNA:
         ):
             if mode not in (*modes, "auto"):
                 raise NetfitError(f"dna {name} must be one of {', '.join((*modes, 'auto'))}, got {mode!r}")
-        if self.soft_pass == "joint" and (self.sample_pass == "batched" or not self.one_level):
-            raise NetfitError(
-                "dna soft_pass joint runs in the sliced sample passes: needs sample_pass sliced or auto, and one_level"
-            )
+        if self.soft_pass == "joint" and not self.one_level:
+            raise NetfitError("dna soft_pass joint runs the architecture pass in the sample passes: needs one_level")
         if not 0 < self.arch_batch <= 1:
             raise NetfitError(f"dna arch_batch is a fraction of the batch in (0, 1], got {self.arch_batch}")
         if self.group_span < 0:
@@ -420,7 +419,7 @@ class DNA:
             key |= {"sizes": [round(v, 4) for v in layout.sizes], "group_span": layout.span}
             key |= {"soft_tail": layout.tail}
             joint = self.one_level  # the step can run the architecture pass in the sample passes (dna_step)
-            key |= {"joint": joint, "arch_every": self.arch_every}
+            key |= {"joint": joint, "arch_every": self.arch_every, "timed": "joint sliced and batched"}
             layout_cl = channels_last(run.config, run.device, data.input_shape)  # timed as the search will train
             key |= {"channels_last": layout_cl}
             pinned = {k: v for k, v in passes.items() if v != "auto"}

@@ -3,7 +3,10 @@
 Each step runs every budget's expected network on its share of the batch (the architecture pass, soft gates)
 and sub-networks sampled from every budget's chains on their shares. Either runs "batched" (one pass of the
 whole supernet with per-sample gates: one pass at the supernet's MACs) or "sliced" (one pass per share on a
-sliced copy of the supernet: each at its own network's MACs, plus a pass's overhead per share). Sampled
+sliced copy of the supernet: each at its own network's MACs, plus a pass's overhead per share). "joint" runs
+both in the same passes: sliced, one per group of budgets (``sliced_passes``), or batched, ONE pass of every
+network of the step, the smallest included (``fused_pass``: where a step costs its kernel launches rather than
+its MACs, as these small networks do on a GPU, one pass instead of three). Sampled
 sub-networks give the same outputs and gradients both ways; a sliced expected network leaves out the units and
 blocks whose keep probability is below a tail (``PassLayout.tail``; the batched pass gates them 0, so both ways
 give the same outputs and gradients there too). Which is faster depends on the network and the device, so
@@ -28,7 +31,7 @@ if TYPE_CHECKING:
     from .dna import ArchParams
 
 PASS_MODES = ("batched", "sliced")  # how a step runs several budgets' networks (DNA.sample_pass, DNA.soft_pass)
-SOFT_MODES = (*PASS_MODES, "joint")  # joint: sliced, in the sliced sample passes' passes (sliced_passes)
+SOFT_MODES = (*PASS_MODES, "joint")  # joint: in the sample passes' passes (sliced_passes, fused_pass)
 SOFT_TAIL = 1e-3  # the default PassLayout.tail (DNA.soft_tail)
 
 
@@ -119,6 +122,31 @@ def sliced_passes(
     return (logits(-1) if soft else None), [logits(i) for i in range(samples)]
 
 
+def fused_pass(
+    net: ElasticNet, model, arch: ArchParams | None, soft, x_soft, drawn, shares, samples: int, x, tail: float
+) -> tuple[torch.Tensor | None, list[torch.Tensor], torch.Tensor]:
+    """Every network of a step in ONE masked pass through ``model``: each ``soft`` share's budget's expected
+    network on its share of ``x_soft`` (the architecture pass; none without ``soft``), the i-th ``drawn``
+    sub-network of every share on its share of ``x`` for each i < ``samples``, and the smallest network on the
+    whole ``x``, on their inputs stacked, each gated by its own network and normalised on its own statistics
+    (``ElasticNet.set_rows``): what a pass per network computes, with one pass's launches and at the supernet's
+    MACs for every sample. Returns the expected networks' logits of ``x_soft`` (None without ``soft``), each
+    sample's logits of ``x`` and the smallest's."""
+    start = len(x_soft) if soft else 0
+    soft_rows = [(arch.width[r], arch.depth[r], part) for r, part in soft] if soft else []
+    hard_rows = []
+    for i in range(samples + 1):  # the i-th sample of every share, then the smallest
+        rows = drawn[i::samples] if i < samples else [(net.smallest(), slice(0, len(x)))]
+        hard_rows += [(sub, slice(start + part.start, start + part.stop)) for sub, part in rows]
+        start += len(x)
+    net.set_rows(soft_rows, hard_rows, tail)
+    out = model(torch.cat(([x_soft] if soft else []) + [x] * (samples + 1)))
+    net.set_full()
+    head = len(x_soft) if soft else 0
+    pieces = out[head:].split(len(x))
+    return (out[:head] if soft else None), list(pieces[:samples]), pieces[samples]
+
+
 def soft_pass(
     net: ElasticNet, model, arch: ArchParams, shares, x: torch.Tensor, mode: str, layout: PassLayout
 ) -> torch.Tensor:
@@ -187,12 +215,14 @@ def time_passes(
     repeats: int = 3,
 ) -> dict[str, dict[str, float]]:
     """Median seconds of one step's sample passes and of its architecture pass for every budget (forward and
-    backward, under ``amp_dtype`` autocast where given), batched and sliced, and of both sliced together
-    (``sliced_passes``), on the batch ``x``; each sample repeat draws new sub-networks (a sliced pass pays for
+    backward, under ``amp_dtype`` autocast where given), batched and sliced, of both sliced together
+    (``sliced_passes``), of the smallest network's sliced pass, and of the step's networks in one batched pass
+    (``fused_pass``), on the batch ``x``; each sample repeat draws new sub-networks (a sliced pass pays for
     building a new sub-network's layers). Timed in training mode, as the search runs them (batch norms on batch
     statistics, each share's its own); the gradients they leave are cleared and the normalisation statistics
-    untouched: ``{"sample_pass": {mode: s}, "soft_pass": {mode: s}}``, the soft pass's "joint" the time of both
-    passes sliced in one (``sliced_passes``)."""
+    untouched: ``{"sample_pass": {mode: s}, "soft_pass": {mode: s}, "smallest": s, "fused": {"with_arch": s,
+    "samples_only": s}}``, the soft pass's "joint" the time of both passes sliced in one (``sliced_passes``),
+    "fused" with and without the architecture pass (the steps without it, ``arch_every``)."""
     model, device = net.model, x.device
     was_training, counters = model.training, [b for n, b in model.named_buffers() if n.endswith("num_batches_tracked")]
     counts = [c.clone() for c in counters]
@@ -242,6 +272,25 @@ def time_passes(
                 (F.cross_entropy(out, labels) + samples_loss(outs, shares, teacher, samples)).backward()
 
         seconds["soft_pass"]["joint"] = median(both_passes)
+
+        def smallest_pass() -> None:
+            with autocast:
+                F.cross_entropy(net.run_sliced(net.smallest(), x), labels).backward()
+
+        seconds["smallest"] = median(smallest_pass)
+        seconds["fused"] = {}
+        for name, with_arch in (("with_arch", True), ("samples_only", False)):
+            draws = new_draws()
+
+            def one_pass(draws=draws, with_arch=with_arch) -> None:
+                with autocast:
+                    soft = shares if with_arch else []
+                    drawn = next(draws)
+                    out, outs, small = fused_pass(net, model, arch, soft, x, drawn, shares, samples, x, layout.tail)
+                    loss = samples_loss(outs, shares, teacher, samples) + kd_loss(small, teacher) / (1 + samples)
+                    (loss + (F.cross_entropy(out, labels) if with_arch else 0)).backward()
+
+            seconds["fused"][name] = median(one_pass)
     model.train(was_training)
     for counter, count in zip(counters, counts):
         counter.copy_(count)
@@ -263,18 +312,22 @@ def choose_passes(
     joint: bool = True,
     arch_every: int = 1,
 ) -> tuple[dict[str, str], dict[str, dict[str, float]]]:
-    """The fastest way to run a step's two passes on this device and batch (``time_passes``), as
-    ``{"sample_pass": mode, "soft_pass": mode}`` (the ``pinned`` ones as given; the soft pass "joint" with
-    sliced samples only, where the step can run it so: ``joint``), and the seconds measured. The architecture
-    pass runs on one step in ``arch_every``. Measured on CPU at initialisation: joint on the mnist1d ResNets and
-    MobileNetV2, sliced apart on the MNIST-10k ResNet-18; batched on an H200 (before "joint" existed)."""
+    """The fastest way to run a step's passes on this device and batch (``time_passes``), as
+    ``{"sample_pass": mode, "soft_pass": mode}`` (the ``pinned`` ones as given; the soft pass "joint" only where
+    the step can run it so: ``joint``), and the seconds measured. The architecture pass runs on one step in
+    ``arch_every``; the smallest network's sliced pass is part of every step but the fused one's (batched
+    joint). Measured on CPU at initialisation: joint on the mnist1d ResNets and MobileNetV2, sliced apart on the
+    MNIST-10k ResNet-18; batched on an H200 (before "joint" existed)."""
     seconds = time_passes(net, arch, x, samples, seed, amp_dtype, layout)
 
     def per_step(sample: str, soft: str) -> float:
+        if soft == "joint" and sample == "batched":  # every network of a step in one pass
+            fused = seconds["fused"]
+            return (fused["with_arch"] + (arch_every - 1) * fused["samples_only"]) / arch_every
         if soft == "joint":  # both passes at once on the steps with the architecture pass
             alone = (arch_every - 1) * seconds["sample_pass"]["sliced"]
-            return (seconds["soft_pass"]["joint"] + alone) / arch_every
-        return seconds["sample_pass"][sample] + seconds["soft_pass"][soft] / arch_every
+            return (seconds["soft_pass"]["joint"] + alone) / arch_every + seconds["smallest"]
+        return seconds["sample_pass"][sample] + seconds["soft_pass"][soft] / arch_every + seconds["smallest"]
 
     def options(name: str, modes: tuple[str, ...]) -> tuple[str, ...]:
         return (pinned[name],) if pinned and name in pinned else modes
@@ -283,8 +336,11 @@ def choose_passes(
         (sample, soft)
         for sample in options("sample_pass", PASS_MODES)
         for soft in options("soft_pass", SOFT_MODES)
-        if soft != "joint" or (sample == "sliced" and joint)
+        if soft != "joint" or joint
     ]
     sample, soft = min(combos, key=lambda combo: per_step(*combo))
-    rounded = {name: {k: round(v, 5) for k, v in modes.items()} for name, modes in seconds.items()}
+    rounded = {
+        name: round(modes, 5) if isinstance(modes, float) else {k: round(v, 5) for k, v in modes.items()}
+        for name, modes in seconds.items()
+    }
     return {"sample_pass": sample, "soft_pass": soft}, rounded

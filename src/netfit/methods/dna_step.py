@@ -19,6 +19,7 @@ from .dna_passes import (
     batch_shares,
     draw_samples,
     fraction,
+    fused_pass,
     run_subnet,
     sample_passes,
     samples_loss,
@@ -54,7 +55,8 @@ def search_step(
     and ``samples`` sub-nets sampled from every budget's chains on its share of the batch (``every_budget``;
     else from one budget's, round-robin; run as ``sample_pass`` says), distilled in place from the largest.
     ``soft_pass`` "joint": the samples run in the architecture pass's sliced passes (``sliced_passes``), the same
-    gradients with one pass's fixed costs per group of budgets fewer."""
+    gradients with one pass's fixed costs per group of budgets fewer; with ``sample_pass`` "batched", every
+    network of the step, the smallest included, runs in one masked pass (``fused_pass``)."""
     warmup, samples, cost_weight, one_level = opts.warmup_epochs, opts.samples, opts.cost_weight, opts.one_level
     split_batch, every_budget, arch_every = opts.split_batch, opts.every_budget, opts.arch_every
     arch_batch, layout = opts.arch_batch, opts.pass_layout(net, limits, metrics)
@@ -62,9 +64,11 @@ def search_step(
     sample_pass = opts.sample_pass if opts.sample_pass != "auto" else "batched"
     soft_mode = opts.soft_pass if opts.soft_pass != "auto" else "batched"
 
-    # "joint": one sliced pass per group of budgets for both passes (sliced_passes); sliced apart where the
-    # samples run batched, the architecture pass's weight gradients are dropped (alternating) or under torchrun
-    joint = soft_mode == "joint" and sample_pass == "sliced" and one_level and not is_distributed()
+    # "joint": one sliced pass per group of budgets for both passes (sliced_passes), or with batched samples one
+    # masked pass for the whole step (fused_pass); sliced apart where the architecture pass's weight gradients
+    # are dropped (alternating) or under torchrun
+    together = soft_mode == "joint" and one_level and not is_distributed()
+    joint, fused = together and sample_pass == "sliced", together and sample_pass == "batched"
     soft_mode = "sliced" if soft_mode == "joint" else soft_mode
 
     def step(ctx) -> StepOutput:
@@ -82,7 +86,7 @@ def search_step(
         gen = torch.Generator().manual_seed(seed * 1_000_003 + ctx.step)
         shares = batch_shares(range(len(limits)) if every_budget else [row], len(ctx.y))
         drawn = draw_samples(net, arch, shares, samples, gen)
-        samples_done = False
+        samples_done, arch_terms = False, None
         with frozen_norm_statistics(ctx.raw_model):
             if ctx.epoch >= warmup and ctx.step % arch_every == 0:  # alternating: its weight grads are dropped
                 params = [] if one_level else list(ctx.raw_model.parameters())
@@ -101,13 +105,16 @@ def search_step(
                 budgets = [dead_zone_loss(e, limits[r]) for e, (r, _) in zip(expected, soft)]
                 budget_loss = sum(fraction(part, y) * b for (_, part), b in zip(soft, budgets))
                 arch_loss = cost_weight * budget_loss
-                if joint:  # every budget's expected network on its share, and the samples on theirs
-                    out, outs = sliced_passes(net, arch, soft, x, drawn, shares, samples, ctx.x, layout)
-                    arch_loss = arch_loss + samples_loss(outs, shares, teacher, samples)
-                    samples_done = True
-                else:  # every budget's expected network on its share
-                    out = soft_pass(net, ctx.model, arch, soft, x, soft_mode, layout)
-                ctx.backward(F.cross_entropy(out, y) + arch_loss)
+                if fused:  # in the step's one pass, below
+                    arch_terms = soft, x, y, arch_loss
+                else:
+                    if joint:  # every budget's expected network on its share, and the samples on theirs
+                        out, outs = sliced_passes(net, arch, soft, x, drawn, shares, samples, ctx.x, layout)
+                        arch_loss = arch_loss + samples_loss(outs, shares, teacher, samples)
+                        samples_done = True
+                    else:  # every budget's expected network on its share
+                        out = soft_pass(net, ctx.model, arch, soft, x, soft_mode, layout)
+                    ctx.backward(F.cross_entropy(out, y) + arch_loss)
                 ratios = [e.item() / limits[r] for e, (r, _) in zip(expected, soft)]
                 budget_losses = [b.item() for b in budgets]
                 for p, grad in zip(params, grads):
@@ -120,10 +127,17 @@ def search_step(
                     "expected_cost_ratio_max": max(ratios),
                 }
             net.set_full()
-            smallest = kd_loss(run_subnet(net, net.smallest(), ctx.x, ctx.model), teacher)
-            ctx.backward(smallest / (1 + samples))
+            if fused:  # the expected networks (where this step moves the logits), the samples and the smallest
+                soft, x, y, arch_loss = arch_terms or ([], None, None, None)
+                out, outs, small = fused_pass(net, ctx.model, arch, soft, x, drawn, shares, samples, ctx.x, layout.tail)
+                smallest = kd_loss(small, teacher)
+                total = smallest / (1 + samples) + samples_loss(outs, shares, teacher, samples)
+                ctx.backward(total + (F.cross_entropy(out, y) + arch_loss if arch_terms else 0))
+            else:
+                smallest = kd_loss(run_subnet(net, net.smallest(), ctx.x, ctx.model), teacher)
+                ctx.backward(smallest / (1 + samples))
             loss = smallest if loss is None else loss  # what the step reports without a largest pass
-            if not samples_done:
+            if not samples_done and not fused:
                 sample_passes(net, ctx.model, drawn, shares, samples, ctx.x, teacher, ctx.backward, sample_pass, layout)
         net.set_full()
         return StepOutput(loss.detach(), logits.detach() if logits is not None else None, out_metrics)

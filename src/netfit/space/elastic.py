@@ -71,6 +71,7 @@ class ElasticNet:
     def __init__(
         self, model: nn.Module, input_shape: Sequence[int], units: int = 16, min_depths: Sequence[int] | None = None
     ) -> None:
+        training = model.training  # tracing and costing below leave the model in eval mode: given back after
         model = stage_blocks(model, input_shape)
         self.model = model
         self.input_shape = tuple(input_shape)
@@ -100,6 +101,7 @@ class ElasticNet:
         self._shares: list[slice] | None = None  # batch shares normalised apart (``set_soft_rows``)
         self._handles: list = []
         self._sliced = SlicedRunner(self)  # before any gate is attached: its template carries none
+        model.train(training)
 
     # ----- the space
     @property
@@ -244,16 +246,35 @@ class ElasticNet:
             self._unit_index_device = (device, [i.to(device) for i in self.unit_index])
         return self._unit_index_device[1]
 
+    def set_rows(
+        self,
+        soft: Sequence[tuple[torch.Tensor, torch.Tensor, slice]] = (),
+        hard: Sequence[tuple[Arch, slice]] = (),
+        tail: float = 0.0,
+    ) -> None:
+        """Gates per share of the batch: expected networks (``soft``: width logits, depth logits, batch slice) and
+        0/1 architectures (``hard``: architecture, batch slice), the soft rows' shares first, all consecutive and
+        covering the batch. One gated pass then computes what a ``set_soft`` or ``set_hard`` pass per share
+        computes (same outputs and gradients: each share's batch norms use that share's statistics), the soft
+        rows without the units and blocks they keep below ``tail`` (gate 0, as ``run_rows_sliced``)."""
+        device = _device(self.model)
+        self._set_rows(*self._row_keeps(soft, hard, tail, device), [row[-1] for row in soft] + [p for _, p in hard])
+
     def set_soft_rows(self, rows: Sequence[tuple[torch.Tensor, torch.Tensor, slice]], tail: float = 0.0) -> None:
-        """Soft gates per share of the batch: ``rows`` holds (width logits, depth logits, batch slice) with
-        consecutive slices covering the batch. One gated pass then computes what a ``set_soft`` pass per share
-        computes (same outputs and gradients: each share's batch norms use that share's statistics), without the
-        units and blocks a row keeps below ``tail`` (gate 0, as ``run_rows_sliced``; ``_soft_keep``)."""
-        self._set_rows(*self._soft_keep(rows, tail), [part for _, _, part in rows])
+        """``set_rows`` of expected networks only."""
+        self.set_rows(soft=rows, tail=tail)
 
     def set_hard_rows(self, rows: Sequence[tuple[Arch, slice]]) -> None:
-        """0/1 gates per share of the batch: one masked pass computes what a ``set_hard`` pass per share does."""
-        self._set_rows(*self._hard_keep([a for a, _ in rows]), [part for _, part in rows])
+        """``set_rows`` of 0/1 architectures only: one masked pass computes what a ``set_hard`` pass per share does."""
+        self.set_rows(hard=rows)
+
+    def _row_keeps(self, soft: Sequence[tuple], hard: Sequence[tuple], tail: float, device: torch.device) -> tuple:
+        """The keep values of ``soft`` rows then ``hard`` rows on ``device``: per gate (rows, units), and (rows,
+        blocks) or None."""
+        keeps = [self._soft_keep(soft, tail)] if soft else []
+        keeps += [self._hard_keep([a for a, _ in hard])] if hard else []
+        units = [torch.cat([keep[0][i].to(device) for keep in keeps]) for i in range(len(self.num_units))]
+        return units, torch.cat([keep[1].to(device) for keep in keeps]) if self.blocks else None
 
     def _soft_keep(self, rows: Sequence[tuple], tail: float) -> tuple[list[torch.Tensor], torch.Tensor | None]:
         """Keep probabilities of the rows' (width logits, depth logits, ...): per gate (rows, units), and
@@ -319,10 +340,7 @@ class ElasticNet:
         the pass's slices then leave out where no row keeps them). One sub-network alone runs as ``run_sliced``."""
         if not soft and len(hard) == 1:
             return self.run_sliced(hard[0][0], x)
-        keeps = [self._soft_keep(soft, tail)] if soft else []
-        keeps += [self._hard_keep([a for a, _ in hard])] if hard else []
-        units = [torch.cat([keep[0][i].to(x.device) for keep in keeps]) for i in range(len(self.num_units))]
-        blocks = torch.cat([keep[1].to(x.device) for keep in keeps]) if self.blocks else None
+        units, blocks = self._row_keeps(soft, hard, tail, x.device)
         parts = [row[-1] for row in soft] + [part for _, part in hard]
         return self._sliced.run_rows(units, blocks, parts, x, tail)
 
