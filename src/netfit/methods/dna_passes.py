@@ -213,6 +213,7 @@ def time_passes(
     amp_dtype,
     layout: PassLayout,
     repeats: int = 3,
+    arch_every: int = 1,
 ) -> dict[str, dict[str, float]]:
     """Median seconds of one step's sample passes and of its architecture pass for every budget (forward and
     backward, under ``amp_dtype`` autocast where given), batched and sliced, of both sliced together
@@ -222,7 +223,7 @@ def time_passes(
     statistics, each share's its own); the gradients they leave are cleared and the normalisation statistics
     untouched: ``{"sample_pass": {mode: s}, "soft_pass": {mode: s}, "smallest": s, "fused": {"with_arch": s,
     "samples_only": s}}``, the soft pass's "joint" the time of both passes sliced in one (``sliced_passes``),
-    "fused" with and without the architecture pass (the steps without it, ``arch_every``)."""
+    "fused" with and without the architecture pass (the steps without it: timed only with ``arch_every`` > 1)."""
     model, device = net.model, x.device
     was_training, counters = model.training, [b for n, b in model.named_buffers() if n.endswith("num_batches_tracked")]
     counts = [c.clone() for c in counters]
@@ -279,7 +280,7 @@ def time_passes(
 
         seconds["smallest"] = median(smallest_pass)
         seconds["fused"] = {}
-        for name, with_arch in (("with_arch", True), ("samples_only", False)):
+        for name, with_arch in (("with_arch", True), ("samples_only", False))[: 1 + (arch_every > 1)]:
             draws = new_draws()
 
             def one_pass(draws=draws, with_arch=with_arch) -> None:
@@ -318,12 +319,13 @@ def choose_passes(
     ``arch_every``; the smallest network's sliced pass is part of every step but the fused one's (batched
     joint). Measured on CPU at initialisation: joint on the mnist1d ResNets and MobileNetV2, sliced apart on the
     MNIST-10k ResNet-18; batched on an H200 (before "joint" existed)."""
-    seconds = time_passes(net, arch, x, samples, seed, amp_dtype, layout)
+    seconds = time_passes(net, arch, x, samples, seed, amp_dtype, layout, arch_every=arch_every)
 
     def per_step(sample: str, soft: str) -> float:
         if soft == "joint" and sample == "batched":  # every network of a step in one pass
             fused = seconds["fused"]
-            return (fused["with_arch"] + (arch_every - 1) * fused["samples_only"]) / arch_every
+            alone = (arch_every - 1) * fused["samples_only"] if arch_every > 1 else 0.0
+            return (fused["with_arch"] + alone) / arch_every
         if soft == "joint":  # both passes at once on the steps with the architecture pass
             alone = (arch_every - 1) * seconds["sample_pass"]["sliced"]
             return (seconds["soft_pass"]["joint"] + alone) / arch_every + seconds["smallest"]
