@@ -31,19 +31,18 @@ from torch import nn
 
 from ..cost import measure
 from ..distill import CachedTeacher
-from ..engine import Callback, TrainConfig, amp_dtype, channels_last, channels_last_layout, evaluate
-from ..engine.distributed import barrier, is_distributed, is_main
+from ..engine import Callback, TrainConfig, evaluate
+from ..engine.distributed import barrier, is_main
 from ..errors import NetfitError
 from ..fileio import atomic_write_text
 from ..space.blocks import stage_blocks
 from ..space.elastic import ElasticNet
 from ..space.grow import grow
 from ..space.latency_table import LatencyTable, measure_table
-from ..tuning import machine, remembered_choice
 from .base import METHODS, Candidate, Seed, Target
 from .common import finetune, from_scratch, inherited_accuracy, probe_inputs
 from .dna_networks import searched_network, widened_network
-from .dna_passes import PASS_MODES, SOFT_MODES, SOFT_TAIL, PassLayout, budget_sizes, choose_passes
+from .dna_passes import PASS_MODES, SOFT_MODES, SOFT_TAIL, PassLayout, budget_sizes, remembered_passes
 from .dna_step import DEAD_ZONE, dead_zone_loss, search_step
 from .uniform import _slug
 
@@ -378,7 +377,7 @@ class DNA:
         net.model.to(run.device)  # before attaching: the gates keep their indices on the model's device
         net.attach()
         try:
-            opts = dataclasses.replace(self, **self._passes(net, arch, limits, metrics, data, run))
+            opts = dataclasses.replace(self, **remembered_passes(self, net, arch, limits, metrics, data, run))
             result = run.train(
                 net.model,
                 data,
@@ -393,51 +392,6 @@ class DNA:
         finally:
             net.detach()
         return result.model
-
-    def _passes(self, net: ElasticNet, arch: ArchParams, limits, metrics, data, run) -> dict[str, str]:
-        """``sample_pass`` and ``soft_pass``, "auto" measured: both ways timed on a training batch (a few steps'
-        worth of passes) the first time this machine searches this supernet with these settings, then read back
-        from netfit's tuning cache (``netfit.tuning``: runs of one seed stay reproducible); kept in the run
-        directory so that a resumed search uses the same. Batched where the choice does not arise: torchrun (DDP
-        needs every pass through its wrapper), and for the samples one budget or ``every_budget=False`` (each
-        step's samples come from one budget)."""
-        single = len(arch.width) < 2 or not self.every_budget
-        passes = {
-            "sample_pass": "batched" if single or is_distributed() else self.sample_pass,
-            "soft_pass": "batched" if is_distributed() else self.soft_pass,
-        }
-        if "auto" not in passes.values():
-            return passes
-        path = run.out / "dna-passes.json"
-        if not path.exists():
-            x = data.prepare(data.train.tensors[0][: run.config.batch_size], train=False).to(run.device)
-            amp = amp_dtype(run.config, run.device)  # the search's autocast, as training sets it
-            supernet = [(n, tuple(p.shape)) for n, p in net.model.named_parameters()]
-            key = {**machine(run.device), "supernet": supernet, "input": tuple(x.shape), "amp": str(amp)}
-            layout = self.pass_layout(net, limits, metrics)
-            key |= {"budgets": len(arch.width), "samples": self.samples, "depths": net.depths, "fixed": passes}
-            key |= {"sizes": [round(v, 4) for v in layout.sizes], "group_span": layout.span}
-            key |= {"soft_tail": layout.tail}
-            joint = self.one_level  # the step can run the architecture pass in the sample passes (dna_step)
-            key |= {"joint": joint, "arch_every": self.arch_every, "timed": "joint sliced and batched"}
-            layout_cl = channels_last(run.config, run.device, data.input_shape)  # timed as the search will train
-            key |= {"channels_last": layout_cl}
-            pinned = {k: v for k, v in passes.items() if v != "auto"}
-
-            def measure() -> tuple[str, dict]:
-                batch = x.contiguous(memory_format=torch.channels_last) if layout_cl else x
-                with channels_last_layout(net.model, layout_cl):
-                    fastest, seconds = choose_passes(
-                        net, arch, batch, self.samples, run.seed, layout, amp, pinned, joint, self.arch_every
-                    )
-                return json.dumps(fastest), seconds
-
-            combos = [json.dumps({"sample_pass": a, "soft_pass": b}) for a in PASS_MODES for b in SOFT_MODES]
-            choice, seconds = remembered_choice("dna-passes", key, combos, measure)
-            atomic_write_text(path, json.dumps({**json.loads(choice), "seconds": seconds}))
-            run.log.write("dna-passes", **json.loads(choice), measured_seconds=seconds)
-        kept = json.loads(path.read_text())
-        return {name: kept[name] for name in passes}
 
     # ----- result
     def _kd_teacher(self, net: ElasticNet, seed: Seed, data, run, frozen: CachedTeacher | None) -> CachedTeacher:

@@ -15,6 +15,7 @@ give the same outputs and gradients there too). Which is faster depends on the n
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -23,12 +24,15 @@ import torch.nn.functional as F
 
 from ..cost.latency import device_sync, time_calls
 from ..distill import kd_loss
+from ..engine import amp_dtype, channels_last, channels_last_layout
 from ..engine.distributed import is_distributed
 from ..engine.norms import frozen_norm_statistics
+from ..fileio import atomic_write_text
 from ..space.elastic import ElasticNet
+from ..tuning import machine, remembered_choice
 
 if TYPE_CHECKING:
-    from .dna import ArchParams
+    from .dna import DNA, ArchParams
 
 PASS_MODES = ("batched", "sliced")  # how a step runs several budgets' networks (DNA.sample_pass, DNA.soft_pass)
 SOFT_MODES = (*PASS_MODES, "joint")  # joint: in the sample passes' passes (sliced_passes, fused_pass)
@@ -346,3 +350,49 @@ def choose_passes(
         for name, modes in seconds.items()
     }
     return {"sample_pass": sample, "soft_pass": soft}, rounded
+
+
+def remembered_passes(opts: DNA, net: ElasticNet, arch: ArchParams, limits, metrics, data, run) -> dict[str, str]:
+    """The ``sample_pass`` and ``soft_pass`` of the search ``opts`` runs, "auto" measured (``choose_passes``):
+    every way timed on a training batch (a few steps' worth of passes) the first time this machine searches this
+    supernet with these settings, then read back from netfit's tuning cache (``netfit.tuning``: runs of one seed
+    stay reproducible); kept in the run directory so that a resumed search uses the same. Batched where the
+    choice does not arise: torchrun (DDP needs every pass through its wrapper), and for the samples one budget
+    or ``every_budget=False`` (each step's samples come from one budget)."""
+    single = len(arch.width) < 2 or not opts.every_budget
+    passes = {
+        "sample_pass": "batched" if single or is_distributed() else opts.sample_pass,
+        "soft_pass": "batched" if is_distributed() else opts.soft_pass,
+    }
+    if "auto" not in passes.values():
+        return passes
+    path = run.out / "dna-passes.json"
+    if not path.exists():
+        x = data.prepare(data.train.tensors[0][: run.config.batch_size], train=False).to(run.device)
+        amp = amp_dtype(run.config, run.device)  # the search's autocast, as training sets it
+        supernet = [(n, tuple(p.shape)) for n, p in net.model.named_parameters()]
+        key = {**machine(run.device), "supernet": supernet, "input": tuple(x.shape), "amp": str(amp)}
+        layout = opts.pass_layout(net, limits, metrics)
+        key |= {"budgets": len(arch.width), "samples": opts.samples, "depths": net.depths, "fixed": passes}
+        key |= {"sizes": [round(v, 4) for v in layout.sizes], "group_span": layout.span}
+        key |= {"soft_tail": layout.tail}
+        joint = opts.one_level  # the step can run the architecture pass in the sample passes (dna_step)
+        key |= {"joint": joint, "arch_every": opts.arch_every, "timed": "joint sliced and batched"}
+        layout_cl = channels_last(run.config, run.device, data.input_shape)  # timed as the search will train
+        key |= {"channels_last": layout_cl}
+        pinned = {k: v for k, v in passes.items() if v != "auto"}
+
+        def measure() -> tuple[str, dict]:
+            batch = x.contiguous(memory_format=torch.channels_last) if layout_cl else x
+            with channels_last_layout(net.model, layout_cl):
+                fastest, seconds = choose_passes(
+                    net, arch, batch, opts.samples, run.seed, layout, amp, pinned, joint, opts.arch_every
+                )
+            return json.dumps(fastest), seconds
+
+        combos = [json.dumps({"sample_pass": a, "soft_pass": b}) for a in PASS_MODES for b in SOFT_MODES]
+        choice, seconds = remembered_choice("dna-passes", key, combos, measure)
+        atomic_write_text(path, json.dumps({**json.loads(choice), "seconds": seconds}))
+        run.log.write("dna-passes", **json.loads(choice), measured_seconds=seconds)
+    kept = json.loads(path.read_text())
+    return {name: kept[name] for name in passes}
