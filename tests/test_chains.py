@@ -4,24 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from benchmarks.common import operation_count
 from netfit.models import create_model
 from netfit.space.chains import Chains
 from netfit.space.elastic import ElasticNet
 from netfit.space.grow import grow
-
-
-class _CountOps(TorchDispatchMode):
-    """Counts the aten operations issued (on a GPU, about one kernel launch each)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += 1
-        return func(*args, **(kwargs or {}))
 
 
 def test_products_are_each_chains_own_running_product_to_the_bit():
@@ -87,10 +75,12 @@ def test_the_expected_cost_issues_as_many_operations_whatever_the_number_of_gate
     def operations(net: ElasticNet) -> int:
         width = torch.zeros(3, net.num_width_logits, requires_grad=True)
         depth = torch.zeros(3, net.num_depth_logits, requires_grad=True)
-        with _CountOps() as ops:
+
+        def cost_and_gradient() -> None:
             cost = net.expected_cost(width, depth)
             (cost["macs"] + cost["params"]).sum().backward()
-        return ops.count
+
+        return operation_count(cost_and_gradient)
 
     small, large = _elastic("resnet18_cifar", (1, 8, 8), 0.25), _elastic("resnet34_cifar", (1, 8, 8), 0.25)
     assert len(large.gated) > len(small.gated) and len(large.blocks) > len(small.blocks)
