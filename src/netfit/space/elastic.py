@@ -96,6 +96,7 @@ class ElasticNet:
         self.latency_table: LatencyTable | None = None  # set by ``latency_table.measure_table``
         self._consumers = self._consumer_entries()
         self._unit_index_device: tuple[torch.device, list[torch.Tensor]] | None = None
+        self._unit_sizes_like: dict[tuple, torch.Tensor] = {}  # _unit_sizes per (device, dtype), copied once
         self._masks: list[torch.Tensor | None] | None = None
         self._block_gates: list[torch.Tensor | float | None] | None = None
         self._shares: list[slice] | None = None  # batch shares normalised apart (``set_soft_rows``)
@@ -220,7 +221,10 @@ class ElasticNet:
         """The expected metrics under the width and depth logits (tensors); rows of (R, n) logits give (R,)
         tensors. The expected width of a gate is the sum over its units of P(width >= u) x the unit's size."""
         probs = self._padded_unit_probs(width_logits)
-        width = (probs * self._unit_sizes.to(probs)).sum(-1)  # (..., gates)
+        like = (probs.device, probs.dtype)  # the architecture pass prices every step: no host copy per call
+        if like not in self._unit_sizes_like:
+            self._unit_sizes_like[like] = self._unit_sizes.to(probs)
+        width = (probs * self._unit_sizes_like[like]).sum(-1)  # (..., gates)
         keep = self.block_probs(depth_logits)
         if width.dim() == 1:
             return {k: v[0] for k, v in self._cost(width[None], keep[None], True).items()}
