@@ -451,6 +451,31 @@ def test_soft_sliced_pass_is_the_expected_network_without_its_negligible_tail(na
     assert sum(t.numel() for t in skeleton.parameters()) < sum(p.numel() for p in net.model.parameters())
 
 
+@pytest.mark.parametrize("name", ["resnet18_cifar", "mobilenetv2_cifar"])
+def test_each_pass_builds_its_consumer_masks_once(name):
+    """A pass builds each consumer's input mask once, shared by the consumers of the same channels (fewer masks
+    than consumers: fewer launches on a GPU); the next pass, after the first one's backward freed its graph,
+    builds its own from the gates set for it and computes the same gradients."""
+    net, shape = _float64_elastic(name)
+    net.model.train()
+    x = torch.randn(6, *shape, dtype=torch.float64)
+    width = torch.randn(net.num_width_logits, dtype=torch.float64, requires_grad=True)
+    depth = torch.randn(net.num_depth_logits, dtype=torch.float64, requires_grad=True)
+    grads = []
+    net.attach()
+    try:
+        for _ in range(2):
+            width.grad = None
+            net.set_soft(width, depth)
+            with frozen_norm_statistics(net.model):
+                net.model(x).square().sum().backward()
+            grads.append(width.grad.clone())
+            assert 0 < len(net._input_masks) < len(net._consumers)
+    finally:
+        net.detach()
+    assert torch.equal(grads[0], grads[1]) and grads[0].abs().sum() > 0
+
+
 @pytest.mark.parametrize("name", ["resnet18_cifar", "mobilenetv2_cifar", "user"])
 def test_one_pass_per_batch_matches_one_pass_per_budget(name):
     """set_soft_rows runs every budget's expected network on its share of the batch in one pass: the same

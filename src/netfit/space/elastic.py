@@ -98,6 +98,7 @@ class ElasticNet:
         self._unit_index_device: tuple[torch.device, list[torch.Tensor]] | None = None
         self._unit_sizes_like: dict[tuple, torch.Tensor] = {}  # _unit_sizes per (device, dtype), copied once
         self._masks: list[torch.Tensor | None] | None = None
+        self._input_masks: dict[tuple, torch.Tensor | None] = {}  # this pass's consumer masks (``_input_mask``)
         self._block_gates: list[torch.Tensor | float | None] | None = None
         self._shares: list[slice] | None = None  # batch shares normalised apart (``set_soft_rows``)
         self._handles: list = []
@@ -353,6 +354,7 @@ class ElasticNet:
         if self._handles:
             return
         modules, device = dict(self.model.named_modules()), _device(self.model)
+        self._handles.append(self.model.register_forward_pre_hook(self._pass_started))
         for name, (dim, size, parts) in self._consumers.items():
             parts = [(g, pos.to(device), rep) for g, pos, rep in parts]  # the hook then copies nothing per pass
             self._handles.append(modules[name].register_forward_pre_hook(self._input_gate((dim, size, parts))))
@@ -364,6 +366,10 @@ class ElasticNet:
             norm.forward = self._share_norm(norm, norm.forward)
             self._handles.append(_Restore(norm))
 
+    def _pass_started(self, module: nn.Module, args: tuple) -> None:
+        """A new forward pass: the consumer masks of the last one belong to its graph (and maybe other gates)."""
+        self._input_masks.clear()
+
     def detach(self) -> None:
         for handle in self._handles:
             handle.remove()
@@ -372,26 +378,43 @@ class ElasticNet:
 
     def _input_gate(self, entries: tuple):
         dim, size, parts = entries
+        key = (size, tuple((g, int(pos[0]), len(pos), rep) for g, pos, rep in parts))  # consumers of the same channels
 
         def hook(module: nn.Module, args: tuple):
             if self._masks is None or not self.model.training:
                 return None
-            masks = [(self._masks[g], pos, rep) for g, pos, rep in parts if self._masks[g] is not None]
-            if not masks:
-                return None
             x = args[0]
-            per_sample = masks[0][0].dim() == 2  # (batch, channels) from set_soft_rows
-            full = x.new_ones(size, *x.shape[:1]) if per_sample else x.new_ones(size)
-            for mask, pos, rep in masks:
-                mask = mask.to(x.dtype).t() if per_sample else mask.to(x.dtype)
-                full = full.index_put((pos.to(x.device),), mask.repeat_interleave(rep, dim=0))
+            mask = self._input_mask(key, size, parts, x.dtype)
+            if mask is None:
+                return None
             shape = [1] * x.dim()
             shape[dim] = size
-            if per_sample:
-                shape[0], full = x.shape[0], full.t()
-            return (x * full.reshape(shape), *args[1:])
+            if mask.dim() == 2:  # one mask per sample (set_rows)
+                shape[0] = x.shape[0]
+            return (x * mask.reshape(shape), *args[1:])
 
         return hook
+
+    def _input_mask(self, key: tuple, size: int, parts: list, dtype: torch.dtype) -> torch.Tensor | None:
+        """A consumer's input-channel mask under the current gates: (size,), or (batch, size) with per-sample
+        gates; None where no gate of its inputs is set. Built once per pass for every consumer of the same
+        channels (``_pass_started`` clears the cache), and a consumer fed by one whole group takes that group's
+        mask as it is: a GPU pays a launch per operation here, and a network has many consumers of few groups."""
+        if (key, dtype) in self._input_masks:
+            return self._input_masks[key, dtype]
+        masks = [(self._masks[g], pos, rep) for g, pos, rep in parts if self._masks[g] is not None]
+        full = None
+        if len(parts) == 1 and masks and masks[0][2] == 1 and key[1][0][1:3] == (0, size):
+            full = masks[0][0].to(dtype)
+        elif masks:
+            per_sample = masks[0][0].dim() == 2
+            full = torch.ones(size, *masks[0][0].shape[:-1], dtype=dtype, device=masks[0][0].device)
+            for mask, pos, rep in masks:  # each group's channels at their place in the consumer's input
+                mask = mask.to(dtype).t() if per_sample else mask.to(dtype)
+                full = full.index_put((pos,), mask.repeat_interleave(rep, dim=0))
+            full = full.t() if per_sample else full
+        self._input_masks[key, dtype] = full
+        return full
 
     def _block_gate(self, forward, k: int):
         def gated(x: torch.Tensor) -> torch.Tensor:
