@@ -403,8 +403,9 @@ class ElasticNet:
         if (key, dtype) in self._input_masks:
             return self._input_masks[key, dtype]
         masks = [(self._masks[g], pos, rep) for g, pos, rep in parts if self._masks[g] is not None]
+        whole = len(parts) == 1 and parts[0][2] == 1 and len(parts[0][1]) == size  # one group is all its input
         full = None
-        if len(parts) == 1 and masks and masks[0][2] == 1 and key[1][0][1:3] == (0, size):
+        if whole and masks:
             full = masks[0][0].to(dtype)
         elif masks:
             per_sample = masks[0][0].dim() == 2
