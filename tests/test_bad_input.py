@@ -123,6 +123,11 @@ CASES = [
     ("learning rate gives NaN", adapt("--lr", "1e12", "--seed-weights", "TRAINED"), "loss became nan"),
     ("output under a file", adapt(out=lambda tmp: write(tmp / "file", b"x") / "run"), "cannot write"),
     ("seed weights missing", adapt("--seed-weights", "/no/such/seed"), "arch.json not found"),
+    (
+        "teacher missing",
+        lambda tmp, t: ["train", "--model", "cnn_small", "--teacher", "/no/such/teacher", "--out", str(tmp / "t")],
+        "arch.json not found",
+    ),
     ("device without CUDA", adapt("--device", "cuda"), "CUDA is not available"),
     ("eval of a missing run", lambda tmp, t: ["eval", "/no/such/run"], "not found"),
     (

@@ -3,12 +3,15 @@
 import copy
 from dataclasses import replace
 
+import pytest
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from netfit import load, train_model
 from netfit.distill import CachedTeacher, LogitDistiller
 from netfit.engine import train
+from netfit.errors import NetfitError
 from test_engine import CFG, mlp, toy_data
 
 
@@ -154,3 +157,49 @@ def test_a_channels_last_student_gets_a_channels_last_copy_of_the_teacher():
     assert cached._channels_last is not None and cached._channels_last is not teacher
     assert cached._channels_last[0].weight.is_contiguous(memory_format=torch.channels_last)
     assert all(p.is_contiguous() for p in teacher.parameters())
+
+
+class ConstantTeacher(nn.Module):
+    """A teacher that says class 0 for every input (logit 40 against 0: sure of it even at the KD temperature)."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(num_classes))
+        with torch.no_grad():
+            self.bias[0] = 40.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bias.expand(len(x), -1)
+
+
+def _predictions(out, digits) -> torch.Tensor:
+    x, _ = digits.test.tensors
+    with torch.no_grad():
+        return load(out).eval()(digits.prepare(x, train=False)).argmax(1)
+
+
+def test_train_model_distils_from_a_teacher_module_or_folder(tmp_path, digits):
+    """``train_model(teacher=...)`` adds KD from the teacher's logits: a heavily weighted teacher that always says
+    class 0 makes the student say class 0 on most test images, where plain training does not; a teacher given as
+    a saved model folder acts the same as the module itself (same weights after training)."""
+    settings = dict(epochs=2, seed=0, progress=False)
+    train_model("cnn_small", digits, out=tmp_path / "plain", **settings)
+    train_model("cnn_small", digits, out=tmp_path / "kd", teacher=ConstantTeacher(), kd_weight=2.0, **settings)
+    plain, kd = (_predictions(tmp_path / name, digits) for name in ("plain", "kd"))
+    assert (plain == 0).float().mean() < 0.25 < 0.75 < (kd == 0).float().mean()
+
+    folder = tmp_path / "teacher"
+    train_model("cnn_small", digits, out=folder, epochs=1, progress=False)
+    train_model("cnn_small", digits, out=tmp_path / "from-module", teacher=load(folder), **settings)
+    train_model("cnn_small", digits, out=tmp_path / "from-folder", teacher=folder, **settings)
+    a, b = (load(tmp_path / name).state_dict() for name in ("from-module", "from-folder"))
+    assert a.keys() == b.keys()
+    for key, value in a.items():
+        torch.testing.assert_close(value, b[key])
+
+
+def test_train_model_refuses_a_teacher_for_other_classes(tmp_path, digits):
+    with pytest.raises(NetfitError, match="teacher ConstantTeacher outputs shape"):
+        train_model("cnn_small", digits, out=tmp_path / "t", epochs=1, progress=False, teacher=ConstantTeacher(3))
+    with pytest.raises(NetfitError, match="kd_weight must be > 0"):
+        train_model("cnn_small", digits, out=tmp_path / "t", epochs=1, teacher=ConstantTeacher(), kd_weight=0.0)

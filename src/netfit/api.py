@@ -23,6 +23,7 @@ from .budget import Budget, parse_budgets
 from .cost import count_cost
 from .cost.counting import resolve_device
 from .data import DataBundle, load_data
+from .distill import LogitDistiller
 from .engine import RunLog, TrainConfig, evaluate, seed_everything
 from .engine.distributed import default_device, is_main
 from .engine.log import session_seconds
@@ -303,9 +304,12 @@ def train_model(
     resume: bool = False,
     device: str | None = None,
     progress: bool = True,
+    teacher: str | Path | nn.Module | None = None,
+    kd_weight: float = 1.0,
 ) -> dict:
     """Train a built-in model (a name, or one made with ``create_model`` options) on a data set and save it
-    (model.safetensors + arch.json) in ``out``."""
+    (model.safetensors + arch.json) in ``out``. With a ``teacher`` (a trained nn.Module, put in eval mode and
+    frozen, or a netfit model folder) the loss adds ``kd_weight`` x Hinton KD from the teacher's logits."""
     bundle = data if isinstance(data, DataBundle) else load_data(data)
     out = Path(out)
     config = _train_config(epochs, seed, train)
@@ -315,8 +319,15 @@ def train_model(
     else:
         name, net = type(model).__name__, model
     check_compatible(net, name, bundle)
+    extra = []
+    if teacher is not None:
+        if kd_weight <= 0:
+            raise NetfitError(f"kd_weight must be > 0 with a teacher (got {kd_weight})")
+        frozen = teacher if isinstance(teacher, nn.Module) else load_model(teacher)
+        check_compatible(frozen, f"teacher {type(teacher).__name__ if frozen is teacher else teacher}", bundle)
+        extra.append(LogitDistiller(frozen, weight=kd_weight))
     run = _new_run(out, config, device, bundle, resume, progress)
-    result = run.train(net, bundle, "train")
+    result = run.train(net, bundle, "train", extra_losses=extra)
     accuracy = evaluate(result.model, bundle, "test", device=run.device)["accuracy"]
     cost = count_cost(result.model, bundle.input_shape)
     if is_main():

@@ -170,6 +170,11 @@ def train_cmd(
     resume: ResumeOpt = False,
     device: DeviceOpt = None,
     quiet: QuietOpt = False,
+    teacher: Annotated[
+        Path | None,
+        typer.Option("--teacher", help="A trained netfit model folder to distil from (Hinton KD on its logits)."),
+    ] = None,
+    kd_weight: Annotated[float, typer.Option("--kd-weight", help="Weight of the KD loss (with --teacher).")] = 1.0,
 ) -> None:
     """Train a built-in model on a data set; saves model.safetensors + arch.json (usable as --seed-weights)."""
     from .api import train_model
@@ -184,6 +189,8 @@ def train_cmd(
         device=device,
         train=_train_overrides(lr, batch_size, optimizer, grad_clip, channels_last),
         progress=not quiet,
+        teacher=teacher,
+        kd_weight=kd_weight,
     )
     console.print(
         f"trained {model} on {summary['data']}: test accuracy {summary['accuracy']:.2%}, "
