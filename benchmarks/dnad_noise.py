@@ -3,6 +3,12 @@
     python -m benchmarks.dnad_noise benchmarks/results/dnad_mnist1d.json --retrains 3 --seeds 0 --tag _p0
     python -m benchmarks.dnad_noise benchmarks/results/dnad_mnist1d.json --merge dnad_mnist1d_noise_p0.json ...
 
+With ``--kd`` every training (R of them, the recorded plain one not among them) adds Hinton KD from the run's
+trained seed (``--teachers``: where each seed's teacher folder is; default ``<the run's root>/seed-{seed}/seed``),
+with the same seeds as the plain trainings, so each architecture's KD gain is paired; ``--plain`` (the plain
+noise results of the same runs, at merge) adds that gain and the DNAD set with KD against the plain SNPS set and
+random cells. Results: <name>_kd<tag>.
+
 Reads the architectures a ``benchmarks.dnad`` run recorded (both sets' members, and the random cells, drawn again
 from the benchmark's seeded generator and checked against the recorded MACs) and trains each R - 1 more times
 with the recorded epochs and settings: initial weights and data order from seeds + 1000, + 2000, ... (the recorded
@@ -27,7 +33,7 @@ from netfit.cost import count_cost
 from netfit.data import load_data
 from netfit.models import build_model
 
-from .common import environment, merge_runs, noise_ceiling, noise_ceiling_text, write_results
+from .common import environment, mean_std, merge_runs, noise_ceiling, noise_ceiling_text, write_results
 from .dnad import (
     cell_space,
     comparisons,
@@ -62,16 +68,17 @@ def architectures(run: dict, space, shape: tuple[int, ...]) -> list[dict]:
     return archs
 
 
-def retrain_seed(saved: argparse.Namespace, retrains: int, run: dict, root: Path) -> dict:
-    """The run with every architecture's accuracies over ``retrains`` trainings (``trainings``: id -> list)."""
+def retrain_seed(saved: argparse.Namespace, retrains: int, run: dict, root: Path, teacher: Path | None = None) -> dict:
+    """The run with every architecture's accuracies over ``retrains`` trainings (``trainings``: id -> list): the
+    recorded training and ``retrains`` - 1 more, or with a ``teacher`` folder ``retrains`` distilled ones."""
     data = load_data(saved.data)
     space = cell_space(saved, data)
     trainings = {}
     for arch in architectures(run, space, tuple(data.input_shape)):
-        accuracies = [arch["accuracy"]]
-        for k in range(1, retrains):
+        accuracies = [] if teacher else [arch["accuracy"]]
+        for k in range(0 if teacher else 1, retrains):
             step = k * RETRAIN_SEED_STEP
-            out = root / f"{run['seed']}-{arch['id']}-r{k}"
+            out = root / f"{run['seed']}-{arch['id']}-{'kd' if teacher else 'r'}{k}"
             torch.manual_seed(arch["init_seed"] + step)
             model = build_model({**space.plain_arch(), "genotype": arch["genotype"]})
             result = train_model(
@@ -83,6 +90,7 @@ def retrain_seed(saved: argparse.Namespace, retrains: int, run: dict, root: Path
                 train=train_settings(saved),
                 progress=False,
                 resume=out.exists(),
+                teacher=teacher,
             )
             accuracies.append(result["accuracy"])
         trainings[arch["id"]] = accuracies
@@ -90,36 +98,69 @@ def retrain_seed(saved: argparse.Namespace, retrains: int, run: dict, root: Path
     return {**run, "trainings": trainings}
 
 
-def mean_run(run: dict) -> dict:
-    """The run with every member's and random cell's accuracy replaced by the mean over its trainings."""
-    means = {k: float(np.mean(v)) for k, v in run["trainings"].items()}
+def mean_run(run: dict, dnad_from: dict | None = None) -> dict:
+    """The run with every member's and random cell's accuracy replaced by the mean over its trainings (the DNAD
+    members' over ``dnad_from``'s trainings when given: another set of trainings of the same run)."""
+    means = _means(run)
     out = copy.deepcopy(run)
     for method in ("snps", "dnad"):
+        source = means if method == "snps" or dnad_from is None else _means(dnad_from)
         for m in out[method]:
-            m["accuracy"] = means[m["id"]]
+            m["accuracy"] = source[m["id"]]
     for r in out["random"]:
         r["accuracy"] = means[f"random-{r['matched']}"]
     return out
 
 
-def summarise(runs: list[dict]) -> dict:
-    return {
+def _means(run: dict) -> dict[str, float]:
+    return {k: float(np.mean(v)) for k, v in run["trainings"].items()}
+
+
+GROUPS = ("snps", "dnad", "random")  # an architecture id starts with its group: snps-m0, dnad-m2, random-dnad-m1
+
+
+def kd_against_plain(runs: list[dict], plain: list[dict]) -> dict:
+    """Distilled trainings (``runs``) against plain ones of the same architectures (``plain``): each group's gain
+    (mean over the KD trainings - mean over the plain ones, per architecture), and the DNAD set trained with KD
+    against the plain SNPS set and plain random cells at matched MACs."""
+    by_seed = {r["seed"]: r for r in plain}
+    missing = [r["seed"] for r in runs if r["seed"] not in by_seed]
+    if missing:
+        raise SystemExit(f"the plain results hold no run of seeds {missing}")
+    gains: dict[str, list[float]] = {g: [] for g in GROUPS}
+    for run in runs:
+        kd, base = _means(run), _means(by_seed[run["seed"]])
+        for arch, accuracy in kd.items():
+            gains[arch.split("-")[0]].append(accuracy - base[arch])
+    mixed = [mean_run(by_seed[run["seed"]], dnad_from=run) for run in runs]
+    return {"kd_gain": {g: mean_std(v) for g, v in gains.items()}, "dnad_kd_vs_plain": comparisons(mixed)}
+
+
+def summarise(runs: list[dict], plain: list[dict] | None = None) -> dict:
+    summary = {
         "noise_ceiling": [noise_ceiling(list(run["trainings"].values())) for run in runs],
         "first_training": comparisons(runs),
         "mean_of_trainings": comparisons([mean_run(run) for run in runs]),
     }
+    return summary | ({"against_plain": kd_against_plain(runs, plain)} if plain else {})
 
 
-def to_markdown(saved: argparse.Namespace, retrains: int, runs: list[dict], summary: dict) -> str:
+def to_markdown(saved: argparse.Namespace, retrains: int, runs: list[dict], summary: dict, kd: bool = False) -> str:
     lines = [
-        f"# DNAD / SNPS on {saved.data}: every architecture trained {retrains} times",
+        f"# DNAD / SNPS on {saved.data}: every architecture trained {retrains} times" + (" with KD" if kd else ""),
         "",
         f"The architectures of `benchmarks.dnad` (seeds {[r['seed'] for r in runs]}; {saved.cells} cells, C = "
         f"{saved.channels}, stem stride {stem_stride(saved)}, ops {saved.ops}): both sets' members and the random "
         f"cells at the DNAD members' MACs, each "
         f"trained {scratch_epochs(saved)} epochs from scratch ({saved.optimizer} lr {saved.lr}, batch "
-        f"{saved.batch_size}, grad clip {saved.grad_clip}) {retrains} times: the recorded training, then initial "
-        f"weights and data order from its seeds + {RETRAIN_SEED_STEP}, + {2 * RETRAIN_SEED_STEP}, ...",
+        f"{saved.batch_size}, grad clip {saved.grad_clip}) {retrains} times: "
+        + (
+            f"each with Hinton KD (weight 1, T = 4) from the seed's trained network, initial weights and data order "
+            f"from the recorded plain training's seeds, + {RETRAIN_SEED_STEP}, ..."
+            if kd
+            else f"the recorded training, then initial weights and data order from its seeds + {RETRAIN_SEED_STEP}, "
+            f"+ {2 * RETRAIN_SEED_STEP}, ..."
+        ),
         "",
         "## Accuracy per training (test %)",
         "",
@@ -155,7 +196,24 @@ def to_markdown(saved: argparse.Namespace, retrains: int, runs: list[dict], summ
         "- Mean of the trainings: " + verdict("DNAD - SNPS", means["dnad_minus_snps"])[2:],
         "",
     ]
+    if "against_plain" in summary:
+        lines += _against_plain_lines(summary["against_plain"])
     return "\n".join(lines)
+
+
+def _against_plain_lines(against: dict) -> list[str]:
+    lines = [
+        "## With KD against plain training (means of the trainings)",
+        "",
+        "| architectures | KD - plain, points (mean ± std over architectures) |",
+        "|---|---|",
+    ]
+    for group, (m, sd) in against["kd_gain"].items():
+        lines.append(f"| {group} | {100 * m:+.2f} ± {100 * sd:.2f} |")
+    both = against["dnad_kd_vs_plain"]
+    prefix = "- DNAD with KD, SNPS and random cells plain: "
+    lines += ["", prefix + verdict("DNAD - random cells", both["dnad_minus_random"])[2:]]
+    return [*lines, prefix + verdict("DNAD - SNPS", both["dnad_minus_snps"])[2:], ""]
 
 
 def main() -> None:
@@ -166,30 +224,39 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=None, help="where the trainings go (resumed when they exist)")
     parser.add_argument("--tag", default="", help="suffix of the result files (seeds run in parallel processes)")
     parser.add_argument("--merge", nargs="+", type=Path, help="merge these noise result JSONs (same settings)")
+    parser.add_argument("--kd", action="store_true", help="train with KD from each seed's trained network")
+    parser.add_argument("--teachers", default=None, help="each seed's teacher folder, '{seed}' filled in")
+    parser.add_argument("--plain", type=Path, help="with --kd --merge: the plain noise results of the same runs")
     args = parser.parse_args()
-    if args.retrains < 2:
-        parser.error("--retrains must be at least 2 (the recorded training and one more)")
+    if args.retrains < (1 if args.kd else 2):
+        parser.error("--retrains must be at least 2 (the recorded training and one more), 1 with --kd")
+    if args.plain and not (args.kd and args.merge):
+        parser.error("--plain goes with --kd --merge")
     recorded = json.loads(args.results.read_text())
     saved = argparse.Namespace(**recorded["settings"])
-    name = f"{args.results.stem}_noise"
+    name = f"{args.results.stem}_{'kd' if args.kd else 'noise'}"
     if args.merge:
         first, runs = merge_runs(args.merge)
         retrains = first["settings"]["retrains"]
-        payload = {**first, "summary": summarise(runs), "runs": runs}
-        write_results(name, payload, to_markdown(saved, retrains, runs, payload["summary"]))
+        plain = merge_runs([args.plain])[1] if args.plain else None
+        payload = {**first, "summary": summarise(runs, plain), "runs": runs}
+        write_results(name, payload, to_markdown(saved, retrains, runs, payload["summary"], args.kd))
         return
     root = args.root or Path(tempfile.mkdtemp(prefix="netfit-dnad-noise-"))
+    teachers = args.teachers or str(Path(saved.root) / "seed-{seed}" / "seed")
     chosen = [r for r in recorded["runs"] if args.seeds is None or r["seed"] in args.seeds]
     if not chosen:
         parser.error(f"no run of seeds {args.seeds} in {args.results}")
     runs = []
     for run in chosen:
-        runs.append(retrain_seed(saved, args.retrains, run, root))
+        teacher = Path(teachers.format(seed=run["seed"])) if args.kd else None
+        runs.append(retrain_seed(saved, args.retrains, run, root, teacher))
         summary = summarise(runs)  # written after every seed: an interrupted benchmark keeps what it measured
-        settings = {"results": str(args.results), "retrains": args.retrains, "root": str(root)}
+        settings = {"results": str(args.results), "retrains": args.retrains, "root": str(root), "kd": args.kd}
         payload = {"benchmark": "dnad_noise", "settings": settings, "environment": environment(), "summary": summary}
-        write_results(name + args.tag, payload | {"runs": runs}, to_markdown(saved, args.retrains, runs, summary))
-    print(to_markdown(saved, args.retrains, runs, summarise(runs)))
+        markdown = to_markdown(saved, args.retrains, runs, summary, args.kd)
+        write_results(name + args.tag, payload | {"runs": runs}, markdown)
+    print(to_markdown(saved, args.retrains, runs, summarise(runs), args.kd))
 
 
 if __name__ == "__main__":
