@@ -381,6 +381,37 @@ def test_dnad_noise_compares_the_sets_on_the_mean_of_their_trainings():
     assert "| 0 | dnad-m0 | 100 | 92.00% | 93.00% | 94.00% |" in markdown
 
 
+def test_dnad_noise_with_kd_pairs_each_architecture_with_its_plain_trainings():
+    """``--kd --plain``: each group's KD gain is per architecture against its own plain trainings, and the DNAD
+    set with KD is compared with the plain SNPS set and the plain random cells."""
+    from benchmarks.dnad_noise import summarise, to_markdown
+
+    def run(trainings):
+        return {
+            "seed": 0,
+            "snps": [{"id": "snps-m0", "macs": 100, "accuracy": 0.0}],
+            "dnad": [{"id": "dnad-m0", "macs": 100, "accuracy": 0.0}],
+            "random": [{"matched": "dnad-m0", "macs": 95, "accuracy": 0.0}],
+            "trainings": trainings,
+        }
+
+    plain = run({"snps-m0": [0.90, 0.92], "dnad-m0": [0.88, 0.90], "random-dnad-m0": [0.91, 0.93]})
+    kd = run({"snps-m0": [0.93, 0.95], "dnad-m0": [0.94, 0.94], "random-dnad-m0": [0.92, 0.92]})
+    summary = summarise([kd], [plain])
+    against = summary["against_plain"]
+    gains = {group: m for group, (m, _) in against["kd_gain"].items()}
+    assert gains == pytest.approx({"snps": 0.03, "dnad": 0.05, "random": 0.0})
+    assert against["dnad_kd_vs_plain"]["dnad_minus_snps"]["mean_std"][0] == pytest.approx(0.94 - 0.91)
+    assert against["dnad_kd_vs_plain"]["dnad_minus_random"]["mean_std"][0] == pytest.approx(0.94 - 0.92)
+    assert summary["mean_of_trainings"]["dnad_minus_snps"]["mean_std"][0] == pytest.approx(0.94 - 0.94)
+    with pytest.raises(SystemExit, match="no run of seeds"):
+        summarise([kd], [{**plain, "seed": 1}])
+    saved = types.SimpleNamespace(data="digits", cells=2, channels=4, ops="skip_connect", epochs=1, seed_epochs=1)
+    saved.__dict__.update(optimizer="adamw", lr=0.003, batch_size=8, grad_clip=None)
+    markdown = to_markdown(saved, 2, [kd], summary, kd=True)
+    assert "trained 2 times with KD" in markdown and "| dnad | +5.00 ± 0.00 |" in markdown
+
+
 def test_dnad_noise_draws_the_recorded_random_cells_again_or_refuses(digits):
     import argparse
 
