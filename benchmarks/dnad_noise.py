@@ -137,8 +137,9 @@ def kd_against_plain(runs: list[dict], plain: list[dict]) -> dict:
 
 
 def summarise(runs: list[dict], plain: list[dict] | None = None) -> dict:
+    repeated = all(len(t) > 1 for run in runs for t in run["trainings"].values())  # one KD training each: no ceiling
     summary = {
-        "noise_ceiling": [noise_ceiling(list(run["trainings"].values())) for run in runs],
+        "noise_ceiling": [noise_ceiling(list(run["trainings"].values())) for run in runs] if repeated else None,
         "first_training": comparisons(runs),
         "mean_of_trainings": comparisons([mean_run(run) for run in runs]),
     }
@@ -189,7 +190,11 @@ def to_markdown(saved: argparse.Namespace, retrains: int, runs: list[dict], summ
         "",
         "## Reading",
         "",
-        "- " + noise_ceiling_text(summary["noise_ceiling"]) + " (per seed, over all of its architectures)",
+        *(
+            ["- " + noise_ceiling_text(summary["noise_ceiling"]) + " (per seed, over all of its architectures)"]
+            if summary["noise_ceiling"]
+            else []
+        ),
         "- First training only: " + verdict("DNAD - random cells", first["dnad_minus_random"])[2:],
         "- First training only: " + verdict("DNAD - SNPS", first["dnad_minus_snps"])[2:],
         "- Mean of the trainings: " + verdict("DNAD - random cells", means["dnad_minus_random"])[2:],

@@ -410,6 +410,10 @@ def test_dnad_noise_with_kd_pairs_each_architecture_with_its_plain_trainings():
     saved.__dict__.update(optimizer="adamw", lr=0.003, batch_size=8, grad_clip=None)
     markdown = to_markdown(saved, 2, [kd], summary, kd=True)
     assert "trained 2 times with KD" in markdown and "| dnad | +5.00 ± 0.00 |" in markdown
+    once = run({arch: accuracies[:1] for arch, accuracies in kd["trainings"].items()})  # --kd --retrains 1
+    summary = summarise([once], [plain])
+    assert summary["noise_ceiling"] is None and "Noise ceiling" not in to_markdown(saved, 1, [once], summary, kd=True)
+    assert summary["against_plain"]["kd_gain"]["random"][0] == pytest.approx(0.92 - 0.92)
 
 
 def test_dnad_noise_draws_the_recorded_random_cells_again_or_refuses(digits):
