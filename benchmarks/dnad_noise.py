@@ -47,6 +47,7 @@ from .dnad import (
 )
 
 RETRAIN_SEED_STEP = 1000  # training k of an architecture: its recorded seeds + k x 1000
+GROUPS = ("snps", "dnad", "random")  # an architecture id starts with its group: snps-m0, dnad-m2, random-dnad-m1
 
 
 def architectures(run: dict, space, shape: tuple[int, ...]) -> list[dict]:
@@ -68,13 +69,23 @@ def architectures(run: dict, space, shape: tuple[int, ...]) -> list[dict]:
     return archs
 
 
-def retrain_seed(saved: argparse.Namespace, retrains: int, run: dict, root: Path, teacher: Path | None = None) -> dict:
+def retrain_seed(
+    saved: argparse.Namespace,
+    retrains: int,
+    run: dict,
+    root: Path,
+    teacher: Path | None = None,
+    groups: tuple[str, ...] = GROUPS,
+) -> dict:
     """The run with every architecture's accuracies over ``retrains`` trainings (``trainings``: id -> list): the
-    recorded training and ``retrains`` - 1 more, or with a ``teacher`` folder ``retrains`` distilled ones."""
+    recorded training and ``retrains`` - 1 more, or with a ``teacher`` folder ``retrains`` distilled ones; only
+    the architectures of ``groups``."""
     data = load_data(saved.data)
     space = cell_space(saved, data)
     trainings = {}
     for arch in architectures(run, space, tuple(data.input_shape)):
+        if arch["id"].split("-")[0] not in groups:
+            continue
         accuracies = [] if teacher else [arch["accuracy"]]
         for k in range(0 if teacher else 1, retrains):
             step = k * RETRAIN_SEED_STEP
@@ -101,22 +112,24 @@ def retrain_seed(saved: argparse.Namespace, retrains: int, run: dict, root: Path
 def mean_run(run: dict, dnad_from: dict | None = None) -> dict:
     """The run with every member's and random cell's accuracy replaced by the mean over its trainings (the DNAD
     members' over ``dnad_from``'s trainings when given: another set of trainings of the same run)."""
-    means = _means(run)
+    return _reduced(run, lambda a: float(np.mean(a)), dnad_from)
+
+
+def _reduced(run: dict, reduce, dnad_from: dict | None = None) -> dict:
+    """The run with each member's and random cell's accuracy ``reduce``d from its trainings; a group without
+    trainings (``--groups``) is left out."""
+    trained = {k: reduce(v) for k, v in run["trainings"].items()}
     out = copy.deepcopy(run)
     for method in ("snps", "dnad"):
-        source = means if method == "snps" or dnad_from is None else _means(dnad_from)
-        for m in out[method]:
-            m["accuracy"] = source[m["id"]]
-    for r in out["random"]:
-        r["accuracy"] = means[f"random-{r['matched']}"]
+        source = trained if method == "snps" or dnad_from is None else _means(dnad_from)
+        out[method] = [m | {"accuracy": source[m["id"]]} for m in out[method] if m["id"] in source]
+    ids = [f"random-{r['matched']}" for r in out["random"]]
+    out["random"] = [r | {"accuracy": trained[i]} for r, i in zip(out["random"], ids) if i in trained]
     return out
 
 
 def _means(run: dict) -> dict[str, float]:
     return {k: float(np.mean(v)) for k, v in run["trainings"].items()}
-
-
-GROUPS = ("snps", "dnad", "random")  # an architecture id starts with its group: snps-m0, dnad-m2, random-dnad-m1
 
 
 def kd_against_plain(runs: list[dict], plain: list[dict]) -> dict:
@@ -133,14 +146,14 @@ def kd_against_plain(runs: list[dict], plain: list[dict]) -> dict:
         for arch, accuracy in kd.items():
             gains[arch.split("-")[0]].append(accuracy - base[arch])
     mixed = [mean_run(by_seed[run["seed"]], dnad_from=run) for run in runs]
-    return {"kd_gain": {g: mean_std(v) for g, v in gains.items()}, "dnad_kd_vs_plain": comparisons(mixed)}
+    return {"kd_gain": {g: mean_std(v) for g, v in gains.items() if v}, "dnad_kd_vs_plain": comparisons(mixed)}
 
 
 def summarise(runs: list[dict], plain: list[dict] | None = None) -> dict:
     repeated = all(len(t) > 1 for run in runs for t in run["trainings"].values())  # one KD training each: no ceiling
     summary = {
         "noise_ceiling": [noise_ceiling(list(run["trainings"].values())) for run in runs] if repeated else None,
-        "first_training": comparisons(runs),
+        "first_training": comparisons([_reduced(run, lambda a: a[0]) for run in runs]),
         "mean_of_trainings": comparisons([mean_run(run) for run in runs]),
     }
     return summary | ({"against_plain": kd_against_plain(runs, plain)} if plain else {})
@@ -232,6 +245,7 @@ def main() -> None:
     parser.add_argument("--kd", action="store_true", help="train with KD from each seed's trained network")
     parser.add_argument("--teachers", default=None, help="each seed's teacher folder, '{seed}' filled in")
     parser.add_argument("--plain", type=Path, help="with --kd --merge: the plain noise results of the same runs")
+    parser.add_argument("--groups", nargs="+", choices=GROUPS, default=list(GROUPS), help="architectures to train")
     args = parser.parse_args()
     if args.retrains < (1 if args.kd else 2):
         parser.error("--retrains must be at least 2 (the recorded training and one more), 1 with --kd")
@@ -255,9 +269,10 @@ def main() -> None:
     runs = []
     for run in chosen:
         teacher = Path(teachers.format(seed=run["seed"])) if args.kd else None
-        runs.append(retrain_seed(saved, args.retrains, run, root, teacher))
+        runs.append(retrain_seed(saved, args.retrains, run, root, teacher, tuple(args.groups)))
         summary = summarise(runs)  # written after every seed: an interrupted benchmark keeps what it measured
         settings = {"results": str(args.results), "retrains": args.retrains, "root": str(root), "kd": args.kd}
+        settings["groups"] = args.groups
         payload = {"benchmark": "dnad_noise", "settings": settings, "environment": environment(), "summary": summary}
         markdown = to_markdown(saved, args.retrains, runs, summary, args.kd)
         write_results(name + args.tag, payload | {"runs": runs}, markdown)

@@ -414,6 +414,13 @@ def test_dnad_noise_with_kd_pairs_each_architecture_with_its_plain_trainings():
     summary = summarise([once], [plain])
     assert summary["noise_ceiling"] is None and "Noise ceiling" not in to_markdown(saved, 1, [once], summary, kd=True)
     assert summary["against_plain"]["kd_gain"]["random"][0] == pytest.approx(0.92 - 0.92)
+    no_snps = run({arch: a for arch, a in kd["trainings"].items() if not arch.startswith("snps")})  # --groups
+    summary = summarise([no_snps], [plain])
+    assert summary["mean_of_trainings"]["dnad_minus_snps"]["points"] == 0
+    assert summary["first_training"]["dnad_minus_random"]["mean_std"][0] == pytest.approx(0.94 - 0.92)
+    assert summary["against_plain"]["dnad_kd_vs_plain"]["dnad_minus_snps"]["mean_std"][0] == pytest.approx(0.03)
+    assert set(summary["against_plain"]["kd_gain"]) == {"dnad", "random"}
+    assert "| 0 | dnad-m0 | 100 | 94.00% | - | 92.00% |" in to_markdown(saved, 2, [no_snps], summary, kd=True)
 
 
 def test_dnad_noise_draws_the_recorded_random_cells_again_or_refuses(digits):
