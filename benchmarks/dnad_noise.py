@@ -161,7 +161,9 @@ def summarise(runs: list[dict], plain: list[dict] | None = None) -> dict:
 
 def to_markdown(saved: argparse.Namespace, retrains: int, runs: list[dict], summary: dict, kd: bool = False) -> str:
     lines = [
-        f"# DNAD / SNPS on {saved.data}: every architecture trained {retrains} times" + (" with KD" if kd else ""),
+        f"# DNAD / SNPS on {saved.data}: every architecture trained "
+        + (f"{retrains} times" if retrains > 1 else "once")
+        + (" with KD" if kd else ""),
         "",
         f"The architectures of `benchmarks.dnad` (seeds {[r['seed'] for r in runs]}; {saved.cells} cells, C = "
         f"{saved.channels}, stem stride {stem_stride(saved)}, ops {saved.ops}): both sets' members and the random "
@@ -244,23 +246,26 @@ def main() -> None:
     parser.add_argument("--merge", nargs="+", type=Path, help="merge these noise result JSONs (same settings)")
     parser.add_argument("--kd", action="store_true", help="train with KD from each seed's trained network")
     parser.add_argument("--teachers", default=None, help="each seed's teacher folder, '{seed}' filled in")
-    parser.add_argument("--plain", type=Path, help="with --kd --merge: the plain noise results of the same runs")
+    parser.add_argument("--plain", type=Path, help="merging --kd results: the plain noise results of the same runs")
     parser.add_argument("--groups", nargs="+", choices=GROUPS, default=list(GROUPS), help="architectures to train")
     args = parser.parse_args()
     if args.retrains < (1 if args.kd else 2):
         parser.error("--retrains must be at least 2 (the recorded training and one more), 1 with --kd")
-    if args.plain and not (args.kd and args.merge):
-        parser.error("--plain goes with --kd --merge")
+    if args.plain and not args.merge:
+        parser.error("--plain goes with --merge (of --kd results)")
     recorded = json.loads(args.results.read_text())
     saved = argparse.Namespace(**recorded["settings"])
-    name = f"{args.results.stem}_{'kd' if args.kd else 'noise'}"
     if args.merge:
         first, runs = merge_runs(args.merge)
-        retrains = first["settings"]["retrains"]
+        retrains, kd = first["settings"]["retrains"], first["settings"].get("kd", False)  # as the shards ran
+        if args.plain and not kd:
+            parser.error("--plain goes with the merge of --kd results")
         plain = merge_runs([args.plain])[1] if args.plain else None
         payload = {**first, "summary": summarise(runs, plain), "runs": runs}
-        write_results(name, payload, to_markdown(saved, retrains, runs, payload["summary"], args.kd))
+        name = f"{args.results.stem}_{'kd' if kd else 'noise'}"
+        write_results(name, payload, to_markdown(saved, retrains, runs, payload["summary"], kd))
         return
+    name = f"{args.results.stem}_{'kd' if args.kd else 'noise'}"
     root = args.root or Path(tempfile.mkdtemp(prefix="netfit-dnad-noise-"))
     teachers = args.teachers or str(Path(saved.root) / "seed-{seed}" / "seed")
     chosen = [r for r in recorded["runs"] if args.seeds is None or r["seed"] in args.seeds]
