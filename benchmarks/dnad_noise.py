@@ -146,7 +146,11 @@ def kd_against_plain(runs: list[dict], plain: list[dict]) -> dict:
         for arch, accuracy in kd.items():
             gains[arch.split("-")[0]].append(accuracy - base[arch])
     mixed = [mean_run(by_seed[run["seed"]], dnad_from=run) for run in runs]
-    return {"kd_gain": {g: mean_std(v) for g, v in gains.items() if v}, "dnad_kd_vs_plain": comparisons(mixed)}
+    return {
+        "kd_gain": {g: mean_std(v) for g, v in gains.items() if v},
+        "dnad_kd_vs_plain": comparisons(mixed),
+        "matched": [{"seed": run["seed"], **r} for run in mixed for r in matched(run)],
+    }
 
 
 def summarise(runs: list[dict], plain: list[dict] | None = None) -> dict:
@@ -160,18 +164,18 @@ def summarise(runs: list[dict], plain: list[dict] | None = None) -> dict:
 
 
 def to_markdown(saved: argparse.Namespace, retrains: int, runs: list[dict], summary: dict, kd: bool = False) -> str:
+    times = f"{retrains} times" if retrains > 1 else "once"
+    trained = [g for g in GROUPS if any(a.startswith(f"{g}-") for run in runs for a in run["trainings"])]
+    which = "" if trained == list(GROUPS) else f" (here only {' and '.join(trained)}: `--groups`)"
     lines = [
-        f"# DNAD / SNPS on {saved.data}: every architecture trained "
-        + (f"{retrains} times" if retrains > 1 else "once")
-        + (" with KD" if kd else ""),
+        f"# DNAD / SNPS on {saved.data}: every architecture trained {times}" + (" with KD" if kd else ""),
         "",
         f"The architectures of `benchmarks.dnad` (seeds {[r['seed'] for r in runs]}; {saved.cells} cells, C = "
         f"{saved.channels}, stem stride {stem_stride(saved)}, ops {saved.ops}): both sets' members and the random "
-        f"cells at the DNAD members' MACs, each "
-        f"trained {scratch_epochs(saved)} epochs from scratch ({saved.optimizer} lr {saved.lr}, batch "
-        f"{saved.batch_size}, grad clip {saved.grad_clip}) {retrains} times: "
+        f"cells at the DNAD members' MACs{which}, each trained {scratch_epochs(saved)} epochs from scratch "
+        f"({saved.optimizer} lr {saved.lr}, batch {saved.batch_size}, grad clip {saved.grad_clip}) {times}: "
         + (
-            f"each with Hinton KD (weight 1, T = 4) from the seed's trained network, initial weights and data order "
+            "each with Hinton KD (weight 1, T = 4) from the seed's trained network, initial weights and data order "
             f"from the recorded plain training's seeds, + {RETRAIN_SEED_STEP}, ..."
             if kd
             else f"the recorded training, then initial weights and data order from its seeds + {RETRAIN_SEED_STEP}, "
@@ -187,38 +191,39 @@ def to_markdown(saved: argparse.Namespace, retrains: int, runs: list[dict], summ
         for arch, accuracies in run["trainings"].items():
             each = " / ".join(percent(a) for a in accuracies)
             lines.append(f"| {run['seed']} | {arch} | {each} | {percent(float(np.mean(accuracies)))} |")
-    lines += [
-        "",
-        "## Matched MACs on the mean of the trainings",
-        "",
-        "| seed | DNAD member | MACs | DNAD | SNPS | random cells |",
-        "|---|---|---|---|---|---|",
+    rows = [{"seed": run["seed"], **r} for run in runs for r in matched(mean_run(run))]
+    lines += _matched_lines("Matched MACs on the mean of the trainings", rows)
+    readings = [
+        (f"{when}: ", name, summary[key][f"dnad_minus_{other}"])
+        for when, key in (("First training only", "first_training"), ("Mean of the trainings", "mean_of_trainings"))
+        for name, other in (("DNAD - random cells", "random"), ("DNAD - SNPS", "snps"))
     ]
-    for run in runs:
-        for r in matched(mean_run(run)):
-            lines.append(
-                f"| {run['seed']} | {r['id']} | {r['macs']:,} | {percent(r['dnad'])} | {percent(r['snps'])} | "
-                f"{percent(r['random'])} |"
-            )
-    first, means = summary["first_training"], summary["mean_of_trainings"]
-    lines += [
-        "",
-        "## Reading",
-        "",
-        *(
-            ["- " + noise_ceiling_text(summary["noise_ceiling"]) + " (per seed, over all of its architectures)"]
-            if summary["noise_ceiling"]
-            else []
-        ),
-        "- First training only: " + verdict("DNAD - random cells", first["dnad_minus_random"])[2:],
-        "- First training only: " + verdict("DNAD - SNPS", first["dnad_minus_snps"])[2:],
-        "- Mean of the trainings: " + verdict("DNAD - random cells", means["dnad_minus_random"])[2:],
-        "- Mean of the trainings: " + verdict("DNAD - SNPS", means["dnad_minus_snps"])[2:],
-        "",
-    ]
+    if summary["noise_ceiling"]:
+        readings.insert(0, (noise_ceiling_text(summary["noise_ceiling"]), "", None))
+    lines += ["", "## Reading", ""]
+    for text, name, comparison in readings:
+        if comparison is None:
+            lines.append(f"- {text} (per seed, over all of its architectures)")
+        elif comparison["points"]:
+            lines.append("- " + text + verdict(name, comparison)[2:])
+    lines.append("")
     if "against_plain" in summary:
         lines += _against_plain_lines(summary["against_plain"])
     return "\n".join(lines)
+
+
+def _matched_lines(title: str, rows: list[dict]) -> list[str]:
+    """A table of ``benchmarks.dnad.matched`` rows (with their seed); nothing when there are none."""
+    if not rows:
+        return []
+    header = "| seed | DNAD member | MACs | DNAD | SNPS | random cells |"
+    lines = ["", f"## {title}", "", header, "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['seed']} | {r['id']} | {r['macs']:,} | {percent(r['dnad'])} | {percent(r['snps'])} | "
+            f"{percent(r['random'])} |"
+        )
+    return lines
 
 
 def _against_plain_lines(against: dict) -> list[str]:
@@ -230,6 +235,7 @@ def _against_plain_lines(against: dict) -> list[str]:
     ]
     for group, (m, sd) in against["kd_gain"].items():
         lines.append(f"| {group} | {100 * m:+.2f} ± {100 * sd:.2f} |")
+    lines += _matched_lines("DNAD members with KD, SNPS and random cells plain", against["matched"])
     both = against["dnad_kd_vs_plain"]
     prefix = "- DNAD with KD, SNPS and random cells plain: "
     lines += ["", prefix + verdict("DNAD - random cells", both["dnad_minus_random"])[2:]]

@@ -420,7 +420,10 @@ def test_dnad_noise_with_kd_pairs_each_architecture_with_its_plain_trainings():
     assert summary["first_training"]["dnad_minus_random"]["mean_std"][0] == pytest.approx(0.94 - 0.92)
     assert summary["against_plain"]["dnad_kd_vs_plain"]["dnad_minus_snps"]["mean_std"][0] == pytest.approx(0.03)
     assert set(summary["against_plain"]["kd_gain"]) == {"dnad", "random"}
-    assert "| 0 | dnad-m0 | 100 | 94.00% | - | 92.00% |" in to_markdown(saved, 2, [no_snps], summary, kd=True)
+    markdown = to_markdown(saved, 2, [no_snps], summary, kd=True)
+    assert "| 0 | dnad-m0 | 100 | 94.00% | - | 92.00% |" in markdown  # all with KD
+    assert "| 0 | dnad-m0 | 100 | 94.00% | 91.00% | 92.00% |" in markdown  # DNAD with KD, the others plain
+    assert "(here only dnad and random: `--groups`)" in markdown
 
 
 def test_dnad_noise_draws_the_recorded_random_cells_again_or_refuses(digits):
