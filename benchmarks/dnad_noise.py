@@ -200,13 +200,14 @@ def to_markdown(saved: argparse.Namespace, retrains: int, runs: list[dict], summ
     ]
     if summary["noise_ceiling"]:
         readings.insert(0, (noise_ceiling_text(summary["noise_ceiling"]), "", None))
-    lines += ["", "## Reading", ""]
-    for text, name, comparison in readings:
-        if comparison is None:
-            lines.append(f"- {text} (per seed, over all of its architectures)")
-        elif comparison["points"]:
-            lines.append("- " + text + verdict(name, comparison)[2:])
-    lines.append("")
+    said = [
+        f"- {text} (per seed, over all of its architectures)"
+        if comparison is None
+        else "- " + text + verdict(name, comparison)[2:]
+        for text, name, comparison in readings
+        if comparison is None or comparison["points"]
+    ]
+    lines += ["", "## Reading", "", *said, ""] if said else [""]
     if "against_plain" in summary:
         lines += _against_plain_lines(summary["against_plain"])
     return "\n".join(lines)
