@@ -31,6 +31,7 @@ import torch
 from netfit.api import train_model
 from netfit.cost import count_cost
 from netfit.data import load_data
+from netfit.export import load_model
 from netfit.models import build_model
 
 from .common import environment, mean_std, merge_runs, noise_ceiling, noise_ceiling_text, write_results
@@ -82,6 +83,7 @@ def retrain_seed(
     the architectures of ``groups``."""
     data = load_data(saved.data)
     space = cell_space(saved, data)
+    teacher_model = load_model(teacher) if teacher else None  # read once, not once per training
     trainings = {}
     for arch in architectures(run, space, tuple(data.input_shape)):
         if arch["id"].split("-")[0] not in groups:
@@ -101,7 +103,7 @@ def retrain_seed(
                 train=train_settings(saved),
                 progress=False,
                 resume=out.exists(),
-                teacher=teacher,
+                teacher=teacher_model,
             )
             accuracies.append(result["accuracy"])
         trainings[arch["id"]] = accuracies
@@ -112,7 +114,7 @@ def retrain_seed(
 def mean_run(run: dict, dnad_from: dict | None = None) -> dict:
     """The run with every member's and random cell's accuracy replaced by the mean over its trainings (the DNAD
     members' over ``dnad_from``'s trainings when given: another set of trainings of the same run)."""
-    return _reduced(run, lambda a: float(np.mean(a)), dnad_from)
+    return _reduced(run, _mean, dnad_from)
 
 
 def _reduced(run: dict, reduce, dnad_from: dict | None = None) -> dict:
@@ -128,8 +130,12 @@ def _reduced(run: dict, reduce, dnad_from: dict | None = None) -> dict:
     return out
 
 
+def _mean(accuracies: list[float]) -> float:
+    return float(np.mean(accuracies))
+
+
 def _means(run: dict) -> dict[str, float]:
-    return {k: float(np.mean(v)) for k, v in run["trainings"].items()}
+    return {k: _mean(v) for k, v in run["trainings"].items()}
 
 
 def kd_against_plain(runs: list[dict], plain: list[dict]) -> dict:
@@ -190,7 +196,7 @@ def to_markdown(saved: argparse.Namespace, retrains: int, runs: list[dict], summ
     for run in runs:
         for arch, accuracies in run["trainings"].items():
             each = " / ".join(percent(a) for a in accuracies)
-            lines.append(f"| {run['seed']} | {arch} | {each} | {percent(float(np.mean(accuracies)))} |")
+            lines.append(f"| {run['seed']} | {arch} | {each} | {percent(_mean(accuracies))} |")
     rows = [{"seed": run["seed"], **r} for run in runs for r in matched(mean_run(run))]
     lines += _matched_lines("Matched MACs on the mean of the trainings", rows)
     readings = [
