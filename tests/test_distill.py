@@ -5,13 +5,14 @@ from dataclasses import replace
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
 from netfit import load, train_model
 from netfit.distill import CachedTeacher, LogitDistiller
 from netfit.engine import train
-from netfit.errors import NetfitError
+from netfit.errors import CheckpointError, NetfitError
 from test_engine import CFG, mlp, toy_data
 
 
@@ -162,11 +163,11 @@ def test_a_channels_last_student_gets_a_channels_last_copy_of_the_teacher():
 class ConstantTeacher(nn.Module):
     """A teacher that says class 0 for every input (logit 40 against 0: sure of it even at the KD temperature)."""
 
-    def __init__(self, num_classes: int = 10) -> None:
+    def __init__(self, num_classes: int = 10, logit: float = 40.0) -> None:
         super().__init__()
         self.bias = nn.Parameter(torch.zeros(num_classes))
         with torch.no_grad():
-            self.bias[0] = 40.0
+            self.bias[0] = logit
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bias.expand(len(x), -1)
@@ -196,6 +197,31 @@ def test_train_model_distils_from_a_teacher_module_or_folder(tmp_path, digits):
     assert a.keys() == b.keys()
     for key, value in a.items():
         torch.testing.assert_close(value, b[key])
+
+
+def test_train_model_resumes_only_with_its_own_teacher(tmp_path, digits):
+    """A checkpoint records the KD loss (weight, temperature, the teacher's exact weights): resuming it with another
+    teacher, another weight or none is refused; the same teacher rebuilt (equal weights) continues."""
+    out, settings = tmp_path / "kd", dict(epochs=1, seed=0, progress=False)
+    train_model("cnn_small", digits, out=out, teacher=ConstantTeacher(), **settings)
+    resumed = {**settings, "epochs": 2, "resume": True}
+    for teacher, weight in ((ConstantTeacher(logit=20.0), 1.0), (ConstantTeacher(), 2.0), (None, 1.0)):
+        with pytest.raises(CheckpointError, match="extra losses"):
+            train_model("cnn_small", digits, out=out, teacher=teacher, kd_weight=weight, **resumed)
+    train_model("cnn_small", digits, out=out, teacher=ConstantTeacher(), **resumed)
+
+
+class FixedTeacher(nn.Module):
+    """A teacher without parameters or buffers: says class 0 for every input."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.one_hot(torch.zeros(len(x), dtype=torch.long), 10).float().to(x.device) * 40.0
+
+
+def test_train_model_takes_a_teacher_without_parameters(tmp_path, digits):
+    out = tmp_path / "kd"
+    train_model("cnn_small", digits, out=out, epochs=2, seed=0, progress=False, teacher=FixedTeacher(), kd_weight=2.0)
+    assert (_predictions(out, digits) == 0).float().mean() > 0.75
 
 
 def test_train_model_refuses_a_teacher_for_other_classes(tmp_path, digits):

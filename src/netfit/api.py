@@ -8,6 +8,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import time
@@ -198,7 +199,8 @@ def _prepare_seed(
 
 def check_compatible(model: nn.Module, name: str, data: DataBundle) -> None:
     """One clear error when the model cannot take the data's samples or predicts the wrong number of classes."""
-    device = next(model.parameters()).device
+    first = next(itertools.chain(model.parameters(), model.buffers()), None)  # a fixed teacher may hold neither
+    device = first.device if first is not None else torch.device("cpu")
     was_training = model.training
     model.eval()
     try:

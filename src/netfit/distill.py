@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 
 import torch
 import torch.nn.functional as F
@@ -101,3 +102,17 @@ class LogitDistiller:
 
     def __call__(self, ctx, logits: torch.Tensor) -> torch.Tensor:
         return self.weight * kd_loss(logits, self.teacher(ctx.x, ctx.ids, ctx.channels_last), self.temperature)
+
+    def signature(self) -> str:
+        """The loss as a checkpoint records it: weight, temperature and the teacher's exact weights (a digest),
+        so a training resumed with another teacher is refused instead of mixing two teachers' lessons."""
+        return f"kd(weight={self.weight:g}, T={self.temperature:g}, teacher={weights_digest(self.teacher.teacher)})"
+
+
+def weights_digest(model: nn.Module) -> str:
+    """A short SHA-256 of a module's state (names, shapes, dtypes and bytes of every parameter and buffer)."""
+    digest = hashlib.sha256()
+    for name, value in model.state_dict().items():
+        digest.update(f"{name}:{tuple(value.shape)}:{value.dtype};".encode())
+        digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]

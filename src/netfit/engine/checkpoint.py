@@ -96,8 +96,11 @@ def callback_keys(callbacks: Sequence[object]) -> list[str]:
     return keys
 
 
-def check_compatible(saved: dict, config: TrainConfig, callbacks: list[str], n_extra_opts: int, path: Path) -> None:
-    """Refuse a checkpoint of another netfit version, other settings (epochs may grow) or other hooks.
+def check_compatible(
+    saved: dict, config: TrainConfig, callbacks: list[str], n_extra_opts: int, path: Path, losses: list[str]
+) -> None:
+    """Refuse a checkpoint of another netfit version, other settings (epochs may grow), other hooks or other extra
+    losses (``loss_signature``s; a checkpoint written before they were recorded is not checked for them).
 
     Stateless callbacks (progress, logging) may come and go; a saved callback state needs its callback back.
     """
@@ -121,6 +124,12 @@ def check_compatible(saved: dict, config: TrainConfig, callbacks: list[str], n_e
         raise CheckpointError(
             f"cannot resume from {path}: it was written with {what}, which this run does not have; resume with "
             "the same method and options or start without --resume"
+        )
+    was_losses = saved.get("extra_losses")
+    if was_losses is not None and list(was_losses) != losses:
+        raise CheckpointError(
+            f"cannot resume from {path}: it trained with extra losses {was_losses or 'none'}, this run has "
+            f"{losses or 'none'}; resume with the same teacher and weights or start without --resume"
         )
 
 

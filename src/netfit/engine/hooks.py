@@ -78,6 +78,13 @@ StepFn = Callable[[StepContext], StepOutput]
 ExtraLoss = Callable[[StepContext, torch.Tensor], torch.Tensor]
 
 
+def loss_signature(extra: ExtraLoss) -> str:
+    """What an extra loss adds, as checkpoints record it so that a resumed training refuses another one: its
+    ``signature()`` where it has one (say, the teacher's weights and the weight of a distillation), else its type."""
+    signature = getattr(extra, "signature", None)
+    return signature() if callable(signature) else type(extra).__qualname__
+
+
 @dataclass
 class TrainState:
     """What callbacks see. ``extra`` is saved in checkpoints (tensors, numbers, strings, lists, dicts only)."""

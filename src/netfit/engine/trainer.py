@@ -44,6 +44,7 @@ from .hooks import (
     TrainResult,
     TrainState,
     check_finite,
+    loss_signature,
     scalar,
     training_batch,
 )
@@ -108,6 +109,7 @@ class _Trainer:
         self.callbacks: Sequence[Callback] = hooks["callbacks"]
         self.extra_optimizers: Sequence[torch.optim.Optimizer] = hooks["extra_optimizers"]
         self.step_fn = hooks["step_fn"] or _default_step(hooks["extra_losses"])
+        self.losses = [] if hooks["step_fn"] else [loss_signature(f) for f in hooks["extra_losses"]]
         self.ckpt_path = Path(checkpoint) if checkpoint is not None else None
         self.model = model.to(device)  # keeps the layout train() gave it
         self.channels_last = channels_last(config, device, data.input_shape)
@@ -140,6 +142,7 @@ class _Trainer:
                 "extra_params": [[p.detach().cpu() for p in _opt_params(o)] for o in self.extra_optimizers],
                 "scaler": self.scaler.state_dict() if self.scaler is not None else {},
                 "callbacks": {k: cb.state_dict() for k, cb in zip(callback_keys(self.callbacks), self.callbacks)},
+                "extra_losses": self.losses,
                 "lr_control": self.lr_control.state_dict(),
                 "epoch": self.state.epoch,
                 "step": self.state.step,
@@ -161,7 +164,7 @@ class _Trainer:
         path = self.ckpt_path
         saved = load_checkpoint(path)
         keys = callback_keys(self.callbacks)
-        check_compatible(saved, self.config, keys, len(self.extra_optimizers), path)
+        check_compatible(saved, self.config, keys, len(self.extra_optimizers), path, self.losses)
         finished = saved["finished"] and (saved["early_stopped"] or saved["epoch"] >= self.config.epochs)
         weights = saved["model"] if finished else saved.get("last_model", saved["model"])
         with as_checkpoint_error(path, "holds another model's weights"):
