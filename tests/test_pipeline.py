@@ -1,5 +1,6 @@
 """End-to-end runs of the pipeline on the offline digits data with tiny settings."""
 
+import copy
 import json
 
 import pytest
@@ -7,8 +8,10 @@ import torch
 from torch import nn
 
 from netfit.api import adapt
+from netfit.cli import print_result
 from netfit.errors import BudgetInfeasibleError, CheckpointError, NetfitError
 from netfit.export import load_model
+from netfit.methods.base import METHODS, Candidate
 from netfit.methods.uniform import Uniform
 
 FAST = {"epochs": 1, "seed_epochs": 2, "progress": False, "train": {"batch_size": 64}}
@@ -69,6 +72,39 @@ def test_selected_is_best_within_budget(uniform_run):
     fitting = [r for r in summary["candidates"] if r["macs"] <= summary["budget"]["limit"]]
     assert summary["selected"] == max(fitting, key=lambda r: r["accuracy"])["id"]
     assert uniform_run.selected_model is uniform_run.models[summary["selected"]]
+
+
+def test_each_budget_names_its_best_candidate(uniform_run):
+    summary = uniform_run.summary
+    assert [b["spec"] for b in summary["budgets"]] == ["50%", "25%"]
+    for budget in summary["budgets"]:
+        fitting = [r for r in summary["candidates"] if r["macs"] <= budget["limit"]]
+        assert budget["selected"] == max(fitting, key=lambda r: r["accuracy"])["id"]
+    assert summary["budgets"][0]["selected"] == summary["selected"]
+    report = (uniform_run.out / "report.md").read_text()
+    assert all(f"'{b['spec']}' = " in report and b["selected"] in report for b in summary["budgets"])
+
+
+class SeedCopy:
+    """A test method: one candidate, a copy of the seed (it meets a 150% budget, not a 50% one)."""
+
+    name, description = "seed-copy", "the seed itself"
+
+    def search(self, seed, data, targets, run):
+        return [Candidate("copy", copy.deepcopy(seed.model), targets[-1])]
+
+
+def test_a_budget_without_candidate_is_said(tmp_path, digits, monkeypatch, capsys):
+    monkeypatch.setitem(METHODS._items, SeedCopy.name, SeedCopy)
+    result = adapt("cnn_small", digits, "50%,150%", SeedCopy.name, out=tmp_path / "r", **FAST)
+    assert [b["selected"] for b in result.summary["budgets"]] == [None, "copy"]
+    assert result.summary["selected"] is None
+    events = [json.loads(line) for line in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
+    warnings = [e for e in events if e["event"] == "warning" and e.get("budget") == "50%"]
+    assert len(warnings) == 1 and "no candidate within budget '50%'" in warnings[0]["message"]
+    assert "no candidate within it" in (tmp_path / "r" / "report.md").read_text()
+    print_result(result.summary)
+    assert "no candidate within budget '50%'" in capsys.readouterr().out
 
 
 def test_finished_run_refuses_overwrite_and_resumes(uniform_run, digits):

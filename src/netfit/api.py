@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from .budget import Budget, parse_budgets
+from .budget import Budget, format_metric, parse_budgets
 from .cost import count_cost
 from .cost.counting import resolve_device
 from .data import DataBundle, load_data
@@ -259,17 +259,25 @@ def _summarise(
             )
         rows.append(row)
     front = pareto_front([r[primary.metric] for r in rows], [r["accuracy"] for r in rows])
-    fitting = [r for r in rows if r[primary.metric] <= primary.limit]
-    # a flagged candidate is chosen only when no sound one fits the budget
-    best = max(fitting, key=lambda r: (r["warning"] is None, r["accuracy"], -r[primary.metric]), default=None)
-    selected = best["id"] if best else None
+    budgets = []
+    for target in targets:  # every budget shares the primary's metric (parse_budgets)
+        budgets.append({**target.budget.describe(target.limit), "selected": _best_within(rows, target)})
+        if budgets[-1]["selected"] is None:
+            smallest = min(rows, key=lambda r: r[primary.metric], default=None)
+            message = f"no candidate within budget {target.budget.spec!r} " + (
+                f"(the smallest, {smallest['id']}, costs {format_metric(smallest[primary.metric], primary.metric)})"
+                if smallest
+                else "(the method returned none)"
+            )
+            logger.warning(message)
+            run.log.write("warning", budget=target.budget.spec, message=message)
     return {
         "netfit_version": __version__,
         "method": settings["method"],
         "model": settings["model"],
         "data": data.name,
         "budget": primary.budget.describe(primary.limit),
-        "budgets": [t.budget.describe(t.limit) for t in targets],
+        "budgets": budgets,
         "seed": {
             primary.metric: seed.metric_value,
             "macs": seed.macs,
@@ -279,9 +287,17 @@ def _summarise(
         },
         "candidates": rows,
         "pareto": [rows[i]["id"] for i in front],
-        "selected": selected,
+        "selected": budgets[0]["selected"],
         "settings": {**settings, "data_source": data.describe(), "device": str(run.device), "torch": torch.__version__},
     }
+
+
+def _best_within(rows: list[dict], target: Target) -> str | None:
+    """The most accurate candidate within ``target``'s limit (a flagged one only when no sound one fits)."""
+    metric = target.budget.metric
+    fitting = [r for r in rows if r[metric] <= target.limit]
+    best = max(fitting, key=lambda r: (r["warning"] is None, r["accuracy"], -r[metric]), default=None)
+    return best["id"] if best else None
 
 
 def load_result(run_dir: str | Path) -> dict:

@@ -260,6 +260,7 @@ def print_result(summary: dict) -> None:
     """The result table: the seed, then every candidate; * = on the Pareto front, > = selected."""
     from .budget import format_metric
     from .cost import format_count
+    from .report import budget_lines
 
     budget = summary["budget"]
     table = Table(
@@ -296,9 +297,14 @@ def print_result(summary: dict) -> None:
         "! flagged.",
         highlight=False,
     )
+    for line in budget_lines(summary):
+        console.print(line, highlight=False)
     for row in summary["candidates"]:
         if row.get("warning"):
             console.print(f"[yellow]warning:[/yellow] {row['id']} is {row['warning']}", highlight=False)
+    for budget in summary.get("budgets", []):
+        if "selected" in budget and budget["selected"] is None:
+            console.print(f"[yellow]warning:[/yellow] no candidate within budget {budget['spec']!r}", highlight=False)
 
 
 @app.command("eval")

@@ -15,6 +15,18 @@ CONVENTION = (
 MARKERS = "osD^vP*Xh<>"
 
 
+def budget_lines(result: dict) -> list[str]:
+    """With several budgets, one line per budget: its limit and the candidate selected within it (or none);
+    nothing for a result.json written before budgets named their selection."""
+    budgets = result.get("budgets", [])
+    if len(budgets) < 2 or any("selected" not in b for b in budgets):
+        return []
+    return [""] + [
+        f"- {b['spec']!r} = {format_metric(b['limit'], b['metric'])}: {b.get('selected') or 'no candidate within it'}"
+        for b in budgets
+    ]
+
+
 def render_markdown(result: dict) -> str:
     """The report: title, settings, the candidate table (seed first), the convention."""
     budget = result["budget"]
@@ -23,6 +35,7 @@ def render_markdown(result: dict) -> str:
         "",
         f"Budget {budget['spec']!r} = {format_metric(budget['limit'], budget['metric'])}. "
         f"Selected: **{result.get('selected') or 'none within budget'}**.",
+        *budget_lines(result),
         "",
         "| id | MACs | FLOPs | params | accuracy | within budget | Pareto front |",
         "|---|---|---|---|---|---|---|",
