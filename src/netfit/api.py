@@ -259,16 +259,17 @@ def _summarise(
             )
         rows.append(row)
     front = pareto_front([r[primary.metric] for r in rows], [r["accuracy"] for r in rows])
+    smallest = min(rows, key=lambda r: r[primary.metric], default=None)
+    why_none = (
+        f"the smallest, {smallest['id']}, costs {format_metric(smallest[primary.metric], primary.metric)}"
+        if smallest
+        else "the method returned none"
+    )
     budgets = []
     for target in targets:  # every budget shares the primary's metric (parse_budgets)
         budgets.append({**target.budget.describe(target.limit), "selected": _best_within(rows, target)})
         if budgets[-1]["selected"] is None:
-            smallest = min(rows, key=lambda r: r[primary.metric], default=None)
-            message = f"no candidate within budget {target.budget.spec!r} " + (
-                f"(the smallest, {smallest['id']}, costs {format_metric(smallest[primary.metric], primary.metric)})"
-                if smallest
-                else "(the method returned none)"
-            )
+            message = f"no candidate within budget {target.budget.spec!r} ({why_none})"
             logger.warning(message)
             run.log.write("warning", budget=target.budget.spec, message=message)
     return {
