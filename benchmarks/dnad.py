@@ -55,9 +55,9 @@ def _options(args: argparse.Namespace) -> dict:
 
 
 def _members(summary: dict, out: Path) -> list[dict]:
-    """A set's members from result.json, with the in-run step times of the run's snapshot file."""
+    """A set's members from result.json, with the in-run step times of the run's snapshot file and the budgets
+    each was selected for."""
     snapshots = json.loads((out / SNAPSHOT_FILE).read_text())["snapshots"]
-    keys = ("reason", "step", "pairs", "val_acc", "selected_for")
     return [
         {
             "id": r["id"],
@@ -66,7 +66,9 @@ def _members(summary: dict, out: Path) -> list[dict]:
             "params": r["params"],
             "genotype": r["arch"]["genotype"],
             "step_seconds": snap["step_seconds"],
-            **{k: r["info"].get(k) for k in keys},
+            **{k: r["info"].get(k) for k in ("reason", "step", "pairs")},
+            "val_acc": r["val_accuracy"],
+            "selected_for": [b["spec"] for b in summary["budgets"] if b["selected"] == r["id"]] or None,
         }
         for r, snap in zip(summary["candidates"], snapshots)
     ]
@@ -408,8 +410,9 @@ def to_markdown(args: argparse.Namespace, runs: list[dict], summary: dict) -> st
         + ".",
         *_timing_shape_lines(runs),
         "",
-        "Step times on a shared, loaded CPU are noisy; the re-measured column times one training step (median of 5) of "
-        "the supernet rebuilt at each member's structure, back to back.",
+        "The in-run column is the mean step of the search, alongside whatever else the machine ran; the re-run column "
+        "times one training step (median of 5) of the supernet rebuilt at each member's structure, back to back"
+        + (" (read back with --collect, after the runs)." if args.collect else ", right after the run."),
         "",
     ]
     return "\n".join(lines)

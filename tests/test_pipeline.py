@@ -70,7 +70,8 @@ def test_saved_models_reload_identically(uniform_run, digits):
 def test_selected_is_best_within_budget(uniform_run):
     summary = uniform_run.summary
     fitting = [r for r in summary["candidates"] if r["macs"] <= summary["budget"]["limit"]]
-    assert summary["selected"] == max(fitting, key=lambda r: r["accuracy"])["id"]
+    assert summary["selected"] == max(fitting, key=lambda r: r["val_accuracy"])["id"]
+    assert all(0.0 <= r["val_accuracy"] <= 1.0 for r in summary["candidates"])
     assert uniform_run.selected_model is uniform_run.models[summary["selected"]]
 
 
@@ -79,7 +80,7 @@ def test_each_budget_names_its_best_candidate(uniform_run):
     assert [b["spec"] for b in summary["budgets"]] == ["50%", "25%"]
     for budget in summary["budgets"]:
         fitting = [r for r in summary["candidates"] if r["macs"] <= budget["limit"]]
-        assert budget["selected"] == max(fitting, key=lambda r: r["accuracy"])["id"]
+        assert budget["selected"] == max(fitting, key=lambda r: r["val_accuracy"])["id"]
     assert summary["budgets"][0]["selected"] == summary["selected"]
     report = (uniform_run.out / "report.md").read_text()
     assert all(f"'{b['spec']}' = " in report and b["selected"] in report for b in summary["budgets"])
@@ -104,7 +105,41 @@ def test_a_budget_without_candidate_is_said(tmp_path, digits, monkeypatch, capsy
     assert len(warnings) == 1 and "no candidate within budget '50%'" in warnings[0]["message"]
     assert "no candidate within it" in (tmp_path / "r" / "report.md").read_text()
     print_result(result.summary)
-    assert "no candidate within budget '50%'" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert printed.count("'50%'") == 1 and "no candidate within it" in printed  # said once, on the budget's line
+
+
+class TwoCopies:
+    """A test method: two copies of the seed, tagged so that a scripted evaluation can tell them apart."""
+
+    name, description = "two-copies", "the seed twice"
+
+    def search(self, seed, data, targets, run):
+        copies = [copy.deepcopy(seed.model) for _ in range(2)]
+        for tag, model in zip("ab", copies):
+            model.tag = tag
+        return [Candidate(tag, model, targets[0]) for tag, model in zip("ab", copies)]
+
+
+def test_selection_reads_validation_not_test_accuracy(tmp_path, digits, monkeypatch):
+    """a is the better on test, b on validation: b is selected, and each split's number is reported as measured."""
+    import netfit.api
+
+    scripted = {("a", "test"): 0.9, ("a", "val"): 0.6, ("b", "test"): 0.8, ("b", "val"): 0.7}
+    measured = netfit.api.evaluate
+
+    def evaluate(model, data, split, **kwargs):
+        tag = getattr(model, "tag", None)
+        return {"accuracy": scripted[tag, split]} if tag else measured(model, data, split, **kwargs)
+
+    monkeypatch.setattr(netfit.api, "evaluate", evaluate)
+    monkeypatch.setitem(METHODS._items, TwoCopies.name, TwoCopies)
+    result = adapt("cnn_small", digits, "150%", TwoCopies.name, out=tmp_path / "r", **FAST)
+    rows = {r["id"]: r for r in result.summary["candidates"]}
+    assert (rows["a"]["accuracy"], rows["a"]["val_accuracy"]) == (0.9, 0.6)
+    assert result.summary["selected"] == "b" and result.summary["pareto"] == ["a"]
+    report = (tmp_path / "r" / "report.md").read_text()
+    assert "**b** (selected)" in report and "| 60.00% |" in report
 
 
 def test_finished_run_refuses_overwrite_and_resumes(uniform_run, digits):

@@ -239,6 +239,7 @@ def _summarise(
             primary.metric: value,  # first, so the exact integer counts below win for macs/params budgets
             **cost.as_dict(),
             "accuracy": evaluate(model, data, "test", device=run.device)["accuracy"],
+            "val_accuracy": evaluate(model, data, "val", device=run.device)["accuracy"],  # what selection reads
             "target": cand.target.budget.spec if cand.target else None,
             "within_budget": bool(value <= limit),
             "weights": cand.id,
@@ -294,10 +295,12 @@ def _summarise(
 
 
 def _best_within(rows: list[dict], target: Target) -> str | None:
-    """The most accurate candidate within ``target``'s limit (a flagged one only when no sound one fits)."""
+    """The candidate within ``target``'s limit with the best VALIDATION accuracy, the cheaper on a tie (a flagged
+    one only when no sound one fits). Choosing on the test split would report the maximum of several noisy test
+    scores as if it were one held-out measurement."""
     metric = target.budget.metric
     fitting = [r for r in rows if r[metric] <= target.limit]
-    best = max(fitting, key=lambda r: (r["warning"] is None, r["accuracy"], -r[metric]), default=None)
+    best = max(fitting, key=lambda r: (r["warning"] is None, r["val_accuracy"], -r[metric]), default=None)
     return best["id"] if best else None
 
 

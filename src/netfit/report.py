@@ -12,7 +12,15 @@ CONVENTION = (
     "MACs = multiply-accumulates of one forward pass at batch 1 (conv, linear, matmul; BN/activations/pooling/adds "
     "not counted); FLOPs = 2 x MACs."
 )
+SELECTION = (
+    "Accuracy: top-1 on the held-out test split. Selected within a budget: the best validation accuracy among the "
+    "sound candidates within it (the test split only reports)."
+)
 MARKERS = "osD^vP*Xh<>"
+
+
+def _percent(value: float | None) -> str:
+    return "" if value is None else f"{100 * value:.2f}%"  # None: a result.json from before the column
 
 
 def budget_lines(result: dict) -> list[str]:
@@ -37,27 +45,27 @@ def render_markdown(result: dict) -> str:
         f"Selected: **{result.get('selected') or 'none within budget'}**.",
         *budget_lines(result),
         "",
-        "| id | MACs | FLOPs | params | accuracy | within budget | Pareto front |",
-        "|---|---|---|---|---|---|---|",
+        "| id | MACs | FLOPs | params | accuracy | val accuracy | within budget | Pareto front |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     seed = result["seed"]
     lines.append(
         f"| seed | {format_count(seed['macs'])} | {format_count(seed['flops'])} | "
-        f"{format_count(seed['params'])} | {100 * seed['accuracy']:.2f}% | | |"
+        f"{format_count(seed['params'])} | {100 * seed['accuracy']:.2f}% | | | |"
     )
     for row in result["candidates"]:
         name = f"**{row['id']}** (selected)" if row["id"] == result.get("selected") else row["id"]
         name += " (flagged)" if row.get("warning") else ""
         lines.append(
             f"| {name} | {format_count(row['macs'])} | {format_count(row['flops'])} | "
-            f"{format_count(row['params'])} | {100 * row['accuracy']:.2f}% | "
+            f"{format_count(row['params'])} | {100 * row['accuracy']:.2f}% | {_percent(row.get('val_accuracy'))} | "
             f"{'yes' if row['within_budget'] else 'no'} | {'yes' if row['id'] in result.get('pareto', []) else ''} |"
         )
     flagged = [row for row in result["candidates"] if row.get("warning")]
     if flagged:
         lines += ["", "**Flagged candidates** (never selected over a sound one):", ""]
         lines += [f"- {row['id']}: {row['warning']}" for row in flagged]
-    lines += ["", "Accuracy: top-1 on the held-out test split.", "", CONVENTION, ""]
+    lines += ["", SELECTION, "", CONVENTION, ""]
     settings = result.get("settings", {})
     if settings:
         lines += ["## Settings", ""]

@@ -9,8 +9,8 @@ teacher (the run's trained seed): 1x1 conv + BN adapters on the supernet's three
 last three stage outputs, weights r = [0.2, 0.3, 0.5]. ``--method snps`` is the same search without KD.
 
 Every member is then built as a plain ``darts`` network from its genotype and trained from scratch with the run's
-epochs (optionally distilled from the teacher's logits); all members are returned, and for each budget the member
-with the best validation accuracy within it is marked in ``info.selected_for``. See docs/methods/dnad.md.
+epochs (optionally distilled from the teacher's logits); all members are returned, and the pipeline selects per
+budget the one with the best validation accuracy within it. See docs/methods/dnad.md.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from torch import nn
 
 from ..budget import check_feasible
 from ..distill import CachedTeacher, kd_loss
-from ..engine import Callback, StepOutput, evaluate
+from ..engine import Callback, StepOutput
 from ..engine.distributed import is_main
 from ..errors import NetfitError, UnsupportedLayerError
 from ..fileio import atomic_write_text
@@ -341,7 +341,7 @@ class DNAD(ControllerConfig):
             atomic_write_text(run.out / SNAPSHOT_FILE, json.dumps({"snapshots": shrinker.snapshots}, indent=1))
         run.log.write(f"{self.name}-shrunk", members=len(shrinker.snapshots), deleted=len(shrinker.deleted))
         teacher = CachedTeacher(seed.model) if self.retrain_kd else None  # one cache for every member's training
-        return self._train_members(net, shrinker.snapshots, data, targets, run, teacher)
+        return self._train_members(net, shrinker.snapshots, data, run, teacher)
 
     def _check_reachable(self, net: CellSupernet, target: Target, run) -> None:
         """The smallest network of the space is the one without pairs (stem, preprocessing, head)."""
@@ -375,7 +375,7 @@ class DNAD(ControllerConfig):
         return step
 
     # ----- members
-    def _train_members(self, net, snapshots, data, targets, run, teacher) -> list[Candidate]:
+    def _train_members(self, net, snapshots, data, run, teacher) -> list[Candidate]:
         members = []
         for m, snap in enumerate(snapshots):
             cid = f"{self.name}-m{m}"
@@ -386,18 +386,8 @@ class DNAD(ControllerConfig):
             info = {k: v for k, v in snap.items() if k not in ("genotype", "step_seconds")}
             info["search_macs"] = info.pop("macs")
             info["search_params"] = info.pop("params")
-            info["val_acc"] = evaluate(model.to(run.device), data, "val", device=run.device)["accuracy"]
-            members.append((cid, model, info))
-        for target in targets:  # per budget: the best member within it, judged on validation data
-            measure = cost_fn(run, target)
-            fitting = [info for _, model, info in members if measure(model) <= target.limit]
-            if fitting:
-                max(fitting, key=lambda info: info["val_acc"]).setdefault("selected_for", []).append(target.budget.spec)
-        by_spec = {t.budget.spec: t for t in targets}
-        return [
-            Candidate(cid, model, by_spec[info["selected_for"][0]] if info.get("selected_for") else None, info)
-            for cid, model, info in members
-        ]
+            members.append(Candidate(cid, model, None, info))  # the pipeline selects per budget, on validation
+        return members
 
 
 @METHODS.register("snps")
