@@ -13,8 +13,8 @@ CONVENTION = (
     "not counted); FLOPs = 2 x MACs."
 )
 SELECTION = (
-    "Accuracy: top-1 on the held-out test split. Selected within a budget: the best validation accuracy among the "
-    "sound candidates within it (the test split only reports)."
+    "Accuracy: top-1 on the held-out test split, which only reports. Selected within a budget: the candidate with the "
+    "best validation accuracy within it (a flagged one only when no sound one fits)."
 )
 MARKERS = "osD^vP*Xh<>"
 
