@@ -13,6 +13,7 @@ from torch import nn
 
 from _shapes import input_shape
 from netfit.api import adapt
+from netfit.budget import Budget
 from netfit.cli import main
 from netfit.cost import count_cost
 from netfit.distill import CachedTeacher
@@ -22,6 +23,7 @@ from netfit.engine.norms import frozen_norm_statistics
 from netfit.errors import NetfitError
 from netfit.health import near_chance
 from netfit.methods import dna as dna_module
+from netfit.methods.base import Target
 from netfit.methods.dna import DNA, dead_zone_loss
 from netfit.methods.dna_networks import searched_network, top_up
 from netfit.models import arch_of, create_model
@@ -670,6 +672,32 @@ def test_dna_grows_its_space_only_as_far_as_a_budget_needs():
     assert DNA(grow_depth=0.0).growth([500, 9000], 1000) == (2.0, 0.0)
     assert DNA(grow_width=1.2).growth([500], 1000) == (1.2, 0.0)
     assert DNA(grow_depth=1.0).growth([4000], 1000) == (2.0, 1.0)
+
+
+def test_the_largest_searched_budget_gets_a_companion_below_the_seed():
+    """A companion at ``companion`` x the largest searched budget joins the search where it stays below the seed;
+    none where it would reach the seed, in a grown space or when switched off."""
+    budget = Budget.parse("10%")
+    targets = [Target(budget, 50.0), Target(budget, 100.0)]
+    (companion,) = DNA().companions(targets, 1000)
+    assert companion.limit == 200.0 and companion.budget is budget
+    assert DNA(companion=3).companions(targets, 1000)[0].limit == 300.0
+    assert DNA().companions(targets, 200) == [] and DNA().companions([], 1000) == []
+    assert DNA(companion=0).companions(targets, 1000) == []
+    assert DNA(grow_width=1.5).companions(targets, 1000) == []
+    with pytest.raises(NetfitError, match="companion"):
+        DNA(companion=0.5)
+
+
+def test_a_companion_is_searched_never_returned(tmp_path, digits):
+    options = {"search_epochs": 1, "warmup_epochs": 0, "units": 4}
+    result = adapt("cnn_small", digits, "20%", "dna", out=tmp_path / "c", method_options=options, **FAST)
+    (cand,) = result.summary["candidates"]
+    assert cand["id"] == "dna-20pct" and cand["macs"] <= 0.2 * result.summary["seed"]["macs"]
+    log = _log(tmp_path / "c")
+    (companion,) = [e for e in log if e["event"] == "dna-companion"]
+    assert companion["limits"] == [pytest.approx(0.4 * result.summary["seed"]["macs"])]
+    assert len([e for e in log if e["event"] == "dna-arch"]) == 2  # both budgets searched, one epoch
 
 
 def test_dna_widens_a_budget_above_the_seed_as_uniform_does(tmp_path, digits):
