@@ -17,6 +17,7 @@ from pathlib import Path
 
 from netfit.api import adapt, train_model
 from netfit.data import load_data
+from netfit.methods.dna import DNA
 
 from .common import environment, mean_std, merge_runs, seed_network, write_results
 
@@ -35,8 +36,11 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict:
     runs = {}
     entries = [(budgets, "dna", companion) for budgets in args.sets for companion in (0, None)]
     for budgets, method, companion in [*entries, (args.sets[0][:1], "uniform", None)]:
-        label = f"{method} {','.join(budgets)}" + ("" if method == "uniform" else f" companion={companion}")
-        out = root / label.replace(" ", "_").replace(",", "-").replace("%", "")
+        name = f"{method}_{'-'.join(b[:-1] for b in budgets)}" + ("" if method == "uniform" else f"_c{companion}")
+        label = f"{method} {','.join(budgets)}"
+        if method == "dna":
+            label += f", companion {DNA.companion:g} (default)" if companion is None else f", companion {companion}"
+        out = root / name
         options = {"search_epochs": args.search_epochs} if method == "dna" else {}
         options |= {} if companion is None else {"companion": companion}
         summary = adapt(
