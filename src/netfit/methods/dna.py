@@ -8,7 +8,8 @@
    budget's architecture distribution per step, the smaller ones distilled in place from the frozen seed, or
    from the largest with ``inplace_teacher=largest``) and, after ``warmup_epochs``, update the Markov keep
    logits of every budget on its expected network: cross-entropy + ``cost_weight`` x the dead-zone budget loss
-   on the differentiable expected cost.
+   on the differentiable expected cost. A ``companion`` budget (2x the largest, where that is below the seed)
+   is searched with them and never returned, so that the largest budget's sub-networks train beside larger ones.
 3. Per budget: the expected widths and depths, scaled together to the largest network within the budget
    (the bisection priced by the space's cost formula, the one network built checked by the cost model),
    materialised as a plain dense network, its batch norms recalibrated (the supernet's statistics belong to
