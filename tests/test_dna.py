@@ -675,14 +675,15 @@ def test_dna_grows_its_space_only_as_far_as_a_budget_needs():
 
 
 def test_the_largest_searched_budget_gets_a_companion_below_the_seed():
-    """A companion at ``companion`` x the largest searched budget joins the search where it stays below the seed;
-    none where it would reach the seed, in a grown space or when switched off."""
+    """A companion at ``companion`` x the largest searched budget joins the search where it is at most half the
+    seed; none above that, in a grown space or when switched off."""
     budget = Budget.parse("10%")
     targets = [Target(budget, 50.0), Target(budget, 100.0)]
     (companion,) = DNA().companions(targets, 1000)
     assert companion.limit == 200.0 and companion.budget is budget
     assert DNA(companion=3).companions(targets, 1000)[0].limit == 300.0
-    assert DNA().companions(targets, 200) == [] and DNA().companions([], 1000) == []
+    assert DNA().companions(targets, 400)[0].limit == 200.0  # exactly half the seed
+    assert DNA().companions(targets, 399) == [] and DNA().companions([], 1000) == []
     assert DNA(companion=0).companions(targets, 1000) == []
     assert DNA(grow_width=1.5).companions(targets, 1000) == []
     with pytest.raises(NetfitError, match="companion"):

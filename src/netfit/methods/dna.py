@@ -8,8 +8,9 @@
    budget's architecture distribution per step, the smaller ones distilled in place from the frozen seed, or
    from the largest with ``inplace_teacher=largest``) and, after ``warmup_epochs``, update the Markov keep
    logits of every budget on its expected network: cross-entropy + ``cost_weight`` x the dead-zone budget loss
-   on the differentiable expected cost. A ``companion`` budget (2x the largest, where that is below the seed)
-   is searched with them and never returned, so that the largest budget's sub-networks train beside larger ones.
+   on the differentiable expected cost. A ``companion`` budget (2x the largest, where that is at most half the
+   seed) is searched with them and never returned, so that the largest budget's sub-networks train beside
+   larger ones.
 3. Per budget: the expected widths and depths, scaled together to the largest network within the budget
    (the bisection priced by the space's cost formula, the one network built checked by the cost model),
    materialised as a plain dense network, its batch norms recalibrated (the supernet's statistics belong to
@@ -50,6 +51,8 @@ from .uniform import _slug
 KD_TEACHERS = ("seed", "largest", "best")
 INPLACE_TEACHERS = ("seed", "largest")
 MAX_GROW_WIDTH = 2.0  # the default growth's cap: a largest network of about 4x the seed
+# the largest companion, as a fraction of the seed: 80% (for a 40% budget) gained nothing and cost search time
+COMPANION_CEILING = 0.5
 
 
 class ArchParams(nn.Module):
@@ -156,8 +159,8 @@ class DNA:
         inherit: fine-tune the searched sub-networks (False: train their architectures from scratch, without
             recalibration; the benchmark's ``dna-scratch`` entry, which separates architecture from weights).
         companion: the search also searches (without returning it) a budget at this multiple of the largest
-            searched budget, where that stays below the seed: the largest budget's sub-networks then train beside
-            larger ones. On mnist1d_hard (ResNet-18-1d x0.25, 3 seeds) a 5% budget searched alone fine-tuned to
+            searched budget, where that is at most half the seed: the largest budget's sub-networks then train
+            beside larger ones. On mnist1d_hard (ResNet-18-1d x0.25, 3 seeds) a 5% budget searched alone fine-tuned to
             about 4 points below the same budget searched beside 10% and 25%, and beside 3% lower still
             (docs/methods/dna.md, "Budgets searched together"). 0 = off.
         init_depth_logit: starting keep logit of every skippable block (0: each block kept with p = 1/2 given
@@ -329,13 +332,13 @@ class DNA:
         return not self.searches_expansion and limit > seed_value
 
     def companions(self, searched: list[Target], seed_value: float) -> list[Target]:
-        """The budget searched beside the largest searched one and never returned (``companion``): none when it
-        would reach the seed, or the space is grown."""
+        """The budget searched beside the largest searched one and never returned (``companion``): none above
+        ``COMPANION_CEILING`` of the seed, or in a grown space."""
         if not searched or not self.companion or self.searches_expansion:
             return []
         largest = max(searched, key=lambda t: t.limit)
         limit = self.companion * largest.limit
-        return [Target(largest.budget, limit)] if limit < seed_value else []
+        return [Target(largest.budget, limit)] if limit <= COMPANION_CEILING * seed_value else []
 
     def growth(self, limits: list[float], seed_value: float) -> tuple[float, float]:
         """(grow_width, grow_depth) of the searched space: (1, 0) by default (budgets above the seed are widened,
