@@ -674,7 +674,7 @@ def test_dna_grows_its_space_only_as_far_as_a_budget_needs():
     assert DNA(grow_depth=1.0).growth([4000], 1000) == (2.0, 1.0)
 
 
-def test_the_largest_searched_budget_gets_a_companion_below_the_seed():
+def test_the_largest_searched_budget_gets_a_companion_up_to_half_the_seed():
     """A companion at ``companion`` x the largest searched budget joins the search where it is at most half the
     seed; none above that, in a grown space or when switched off."""
     budget = Budget.parse("10%")
