@@ -4,7 +4,7 @@ fine-tune epochs; each budget set searched with and without the ``companion`` bu
     python -m benchmarks.dna_budget_sets --data mnist1d_hard --seeds 0 1 2 --root R
     (or one process per seed, --seeds S --tag _pS, then --merge <their JSONs>)
 
-Per seed: the seed (ResNet-18-1d x``--width``, ``--seed-epochs`` with AdamW), then every ``--sets`` entry (budgets
+Per seed: the seed (``--model`` x``--width``, ``--seed-epochs`` with AdamW), then every ``--sets`` entry (budgets
 in % of the seed's MACs, the first the one compared) searched by `dna` with ``-x companion=0`` and with the default,
 each fine-tuned ``--epochs`` (the same for every set, so that only the search differs), and `uniform` at the first
 set's first budget with ``--epochs`` + 2. Writes benchmarks/results/dna_budget_sets_<data>.{json,md}.
@@ -28,7 +28,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict:
     data, root = load_data(args.data), args.root / f"seed-{seed}"
     seed_dir = root / "seed"
     if not (seed_dir / "model.safetensors").exists():
-        net = seed_network("resnet18_1d", data, args.width, seed)
+        net = seed_network(args.model, data, args.width, seed)
         resume = (seed_dir / "run.json").exists()
         train_model(
             net, data, out=seed_dir, epochs=args.seed_epochs, seed=seed, train=TRAIN, progress=False, resume=resume
@@ -44,7 +44,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict:
         options = {"search_epochs": args.search_epochs} if method == "dna" else {}
         options |= {} if companion is None else {"companion": companion}
         summary = adapt(
-            "resnet18_1d",
+            args.model,
             data,
             ",".join(budgets),
             method,
@@ -69,9 +69,10 @@ def to_markdown(payload: dict) -> str:
     lines = [
         f"# DNA: one budget's network against the budgets searched with it ({s['data']})",
         "",
-        f"Seed: ResNet-18-1d x{s['width']}, {s['seed_epochs']} epochs (AdamW lr 0.003), test {seed_mean:.2f} ± "
-        f"{seed_std:.2f}% over seeds {[r['seed'] for r in seeds]}. `dna`: {s['search_epochs']}-epoch search, "
-        f"{s['epochs']} fine-tune epochs per budget whatever the set; `uniform`: {s['epochs'] + 2} epochs. "
+        f"Seed: {s.get('model', 'resnet18_1d')} x{s['width']}, {s['seed_epochs']} epochs (AdamW lr 0.003), "
+        f"test {seed_mean:.2f} ± {seed_std:.2f}% over seeds {[r['seed'] for r in seeds]}. "
+        f"`dna`: {s['search_epochs']}-epoch search, {s['epochs']} fine-tune epochs per budget whatever the set; "
+        f"`uniform`: {s['epochs'] + 2} epochs. "
         "Test accuracy, mean ± std over the seeds (per seed in brackets).",
         "",
         "| run | " + " | ".join(budgets) + " |",
@@ -91,6 +92,7 @@ def to_markdown(payload: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="mnist1d_hard")
+    parser.add_argument("--model", default="resnet18_1d")
     parser.add_argument("--width", type=float, default=0.25)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--sets", nargs="+", default=["5", "5,3", "25,10,5"], help="budget sets, e.g. 5,3")
