@@ -165,7 +165,7 @@ def step_ratios(
     metrics = ["macs"] * len(limits)
     arch = method.init_arch(net, limits, metrics, [len(s) for s in model.stages] if net.depths else None)
     dev = torch.device(device)
-    layout = channels_last(TrainConfig(), dev, shape)  # the layout training uses here
+    layout = channels_last(TrainConfig(), dev, shape, grown)  # the layout training uses here
     with channels_last_layout(model, layout), channels_last_layout(grown, layout):
         x = data.prepare(data.train.tensors[0][:batch_size], train=True).to(device)
         x = x.contiguous(memory_format=torch.channels_last) if layout else x

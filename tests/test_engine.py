@@ -652,6 +652,47 @@ def test_channels_last_default_is_cpu_images_only():
         TrainConfig(channels_last="yes").validate()
 
 
+def test_a_model_with_a_strided_pointwise_convolution_never_trains_channels_last_on_cpu(caplog):
+    """oneDNN's channels_last backward of a strided 1x1 convolution with few input channels corrupts the heap on
+    CPU; a ResNet's projection shortcut is one (and DNA's sliced ResNets make it narrow)."""
+    from netfit.engine import channels_last
+    from netfit.models import create_model
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    resnet, plain = create_model("resnet18_cifar", num_classes=10, in_chans=1), small_cnn()
+    assert not channels_last(TrainConfig(), cpu, (1, 28, 28), resnet)
+    assert channels_last(TrainConfig(), cpu, (1, 28, 28), plain)
+    assert channels_last(TrainConfig(channels_last=True), gpu, (1, 28, 28), resnet)  # cuDNN: no such fault
+    assert not channels_last(TrainConfig(channels_last=True), cpu, (1, 28, 28), resnet)
+    assert "channels_last is unsafe on CPU" in caplog.text
+
+
+def test_the_layout_chosen_for_a_narrow_strided_pointwise_convolution_trains_without_fault():
+    """The fault itself, in a fresh process with glibc's heap checks on: a [2, 4, 1, 1] stride-2 convolution
+    trained in the layout netfit picks for it (in channels_last this aborted every time it was tried)."""
+    script = textwrap.dedent(
+        """
+        import torch
+        from torch import nn
+        from netfit.engine import TrainConfig, channels_last
+        from netfit.engine.trainer import channels_last_layout
+
+        conv = nn.Conv2d(4, 2, 1, stride=2, bias=False)
+        on = channels_last(TrainConfig(), torch.device("cpu"), (4, 8, 8), conv)
+        with channels_last_layout(conv, on):
+            x = torch.randn(8, 4, 8, 8, requires_grad=True)
+            x = x.contiguous(memory_format=torch.channels_last) if on else x
+            for _ in range(5):
+                conv(x).sum().backward()
+        print("layout", on)
+        """
+    )
+    env = {**os.environ, "MALLOC_CHECK_": "3", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-500:]
+    assert "layout False" in done.stdout
+
+
 @pytest.mark.parametrize("on", [False, True])
 def test_the_step_says_which_layout_the_model_trains_in(on):
     """``StepContext.channels_last`` is the engine's choice (frozen teachers follow it: CachedTeacher)."""

@@ -112,7 +112,7 @@ class _Trainer:
         self.losses = [] if hooks["step_fn"] else [loss_signature(f) for f in hooks["extra_losses"]]
         self.ckpt_path = Path(checkpoint) if checkpoint is not None else None
         self.model = model.to(device)  # keeps the layout train() gave it
-        self.channels_last = channels_last(config, device, data.input_shape)
+        self.channels_last = channels_last(config, device, data.input_shape, model)
         self.optimizer = _make_optimizer(self.model, config, hooks["param_filter"])
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]  # a resume overwrites the groups' lr
         self.x_all, self.y_all = data.train.tensors
@@ -381,11 +381,29 @@ def amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def channels_last(config: TrainConfig, device: torch.device, input_shape: Sequence[int]) -> bool:
-    """Whether training with ``config`` on ``device`` uses the channels_last layout: for images (C, H, W) only,
-    by default on CPU (``TrainConfig.channels_last``)."""
+def channels_last(
+    config: TrainConfig, device: torch.device, input_shape: Sequence[int], model: nn.Module | None = None
+) -> bool:
+    """Whether training ``model`` with ``config`` on ``device`` uses the channels_last layout: for images (C, H, W)
+    only, by default on CPU (``TrainConfig.channels_last``), and never on CPU for a model with a strided 1x1
+    convolution (``strided_pointwise``)."""
     wanted = config.channels_last if config.channels_last is not None else device.type == "cpu"
-    return wanted and len(input_shape) == 3
+    if not (wanted and len(input_shape) == 3):
+        return False
+    if device.type == "cpu" and model is not None and strided_pointwise(model):
+        if config.channels_last:
+            name = type(model).__name__
+            logger.warning("channels_last is unsafe on CPU for %s (a strided 1x1 convolution): default layout", name)
+        return False
+    return True
+
+
+def strided_pointwise(model: nn.Module) -> bool:
+    """Whether ``model`` has a 1x1 convolution with a stride (a ResNet's projection shortcut). oneDNN's
+    channels_last backward of one with fewer than 8 input channels corrupts the heap on CPU (torch 2.13: a [2, 4,
+    1, 1] stride-2 convolution on 8 x [4, 8, 8], the input or the weight in channels_last, aborts the process), and
+    sliced and pruned sub-networks of any ResNet get there; the default layout is safe."""
+    return any(isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1) for m in model.modules())
 
 
 @contextmanager
@@ -463,7 +481,7 @@ def train(
         "extra_optimizers": extra_optimizers,
         "param_filter": param_filter,
     }
-    with channels_last_layout(model, channels_last(config, device, data.input_shape)):
+    with channels_last_layout(model, channels_last(config, device, data.input_shape, model)):
         trainer = _Trainer(model, data, config, hooks, checkpoint, log, desc, progress, device, eval_split)
         return trainer.run(resume)
 

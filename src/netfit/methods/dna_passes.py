@@ -378,7 +378,7 @@ def remembered_passes(opts: DNA, net: ElasticNet, arch: ArchParams, limits, metr
         key |= {"soft_tail": layout.tail}
         joint = opts.one_level  # the step can run the architecture pass in the sample passes (dna_step)
         key |= {"joint": joint, "arch_every": opts.arch_every, "timed": "joint sliced and batched"}
-        layout_cl = channels_last(run.config, run.device, data.input_shape)  # timed as the search will train
+        layout_cl = channels_last(run.config, run.device, data.input_shape, net.model)  # as the search will train
         key |= {"channels_last": layout_cl}
         pinned = {k: v for k, v in passes.items() if v != "auto"}
 
