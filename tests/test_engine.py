@@ -665,6 +665,11 @@ def test_a_model_with_a_strided_pointwise_convolution_never_trains_channels_last
     assert channels_last(TrainConfig(channels_last=True), gpu, (1, 28, 28), resnet)  # cuDNN: no such fault
     assert not channels_last(TrainConfig(channels_last=True), cpu, (1, 28, 28), resnet)
     assert "channels_last is unsafe on CPU" in caplog.text
+    caplog.clear()  # one training asked for channels_last says once that it does not use it
+    toy = toy_data(n=64)
+    shortcut = nn.Sequential(nn.Conv2d(1, 4, 1, stride=2), nn.Flatten(), nn.Linear(8, 4))
+    train(shortcut, ToyImages(toy.train, toy.val, toy.test), CFG.replace(epochs=1, channels_last=True), progress=False)
+    assert caplog.text.count("channels_last is unsafe on CPU") == 1
 
 
 def test_the_layout_chosen_for_a_narrow_strided_pointwise_convolution_trains_without_fault():

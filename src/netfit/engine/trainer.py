@@ -103,7 +103,7 @@ def _opt_params(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
 class _Trainer:
     """One call of ``train``: the state, the checkpoint round trip and the epoch loop."""
 
-    def __init__(self, model, data, config, hooks: dict, checkpoint, log, desc, progress, device, eval_split):
+    def __init__(self, model, data, config, hooks: dict, checkpoint, log, desc, progress, device, eval_split, layout):
         self.data, self.config, self.log, self.desc, self.eval_split = data, config, log, desc, eval_split
         self.progress, self.device = progress and is_main(), device
         self.callbacks: Sequence[Callback] = hooks["callbacks"]
@@ -112,7 +112,7 @@ class _Trainer:
         self.losses = [] if hooks["step_fn"] else [loss_signature(f) for f in hooks["extra_losses"]]
         self.ckpt_path = Path(checkpoint) if checkpoint is not None else None
         self.model = model.to(device)  # keeps the layout train() gave it
-        self.channels_last = channels_last(config, device, data.input_shape, model)
+        self.channels_last = layout  # train() decided it (channels_last) and put the model in it
         self.optimizer = _make_optimizer(self.model, config, hooks["param_filter"])
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]  # a resume overwrites the groups' lr
         self.x_all, self.y_all = data.train.tensors
@@ -481,8 +481,9 @@ def train(
         "extra_optimizers": extra_optimizers,
         "param_filter": param_filter,
     }
-    with channels_last_layout(model, channels_last(config, device, data.input_shape, model)):
-        trainer = _Trainer(model, data, config, hooks, checkpoint, log, desc, progress, device, eval_split)
+    layout = channels_last(config, device, data.input_shape, model)
+    with channels_last_layout(model, layout):
+        trainer = _Trainer(model, data, config, hooks, checkpoint, log, desc, progress, device, eval_split, layout)
         return trainer.run(resume)
 
 
