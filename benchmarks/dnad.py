@@ -8,6 +8,8 @@ space at each DNAD member's MACs for the same epochs (from-scratch networks: ``-
 optionally `uniform` and `dna` on the seed at the run's budgets (`--peers`). Step times: each member's supernet
 step time measured during the search (callback window) and re-measured afterwards on the supernet rebuilt at that
 member's structure (median of a few steps, one batch).
+``--rerun-peers RESULT.json`` measures a committed result's peers again (after a change to `dna` or `uniform`),
+its sets left as they are, and rewrites that result.
 Results go to benchmarks/results/dnad_<data>.json/.md.
 """
 
@@ -16,12 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from netfit import __version__
 from netfit.api import adapt, train_model
 from netfit.cli import option_value
 from netfit.cost import count_cost
@@ -181,13 +185,66 @@ def run_seed(args: argparse.Namespace, seed: int, root: Path) -> dict:
             progress=False,
             resume=out.exists(),
         )
+    run_peers(args, data, seed, root, seed_dir)
+    return collect_seed(args, seed, root)
+
+
+def run_peers(args: argparse.Namespace, data, seed: int, root: Path, seed_dir: Path) -> None:
+    """`uniform` and/or `dna` on the trained seed at the run's budgets, with the harness's epoch accounting."""
     for peer in args.peers:
         epochs, opts = args.epochs, {}
         if peer == "dna":  # one search for all budgets: each fine-tune gives up its share (the harness's rule)
             opts = {"search_epochs": args.dna_search_epochs}
             epochs = dna_finetune_epochs(args.epochs, args.dna_search_epochs, len(args.budgets))
         _adapt(args, data, peer, root / f"{peer}-{seed}", seed, seed_dir, epochs=epochs, method_options=opts)
-    return collect_seed(args, seed, root)
+
+
+def peer_rows(args: argparse.Namespace, seed: int, root: Path) -> dict:
+    """Each finished peer's candidates (id, target, accuracy, MACs, params) read back from its run directory."""
+    peers = {}
+    for peer in args.peers:
+        summary = _summary(root / f"{peer}-{seed}")
+        if summary:
+            keys = ("id", "target", "accuracy", "macs", "params")
+            peers[peer] = [{k: r[k] for k in keys} for r in summary["candidates"]]
+    return peers
+
+
+def rerun_peers(args: argparse.Namespace, path: Path, root: Path) -> None:
+    """Measure a committed result's peers again with today's netfit, its sets left as they are: each seed network
+    retrained as the SNPS run trained it (same initial weights, settings and seeding), then the peers on it; the
+    retrained seed's accuracy is kept beside the sets' so that a reader sees whether it is the same network."""
+    payload = json.loads(path.read_text())
+    saved = {**payload["settings"], "peers": args.peers, "x": [tuple(kv) for kv in payload["settings"]["x"]]}
+    case = argparse.Namespace(**saved)
+    data = load_data(case.data)
+    for run in payload["runs"]:
+        seed = run["seed"]
+        seed_dir = root / f"peers-seed-{seed}"
+        if not (seed_dir / "model.safetensors").exists():
+            net = seed_network(case.model, data, case.width, seed)
+            resume = (seed_dir / "run.json").exists()
+            train_model(
+                net,
+                data,
+                out=seed_dir,
+                epochs=case.seed_epochs,
+                seed=seed,
+                train=train_settings(case),
+                progress=False,
+                resume=resume,
+            )
+        run_peers(case, data, seed, root, seed_dir)
+        run["peers"] = peer_rows(case, seed, root)
+        run["peers_seed_accuracy"] = _summary(root / f"{case.peers[0]}-{seed}")["seed"]["accuracy"]
+    saved["peers_rerun"] = {"date": time.strftime("%Y-%m-%d"), "netfit": __version__, "root": str(root)}
+    payload["settings"] = saved
+    write_results(
+        path.stem,
+        payload,
+        to_markdown(argparse.Namespace(**saved), payload["runs"], payload["summary"]),
+        out=path.parent,
+    )
 
 
 def _summary(out: Path) -> dict | None:
@@ -211,12 +268,7 @@ def collect_seed(args: argparse.Namespace, seed: int, root: Path) -> dict:
             saved = json.loads((out / "arch.json").read_text())
             row = {"matched": m["id"], "accuracy": saved["meta"]["accuracy"], "macs": cost.macs, "params": cost.params}
             random_rows.append(row | {"genotype": saved["arch"]["genotype"]})
-    peers = {}
-    for peer in args.peers:
-        summary = _summary(root / f"{peer}-{seed}")
-        if summary:
-            keys = ("id", "target", "accuracy", "macs", "params")
-            peers[peer] = [{k: r[k] for k in keys} for r in summary["candidates"]]
+    peers = peer_rows(args, seed, root)
     seed_summary = runs["snps"] or runs["dnad"]
     return {
         "seed": seed,
@@ -349,7 +401,7 @@ def to_markdown(args: argparse.Namespace, runs: list[dict], summary: dict) -> st
         f"{args.optimizer} lr {args.lr}, "
         f"grad clip {args.grad_clip}. "
         f"Peers on the seed: {'; '.join(peer_text[p] for p in args.peers) or 'none'}. "
-        f"Data: {load_data(args.data).source}."
+        f"Data: {load_data(args.data).source}." + _rerun_text(args, runs)
     )
     lines = [
         f"# DNAD / SNPS on {args.data} (teacher and budget reference: {args.model} x{args.width})",
@@ -418,6 +470,17 @@ def to_markdown(args: argparse.Namespace, runs: list[dict], summary: dict) -> st
     return "\n".join(lines)
 
 
+def _rerun_text(args: argparse.Namespace, runs: list[dict]) -> str:
+    rerun = getattr(args, "peers_rerun", None)
+    if not rerun:
+        return ""
+    accs = ", ".join(percent(r.get("peers_seed_accuracy")) for r in runs)
+    return (
+        f" The peers were measured again on {rerun['date']} (netfit {rerun['netfit']}, `--rerun-peers`), the sets "
+        f"left as they were, each on its seed retrained the same way (test accuracy per seed: {accs})."
+    )
+
+
 def _timing_shape_lines(runs: list[dict]) -> list[str]:
     """Per seed: the step times measured on ``--timing-shape`` input, dense supernet then members in order."""
     timed = [run for run in runs if "timing_shape_step_seconds" in run]
@@ -460,7 +523,13 @@ def main() -> None:
     parser.add_argument("--collect", action="store_true", help="only read back what --root holds (no training)")
     parser.add_argument("--timing-shape", type=int, nargs="+", help="also time the supernet steps on this input shape")
     parser.add_argument("--combine", nargs="+", type=Path, help="merge the runs of these result JSONs (same settings)")
+    parser.add_argument(
+        "--rerun-peers", type=Path, help="measure this result JSON's peers (--peers) again, its sets left as they are"
+    )
     args = parser.parse_args()
+    if args.rerun_peers:
+        rerun_peers(args, args.rerun_peers, args.root or Path(tempfile.mkdtemp(prefix="netfit-dnad-peers-")))
+        return
     name = f"dnad_{args.data}{args.tag}"
     if args.combine:
         first, runs = merge_runs(args.combine)
