@@ -477,7 +477,8 @@ def _rerun_text(args: argparse.Namespace, runs: list[dict]) -> str:
     accs = ", ".join(percent(r.get("peers_seed_accuracy")) for r in runs)
     return (
         f" The peers were measured again on {rerun['date']} (netfit {rerun['netfit']}, `--rerun-peers`), the sets "
-        f"left as they were, each on its seed retrained the same way (test accuracy per seed: {accs})."
+        f"left as they were, each on its seed retrained by the same recipe with that netfit, which need not be the "
+        f"sets' teacher bit for bit (its test accuracy per seed: {accs})."
     )
 
 
