@@ -35,17 +35,8 @@ from netfit.export import load_model
 from netfit.models import build_model
 
 from .common import environment, mean_std, merge_runs, noise_ceiling, noise_ceiling_text, write_results
-from .dnad import (
-    cell_space,
-    comparisons,
-    matched,
-    percent,
-    random_cells,
-    scratch_epochs,
-    stem_stride,
-    train_settings,
-    verdict,
-)
+from .dnad import cell_space, random_cells, train_settings
+from .dnad_report import comparisons, matched, percent, scratch_epochs, stem_stride, verdict
 
 RETRAIN_SEED_STEP = 1000  # training k of an architecture: its recorded seeds + k x 1000
 GROUPS = ("snps", "dnad", "random")  # an architecture id starts with its group: snps-m0, dnad-m2, random-dnad-m1

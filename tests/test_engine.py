@@ -680,7 +680,7 @@ def test_the_layout_chosen_for_a_narrow_strided_pointwise_convolution_trains_wit
         import torch
         from torch import nn
         from netfit.engine import TrainConfig, channels_last
-        from netfit.engine.trainer import channels_last_layout
+        from netfit.engine import channels_last_layout
 
         conv = nn.Conv2d(4, 2, 1, stride=2, bias=False)
         on = channels_last(TrainConfig(), torch.device("cpu"), (4, 8, 8), conv)

@@ -12,9 +12,10 @@ from .hooks import (
     TrainState,
     fixed_batch_ids,
 )
+from .layout import channels_last, channels_last_layout
 from .log import RunLog
 from .seeding import seed_everything
-from .trainer import amp_dtype, channels_last, channels_last_layout, evaluate, train
+from .trainer import amp_dtype, evaluate, train
 
 __all__ = [
     "Callback",
