@@ -202,8 +202,9 @@ def peer_rows(args: argparse.Namespace, seed: int, root: Path) -> dict:
 
 def rerun_peers(args: argparse.Namespace, path: Path, root: Path) -> None:
     """Measure a committed result's peers again with today's netfit, its sets left as they are: each seed network
-    retrained as the SNPS run trained it (same initial weights, settings and seeding), then the peers on it; the
-    retrained seed's accuracy is kept beside the sets' so that a reader sees whether it is the same network."""
+    retrained by the SNPS run's recipe (same initial weights, settings and seeding: the same network only where the
+    training code has not changed since), then the peers on it; the retrained seed's accuracy is kept beside the
+    sets' so that a reader sees whether it is the same network."""
     payload = json.loads(path.read_text())
     saved = {**payload["settings"], "peers": args.peers, "x": [tuple(kv) for kv in payload["settings"]["x"]]}
     case = argparse.Namespace(**saved)
