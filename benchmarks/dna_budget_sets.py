@@ -83,7 +83,7 @@ def to_markdown(payload: dict) -> str:
         for b in budgets:
             values = [100 * seed["runs"][label][b]["accuracy"] for seed in seeds if b in seed["runs"][label]]
             mean, std = mean_std(values) if values else (None, None)
-            per_seed = " / ".join(f"{v:.1f}" for v in values)
+            per_seed = " / ".join(f"{v:.2f}" for v in values)
             cells.append(f"{mean:.2f} ± {std:.2f} ({per_seed})" if values else "")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
