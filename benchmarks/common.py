@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from netfit.api import train_model
 from netfit.cost.latency import device_sync, time_calls
 from netfit.engine import seed_everything
 from netfit.models import create_model
@@ -26,6 +27,16 @@ def seed_network(name: str, data, width: float, seed: int) -> torch.nn.Module:
     from a random seed, so without this a seed's network would differ from run to run)."""
     seed_everything(seed)
     return create_model(name, num_classes=data.num_classes, in_chans=data.input_shape[0], width_mult=width)
+
+
+def trained_seed(name: str, data, width: float, seed: int, out: Path, epochs: int, train: dict) -> Path:
+    """``out``, holding the case's seed network (``seed_network``) trained ``epochs`` with ``train``: trained once,
+    resumed when a run was cut off, reused when complete."""
+    if not (out / "model.safetensors").exists():
+        net = seed_network(name, data, width, seed)
+        resume = (out / "run.json").exists()
+        train_model(net, data, out=out, epochs=epochs, seed=seed, train=train, progress=False, resume=resume)
+    return out
 
 
 def environment() -> dict:

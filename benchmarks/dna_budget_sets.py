@@ -15,24 +15,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from netfit.api import adapt, train_model
+from netfit.api import adapt
 from netfit.data import load_data
 from netfit.methods.dna import DNA
 
-from .common import environment, mean_std, merge_runs, seed_network, write_results
+from .common import environment, mean_std, merge_runs, trained_seed, write_results
 
 TRAIN = {"batch_size": 128, "lr": 0.003, "grad_clip": 5.0, "optimizer": "adamw"}
 
 
 def run_seed(args: argparse.Namespace, seed: int) -> dict:
     data, root = load_data(args.data), args.root / f"seed-{seed}"
-    seed_dir = root / "seed"
-    if not (seed_dir / "model.safetensors").exists():
-        net = seed_network(args.model, data, args.width, seed)
-        resume = (seed_dir / "run.json").exists()
-        train_model(
-            net, data, out=seed_dir, epochs=args.seed_epochs, seed=seed, train=TRAIN, progress=False, resume=resume
-        )
+    seed_dir = trained_seed(args.model, data, args.width, seed, root / "seed", args.seed_epochs, TRAIN)
     runs = {}
     entries = [(budgets, "dna", companion) for budgets in args.sets for companion in (0, None)]
     for budgets, method, companion in [*entries, (args.sets[0][:1], "uniform", None)]:

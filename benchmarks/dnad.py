@@ -41,6 +41,7 @@ from .common import (
     median_seconds,
     merge_runs,
     seed_network,
+    trained_seed,
     write_results,
 )
 from .dnad_report import scratch_epochs, stem_stride, summarise, to_markdown
@@ -212,19 +213,7 @@ def rerun_peers(args: argparse.Namespace, path: Path, root: Path) -> None:
     for run in payload["runs"]:
         seed = run["seed"]
         seed_dir = root / f"peers-seed-{seed}"
-        if not (seed_dir / "model.safetensors").exists():
-            net = seed_network(case.model, data, case.width, seed)
-            resume = (seed_dir / "run.json").exists()
-            train_model(
-                net,
-                data,
-                out=seed_dir,
-                epochs=case.seed_epochs,
-                seed=seed,
-                train=train_settings(case),
-                progress=False,
-                resume=resume,
-            )
+        trained_seed(case.model, data, case.width, seed, seed_dir, case.seed_epochs, train_settings(case))
         run_peers(case, data, seed, root, seed_dir)
         run["peers"] = peer_rows(case, seed, root)
         run["peers_seed_accuracy"] = _summary(root / f"{case.peers[0]}-{seed}")["seed"]["accuracy"]
