@@ -70,6 +70,7 @@ def run_seed(args: argparse.Namespace, seed: int, root: Path, save=lambda partia
     common = {"seed": seed, "progress": False, "train": {"batch_size": args.batch_size, "lr": args.lr}}
     common["resume"] = args.resume  # finished runs in --root are read back, not trained again
     options = {"block_epochs": args.block_epochs, "top_k": 1, "block_lr": args.block_lr, "expansions": args.expansions}
+    options["kernels"] = getattr(args, "kernels", [3, 5, 7])
     budgets = ",".join(args.budgets)  # one run of each method serves every budget
     started = time.perf_counter()
     bw = adapt(
@@ -272,8 +273,8 @@ def to_markdown(args: argparse.Namespace, runs: list[dict]) -> str:
         "",
         f"Seeds {[r['seed'] for r in runs]}; teacher (seed network) trained {args.seed_epochs} epochs; block supernets "
         f"{args.block_epochs} epochs each (AdamW lr {args.block_lr}); every retrained network {args.epochs} epochs "
-        f"from scratch; {baselines}"
-        + f"Space: MBConv expansions {getattr(args, 'expansions', [3, 6])} x kernels [3, 5, 7], 1-3 layers per block.",
+        f"from scratch; {baselines}" + f"Space: MBConv expansions {getattr(args, 'expansions', [3, 6])} x kernels "
+        f"{getattr(args, 'kernels', [3, 5, 7])}, 1-3 layers per block.",
         f"Data: {load_data(args.data).source}.",
         "",
         "| budget | network | test accuracy | MACs | params |",
@@ -356,6 +357,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--block-lr", type=float, default=0.03)
     parser.add_argument("--expansions", type=int, nargs="+", default=[3, 6], help="MBConv expansions of the space")
+    parser.add_argument("--kernels", type=int, nargs="+", default=[3, 5, 7], help="MBConv kernel sizes of the space")
     parser.add_argument("--archs", type=int, default=8)
     parser.add_argument("--retrains", type=int, default=1, help="trainings per ranked architecture (noise ceiling)")
     parser.add_argument("--ranking-only", action="store_true", help="stop each seed after the ranking")
