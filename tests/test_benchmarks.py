@@ -472,3 +472,48 @@ def test_spider_tau_shards_train_the_networks_of_one_run():
     assert [r["network"] for r in parts[0]] == [0, 2] and [r["network"] for r in parts[1]] == [1]
     merged = tau_summary(sorted(parts[0] + parts[1], key=lambda r: r["network"]))
     assert merged == whole
+
+
+def test_dnad_rerun_peers_replaces_only_the_peer_rows(tmp_path):
+    """``--rerun-peers``: the seed is retrained by the recorded recipe, the peers measured on it within their budget,
+    and the result rewritten with them; the sets and the rest of the result are kept as they were."""
+    import argparse
+    import json
+
+    from benchmarks.dnad import rerun_peers
+    from benchmarks.dnad_report import summarise
+
+    settings = {
+        "data": "digits", "model": "cnn_small", "width": 0.5, "budgets": [50], "seed_epochs": 1, "epochs": 2,
+        "search_epochs": 1, "dna_search_epochs": 1, "ops": "skip_connect", "cells": 2, "channels": 4,
+        "stem_stride": 1, "x": [], "peers": ["uniform"], "batch_size": 64, "lr": 0.05, "grad_clip": None,
+        "optimizer": "sgd", "collect": False, "timing_shape": None,
+    }  # fmt: skip
+    member = {"id": "dnad-m0", "reason": "plateau", "pairs": 3, "macs": 1000, "params": 10, "accuracy": 0.5}
+    member["step_seconds"] = 0.01
+    run = {
+        "seed": 0,
+        "seed_network": {"accuracy": 0.9, "macs": 4000},
+        "snps": [],
+        "dnad": [member],
+        "random": [],
+        "peers": {"uniform": [{"id": "stale", "target": "50% macs", "accuracy": 0.1, "macs": 1, "params": 1}]},
+        "dense_step_seconds": 0.02,
+        "remeasured_step_seconds": {"snps": [], "dnad": [0.01]},
+    }
+    path = tmp_path / "dnad_digits_test.json"
+    path.write_text(json.dumps({"benchmark": "dnad", "settings": settings, "runs": [run], "summary": summarise([run])}))
+    args = argparse.Namespace(peers=["uniform", "dna"])
+    rerun_peers(args, path, tmp_path / "runs")
+
+    saved = json.loads(path.read_text())
+    new = saved["runs"][0]
+    assert {k: new[k] for k in run if k != "peers"} == {k: v for k, v in run.items() if k != "peers"}
+    seed_macs = json.loads((tmp_path / "runs" / "uniform-0" / "result.json").read_text())["seed"]["macs"]
+    for peer in ("uniform", "dna"):
+        (row,) = new["peers"][peer]
+        assert row["id"] != "stale" and 0 < row["macs"] <= 0.5 * seed_macs and 0 <= row["accuracy"] <= 1
+    assert 0 < new["peers_seed_accuracy"] <= 1
+    assert saved["settings"]["peers"] == ["uniform", "dna"] and saved["settings"]["peers_rerun"]["netfit"]
+    markdown = (tmp_path / "dnad_digits_test.md").read_text()
+    assert "`--rerun-peers`" in markdown and "## dna on the seed" in markdown
