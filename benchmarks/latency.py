@@ -16,12 +16,12 @@ import json
 import statistics
 from pathlib import Path
 
-from netfit.api import adapt, train_model
+from netfit.api import adapt
 from netfit.cost import measure_latency
 from netfit.data import load_data
 from netfit.export import load_model
 
-from .common import add_case_arguments, dna_finetune_epochs, environment, seed_network, write_results
+from .common import add_case_arguments, dna_finetune_epochs, environment, trained_seed, write_results
 
 ENTRIES = {  # label -> (method, options)
     "uniform": ("uniform", {}),
@@ -35,9 +35,7 @@ def run(args: argparse.Namespace) -> dict:
     data = load_data(args.data)
     root = args.root
     train = {"batch_size": 128, "lr": 0.05}
-    if not (root / "seed" / "model.safetensors").exists():
-        model = seed_network(args.model, data, args.width, 0)
-        train_model(model, data, out=root / "seed", epochs=args.seed_epochs, train=train, progress=False)
+    trained_seed(args.model, data, args.width, 0, root / "seed", args.seed_epochs, train)
     budgets = ",".join(f"{b:g}% latency" for b in args.budgets)
     results = {}
     for label, (method, options) in ENTRIES.items():

@@ -23,10 +23,10 @@ import torch
 from torch import nn
 
 import netfit
-from netfit.api import adapt, train_model
+from netfit.api import adapt
 from netfit.data import DataBundle, load_data
 
-from .common import dna_finetune_epochs, environment, log_events, mean_std, seed_network, write_results
+from .common import dna_finetune_epochs, environment, log_events, mean_std, trained_seed, write_results
 from .user_models import zoo
 
 BUILTIN = ("resnet18_cifar", 0.25)
@@ -46,11 +46,8 @@ def user_copy(seed: nn.Module) -> nn.Module:
 
 
 def train_seed(bundle: DataBundle, seed: int, epochs: int, out: Path) -> Path:
-    """The built-in seed network of one seed (trained once; reused when its folder is complete)."""
-    if not (out / "model.safetensors").exists():
-        model = seed_network(BUILTIN[0], bundle, BUILTIN[1], seed)
-        train_model(model, bundle, out=out, epochs=epochs, seed=seed, progress=False)
-    return out
+    """The built-in seed network of one seed (trained once, resumed when cut off, reused when complete)."""
+    return trained_seed(BUILTIN[0], bundle, BUILTIN[1], seed, out, epochs, {})
 
 
 def run_entry(
