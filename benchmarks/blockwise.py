@@ -273,7 +273,7 @@ def to_markdown(args: argparse.Namespace, runs: list[dict]) -> str:
         "",
         f"Seeds {[r['seed'] for r in runs]}; teacher (seed network) trained {args.seed_epochs} epochs; block supernets "
         f"{args.block_epochs} epochs each (AdamW lr {args.block_lr}); every retrained network {args.epochs} epochs "
-        f"from scratch; {baselines}" + f"Space: MBConv expansions {getattr(args, 'expansions', [3, 6])} x kernels "
+        f"from scratch; {baselines}Space: MBConv expansions {getattr(args, 'expansions', [3, 6])} x kernels "
         f"{getattr(args, 'kernels', [3, 5, 7])}, 1-3 layers per block.",
         f"Data: {load_data(args.data).source}.",
         "",
