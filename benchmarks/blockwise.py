@@ -313,7 +313,7 @@ def to_markdown(args: argparse.Namespace, runs: list[dict]) -> str:
         f">= 0.6); of MACs alone, the free proxy: {', '.join(_tau_macs(r) for r in ranked)}."
         + (" " + noise_ceiling_text([r["ranking"] for r in ranked]) if retrains > 1 else "")
         if ranked
-        else "**Ranking.** Not measured in this run (`--archs 0`); see blockwise_mnist1d.md."
+        else "**Ranking.** Not measured in this run (`--archs 0`); ranking runs: docs/methods/blockwise.md."
     )
     lines += [
         "",
