@@ -9,11 +9,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from _toy import CFG, mlp, toy_data
 from netfit import load, train_model
 from netfit.distill import CachedTeacher, LogitDistiller
 from netfit.engine import train
 from netfit.errors import CheckpointError, NetfitError
-from test_engine import CFG, mlp, toy_data
 
 
 class CountingTeacher(nn.Module):

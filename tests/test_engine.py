@@ -1,76 +1,29 @@
 """The training engine: learning, resume equivalence, NaN detection, hooks, safe checkpoints, DDP."""
 
-import copy
 import json
 import math
 import os
 import subprocess
 import sys
 import textwrap
-from dataclasses import dataclass
 
 import pytest
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from _toy import CFG, KillAt, ToyData, mlp, toy_data
 from netfit.engine import (
     Callback,
     RunLog,
     StepOutput,
-    TrainConfig,
     TrainConfigError,
     evaluate,
     load_checkpoint,
     save_checkpoint,
     train,
 )
-from netfit.engine.config import LrSchedule
-from netfit.engine.norms import recalibrate_norms
-from netfit.errors import CheckpointError, DataError, NetfitError, TrainingError
-
-
-@dataclass
-class ToyData:
-    """Learnable 4-class task: the class is the quadrant of the first two features."""
-
-    train: TensorDataset
-    val: TensorDataset
-    test: TensorDataset
-    num_classes: int = 4
-    input_shape: tuple = (8,)
-
-    def prepare(self, x, train, generator=None):
-        return x.float()
-
-
-def toy_data(n=256, seed=0):
-    g = torch.Generator().manual_seed(seed)
-
-    def split(k):
-        x = torch.randn(k, 8, generator=g)
-        return TensorDataset(x, ((x[:, 0] > 0).long() * 2 + (x[:, 1] > 0).long()))
-
-    return ToyData(split(n), split(64), split(64))
-
-
-def mlp():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 4))
-
-
-CFG = TrainConfig(epochs=3, batch_size=32, lr=0.1)
-
-
-class KillAt(Callback):
-    """Simulates a kill: raises when epoch ``epoch`` (0-based) starts, after the previous checkpoint was written."""
-
-    def __init__(self, epoch):
-        self.epoch = epoch
-
-    def on_epoch_start(self, state):
-        if state.epoch == self.epoch:
-            raise KeyboardInterrupt
+from netfit.errors import CheckpointError, DataError, TrainingError
 
 
 def test_learns():
@@ -429,164 +382,6 @@ def test_session_seconds_per_clock_counts_each_session_and_skips_unclocked_ones(
     assert session_seconds(path, "cpu") == [7.0, 3.0]
 
 
-@pytest.mark.parametrize(
-    ("change", "message"),
-    [
-        ({"epochs": -1}, "epochs must be >= 0"),
-        ({"lr": 0}, "lr must be > 0"),
-        ({"optimizer": "adam9"}, "unknown optimizer 'adam9' .use sgd, adamw"),
-        ({"schedule": "x"}, "unknown schedule 'x'"),
-        ({"bogus": 1}, "unknown training setting.*bogus"),
-        ({"epochs": "3"}, "epochs must be an integer"),
-        ({"step_epochs": 0}, "step_epochs must be >= 1"),
-        ({"plateau_factor": 1.5}, "plateau_factor must be in"),
-        ({"early_stop_patience": 0}, "early_stop_patience must be >= 1"),
-        ({"momentum": 0.0}, "nesterov needs momentum"),
-        ({"keep_best": 1}, "keep_best must be a bool"),
-        ({"precise_bn": -1}, "precise_bn must be >= 0"),
-    ],
-)
-def test_config_validation(change, message):
-    with pytest.raises(TrainConfigError, match=message) as info:
-        TrainConfig().replace(**change)
-    assert isinstance(info.value, NetfitError) and isinstance(info.value, ValueError)
-
-
-def test_config_round_trip_and_bad_config_in_train():
-    cfg = TrainConfig(epochs=4, schedule="plateau", early_stop_patience=3, keep_best=True, grad_clip=1)
-    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
-    assert isinstance(cfg.grad_clip, float)  # coerced, so checkpoints and JSON hold plain floats
-    assert cfg.replace(lr=0.2).lr == 0.2 and cfg.lr == 0.05
-    with pytest.raises(TrainConfigError, match="lr must be > 0"):
-        train(mlp(), toy_data(), TrainConfig(lr=-1.0), progress=False)
-
-
-def test_plateau_schedule_factors():
-    cfg = TrainConfig(epochs=10, schedule="plateau", plateau_patience=2, plateau_factor=0.5)
-    lr = LrSchedule(cfg, steps_per_epoch=4)
-    scales = []
-    for acc in [0.5, 0.4, 0.4, 0.6, 0.6, 0.6, 0.6, 0.6]:
-        lr.end_epoch(acc)
-        scales.append(lr.factor(step=7))
-    # not improved for 2 epochs -> x0.5; the counter keeps running, so every 2 more stale epochs -> x0.5 again
-    assert scales == [1, 1, 0.5, 0.5, 0.5, 0.25, 0.25, 0.125]
-    warm = LrSchedule(cfg.replace(warmup_epochs=1.0), steps_per_epoch=4)
-    assert [warm.factor(s) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
-
-
-def frozen_step(ctx):
-    """A step that changes nothing (zero gradients): the evaluation accuracy stays the same every epoch."""
-    logits = ctx.model(ctx.x)
-    return StepOutput((logits * 0).sum(), logits)
-
-
-STALE = CFG.replace(lr=0.1, weight_decay=0.0, momentum=0.0, nesterov=False, schedule="plateau")
-
-
-def test_plateau_in_training_survives_resume(tmp_path):
-    cfg = STALE.replace(epochs=7, plateau_patience=2, plateau_factor=0.5)
-    straight = train(mlp(), toy_data(), cfg, step_fn=frozen_step, progress=False)
-    # epoch 1 sets the best; 2 stale epochs (2, 3) -> halve from epoch 4; 2 more (4, 5) -> halve from epoch 6
-    assert [r["lr"] for r in straight.history] == [0.1, 0.1, 0.1, 0.05, 0.05, 0.025, 0.025]
-    with pytest.raises(KeyboardInterrupt):
-        train(mlp(), toy_data(), cfg, step_fn=frozen_step, checkpoint=tmp_path / "c.pt", callbacks=[KillAt(4)])
-    resumed = train(
-        mlp(), toy_data(), cfg, step_fn=frozen_step, checkpoint=tmp_path / "c.pt", resume=True, progress=False
-    )
-    assert [r["lr"] for r in resumed.history] == [r["lr"] for r in straight.history]
-
-
-def test_early_stop_marks_checkpoint_finished(tmp_path):
-    cfg = STALE.replace(epochs=20, schedule="constant", early_stop_patience=3)
-    result = train(mlp(), toy_data(), cfg, step_fn=frozen_step, checkpoint=tmp_path / "c.pt", progress=False)
-    assert [r["epoch"] for r in result.history] == [1, 2, 3, 4]  # best at 1, then 3 epochs without improving
-    saved = load_checkpoint(tmp_path / "c.pt")
-    assert saved["finished"] and saved["early_stopped"] and saved["epoch"] == 4
-    calls = []
-
-    def counting_step(ctx):
-        calls.append(1)
-        return frozen_step(ctx)
-
-    again = train(mlp(), toy_data(), cfg.replace(epochs=30), step_fn=counting_step, checkpoint=tmp_path / "c.pt",
-                  resume=True, progress=False)  # fmt: skip
-    assert not calls and again.history == result.history
-
-
-def quadrant_weights(kind):
-    """Weights of nn.Linear(8, 4) for the toy task: 'good' is exact, 'half' ignores x1, 'bad' is inverted."""
-    w = torch.zeros(4, 8)
-    w[:, 0] = torch.tensor([-1.0, -1.0, 1.0, 1.0])
-    w[:, 1] = torch.tensor([-1.0, 1.0, -1.0, 1.0]) * (kind != "half")
-    return w * (-1 if kind == "bad" else 1)
-
-
-class SetWeights(Callback):
-    """Sets the weights at each epoch start, so the evaluation accuracy per epoch is known in advance."""
-
-    def __init__(self, kinds):
-        self.kinds = kinds
-
-    def on_epoch_start(self, state):
-        with torch.no_grad():
-            state.model.weight.copy_(quadrant_weights(self.kinds[state.epoch]))
-            state.model.bias.zero_()
-
-
-def linear():
-    return nn.Linear(8, 4)
-
-
-@pytest.mark.parametrize("keep_best", [True, False])
-def test_keep_best_returns_and_stores_best_epoch(tmp_path, keep_best):
-    data, cfg = toy_data(), STALE.replace(epochs=3, schedule="constant", keep_best=keep_best)
-    kinds = ["half", "good", "bad"]
-    hooks = {"step_fn": frozen_step, "callbacks": [SetWeights(kinds)], "progress": False}
-    result = train(linear(), data, cfg, checkpoint=tmp_path / "c.pt", **hooks)
-    accs = [r["val_acc"] for r in result.history]
-    assert accs[1] == 1.0 and accs[2] == 0.0 and 0 < accs[0] < 1
-    assert result.best_val_acc == 1.0
-    expected = "good" if keep_best else "bad"
-    assert torch.equal(result.model.weight.detach(), quadrant_weights(expected))
-    assert result.final["epoch"] == (2 if keep_best else 3)
-    saved = load_checkpoint(tmp_path / "c.pt")
-    assert torch.equal(saved["model"]["weight"], quadrant_weights(expected))
-    again = train(linear(), data, cfg, checkpoint=tmp_path / "c.pt", resume=True, **hooks)
-    assert torch.equal(again.model.weight.detach(), quadrant_weights(expected)) and again.history == result.history
-    if keep_best:  # growing the epochs continues from the last weights, not the best
-        assert torch.equal(saved["last_model"]["weight"], quadrant_weights("bad"))
-        seen = []
-        spy = Callback()
-        spy.on_train_start = lambda state: seen.append(state.model.weight.detach().clone())
-        more = {**hooks, "callbacks": [SetWeights([*kinds, "half"]), spy]}
-        grown = train(linear(), data, cfg.replace(epochs=4), checkpoint=tmp_path / "c.pt", resume=True, **more)
-        assert torch.equal(seen[0], quadrant_weights("bad")) and len(grown.history) == 4
-        assert torch.equal(grown.model.weight.detach(), quadrant_weights("good"))
-
-
-def test_precise_bn_recalibrates_the_norms_before_every_evaluation():
-    """With ``precise_bn`` the evaluated (and returned) model carries statistics re-estimated on the seeded draw
-    of training samples after its last step, not the running averages of the steps; off, it keeps those."""
-
-    def bn_mlp():
-        torch.manual_seed(0)
-        return nn.Sequential(nn.Linear(8, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 4))
-
-    data, cfg = toy_data(), CFG.replace(precise_bn=96)
-    evaluated = []
-    spy = Callback()
-    spy.on_epoch_end = lambda state, row: evaluated.append(state.model[1].running_mean.clone())
-    result = train(bn_mlp(), data, cfg, callbacks=[spy], progress=False)
-    expected = copy.deepcopy(result.model)
-    recalibrate_norms(expected, data, samples=96, batch_size=cfg.batch_size, seed=cfg.seed + cfg.epochs - 1)
-    assert torch.allclose(result.model[1].running_mean, expected[1].running_mean, atol=1e-6)
-    assert torch.allclose(result.model[1].running_var, expected[1].running_var, atol=1e-6)
-    assert torch.equal(evaluated[-1], result.model[1].running_mean) and len(evaluated) == cfg.epochs
-    plain = train(bn_mlp(), data, CFG, progress=False).model
-    assert not torch.allclose(plain[1].running_mean, expected[1].running_mean, atol=1e-3)
-    assert torch.equal(plain[0].weight, result.model[0].weight)  # recalibration never touches the weights
-
-
 @pytest.mark.slow
 def test_ddp_two_processes_gloo(tmp_path):
     script = tmp_path / "ddp.py"
@@ -594,7 +389,7 @@ def test_ddp_two_processes_gloo(tmp_path):
         textwrap.dedent(f"""
         import sys, torch
         sys.path.insert(0, {os.path.dirname(__file__)!r})
-        from test_engine import toy_data, mlp, CFG
+        from _toy import toy_data, mlp, CFG
         import torch.nn.functional as F
         from netfit.engine import train, evaluate, StepOutput
         from netfit.engine.distributed import dist_env
@@ -622,120 +417,3 @@ def test_ddp_two_processes_gloo(tmp_path):
     accs = {line.split()[1] for line in out.stdout.splitlines() if line.startswith("RANK_ACC")}
     assert len(accs) == 1  # both ranks hold the same synchronised model and global metrics
     assert load_checkpoint(tmp_path / "c.pt")["epoch"] == 2
-
-
-@dataclass
-class ToyImages(ToyData):
-    """The toy task as 1x2x4 images: the layout (channels_last) applies to them."""
-
-    input_shape: tuple = (1, 2, 4)
-
-    def prepare(self, x, train, generator=None):
-        return x.float().reshape(-1, 1, 2, 4)
-
-
-def small_cnn():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.Flatten(), nn.Linear(48, 4))
-
-
-def test_channels_last_default_is_cpu_images_only():
-    from netfit.engine import channels_last
-
-    cpu, gpu = torch.device("cpu"), torch.device("cuda")
-    assert channels_last(TrainConfig(), cpu, (1, 28, 28))
-    assert not channels_last(TrainConfig(), cpu, (1, 40))  # signals have no channels_last layout
-    assert not channels_last(TrainConfig(), gpu, (1, 28, 28))
-    assert channels_last(TrainConfig(channels_last=True), gpu, (3, 32, 32))
-    assert not channels_last(TrainConfig(channels_last=False), cpu, (1, 28, 28))
-    with pytest.raises(TrainConfigError, match="channels_last must be a bool"):
-        TrainConfig(channels_last="yes").validate()
-
-
-def test_a_model_with_a_strided_pointwise_convolution_never_trains_channels_last_on_cpu(caplog):
-    """oneDNN's channels_last backward of a strided 1x1 convolution with few input channels corrupts the heap on
-    CPU; a ResNet's projection shortcut is one (and DNA's sliced ResNets make it narrow)."""
-    from netfit.engine import channels_last
-    from netfit.models import create_model
-
-    cpu, gpu = torch.device("cpu"), torch.device("cuda")
-    resnet, plain = create_model("resnet18_cifar", num_classes=10, in_chans=1), small_cnn()
-    assert not channels_last(TrainConfig(), cpu, (1, 28, 28), resnet)
-    assert channels_last(TrainConfig(), cpu, (1, 28, 28), plain)
-    assert channels_last(TrainConfig(channels_last=True), gpu, (1, 28, 28), resnet)  # cuDNN: no such fault
-    assert not channels_last(TrainConfig(channels_last=True), cpu, (1, 28, 28), resnet)
-    assert "channels_last is unsafe on CPU" in caplog.text
-    caplog.clear()  # one training asked for channels_last says once that it does not use it
-    toy = toy_data(n=64)
-    shortcut = nn.Sequential(nn.Conv2d(1, 4, 1, stride=2), nn.Flatten(), nn.Linear(8, 4))
-    train(shortcut, ToyImages(toy.train, toy.val, toy.test), CFG.replace(epochs=1, channels_last=True), progress=False)
-    assert caplog.text.count("channels_last is unsafe on CPU") == 1
-
-
-def test_the_layout_chosen_for_a_narrow_strided_pointwise_convolution_trains_without_fault():
-    """The fault itself, in a fresh process with glibc's heap checks on: a [2, 4, 1, 1] stride-2 convolution
-    trained in the layout netfit picks for it (in channels_last this aborted every time it was tried)."""
-    script = textwrap.dedent(
-        """
-        import torch
-        from torch import nn
-        from netfit.engine import TrainConfig, channels_last
-        from netfit.engine import channels_last_layout
-
-        conv = nn.Conv2d(4, 2, 1, stride=2, bias=False)
-        on = channels_last(TrainConfig(), torch.device("cpu"), (4, 8, 8), conv)
-        with channels_last_layout(conv, on):
-            x = torch.randn(8, 4, 8, 8, requires_grad=True)
-            x = x.contiguous(memory_format=torch.channels_last) if on else x
-            for _ in range(5):
-                conv(x).sum().backward()
-        print("layout", on)
-        """
-    )
-    env = {**os.environ, "MALLOC_CHECK_": "3", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
-    assert done.returncode == 0, done.stderr[-500:]
-    assert "layout False" in done.stdout
-
-
-@pytest.mark.parametrize("on", [False, True])
-def test_the_step_says_which_layout_the_model_trains_in(on):
-    """``StepContext.channels_last`` is the engine's choice (frozen teachers follow it: CachedTeacher)."""
-    toy = toy_data(n=64)
-    seen = set()
-
-    def record(ctx, logits):
-        seen.add(ctx.channels_last)
-        return logits.sum() * 0
-
-    data = ToyImages(toy.train, toy.val, toy.test)
-    train(small_cnn(), data, CFG.replace(epochs=1, channels_last=on), progress=False, extra_losses=[record])
-    assert seen == {on}
-
-
-def test_channels_last_trains_like_the_default_layout_and_resumes(tmp_path):
-    """Training in channels_last computes what the default layout does (to float rounding), the model comes
-    back in the default layout, and a killed run resumes exactly."""
-    toy = toy_data(n=128)
-    data = ToyImages(toy.train, toy.val, toy.test)
-    cfg = CFG.replace(epochs=2)
-    plain = train(small_cnn(), data, cfg.replace(channels_last=False), progress=False).model
-    last = train(small_cnn(), data, cfg.replace(channels_last=True), progress=False).model
-    conv = last[0].weight
-    assert conv.is_contiguous() and conv.stride() == (9, 9, 3, 1)
-    for a, b in zip(plain.state_dict().values(), last.state_dict().values()):
-        assert torch.allclose(a.float(), b.float(), atol=1e-4)
-    with pytest.raises(KeyboardInterrupt):
-        train(
-            small_cnn(),
-            data,
-            cfg.replace(channels_last=True),
-            checkpoint=tmp_path / "c.pt",
-            progress=False,
-            callbacks=[KillAt(1)],
-        )
-    resumed = train(
-        small_cnn(), data, cfg.replace(channels_last=True), checkpoint=tmp_path / "c.pt", resume=True, progress=False
-    ).model
-    for a, b in zip(last.state_dict().values(), resumed.state_dict().values()):
-        assert torch.equal(a, b)

@@ -1,158 +1,15 @@
-"""Tests of netfit.space: traced channel groups, slicing, importance, weight inheritance."""
+"""netfit.space's tracing: channel groups couple what must stay equal, and block what cannot be sliced."""
 
 from __future__ import annotations
 
-import itertools
-
-import numpy as np
 import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from _shapes import input_shape
-from netfit.errors import CheckpointError, UnsupportedLayerError
-from netfit.space import (
-    ChannelGroup,
-    ChannelGroupError,
-    Member,
-    channel_activity,
-    inherit_weights,
-    keep_top,
-    l1_importance,
-    slice_channels,
-    trace_channel_groups,
-)
-from netfit.space.layers import share_batch_norm
-from user_zoo import randomise_bn
-
-# ---- small models ---------------------------------------------------------------------------------------
-
-
-class Block(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.short = None
-        if stride != 1 or cin != cout:
-            self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
-        return F.relu(out + (x if self.short is None else self.short(x)))
-
-
-class ResNet(nn.Module):
-    """Stem -> block with projection shortcut -> identity block -> pooled linear head."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Conv2d(3, 4, 3, padding=1)
-        self.bn = nn.BatchNorm2d(4)
-        self.b1 = Block(4, 8, 2)
-        self.b2 = Block(8, 8)
-        self.fc = nn.Linear(8, 5)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.b2(self.b1(F.relu(self.bn(self.stem(x)))))
-        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
-
-
-class MobileBlock(nn.Module):
-    """Expand 1x1 -> depthwise 3x3 -> project 1x1, with a residual around it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Conv2d(3, 6, 1)
-        self.expand = nn.Conv2d(6, 12, 1)
-        self.bn_e = nn.BatchNorm2d(12)
-        self.dw = nn.Conv2d(12, 12, 3, padding=1, groups=12)
-        self.bn_dw = nn.BatchNorm2d(12)
-        self.project = nn.Conv2d(12, 6, 1)
-        self.head = nn.Linear(6, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
-        y = F.relu6(self.bn_e(self.expand(x)))
-        y = self.bn_dw(self.dw(y)).relu()
-        x = x + self.project(y)
-        return self.head(x.mean((2, 3)))
-
-
-class CatNet(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.a = nn.Conv2d(3, 4, 3, padding=1)
-        self.b = nn.Conv2d(3, 6, 1)
-        self.bn = nn.BatchNorm2d(10)
-        self.mix = nn.Conv2d(10, 7, 1)
-        self.fc = nn.Linear(7, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.relu(self.bn(torch.cat([self.a(x), self.b(x)], dim=1)))
-        return self.fc(self.mix(y).mean(dim=(2, 3)))
-
-
-class FlatNet(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(1, 3, 3, padding=1)
-        self.fc1 = nn.Linear(3 * 16, 10)
-        self.fc2 = nn.Linear(10, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.max_pool2d(F.relu(self.conv(x)), 2)  # 8x8 -> 4x4
-        return self.fc2(F.relu(self.fc1(x.view(x.size(0), -1))))
-
-
-class Scale(nn.Module):
-    """A user-defined parametric layer netfit does not know: per-channel scale."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.gain = nn.Parameter(torch.ones(channels))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.gain.view(1, -1, 1, 1)
-
-
-class CustomNet(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.c1 = nn.Conv2d(3, 5, 1)
-        self.scale = Scale(5)
-        self.c2 = nn.Conv2d(5, 6, 1)
-        self.fc = nn.Linear(6, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.c2(self.scale(self.c1(x))).mean((2, 3)))
-
-
-class Untraceable(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.c = nn.Conv2d(3, 3, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.sum() > 0:
-            return self.c(x)
-        return x
-
-
-def _group_of(groups: list[ChannelGroup], module: str, role: str = "out") -> ChannelGroup:
-    found = [g for g in groups if any(m.module == module and m.role == role for m in g.members)]
-    assert len(found) == 1, (module, role, found)
-    return found[0]
-
-
-def _members(group: ChannelGroup) -> set[tuple[str, str, int, int]]:
-    return {(m.module, m.role, m.offset, m.repeat) for m in group.members}
-
-
-# ---- tracing --------------------------------------------------------------------------------------------
+from _space_models import CatNet, CustomNet, FlatNet, MobileBlock, ResNet, Untraceable, group_of, members
+from netfit.errors import UnsupportedLayerError
+from netfit.space import trace_channel_groups
 
 
 def test_resnet_groups_couple_residual_convs() -> None:
@@ -160,9 +17,9 @@ def test_resnet_groups_couple_residual_convs() -> None:
     assert [g.id for g in groups] == list(range(len(groups)))
     # input, stem, b1.conv1, stage (b1.conv2 + shortcut + b2.conv2), b2.conv1, logits
     assert len(groups) == 6
-    stage = _group_of(groups, "b1.conv2")
-    assert stage is _group_of(groups, "b1.short.0") is _group_of(groups, "b2.conv2")
-    assert _members(stage) == {
+    stage = group_of(groups, "b1.conv2")
+    assert stage is group_of(groups, "b1.short.0") is group_of(groups, "b2.conv2")
+    assert members(stage) == {
         ("b1.conv2", "out", 0, 1),
         ("b1.bn2", "norm", 0, 1),
         ("b1.short.0", "out", 0, 1),
@@ -174,16 +31,16 @@ def test_resnet_groups_couple_residual_convs() -> None:
     }
     assert stage.size == 8 and stage.prunable
     assert {m.module for m in stage.producers} == {"b1.conv2", "b1.short.0", "b2.conv2"}
-    stem = _group_of(groups, "stem")
-    assert _members(stem) == {
+    stem = group_of(groups, "stem")
+    assert members(stem) == {
         ("stem", "out", 0, 1),
         ("bn", "norm", 0, 1),
         ("b1.conv1", "in", 0, 1),
         ("b1.short.0", "in", 0, 1),
     }
     assert groups[0].size == 3 and not groups[0].prunable and "input" in groups[0].reason
-    assert _members(groups[0]) == {("stem", "in", 0, 1)}
-    logits = _group_of(groups, "fc")
+    assert members(groups[0]) == {("stem", "in", 0, 1)}
+    logits = group_of(groups, "fc")
     assert not logits.prunable and "output" in logits.reason
     assert sum(g.prunable for g in groups) == 4
 
@@ -198,33 +55,33 @@ def test_trace_does_not_touch_bn_statistics() -> None:
 def test_depthwise_block_with_residual() -> None:
     groups = trace_channel_groups(MobileBlock(), torch.randn(1, 3, 8, 8))
     assert len(groups) == 4  # input, residual stream (stem + project), expanded, logits
-    wide = _group_of(groups, "expand")
-    assert _members(wide) == {
+    wide = group_of(groups, "expand")
+    assert members(wide) == {
         ("expand", "out", 0, 1),
         ("bn_e", "norm", 0, 1),
         ("dw", "dw", 0, 1),
         ("bn_dw", "norm", 0, 1),
         ("project", "in", 0, 1),
     }
-    stream = _group_of(groups, "stem")
-    assert stream is _group_of(groups, "project")
-    assert ("head", "in", 0, 1) in _members(stream) and stream.prunable
+    stream = group_of(groups, "stem")
+    assert stream is group_of(groups, "project")
+    assert ("head", "in", 0, 1) in members(stream) and stream.prunable
 
 
 def test_concatenation_gives_offsets() -> None:
     groups = trace_channel_groups(CatNet(), torch.randn(1, 3, 6, 6))
-    a, b = _group_of(groups, "a"), _group_of(groups, "b")
+    a, b = group_of(groups, "a"), group_of(groups, "b")
     assert a is not b and a.prunable and b.prunable
-    assert _members(a) == {("a", "out", 0, 1), ("bn", "norm", 0, 1), ("mix", "in", 0, 1)}
-    assert _members(b) == {("b", "out", 0, 1), ("bn", "norm", 4, 1), ("mix", "in", 4, 1)}
-    assert _members(groups[0]) == {("a", "in", 0, 1), ("b", "in", 0, 1)}
+    assert members(a) == {("a", "out", 0, 1), ("bn", "norm", 0, 1), ("mix", "in", 0, 1)}
+    assert members(b) == {("b", "out", 0, 1), ("bn", "norm", 4, 1), ("mix", "in", 4, 1)}
+    assert members(groups[0]) == {("a", "in", 0, 1), ("b", "in", 0, 1)}
 
 
 def test_flatten_into_linear_repeats() -> None:
     groups = trace_channel_groups(FlatNet(), torch.randn(2, 1, 8, 8))
-    conv = _group_of(groups, "conv")
-    assert _members(conv) == {("conv", "out", 0, 1), ("fc1", "in", 0, 16)}
-    assert conv.prunable and _group_of(groups, "fc1").prunable
+    conv = group_of(groups, "conv")
+    assert members(conv) == {("conv", "out", 0, 1), ("fc1", "in", 0, 16)}
+    assert conv.prunable and group_of(groups, "fc1").prunable
 
 
 def test_hard_coded_view_is_not_prunable() -> None:
@@ -233,38 +90,38 @@ def test_hard_coded_view_is_not_prunable() -> None:
             x = F.max_pool2d(self.conv(x), 2)
             return self.fc2(self.fc1(x.view(-1, 48)))
 
-    conv = _group_of(trace_channel_groups(Fixed(), torch.randn(2, 1, 8, 8)), "conv")
+    conv = group_of(trace_channel_groups(Fixed(), torch.randn(2, 1, 8, 8)), "conv")
     assert not conv.prunable and "hard-codes the channel count 48" in conv.reason
 
 
 def test_unknown_parametric_layer_blocks_its_group() -> None:
     groups = trace_channel_groups(CustomNet(), torch.randn(1, 3, 4, 4))
-    c1 = _group_of(groups, "c1")
+    c1 = group_of(groups, "c1")
     assert not c1.prunable and "unknown layer" in c1.reason
-    assert _group_of(groups, "c2").prunable
+    assert group_of(groups, "c2").prunable
 
 
 def test_unknown_leaf_module_with_parameters_blocks() -> None:
     model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ConvTranspose2d(4, 4, 2), nn.Conv2d(4, 5, 1))
     groups = trace_channel_groups(model, torch.randn(1, 3, 4, 4))
-    first = _group_of(groups, "0")
+    first = group_of(groups, "0")
     assert not first.prunable and "'1' (ConvTranspose2d)" in first.reason
-    assert _group_of(groups, "2", "out").prunable is False  # feeds the output
+    assert group_of(groups, "2", "out").prunable is False  # feeds the output
 
 
 def test_channel_changing_parameter_free_op_blocks() -> None:
     model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.PixelShuffle(2), nn.Conv2d(2, 4, 1), nn.Flatten(), nn.Linear(64, 2))
     groups = trace_channel_groups(model, torch.randn(1, 3, 2, 2))
-    assert not _group_of(groups, "0").prunable
-    assert _group_of(groups, "2").prunable
-    assert ("4", "in", 0, 16) in _members(_group_of(groups, "2"))
+    assert not group_of(groups, "0").prunable
+    assert group_of(groups, "2").prunable
+    assert ("4", "in", 0, 16) in members(group_of(groups, "2"))
 
 
 def test_grouped_conv_is_not_prunable() -> None:
     model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 3, groups=2), nn.Conv2d(8, 2, 1))
     groups = trace_channel_groups(model, torch.randn(1, 3, 5, 5))
-    assert not _group_of(groups, "0").prunable and "groups=2" in _group_of(groups, "0").reason
-    assert not _group_of(groups, "1").prunable
+    assert not group_of(groups, "0").prunable and "groups=2" in group_of(groups, "0").reason
+    assert not group_of(groups, "1").prunable
 
 
 def test_untraceable_model_error() -> None:
@@ -278,380 +135,3 @@ def test_wrong_example_input_error() -> None:
 
 
 # ---- slicing --------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("factory", "shape"),
-    [(ResNet, (2, 3, 16, 16)), (MobileBlock, (2, 3, 8, 8)), (CatNet, (2, 3, 6, 6)), (FlatNet, (2, 1, 8, 8))],
-)
-def test_slice_halves_every_prunable_group(factory, shape) -> None:
-    model = factory().eval()
-    x = torch.randn(*shape)
-    groups = trace_channel_groups(model, x)
-    keep = {g.id: keep_top(l1_importance(model, g), max(1, g.size // 2)) for g in groups if g.prunable}
-    small = slice_channels(model, groups, keep)
-    assert small(x).shape == model(x).shape
-    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
-    # the original is untouched and the sliced model is consistent: tracing it again gives the halved sizes
-    assert model(x).shape == small(x).shape
-    again = trace_channel_groups(small, x)
-    assert [g.size for g in again] == [len(keep[g.id]) if g.id in keep else g.size for g in groups]
-
-
-@pytest.mark.parametrize(
-    ("factory", "shape"),
-    [(ResNet, (2, 3, 16, 16)), (MobileBlock, (2, 3, 8, 8)), (CatNet, (2, 3, 6, 6)), (FlatNet, (2, 1, 8, 8))],
-)
-def test_sliced_view_equals_slice_channels_and_leaves_the_model_alone(factory, shape) -> None:
-    """The supernet's cheap skeleton: the same sliced network as slice_channels (tensors, attributes, outputs),
-    the same selections as channel_selections, the original unchanged, and only untouched modules shared."""
-    from netfit.space.prune import channel_selections, sliced_view
-
-    model = factory().eval()
-    x = torch.randn(*shape)
-    groups = trace_channel_groups(model, x)
-    keep = {g.id: keep_top(l1_importance(model, g), max(1, g.size // 2)) for g in groups if g.prunable}
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    expected = slice_channels(model, groups, keep)
-    view, selections = sliced_view(model, groups, keep)
-    assert {k: v.shape for k, v in view.state_dict().items()} == {k: v.shape for k, v in expected.state_dict().items()}
-    for name, module in expected.named_modules():
-        other = view.get_submodule(name)
-        for attr in ("in_channels", "out_channels", "groups", "in_features", "out_features", "num_features"):
-            assert getattr(other, attr, None) == getattr(module, attr, None), (name, attr)
-    torch.testing.assert_close(view(x), expected(x))
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    assert selections.keys() == channel_selections(model, groups, keep).keys()
-    one = next(g for g in groups if g.prunable)  # slicing one group: only its layers and their ancestors copied
-    part, _ = sliced_view(model, groups, {one.id: keep[one.id]})
-    touched = {m.module for m in one.members}
-    for name, module in model.named_modules():
-        copied = any(t == name or t.startswith(f"{name}.") or not name for t in touched)
-        assert (part.get_submodule(name) is module) != copied, name
-
-
-def test_slice_shapes_and_attributes() -> None:
-    model = MobileBlock()
-    groups = trace_channel_groups(model, torch.randn(1, 3, 8, 8))
-    wide, stream = _group_of(groups, "expand"), _group_of(groups, "stem")
-    small = slice_channels(model, groups, {wide.id: torch.tensor([0, 3, 5]), stream.id: torch.tensor([1, 2])})
-    assert small.expand.weight.shape == (3, 2, 1, 1) and small.expand.out_channels == 3
-    assert small.dw.weight.shape == (3, 1, 3, 3) and small.dw.groups == small.dw.in_channels == 3
-    assert small.bn_dw.running_var.shape == (3,) and small.bn_dw.num_features == 3
-    assert small.project.weight.shape == (2, 3, 1, 1) and small.head.in_features == 2
-    assert torch.equal(small.dw.weight, model.dw.weight[[0, 3, 5]])
-    assert torch.equal(small.project.weight, model.project.weight[[1, 2]][:, [0, 3, 5]])
-    assert small(torch.randn(2, 3, 8, 8)).shape == (2, 4)
-
-
-def test_slice_flatten_linear_and_concat_columns() -> None:
-    model = FlatNet()
-    groups = trace_channel_groups(model, torch.randn(1, 1, 8, 8))
-    small = slice_channels(model, groups, {_group_of(groups, "conv").id: torch.tensor([2])})
-    assert torch.equal(small.fc1.weight, model.fc1.weight[:, 32:48])
-    cat = CatNet()
-    groups = trace_channel_groups(cat, torch.randn(1, 3, 6, 6))
-    small = slice_channels(cat, groups, {_group_of(groups, "b").id: torch.tensor([0, 5])})
-    assert torch.equal(small.mix.weight, cat.mix.weight[:, [0, 1, 2, 3, 4, 9]])
-    assert torch.equal(small.bn.running_mean, cat.bn.running_mean[[0, 1, 2, 3, 4, 9]])
-
-
-@pytest.mark.parametrize(("factory", "shape"), [(ResNet, (3, 3, 16, 16)), (MobileBlock, (3, 3, 8, 8))])
-def test_function_preservation(factory, shape) -> None:
-    torch.manual_seed(0)
-    model = factory().eval()
-    randomise_bn(model)
-    x = torch.randn(*shape)
-    groups = trace_channel_groups(model, x)
-    keep = {}
-    with torch.no_grad():
-        for g in groups:
-            if g.prunable:
-                kept = torch.arange(0, g.size, 2)
-                dropped = torch.arange(1, g.size, 2)
-                keep[g.id] = kept
-                for m in g.members:  # make the dropped channels inert: nothing reads them
-                    if m.role == "in":
-                        model.get_submodule(m.module).weight[:, m.indices(dropped)] = 0
-    small = slice_channels(model, groups, keep)
-    torch.testing.assert_close(small(x), model(x), atol=1e-5, rtol=1e-5)
-    # without the inert trick the function changes: the test can fail
-    assert not torch.allclose(slice_channels(factory().eval(), groups, keep)(x), factory().eval()(x), atol=1e-5)
-
-
-def test_slice_errors() -> None:
-    model = ResNet()
-    groups = trace_channel_groups(model, torch.randn(1, 3, 8, 8))
-    logits = _group_of(groups, "fc")
-    with pytest.raises(UnsupportedLayerError, match=rf"^channel group {logits.id} cannot be pruned: .*output"):
-        slice_channels(model, groups, {logits.id: torch.tensor([0, 1])})
-    slice_channels(model, groups, {logits.id: torch.arange(5)})  # full size is fine
-    with pytest.raises(ChannelGroupError, match="unknown channel group 99"):
-        slice_channels(model, groups, {99: torch.tensor([0])})
-    stem = _group_of(groups, "stem").id
-    for bad in (torch.tensor([2, 1]), torch.tensor([0, 4]), torch.tensor([], dtype=torch.long), torch.tensor([0.5])):
-        with pytest.raises(ChannelGroupError, match=rf"keep\[{stem}\]"):
-            slice_channels(model, groups, {stem: bad})
-
-
-def test_groupnorm_layernorm_slicing() -> None:
-    model = nn.Sequential(
-        nn.Conv2d(3, 8, 1), nn.GroupNorm(4, 8), nn.Conv2d(8, 6, 1), nn.Flatten(2), nn.LayerNorm(4), nn.Linear(4, 2)
-    )
-    x = torch.randn(1, 3, 2, 2)
-    groups = trace_channel_groups(model, x)
-    gn = _group_of(groups, "0")
-    assert ("1", "norm", 0, 1) in _members(gn)
-    small = slice_channels(model, groups, {gn.id: torch.tensor([0, 1, 4, 7])})
-    assert small[1].num_channels == 4 and small[1].weight.shape == (4,) and small(x).shape == (1, 6, 2)
-    with pytest.raises(UnsupportedLayerError, match=r"GroupNorm '1' has num_groups=4.*multiple of 4"):
-        slice_channels(model, groups, {gn.id: torch.tensor([0, 1, 2])})
-    # a LayerNorm over the features of token-like [N, T, F] tensors follows the Linear that made them
-    ln = nn.Sequential(nn.Linear(4, 6), nn.LayerNorm(6), nn.ReLU(), nn.Linear(6, 2))
-    groups = trace_channel_groups(ln, torch.randn(2, 3, 4))
-    hidden = _group_of(groups, "0")
-    assert hidden.prunable and ("1", "norm", 0, 1) in _members(hidden)
-    small = slice_channels(ln, groups, {hidden.id: torch.tensor([1, 2])})
-    assert small[1].normalized_shape == (2,) and small(torch.randn(2, 3, 4)).shape == (2, 3, 2)
-
-
-# ---- importance -----------------------------------------------------------------------------------------
-
-
-def test_l1_importance_hand_computed() -> None:
-    model = nn.Sequential(nn.Linear(2, 3, bias=False), nn.BatchNorm1d(3), nn.Linear(3, 1))
-    with torch.no_grad():
-        model[0].weight.copy_(torch.tensor([[1.0, -1.0], [0.0, 3.0], [-4.0, 0.0]]))  # L1 rows: 2, 3, 4
-        model[1].weight.copy_(torch.tensor([1.0, -2.0, 0.5]))
-    group = _group_of(trace_channel_groups(model, torch.randn(4, 2)), "0")
-    scores = l1_importance(model, group)
-    expected = torch.tensor([2.0, 3.0, 4.0]) / 3 * (torch.tensor([1.0, 2.0, 0.5]) / (3.5 / 3))
-    torch.testing.assert_close(scores, expected)
-    assert keep_top(scores, 2).tolist() == [0, 1]
-
-
-def test_l1_importance_members_weigh_equally() -> None:
-    model = ResNet()
-    groups = trace_channel_groups(model, torch.randn(1, 3, 8, 8))
-    stage = _group_of(groups, "b1.conv2")
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.fill_(1.0)
-        model.b1.conv2.weight.fill_(1000.0)  # huge but uniform: adds the same to every channel
-        model.b2.conv2.weight.fill_(1.0)
-        model.b1.short[0].weight.fill_(0.01)
-        model.b1.short[0].weight[5] = 0.1
-    scores = l1_importance(model, stage)
-    assert scores.argmax().item() == 5 and scores.shape == (8,)
-    torch.testing.assert_close(scores.sum(), torch.tensor(24.0))
-
-
-def test_l1_importance_pairs_norm_with_its_producer() -> None:
-    class Pair(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.a, self.b = nn.Conv2d(1, 4, 1, bias=False), nn.Conv2d(1, 4, 1, bias=False)
-            self.bn_a, self.bn_b = nn.BatchNorm2d(4), nn.BatchNorm2d(4)
-            self.head = nn.Conv2d(4, 1, 1)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            ya, yb = self.a(x), self.b(x)  # both producers run before either norm
-            return self.head(self.bn_a(ya) + self.bn_b(yb))
-
-    model = Pair()
-    with torch.no_grad():
-        model.a.weight.copy_(torch.tensor([1.0, 2.0, 3.0, 2.0]).view(4, 1, 1, 1))
-        model.b.weight.fill_(1.0)
-        model.bn_a.weight.copy_(torch.tensor([1.0, 1.0, 1.0, 5.0]))
-    group = _group_of(trace_channel_groups(model, torch.randn(1, 1, 2, 2)), "a")
-    assert [m.module for m in group.members][:4] == ["a", "bn_a", "b", "bn_b"]
-    expected = torch.tensor([0.5, 1.0, 1.5, 1.0]) * torch.tensor([0.5, 0.5, 0.5, 2.5]) + 1.0
-    torch.testing.assert_close(l1_importance(model, group), expected)
-
-
-def _dead_first_block() -> MobileBlock:
-    """A MobileBlock whose hidden channel 0 has the largest expand weights and |gamma| but a depthwise norm
-    beta that keeps it below zero, so the ReLU after it never lets it through: weight norms rank it first."""
-    torch.manual_seed(0)
-    model = MobileBlock().eval()
-    with torch.no_grad():
-        model.expand.weight[0].mul_(10.0)
-        model.bn_e.weight[0] = 5.0
-        model.bn_e.bias.fill_(2.0)  # every other channel mostly passes both ReLUs
-        model.bn_dw.bias.fill_(2.0)
-        model.bn_dw.bias[0] = -1e3
-    return model
-
-
-def test_channel_activity_ranks_a_dead_channel_last(monkeypatch) -> None:
-    from netfit.space import importance
-
-    model, x = _dead_first_block(), torch.randn(16, 3, 6, 6)
-    groups = trace_channel_groups(model, x[:1])
-    hidden = _group_of(groups, "dw", "dw")
-    assert l1_importance(model, hidden).argmax().item() == 0  # weights alone pick the dead channel
-    activity = channel_activity(model, groups, x)
-    y = model.bn_dw(model.dw(F.relu6(model.bn_e(model.expand(model.stem(x)))))).relu()  # what project reads
-    std = y.transpose(0, 1).reshape(12, -1).std(1, unbiased=False)
-    torch.testing.assert_close(activity[hidden.id], std / std.mean())
-    assert activity[hidden.id][0] == 0
-    monkeypatch.setattr(importance, "PROBE_CHUNK", 5)  # pooled over uneven chunks: the same statistics
-    torch.testing.assert_close(channel_activity(model, groups, x)[hidden.id], activity[hidden.id])
-    scores = l1_importance(model, hidden, activity[hidden.id])
-    assert scores.argmin().item() == 0 and scores[1:].min() > 0
-    assert model.training is False  # left in the mode it came in
-
-
-def test_probe_keeps_dead_channels_out_of_narrow_subnets() -> None:
-    from netfit.space.grow import max_difference, order_channels
-    from netfit.space.subnet import SubnetSpace
-
-    model, x = _dead_first_block(), torch.randn(16, 3, 6, 6)
-    ordered = order_channels(model, (3, 6, 6), x)
-    assert max_difference(model, ordered, (3, 6, 6)) < 1e-5
-    assert ordered.bn_dw.bias[-1] == -1e3 and ordered.bn_dw.bias[0] != -1e3
-    assert order_channels(model, (3, 6, 6)).bn_dw.bias[0] == -1e3  # without a probe: weights decide
-    space = SubnetSpace(model, (3, 6, 6), x)
-    hidden = _group_of(space.groups, "dw", "dw")
-    narrow = space.materialize(space.full_widths() | {hidden.id: 1})
-    assert narrow.bn_dw.bias.tolist() != [-1e3]
-
-
-def test_keep_top() -> None:
-    assert keep_top(torch.tensor([0.1, 5.0, 3.0, 5.0]), 3).tolist() == [1, 2, 3]
-    assert keep_top(torch.tensor([1.0, 1.0, 1.0]), 2).tolist() == [0, 1]
-    with pytest.raises(ChannelGroupError, match="cannot keep 0 of 3"):
-        keep_top(torch.ones(3), 0)
-
-
-# ---- inheritance ----------------------------------------------------------------------------------------
-
-
-def test_inherit_weights_depth_change() -> None:
-    deep = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 4), nn.Linear(4, 4))
-    shallow = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 4))
-    report = inherit_weights(shallow, deep)
-    assert report == {
-        "copied": ["0.weight", "0.bias", "1.weight", "1.bias"],
-        "fresh": [],
-        "dropped": ["2.weight", "2.bias"],
-    }
-    assert torch.equal(shallow[1].weight, deep[1].weight)
-    grown = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4))
-    fresh_w = grown[3].weight.clone()
-    report = inherit_weights(grown, deep)
-    assert report["fresh"] == ["3.weight", "3.bias"] and torch.equal(grown[3].weight, fresh_w)
-    assert torch.equal(grown[2].bias, deep[2].bias)
-
-
-def test_inherit_weights_shape_mismatch() -> None:
-    dst = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
-    src = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 5))
-    before = dst[0].weight.clone()
-    with pytest.raises(CheckpointError, match=r"cannot inherit '1.weight': shape \(5, 4\) in the source"):
-        inherit_weights(dst, src)
-    assert torch.equal(dst[0].weight, before)  # nothing copied
-
-
-def test_member_indices() -> None:
-    assert Member("fc", "in", offset=4, repeat=3).indices(torch.tensor([0, 2])).tolist() == [4, 5, 6, 10, 11, 12]
-
-
-# ---- built-in models ------------------------------------------------------------------------------------
-
-
-def _builtin_models() -> list[str]:
-    try:
-        from netfit.models import list_models
-    except ImportError:
-        return []
-    return list_models()
-
-
-@pytest.mark.parametrize("name", _builtin_models() or [pytest.param("none", marks=pytest.mark.skip("no models"))])
-def test_builtin_models_halve_and_run(name: str) -> None:
-    from netfit.models import create_model
-
-    shape = input_shape(name)
-    model = create_model(name, in_chans=shape[0]).eval()
-    x = torch.randn(2, *shape)
-    groups = trace_channel_groups(model, x)
-    keep = {g.id: keep_top(l1_importance(model, g), max(1, g.size // 2)) for g in groups if g.prunable}
-    assert keep, f"{name}: nothing prunable: {[g.reason for g in groups]}"
-    small = slice_channels(model, groups, keep)
-    assert small(x).shape == model(x).shape
-
-
-def test_fit_width_widest_network_under_the_limit_each_built_once() -> None:
-    from netfit.cost import count_macs
-    from netfit.models import create_model
-    from netfit.space.subnet import SubnetSpace
-
-    model = create_model("cnn_small", in_chans=1, num_classes=10)
-    space = SubnetSpace(model, (1, 8, 8))
-    built: list[tuple[int, ...]] = []
-
-    def macs(net: nn.Module) -> float:
-        built.append(tuple(m.out_channels for m in net.modules() if isinstance(m, nn.Conv2d)))
-        return count_macs(net, (1, 8, 8))
-
-    limit = 0.4 * count_macs(model, (1, 8, 8))
-    scale, net, cost = space.fit_width(macs, limit)
-    assert cost == count_macs(net, (1, 8, 8)) <= limit
-    assert len(built) == len(set(built)) < 18, built  # 16 bisection steps + both ends, repeats not rebuilt
-    wider = space.materialize(space.scaled_widths(min(1.0, scale + 1 / 64)))
-    assert count_macs(wider, (1, 8, 8)) > limit  # a step wider is over: the widest under the limit
-
-
-@pytest.mark.parametrize("metric", ["macs", "params"])
-@pytest.mark.parametrize("name", ["mobilenetv2_cifar", "resnet18_cifar", "resnet18_1d"])
-def test_fit_width_priced_by_the_formula_builds_the_counted_network_once(name, metric, monkeypatch) -> None:
-    """MACs and params by the width formula: the same scale and network as counting every trial, one network
-    built; a formula that is off falls back to counting."""
-    from netfit.cost import count_cost
-    from netfit.models import arch_of, create_model
-    from netfit.space.subnet import SubnetSpace
-
-    shape = input_shape(name)
-    model = create_model(name, in_chans=shape[0], num_classes=10, width_mult=0.25)
-    space = SubnetSpace(model, shape)
-    cost = lambda m: getattr(count_cost(m, shape), metric)  # noqa: E731
-    limit = 0.3 * cost(model)
-    counted = space.fit_width(cost, limit)
-    builds, materialize = [], space.materialize
-    monkeypatch.setattr(space, "materialize", lambda *a: builds.append(a) or materialize(*a))
-    priced = space.fit_width(cost, limit, formula=space.formula_price(metric))
-    assert len(builds) == 1 and priced[0] == counted[0] and priced[2] == counted[2] <= limit
-    assert arch_of(priced[1]) == arch_of(counted[1])
-    exact = space.formula_price(metric)
-    halved = space.fit_width(cost, limit, formula=lambda w: exact(w) / 2)  # over the limit when built
-    assert len(builds) > 2 and halved[0] == counted[0] and halved[2] == counted[2]
-    floor = space.fit_width(cost, limit, formula=lambda w: exact(w) * 100)  # "infeasible" by the formula alone
-    assert floor[0] == counted[0] and floor[2] == counted[2]
-    assert space.formula_price("latency_ms") is None
-    with pytest.raises(ValueError, match="full-depth"):
-        space.fit_width(cost, limit, depths=[1, 1, 1, 1], formula=exact)
-
-
-@pytest.mark.parametrize(
-    ("shape", "channels_last"), [((12, 5, 3, 3), False), ((12, 5, 3, 3), True), ((12, 5, 7), False), ((12, 5), False)]
-)
-@pytest.mark.parametrize("sizes", [(4, 4, 4), (5, 4, 3)])
-def test_share_batch_norm_normalises_each_share_alone(shape, channels_last, sizes):
-    """A training-mode batch norm per share (outputs and gradients), in the input's memory layout."""
-    torch.manual_seed(0)
-    x = torch.randn(*shape, dtype=torch.float64)
-    x = x.to(memory_format=torch.channels_last) if channels_last else x
-    x.requires_grad_()
-    weight, bias = (torch.randn(5, dtype=torch.float64, requires_grad=True) for _ in range(2))
-    parts = [slice(int(a), int(b)) for a, b in itertools.pairwise(np.cumsum((0, *sizes)))]
-    out = share_batch_norm(x, parts, weight, bias, 1e-5)
-    ref = torch.cat([F.batch_norm(x[p], None, None, weight, bias, True, 0.0, 1e-5) for p in parts])
-    grad = torch.randn_like(out)
-    got = torch.autograd.grad(out, (x, weight, bias), grad)
-    want = torch.autograd.grad(ref, (x, weight, bias), grad)
-    torch.testing.assert_close(out, ref)
-    for g, w in zip(got, want):
-        torch.testing.assert_close(g, w)
-    assert out.stride() == x.stride()
