@@ -18,25 +18,25 @@ def test_resnet_groups_couple_residual_convs() -> None:
     # input, stem, b1.conv1, stage (b1.conv2 + shortcut + b2.conv2), b2.conv1, logits
     assert len(groups) == 6
     stage = group_of(groups, "b1.conv2")
-    assert stage is group_of(groups, "b1.short.0") is group_of(groups, "b2.conv2")
+    assert stage is group_of(groups, "b1.shortcut.0") is group_of(groups, "b2.conv2")
     assert members(stage) == {
         ("b1.conv2", "out", 0, 1),
         ("b1.bn2", "norm", 0, 1),
-        ("b1.short.0", "out", 0, 1),
-        ("b1.short.1", "norm", 0, 1),
+        ("b1.shortcut.0", "out", 0, 1),
+        ("b1.shortcut.1", "norm", 0, 1),
         ("b2.conv1", "in", 0, 1),
         ("b2.conv2", "out", 0, 1),
         ("b2.bn2", "norm", 0, 1),
         ("fc", "in", 0, 1),
     }
     assert stage.size == 8 and stage.prunable
-    assert {m.module for m in stage.producers} == {"b1.conv2", "b1.short.0", "b2.conv2"}
+    assert {m.module for m in stage.producers} == {"b1.conv2", "b1.shortcut.0", "b2.conv2"}
     stem = group_of(groups, "stem")
     assert members(stem) == {
         ("stem", "out", 0, 1),
         ("bn", "norm", 0, 1),
         ("b1.conv1", "in", 0, 1),
-        ("b1.short.0", "in", 0, 1),
+        ("b1.shortcut.0", "in", 0, 1),
     }
     assert groups[0].size == 3 and not groups[0].prunable and "input" in groups[0].reason
     assert members(groups[0]) == {("stem", "in", 0, 1)}

@@ -188,8 +188,8 @@ def test_l1_importance_members_weigh_equally() -> None:
                 m.weight.fill_(1.0)
         model.b1.conv2.weight.fill_(1000.0)  # huge but uniform: adds the same to every channel
         model.b2.conv2.weight.fill_(1.0)
-        model.b1.short[0].weight.fill_(0.01)
-        model.b1.short[0].weight[5] = 0.1
+        model.b1.shortcut[0].weight.fill_(0.01)
+        model.b1.shortcut[0].weight[5] = 0.1
     scores = l1_importance(model, stage)
     assert scores.argmax().item() == 5 and scores.shape == (8,)
     torch.testing.assert_close(scores.sum(), torch.tensor(24.0))
