@@ -118,6 +118,3 @@ def group_of(groups: list[ChannelGroup], module: str, role: str = "out") -> Chan
 def members(group: ChannelGroup) -> set[tuple[str, str, int, int]]:
     """A group's members as comparable tuples."""
     return {(m.module, m.role, m.offset, m.repeat) for m in group.members}
-
-
-# ---- tracing --------------------------------------------------------------------------------------------

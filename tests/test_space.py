@@ -132,6 +132,3 @@ def test_untraceable_model_error() -> None:
 def test_wrong_example_input_error() -> None:
     with pytest.raises(UnsupportedLayerError, match=r"example input of shape \(1, 5, 4, 4\)"):
         trace_channel_groups(ResNet(), torch.randn(1, 5, 4, 4))
-
-
-# ---- slicing --------------------------------------------------------------------------------------------
