@@ -65,10 +65,9 @@ def float64_supernet(name: str) -> tuple[ElasticNet, tuple[int, ...]]:
     variance is tiny amplifies float32 rounding (two equivalent passes sum in different orders) into gradient
     differences of a few percent for some weights."""
     torch.manual_seed(0)
-    model, shape = small_model(name)
-    for m in model.modules():
+    net = elastic_supernet(name)
+    for m in net.model.modules():
         if isinstance(m, nn.Dropout):
             m.p = 0.0
-    net = ElasticNet(grow(model, shape, 1.5, 0.5, np.random.default_rng(0)), shape, units=8)
     net.model.double()
-    return net, shape
+    return net, net.input_shape
