@@ -48,9 +48,13 @@ def small_model(name: str) -> tuple[nn.Module, tuple[int, ...]]:
     return randomize_norms(create_model(name, num_classes=10, in_chans=shape[0], width_mult=0.25)), shape
 
 
-def elastic_supernet(name: str) -> ElasticNet:
-    """small_model grown to 1.5x its width and by half its blocks in depth: an elastic supernet, 8 units per group."""
+def elastic_supernet(name: str, dropout: bool = True) -> ElasticNet:
+    """small_model grown to 1.5x its width and by half its blocks in depth: an elastic supernet, 8 units per group
+    (``dropout=False``: its dropout off before wrapping, which copies the modules its sliced passes run)."""
     model, shape = small_model(name)
+    for m in model.modules():
+        if isinstance(m, nn.Dropout) and not dropout:
+            m.p = 0.0
     return ElasticNet(grow(model, shape, 1.5, 0.5, np.random.default_rng(0)), shape, units=8)
 
 
@@ -65,9 +69,6 @@ def float64_supernet(name: str) -> tuple[ElasticNet, tuple[int, ...]]:
     variance is tiny amplifies float32 rounding (two equivalent passes sum in different orders) into gradient
     differences of a few percent for some weights."""
     torch.manual_seed(0)
-    net = elastic_supernet(name)
-    for m in net.model.modules():
-        if isinstance(m, nn.Dropout):
-            m.p = 0.0
+    net = elastic_supernet(name, dropout=False)
     net.model.double()
     return net, net.input_shape
