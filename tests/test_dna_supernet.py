@@ -17,10 +17,7 @@ from netfit.space.grow import grow
 
 @pytest.mark.parametrize("name", ["resnet18_cifar", "mobilenetv2_cifar", "user"])
 def test_hard_gates_compute_the_sliced_network(name):
-    net = elastic_supernet(name)
-    for m in net.model.modules():
-        if isinstance(m, nn.Dropout):
-            m.p = 0.0
+    net = elastic_supernet(name, dropout=False)
     gen = torch.Generator().manual_seed(2)
     x = torch.randn(4, *net.input_shape)
     for _ in range(3):
