@@ -52,9 +52,10 @@ def elastic_supernet(name: str, dropout: bool = True) -> ElasticNet:
     """small_model grown to 1.5x its width and by half its blocks in depth: an elastic supernet, 8 units per group
     (``dropout=False``: its dropout off before wrapping, which copies the modules its sliced passes run)."""
     model, shape = small_model(name)
-    for m in model.modules():
-        if isinstance(m, nn.Dropout) and not dropout:
-            m.p = 0.0
+    if not dropout:
+        for m in model.modules():
+            if isinstance(m, nn.Dropout):
+                m.p = 0.0
     return ElasticNet(grow(model, shape, 1.5, 0.5, np.random.default_rng(0)), shape, units=8)
 
 
