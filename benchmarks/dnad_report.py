@@ -31,9 +31,13 @@ def _front_at(members: list[dict], macs: float) -> float | None:
 
 
 def matched(run: dict) -> list[dict]:
-    """Per DNAD member: its accuracy, the SNPS set's best at or below its MACs, the random cell at its MACs."""
+    """Per DNAD member with a trained random cell (a partial ``--collect`` may lack some): its accuracy, the SNPS
+    set's best at or below its MACs, the random cell drawn at its MACs."""
+    cells = {r["matched"]: r for r in run["random"]}
     rows = []
-    for m, r in zip(run["dnad"], run["random"]):  # random cells are trained in the order of the DNAD members
+    for m in run["dnad"]:
+        if (r := cells.get(m["id"])) is None:
+            continue
         rows.append(
             {
                 "id": m["id"],

@@ -517,3 +517,20 @@ def test_dnad_rerun_peers_replaces_only_the_peer_rows(tmp_path):
     assert saved["settings"]["peers"] == ["uniform", "dna"] and saved["settings"]["peers_rerun"]["netfit"]
     markdown = (tmp_path / "dnad_digits_test.md").read_text()
     assert "`--rerun-peers`" in markdown and "## dna on the seed" in markdown
+
+
+def test_dnad_members_meet_the_random_cell_drawn_at_their_macs():
+    """Random cells pair with the DNAD member they were drawn for, not by position: a partial collect (random
+    cells trained for the smaller members only) must not compare a member with another member's cell."""
+    from benchmarks.dnad_report import matched
+
+    members = [
+        {"id": f"dnad-m{i}", "macs": macs, "accuracy": acc} for i, (macs, acc) in enumerate([(900, 0.9), (400, 0.8)])
+    ]
+    run = {
+        "snps": [{"macs": 380, "accuracy": 0.7}],
+        "dnad": members,
+        "random": [{"matched": "dnad-m1", "macs": 390, "accuracy": 0.75}],
+    }
+    (row,) = matched(run)
+    assert (row["id"], row["dnad"], row["snps"], row["random"], row["random_macs"]) == ("dnad-m1", 0.8, 0.7, 0.75, 390)
