@@ -51,8 +51,10 @@ def architectures(run: dict, space, shape: tuple[int, ...]) -> list[dict]:
         for method in ("snps", "dnad")
         for i, m in enumerate(run[method])
     ]
-    drawn = random_cells(space, [m["macs"] for m in run["dnad"]], seed)
-    for r, genotype in zip(run["random"], drawn):
+    members = run["dnad"]  # drawn for every member in order; a partial run trained cells for some of them only
+    drawn = dict(zip((m["id"] for m in members), random_cells(space, [m["macs"] for m in members], seed)))
+    for r in run["random"]:
+        genotype = drawn[r["matched"]]
         macs = count_cost(build_model({**space.plain_arch(), "genotype": genotype}), shape).macs
         if r.get("genotype", genotype) != genotype or macs != r["macs"]:
             raise SystemExit(f"seed {seed}: the random cell drawn for {r['matched']} is not the one recorded")

@@ -381,6 +381,29 @@ def test_dnad_noise_compares_the_sets_on_the_mean_of_their_trainings():
     assert "| 0 | dnad-m0 | 100 | 92.00% | 93.00% | 94.00% |" in markdown
 
 
+def test_dnad_noise_finds_a_partial_runs_random_cell_by_its_member(digits):
+    """Random cells are drawn for every DNAD member in order; when only the smaller members' cells were trained,
+    each is checked against the draw for its own member, not the first draw."""
+    import argparse
+
+    from benchmarks.dnad import cell_space, random_cells
+    from benchmarks.dnad_noise import architectures
+    from netfit.cost import count_cost
+    from netfit.models import build_model
+
+    space = cell_space(argparse.Namespace(ops="sep_conv_3x3,skip_connect", cells=2, channels=4), digits)
+    shape = tuple(digits.input_shape)
+    limits = [count_cost(space, shape).macs * 3 // 4, count_cost(space, shape).macs // 3]
+    drawn = random_cells(space, limits, seed=3)
+    members = [
+        {"id": f"dnad-m{i}", "genotype": g, "macs": m, "accuracy": 0.9} for i, (g, m) in enumerate(zip(drawn, limits))
+    ]
+    macs = count_cost(build_model({**space.plain_arch(), "genotype": drawn[1]}), shape).macs
+    run = {"seed": 3, "snps": [], "dnad": members, "random": [{"matched": "dnad-m1", "macs": macs, "accuracy": 0.8}]}
+    cell = architectures(run, space, shape)[-1]
+    assert cell["id"] == "random-dnad-m1" and cell["genotype"] == drawn[1]
+
+
 def test_dnad_noise_with_kd_pairs_each_architecture_with_its_plain_trainings():
     """``--kd --plain``: each group's KD gain is per architecture against its own plain trainings, and the DNAD
     set with KD is compared with the plain SNPS set and the plain random cells."""
